@@ -1,0 +1,2 @@
+//! Parse benches (filled in below).
+fn main() {}

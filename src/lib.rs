@@ -1,0 +1,31 @@
+//! # sipedge
+//!
+//! A carrier-grade SIP edge proxy: thread-per-core shards pinned to CPUs,
+//! io_uring (with a mio fallback), and a sans-IO core that tests drive
+//! deterministically.
+//!
+//! ## Layers (arrows only point down)
+//!
+//! | layer | owns |
+//! |---|---|
+//! | [`sip`] | message model, zero-copy parser, URIs, typed headers, the editor |
+//! | [`time`] | µs-resolution `Instant`/`Duration` the core takes as input |
+//!
+//! ## The path of one datagram
+//!
+//! ```text
+//! socket ─► shard driver (io_uring multishot recvmsg / mio recvmmsg)
+//!            └► sip::parse (memchr scan into the shard's HeaderIndex; zero copy)
+//!               └► core handle(now, msg, source) ─► transmits into driver-owned buffers
+//!                  └► driver batches the sends: one submit per loop turn
+//! ```
+#![deny(unsafe_code)]
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc,
+    unsafe_op_in_unsafe_fn
+)]
+#![warn(missing_docs)]
+
+pub mod sip;
+pub mod time;

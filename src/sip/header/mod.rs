@@ -1,0 +1,552 @@
+//! Typed header values, decoded on demand from the spans of the header
+//! index (as ezk does): the parser interns names and finds values; only the
+//! layer that needs a Via, a CSeq or a Contact pays for decoding it.
+//!
+//! Each decoder takes one value (one element of a comma list, see
+//! [`super::Message::values`]) and returns a `Copy` view of it, or a
+//! [`ValueError`]. None allocates or panics.
+
+mod auth;
+mod name;
+
+pub use auth::{AuthParams, Credentials};
+pub use name::HeaderName;
+
+use super::error::ValueError;
+use super::message::Method;
+use super::scan;
+use super::uri::{Host, Uri};
+
+/// Skips leading LWS.
+#[inline]
+fn skip_lws(s: &[u8]) -> &[u8] {
+    scan::trim_start(s)
+}
+
+/// A generic parameter list `*( SEMI generic-param )` as in Via, name-addr
+/// and Contact (§25.1): `;name[=value]` with LWS allowed around `;` and `=`,
+/// values being tokens, hosts or quoted strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Params<'buf> {
+    raw: &'buf [u8],
+}
+
+impl<'buf> Params<'buf> {
+    /// Checks the whole list and returns it; `raw` starts at the first `;` (or is empty).
+    pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
+        let p = Self { raw };
+        let mut it = p.iter();
+        for item in &mut it {
+            item?;
+        }
+        Ok(p)
+    }
+
+    /// The list as written, from its first `;`.
+    pub fn as_bytes(&self) -> &'buf [u8] {
+        self.raw
+    }
+
+    /// Iterator over the parameters.
+    pub fn iter(&self) -> ParamIter<'buf> {
+        ParamIter { rest: self.raw }
+    }
+
+    /// Value of parameter `name` (case-insensitive): `Some(None)` when present
+    /// without a value. Quoted values come with their quotes.
+    pub fn get(&self, name: &[u8]) -> Option<Option<&'buf [u8]>> {
+        self.iter()
+            .filter_map(Result::ok)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+/// Iterator over generic parameters; yields an error once and stops on bad syntax.
+#[derive(Debug, Clone)]
+pub struct ParamIter<'buf> {
+    rest: &'buf [u8],
+}
+
+impl<'buf> Iterator for ParamIter<'buf> {
+    type Item = Result<(&'buf [u8], Option<&'buf [u8]>), ValueError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = skip_lws(self.rest);
+        if s.is_empty() {
+            return None;
+        }
+        let fail = |this: &mut Self| {
+            this.rest = b"";
+            Some(Err(ValueError::Param))
+        };
+        let Some(s) = s.strip_prefix(b";") else {
+            return fail(self);
+        };
+        let s = skip_lws(s);
+        let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+        if n == 0 {
+            return fail(self);
+        }
+        let name = s.get(..n).unwrap_or_default();
+        let after = s.get(n..).unwrap_or_default();
+        let t = skip_lws(after);
+        let Some(v) = t.strip_prefix(b"=") else {
+            self.rest = after;
+            return Some(Ok((name, None)));
+        };
+        let v = skip_lws(v);
+        let len = if v.first() == Some(&b'"') {
+            match scan::quoted_end(v) {
+                Some(e) => e,
+                None => return fail(self),
+            }
+        } else {
+            // gen-value = token / host / quoted-string; host may be an IPv6 reference.
+            v.iter()
+                .take_while(|&&b| scan::is_token(b) || matches!(b, b'[' | b']' | b':'))
+                .count()
+        };
+        if len == 0 {
+            return fail(self);
+        }
+        self.rest = v.get(len..).unwrap_or_default();
+        Some(Ok((name, v.get(..len))))
+    }
+}
+
+/// A Via value (§20.42): `SIP/2.0/UDP host:port;branch=…;received=…;rport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via<'buf> {
+    /// The transport (`UDP`, `TCP`, `TLS`, `WS`, `WSS`, `SCTP`…), as written.
+    pub transport: &'buf [u8],
+    /// The sent-by host.
+    pub host: Host<'buf>,
+    /// The sent-by host as written.
+    pub host_bytes: &'buf [u8],
+    /// The sent-by port, if given.
+    pub port: Option<u16>,
+    /// The parameters.
+    pub params: Params<'buf>,
+    /// The whole value as written.
+    pub raw: &'buf [u8],
+}
+
+impl<'buf> Via<'buf> {
+    /// Decodes one Via value.
+    pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
+        // sent-protocol = protocol-name SLASH protocol-version SLASH transport, SLASH = SWS "/" SWS
+        let (name, s) = take_token(skip_lws(raw))?;
+        let s = expect(skip_lws(s), b'/')?;
+        let (version, s) = take_token(skip_lws(s))?;
+        let s = expect(skip_lws(s), b'/')?;
+        let (transport, s) = take_token(skip_lws(s))?;
+        if !name.eq_ignore_ascii_case(b"SIP") || version != b"2.0" {
+            return Err(ValueError::Syntax);
+        }
+        // LWS then sent-by = host [ COLON port ]
+        let s = skip_lws(s);
+        let host_len = if s.first() == Some(&b'[') {
+            scan::find(b']', s).ok_or(ValueError::Host)? + 1
+        } else {
+            s.iter().take_while(|&&b| scan::is_hostname(b)).count()
+        };
+        let host_bytes = s.get(..host_len).unwrap_or_default();
+        let host = Host::parse(host_bytes)?;
+        let mut s = s.get(host_len..).unwrap_or_default();
+        let mut port = None;
+        let t = skip_lws(s);
+        if let Some(p) = t.strip_prefix(b":") {
+            let p = skip_lws(p);
+            let n = p.iter().take_while(|b| b.is_ascii_digit()).count();
+            port = Some(
+                p.get(..n)
+                    .and_then(scan::parse_u16)
+                    .ok_or(ValueError::Number)?,
+            );
+            s = p.get(n..).unwrap_or_default();
+        }
+        let params = Params::parse(s)?;
+        let via = Self {
+            transport,
+            host,
+            host_bytes,
+            port,
+            params,
+            raw,
+        };
+        if let Some(Some(r)) = via.params.get(b"rport") {
+            scan::parse_u16(r).ok_or(ValueError::Param)?;
+        }
+        if let Some(ttl) = via.params.get(b"ttl") {
+            ttl.and_then(scan::parse_u64)
+                .filter(|&t| t <= 255)
+                .ok_or(ValueError::Param)?;
+        }
+        if let Some(rcv) = via.params.get(b"received") {
+            let rcv = rcv.ok_or(ValueError::Param)?;
+            Host::parse(rcv)?;
+        }
+        Ok(via)
+    }
+
+    /// The `branch` parameter.
+    pub fn branch(&self) -> Option<&'buf [u8]> {
+        self.params.get(b"branch").flatten()
+    }
+
+    /// The `received` parameter.
+    pub fn received(&self) -> Option<&'buf [u8]> {
+        self.params.get(b"received").flatten()
+    }
+
+    /// The `rport` parameter: `Some(None)` when present without a value (the
+    /// client asks for it, RFC 3581), `Some(Some(port))` when filled in.
+    pub fn rport(&self) -> Option<Option<u16>> {
+        self.params
+            .get(b"rport")
+            .map(|v| v.and_then(scan::parse_u16))
+    }
+
+    /// The `maddr` parameter.
+    pub fn maddr(&self) -> Option<&'buf [u8]> {
+        self.params.get(b"maddr").flatten()
+    }
+
+    /// The `ttl` parameter.
+    pub fn ttl(&self) -> Option<u8> {
+        self.params
+            .get(b"ttl")
+            .flatten()
+            .and_then(scan::parse_u64)
+            .and_then(|t| u8::try_from(t).ok())
+    }
+
+    /// True when the branch has the RFC 3261 magic cookie `z9hG4bK`.
+    pub fn has_magic_cookie(&self) -> bool {
+        self.branch().is_some_and(|b| b.starts_with(b"z9hG4bK"))
+    }
+}
+
+fn take_token(s: &[u8]) -> Result<(&[u8], &[u8]), ValueError> {
+    let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+    if n == 0 {
+        return Err(ValueError::Syntax);
+    }
+    Ok((s.get(..n).unwrap_or_default(), s.get(n..).unwrap_or_default()))
+}
+
+fn expect(s: &[u8], c: u8) -> Result<&[u8], ValueError> {
+    match s.split_first() {
+        Some((&b, rest)) if b == c => Ok(rest),
+        _ => Err(ValueError::Syntax),
+    }
+}
+
+/// A name-addr or addr-spec with header parameters, as in From, To, Contact,
+/// Route, Record-Route, Reply-To (§20.10, §25.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddr<'buf> {
+    /// The display name as written (quoted string with quotes, or tokens), if any.
+    pub display_name: Option<&'buf [u8]>,
+    /// The URI as written (inside the angle brackets, if any).
+    pub uri_bytes: &'buf [u8],
+    /// True when the URI was in angle brackets.
+    pub angle: bool,
+    /// The header parameters after the URI (tag, q, expires…).
+    pub params: Params<'buf>,
+    /// The whole value as written.
+    pub raw: &'buf [u8],
+}
+
+impl<'buf> NameAddr<'buf> {
+    /// Decodes a name-addr / addr-spec. The URI is checked for shape here and
+    /// decoded by [`NameAddr::uri`]; URIs of schemes other than sip, sips and
+    /// tel are accepted here (a From may carry any absoluteURI).
+    pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
+        let s = skip_lws(raw);
+        if s.is_empty() {
+            return Err(ValueError::Empty);
+        }
+        let (display_name, rest) = match s.first() {
+            Some(b'"') => {
+                let end = scan::quoted_end(s).ok_or(ValueError::Quote)?;
+                let rest = skip_lws(s.get(end..).unwrap_or_default());
+                if rest.first() != Some(&b'<') {
+                    return Err(ValueError::Angle);
+                }
+                (s.get(..end), rest)
+            }
+            _ => match scan::find(b'<', s) {
+                Some(lt) => {
+                    let dn = scan::trim(s.get(..lt).unwrap_or_default());
+                    // display-name = *(token LWS) / quoted-string
+                    if !dn
+                        .iter()
+                        .all(|&b| scan::is_token(b) || scan::is_lws(b))
+                    {
+                        return Err(ValueError::Syntax);
+                    }
+                    let dn = (!dn.is_empty()).then_some(dn);
+                    (dn, s.get(lt..).unwrap_or_default())
+                }
+                None => (None, s),
+            },
+        };
+        let (uri_bytes, angle, after) = if let Some(inner) = rest.strip_prefix(b"<") {
+            let gt = scan::find(b'>', inner).ok_or(ValueError::Angle)?;
+            let uri = inner.get(..gt).unwrap_or_default();
+            (uri, true, inner.get(gt + 1..).unwrap_or_default())
+        } else {
+            // addr-spec: the URI ends at the first ';' or LWS (its params are header params).
+            let n = rest
+                .iter()
+                .take_while(|&&b| b != b';' && !scan::is_lws(b))
+                .count();
+            (
+                rest.get(..n).unwrap_or_default(),
+                false,
+                rest.get(n..).unwrap_or_default(),
+            )
+        };
+        if uri_bytes.is_empty() || scan::find(b':', uri_bytes).is_none() {
+            return Err(ValueError::Syntax);
+        }
+        if uri_bytes.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return Err(ValueError::Syntax);
+        }
+        let params = Params::parse(after)?;
+        Ok(Self {
+            display_name,
+            uri_bytes,
+            angle,
+            params,
+            raw,
+        })
+    }
+
+    /// The decoded URI (sip, sips or tel).
+    pub fn uri(&self) -> Result<Uri<'buf>, ValueError> {
+        Uri::parse(self.uri_bytes)
+    }
+
+    /// The `tag` parameter (§19.3).
+    pub fn tag(&self) -> Option<&'buf [u8]> {
+        self.params.get(b"tag").flatten()
+    }
+}
+
+/// A CSeq value (§20.16): a sequence number below 2^31 and a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CSeq<'buf> {
+    /// The sequence number (at most 2^31 - 1).
+    pub number: u32,
+    /// The method, interned.
+    pub method: Method,
+    /// The method as written.
+    pub method_bytes: &'buf [u8],
+}
+
+impl<'buf> CSeq<'buf> {
+    /// Decodes `1*DIGIT LWS Method`.
+    pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
+        let s = skip_lws(raw);
+        let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        let number = s
+            .get(..n)
+            .and_then(scan::parse_u32)
+            .filter(|&v| v < 1 << 31)
+            .ok_or(ValueError::Number)?;
+        let rest = s.get(n..).unwrap_or_default();
+        let m = skip_lws(rest);
+        if m.len() == rest.len() {
+            return Err(ValueError::Syntax);
+        }
+        let m = scan::trim_end(m);
+        if !scan::is_token_str(m) {
+            return Err(ValueError::Syntax);
+        }
+        Ok(Self {
+            number,
+            method: Method::from_bytes(m),
+            method_bytes: m,
+        })
+    }
+}
+
+/// One Contact value (§20.10): `*`, or a name-addr with q / expires / instance params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contact<'buf> {
+    /// `Contact: *` (only valid in a REGISTER with Expires: 0).
+    Star,
+    /// A contact address.
+    Addr(NameAddr<'buf>),
+}
+
+impl<'buf> Contact<'buf> {
+    /// Decodes one Contact value.
+    pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
+        if scan::trim(raw) == b"*" {
+            return Ok(Self::Star);
+        }
+        let na = NameAddr::parse(raw)?;
+        let c = Self::Addr(na);
+        if let Some(q) = na.params.get(b"q") {
+            parse_qvalue(q.ok_or(ValueError::Param)?)?;
+        }
+        if let Some(e) = na.params.get(b"expires") {
+            parse_delta_seconds(e.ok_or(ValueError::Param)?)?;
+        }
+        Ok(c)
+    }
+
+    /// The `q` value in thousandths (1000 = 1.0); `None` when absent.
+    pub fn q(&self) -> Option<u16> {
+        match self {
+            Self::Star => None,
+            Self::Addr(na) => na.params.get(b"q").flatten().and_then(|q| parse_qvalue(q).ok()),
+        }
+    }
+
+    /// The `expires` parameter, in seconds.
+    pub fn expires(&self) -> Option<u32> {
+        match self {
+            Self::Star => None,
+            Self::Addr(na) => na
+                .params
+                .get(b"expires")
+                .flatten()
+                .and_then(|e| parse_delta_seconds(e).ok()),
+        }
+    }
+}
+
+/// Parses a qvalue (`0`, `1`, `0.5`, `0.125`, `1.000`) into thousandths.
+pub fn parse_qvalue(s: &[u8]) -> Result<u16, ValueError> {
+    let (int, frac) = match scan::split_once(s, b'.') {
+        Some((i, f)) => (i, f),
+        None => (s, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return Err(ValueError::Number);
+    }
+    let mut thousandths = 0u16;
+    for (i, &d) in frac.iter().enumerate() {
+        thousandths += u16::from(d - b'0') * [100, 10, 1].get(i).copied().unwrap_or(0);
+    }
+    match int {
+        b"0" => Ok(thousandths),
+        b"1" if thousandths == 0 => Ok(1000),
+        _ => Err(ValueError::Number),
+    }
+}
+
+/// Parses delta-seconds; values beyond 2^32-1 saturate (§20.19 says so for Expires).
+pub fn parse_delta_seconds(s: &[u8]) -> Result<u32, ValueError> {
+    let s = scan::trim(s);
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return Err(ValueError::Number);
+    }
+    // Leading zeros do not count toward the length limit.
+    let digits = s.iter().skip_while(|&&b| b == b'0').count();
+    if digits > 10 {
+        return Ok(u32::MAX);
+    }
+    Ok(scan::parse_u64(s)
+        .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+        .unwrap_or(u32::MAX))
+}
+
+/// Parses Max-Forwards (`1*DIGIT`, 0–255).
+pub fn parse_max_forwards(s: &[u8]) -> Result<u8, ValueError> {
+    scan::parse_u64(scan::trim(s))
+        .and_then(|v| u8::try_from(v).ok())
+        .ok_or(ValueError::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn via_variants() {
+        let v = Via::parse(b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK74bf9;received=10.0.0.1;rport=5070").unwrap();
+        assert_eq!(v.transport, b"UDP");
+        assert_eq!(v.host, Host::V4("192.0.2.1".parse().unwrap()));
+        assert_eq!(v.port, Some(5060));
+        assert_eq!(v.branch(), Some(&b"z9hG4bK74bf9"[..]));
+        assert_eq!(v.received(), Some(&b"10.0.0.1"[..]));
+        assert_eq!(v.rport(), Some(Some(5070)));
+        assert!(v.has_magic_cookie());
+        let v = Via::parse(b"SIP / 2.0 / TCP\r\n  [2001:db8::9]:5061 ; branch = z9hG4bKx ; rport ; ttl=16").unwrap();
+        assert_eq!(v.transport, b"TCP");
+        assert_eq!(v.port, Some(5061));
+        assert_eq!(v.rport(), Some(None));
+        assert_eq!(v.ttl(), Some(16));
+        assert_eq!(v.branch(), Some(&b"z9hG4bKx"[..]));
+        let v = Via::parse(b"SIP/2.0/UDP host.example.com;received=[2001:db8::1]").unwrap();
+        assert_eq!(v.received(), Some(&b"[2001:db8::1]"[..]));
+        for bad in [
+            &b"SIP/2.0 UDP host"[..],
+            b"SIP/2.0/UDP",
+            b"SIP/2.0/UDP host:99999",
+            b"SIP/2.0/UDP host;branch=",
+            b"SIP/2.0/UDP host;ttl=300",
+            b"SIP/2.0/UDP host garbage",
+            b"HTTP/1.1/UDP host",
+            b"SIP/2.0/UDP host;received=not_an_ip..",
+        ] {
+            assert!(Via::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn name_addr_forms() {
+        let n = NameAddr::parse(b"\"Alice \\\"A\\\" Liddell\" <sip:alice@atlanta.com>;tag=88sja8x").unwrap();
+        assert_eq!(n.display_name, Some(&b"\"Alice \\\"A\\\" Liddell\""[..]));
+        assert_eq!(n.uri_bytes, b"sip:alice@atlanta.com");
+        assert_eq!(n.tag(), Some(&b"88sja8x"[..]));
+        let n = NameAddr::parse(b"Bob Smith <sip:bob@b.com;transport=tcp>").unwrap();
+        assert_eq!(n.display_name, Some(&b"Bob Smith"[..]));
+        assert_eq!(n.uri().unwrap().transport(), Some(&b"tcp"[..]));
+        let n = NameAddr::parse(b"sip:carol@c.com;tag=5").unwrap();
+        assert!(!n.angle);
+        assert_eq!(n.uri_bytes, b"sip:carol@c.com");
+        assert_eq!(n.tag(), Some(&b"5"[..]));
+        let n = NameAddr::parse(b"<sip:x@y>").unwrap();
+        assert_eq!(n.display_name, None);
+        for bad in [&b""[..], b"<sip:x@y", b"\"unterminated <sip:x@y>", b"\"a\" sip:x@y", b"<sip:x@y> junk"] {
+            assert!(NameAddr::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn cseq_and_numbers() {
+        let c = CSeq::parse(b"  4711   INVITE ").unwrap();
+        assert_eq!((c.number, c.method), (4711, Method::Invite));
+        assert!(CSeq::parse(b"2147483648 INVITE").is_err());
+        assert!(CSeq::parse(b"1INVITE").is_err());
+        assert!(CSeq::parse(b"INVITE").is_err());
+        assert_eq!(parse_qvalue(b"0.5"), Ok(500));
+        assert_eq!(parse_qvalue(b"1.000"), Ok(1000));
+        assert_eq!(parse_qvalue(b"0.125"), Ok(125));
+        assert!(parse_qvalue(b"1.5").is_err());
+        assert!(parse_qvalue(b"0.1234").is_err());
+        assert_eq!(parse_delta_seconds(b"3600"), Ok(3600));
+        assert_eq!(parse_delta_seconds(b"99999999999999"), Ok(u32::MAX));
+        assert!(parse_delta_seconds(b"-1").is_err());
+        assert_eq!(parse_max_forwards(b"70"), Ok(70));
+        assert!(parse_max_forwards(b"256").is_err());
+    }
+
+    #[test]
+    fn contact_star_and_params() {
+        assert_eq!(Contact::parse(b" * ").unwrap(), Contact::Star);
+        let c = Contact::parse(b"<sip:a@1.2.3.4:5060>;q=0.7;expires=3600;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-AABBCCDDEEFF>\";reg-id=1").unwrap();
+        assert_eq!(c.q(), Some(700));
+        assert_eq!(c.expires(), Some(3600));
+        let Contact::Addr(na) = c else { panic!() };
+        assert_eq!(na.params.get(b"reg-id"), Some(Some(&b"1"[..])));
+        assert!(Contact::parse(b"<sip:a@b>;q=2").is_err());
+    }
+}
