@@ -9,6 +9,8 @@
 //! | layer | owns |
 //! |---|---|
 //! | [`sip`] | message model, zero-copy parser, URIs, typed headers, the editor |
+//! | [`proxy`] | routing: the stateless relay, loose routing, branches, local answers |
+//! | [`transport`] | the [`transport::Outbox`] the core writes datagrams into |
 //! | [`time`] | µs-resolution `Instant`/`Duration` the core takes as input |
 //!
 //! ## The path of one datagram
@@ -27,5 +29,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod proxy;
 pub mod sip;
 pub mod time;
+pub mod transport;

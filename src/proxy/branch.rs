@@ -1,0 +1,254 @@
+//! Via branches this proxy puts on what it forwards (RFC 3261 §8.1.1.7,
+//! §16.6 step 8, §16.11).
+//!
+//! ```text
+//! z9hG4bK se 03 l 9f1c2b7a44d01e6c
+//! └cookie┘└┬┘└┬┘└┬┘└──── 64-bit keyed hash, hex ─┘
+//!        marker shard kind (l = stateless, t = transaction)
+//! ```
+//!
+//! A stateless branch is a function of the request alone, so a
+//! retransmission, the matching CANCEL and the ACK of a non-2xx take the same
+//! branch as the INVITE (§16.11): for an RFC 3261 request the hash covers the
+//! incoming top Via (branch and sent-by) and the Request-URI; for an RFC 2543
+//! request, which has no unique branch, it covers the top Via, Request-URI,
+//! From tag, Call-ID and CSeq number.
+//!
+//! The shard id in the branch lets any shard tell which shard added the Via.
+//! The keyed hash also detects loops (§16.3 step 4): a request carrying a Via
+//! of ours whose branch is what we would compute from the Via below it, for
+//! the same Request-URI, has been here before unchanged.
+
+use crate::sip::{Message, Via};
+
+use super::Identity;
+
+/// The magic cookie and our marker: every branch we add starts with it.
+pub const PREFIX: &[u8] = b"z9hG4bKse";
+/// Length of a branch we generate.
+pub const LEN: usize = PREFIX.len() + 2 + 1 + 16;
+
+/// What kind of element added a branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The stateless relay.
+    Stateless,
+    /// A client transaction of the stateful proxy.
+    Transaction,
+}
+
+/// A branch value we generate (fixed size, no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Branch([u8; LEN]);
+
+impl Branch {
+    /// Builds a branch from its parts.
+    pub fn new(shard: u16, kind: Kind, hash: u64) -> Self {
+        let mut b = [0u8; LEN];
+        let (head, rest) = b.split_at_mut(PREFIX.len());
+        head.copy_from_slice(PREFIX);
+        let shard = (shard & 0xff) as u8;
+        let mut parts = rest.iter_mut();
+        for nibble in [shard >> 4, shard & 0xf] {
+            if let Some(d) = parts.next() {
+                *d = hex_digit(u64::from(nibble));
+            }
+        }
+        if let Some(d) = parts.next() {
+            *d = match kind {
+                Kind::Stateless => b'l',
+                Kind::Transaction => b't',
+            };
+        }
+        for (i, d) in parts.enumerate() {
+            *d = hex_digit(hash >> (60 - 4 * i));
+        }
+        Self(b)
+    }
+
+    /// The branch text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+const HEX: [u8; 16] = *b"0123456789abcdef";
+
+/// The lower-case hex digit of the low nibble of `v`.
+#[inline]
+fn hex_digit(v: u64) -> u8 {
+    HEX.get((v & 0xf) as usize).copied().unwrap_or(b'0')
+}
+
+/// The shard that added `branch`, if it is one of ours.
+pub fn shard_of(branch: &[u8]) -> Option<u16> {
+    let rest = branch.strip_prefix(PREFIX)?;
+    if rest.len() != LEN - PREFIX.len() {
+        return None;
+    }
+    let hi = crate::sip::scan::hex(*rest.first()?)?;
+    let lo = crate::sip::scan::hex(*rest.get(1)?)?;
+    Some(u16::from(hi << 4 | lo))
+}
+
+/// True when `branch` looks like one we generate.
+pub fn is_ours(branch: &[u8]) -> bool {
+    shard_of(branch).is_some()
+}
+
+/// A keyed FNV-1a-style 64-bit hash with a final avalanche (no allocation,
+/// ~1 ns/byte). Not a MAC: the key only makes branches unpredictable across
+/// deployments.
+#[derive(Debug, Clone, Copy)]
+pub struct Hasher(u64);
+
+impl Hasher {
+    /// A hasher keyed with `secret`.
+    pub fn new(secret: u64) -> Self {
+        Self(0xcbf2_9ce4_8422_2325 ^ secret.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    /// Mixes in `bytes` and a separator (so `ab|c` differs from `a|bc`).
+    pub fn write(&mut self, bytes: &[u8]) -> &mut Self {
+        let mut h = self.0;
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        self.0 = h.wrapping_mul(0x0000_0100_0000_01b3);
+        self
+    }
+
+    /// Mixes in a number.
+    pub fn write_u64(&mut self, v: u64) -> &mut Self {
+        self.write(&v.to_le_bytes())
+    }
+
+    /// The hash.
+    pub fn finish(&self) -> u64 {
+        // murmur3 fmix64
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// The stateless branch for `msg` arriving with top Via `via` (§16.11).
+pub fn stateless(id: &Identity, msg: &Message<'_>, via: &Via<'_>) -> Branch {
+    Branch::new(id.shard_id, Kind::Stateless, stateless_hash(id.secret, msg, via))
+}
+
+fn stateless_hash(secret: u64, msg: &Message<'_>, via: &Via<'_>) -> u64 {
+    let mut h = Hasher::new(secret);
+    h.write(msg.request_uri_bytes());
+    match via.branch() {
+        Some(b) if b.starts_with(b"z9hG4bK") => {
+            h.write(b)
+                .write(via.host_bytes)
+                .write_u64(u64::from(via.port.unwrap_or(0)));
+        }
+        _ => {
+            let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+            h.write(via.raw)
+                .write(from_tag)
+                .write(msg.call_id())
+                .write_u64(u64::from(msg.cseq().number));
+        }
+    }
+    h.finish()
+}
+
+/// §16.3 step 4 for the stateless relay: true when `msg` carries a Via of
+/// ours whose branch equals the stateless branch of the same request as it
+/// was when it reached us (the Via below it, the same Request-URI).
+pub fn is_loop(id: &Identity, msg: &Message<'_>) -> bool {
+    let mut vias = msg.values(crate::sip::HeaderName::Via);
+    let Some(mut upper) = vias.next() else {
+        return false;
+    };
+    for lower in vias {
+        if let (Ok(u), Ok(l)) = (Via::parse(upper), Via::parse(lower)) {
+            if let Some(b) = u.branch().filter(|b| is_ours(b)) {
+                if id.is_local_addr(&u.host, u.port) {
+                    let again = stateless(id, msg, &l);
+                    // The shard id may differ (another shard added it): compare the hash part.
+                    if b.get(PREFIX.len() + 2..) == again.as_bytes().get(PREFIX.len() + 2..) {
+                        return true;
+                    }
+                }
+            }
+        }
+        upper = lower;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::testutil::identity;
+    use crate::sip::{parse, HeaderIndex};
+
+    #[test]
+    fn branch_layout() {
+        let b = Branch::new(3, Kind::Stateless, 0x0123_4567_89ab_cdef);
+        assert_eq!(b.as_bytes(), b"z9hG4bKse03l0123456789abcdef");
+        assert_eq!(shard_of(b.as_bytes()), Some(3));
+        assert_eq!(shard_of(b"z9hG4bKse03l0123"), None);
+        assert_eq!(shard_of(b"z9hG4bKabc"), None);
+    }
+
+    fn req(method: &str, cseq_method: &str, to_tag: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:bob@192.0.2.9 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKclient1\r\n\
+To: <sip:bob@x>{to_tag}\r\nFrom: <sip:a@x>;tag=f\r\nCall-ID: c1\r\nCSeq: 7 {cseq_method}\r\nMax-Forwards: 70\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn branch_of(m: &[u8]) -> Branch {
+        let mut idx = HeaderIndex::default();
+        let msg = parse(m, &mut idx).unwrap();
+        stateless(&identity(), &msg, &msg.top_via().unwrap())
+    }
+
+    #[test]
+    fn invite_cancel_and_ack_share_a_branch() {
+        let invite = branch_of(&req("INVITE", "INVITE", ""));
+        assert_eq!(invite, branch_of(&req("INVITE", "INVITE", "")));
+        assert_eq!(invite, branch_of(&req("CANCEL", "CANCEL", "")));
+        assert_eq!(invite, branch_of(&req("ACK", "ACK", ";tag=t")));
+        let other = req("INVITE", "INVITE", "").iter().map(|&b| b).collect::<Vec<u8>>();
+        let other = String::from_utf8(other).unwrap().replace("z9hG4bKclient1", "z9hG4bKclient2");
+        assert_ne!(invite, branch_of(other.as_bytes()));
+    }
+
+    #[test]
+    fn detects_a_loop_but_not_a_spiral() {
+        let id = identity();
+        let first = req("INVITE", "INVITE", "");
+        let b = branch_of(&first);
+        let looped = String::from_utf8(first.clone()).unwrap().replace(
+            "Via: SIP/2.0/UDP 10.0.0.1",
+            &format!(
+                "Via: SIP/2.0/UDP 127.0.0.1:5070;branch={}\r\nVia: SIP/2.0/UDP 10.0.0.1",
+                String::from_utf8_lossy(b.as_bytes())
+            ),
+        );
+        let mut idx = HeaderIndex::default();
+        let msg = parse(looped.as_bytes(), &mut idx).unwrap();
+        assert!(is_loop(&id, &msg));
+        // Retargeted (a spiral): a new Request-URI, so not a loop.
+        let spiral = looped.replace("INVITE sip:bob@192.0.2.9", "INVITE sip:bob@192.0.2.10");
+        let mut idx = HeaderIndex::default();
+        let msg = parse(spiral.as_bytes(), &mut idx).unwrap();
+        assert!(!is_loop(&id, &msg));
+        let mut idx = HeaderIndex::default();
+        let msg = parse(&first, &mut idx).unwrap();
+        assert!(!is_loop(&id, &msg));
+    }
+}

@@ -1,0 +1,309 @@
+//! Routing decisions (RFC 3261 §16): the stateless relay ([`stateless`]),
+//! and the pieces every proxy mode shares: who we are ([`Identity`]), Via
+//! branches ([`branch`]), loose routing and next-hop choice ([`route`]),
+//! answers to malformed input ([`reject`]) and the counters ([`Counters`]).
+//!
+//! Sans-IO: a proxy takes `(now, datagram, source, socket)` and writes what
+//! it sends into the caller's [`Outbox`](crate::transport::Outbox). It reads
+//! no clock and opens no socket.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod branch;
+pub mod reject;
+pub mod route;
+pub mod stateless;
+
+use core::net::{IpAddr, SocketAddr};
+
+use crate::sip::emit::format_ip;
+use crate::sip::{Host, Uri};
+use crate::time::Instant;
+use crate::transport::{Outbox, SocketId};
+
+/// What a shard runs: the sans-IO service that turns datagrams and time into
+/// datagrams to send. The shard loop calls it; it calls nothing back.
+pub trait Service {
+    /// One datagram from `src` arrived on `socket` at `now`; whatever it
+    /// causes to be sent goes into `out`.
+    fn handle_datagram(&mut self, now: Instant, data: &[u8], src: SocketAddr, socket: SocketId, out: &mut Outbox);
+
+    /// Time has reached `now`: fire what is due (retransmissions, expiries).
+    fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        let _ = (now, out);
+    }
+
+    /// When [`Service::handle_timeout`] next has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The service's counters.
+    fn counters(&self) -> &Counters;
+}
+
+/// What a local socket is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketRole {
+    /// A public listen address (shared by all shards with SO_REUSEPORT):
+    /// clients send here, Record-Route names it, and responses to clients leave from it.
+    Public,
+    /// The shard's own address: named in the Vias the shard adds, so the
+    /// responses to what it forwards come back to it.
+    Shard,
+}
+
+/// One socket of a shard, as the core knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSocket {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Its role.
+    pub role: SocketRole,
+    /// The address advertised in Via/Record-Route (the bound one unless configured).
+    pub advertised: SocketAddr,
+    /// `host` of the advertised address as it goes in a Via (`[…]` for IPv6).
+    via_host: Box<[u8]>,
+    /// The Record-Route URI of this socket, e.g. `sip:192.0.2.1:5060;lr`.
+    rr_uri: Box<[u8]>,
+}
+
+impl LocalSocket {
+    /// A socket bound to `addr`, advertised as itself.
+    pub fn new(addr: SocketAddr, role: SocketRole) -> Self {
+        Self::advertised(addr, role, addr)
+    }
+
+    /// A socket bound to `addr` and advertised as `advertised` (NAT, 0.0.0.0 binds).
+    pub fn advertised(addr: SocketAddr, role: SocketRole, advertised: SocketAddr) -> Self {
+        let mut tmp = [0u8; 48];
+        let n = format_ip(advertised.ip(), &mut tmp);
+        let host = tmp.get(..n).unwrap_or_default();
+        let mut rr = b"sip:".to_vec();
+        rr.extend_from_slice(host);
+        rr.extend_from_slice(format!(":{};lr", advertised.port()).as_bytes());
+        Self {
+            addr,
+            role,
+            advertised,
+            via_host: host.into(),
+            rr_uri: rr.into_boxed_slice(),
+        }
+    }
+
+    /// The host as it goes in a Via sent-by.
+    pub fn via_host(&self) -> &[u8] {
+        &self.via_host
+    }
+
+    /// The Record-Route URI naming this socket.
+    pub fn rr_uri(&self) -> &[u8] {
+        &self.rr_uri
+    }
+}
+
+/// Who this shard is: its sockets, the domains the edge serves, and the
+/// secret that keys its branch hashes.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The shard's index (goes into branches).
+    pub shard_id: u16,
+    /// The shard's sockets; [`SocketId`] indexes this list.
+    pub sockets: Vec<LocalSocket>,
+    /// Domains this edge serves, lower-case.
+    pub domains: Vec<Box<[u8]>>,
+    /// Key of the branch hash (the same on every shard, so any shard can
+    /// recognise and recompute a branch).
+    pub secret: u64,
+}
+
+impl Identity {
+    /// The socket with this id.
+    pub fn socket(&self, id: SocketId) -> Option<&LocalSocket> {
+        self.sockets.get(usize::from(id.0))
+    }
+
+    /// True when `host:port` names one of our sockets (port defaults to 5060).
+    pub fn is_local_addr(&self, host: &Host<'_>, port: Option<u16>) -> bool {
+        let Some(ip) = host.ip() else {
+            return false;
+        };
+        let port = port.unwrap_or(5060);
+        self.sockets.iter().any(|s| {
+            (s.advertised.ip() == ip && s.advertised.port() == port)
+                || (s.addr.ip() == ip && s.addr.port() == port)
+        })
+    }
+
+    /// True when `host` is a domain this edge serves.
+    pub fn is_served_domain(&self, host: &Host<'_>) -> bool {
+        match host {
+            Host::Name(n) => {
+                let n = n.strip_suffix(b".").unwrap_or(n);
+                self.domains.iter().any(|d| d.eq_ignore_ascii_case(n))
+            }
+            _ => false,
+        }
+    }
+
+    /// True when `uri` designates this proxy itself (our address, or a served
+    /// domain with no user part and no port, or a port of ours), as §16.4 asks
+    /// of a Route value or a Request-URI after strict routing.
+    pub fn is_us(&self, uri: &Uri<'_>) -> bool {
+        if self.is_local_addr(&uri.host, uri.port) {
+            return true;
+        }
+        self.is_served_domain(&uri.host)
+            && uri.user.is_none()
+            && uri
+                .port
+                .is_none_or(|p| self.sockets.iter().any(|s| s.advertised.port() == p))
+    }
+
+    /// The socket to send to `dest` from: the shard socket of the same
+    /// address family (so responses come back to this shard), else a public one.
+    pub fn egress_for(&self, dest: SocketAddr, arrived: SocketId) -> SocketId {
+        let family = |a: &SocketAddr| a.is_ipv4();
+        let pick = |role: SocketRole| {
+            self.sockets
+                .iter()
+                .position(|s| s.role == role && family(&s.addr) == family(&dest))
+        };
+        let i = pick(SocketRole::Shard)
+            .or_else(|| pick(SocketRole::Public))
+            .unwrap_or(usize::from(arrived.0));
+        SocketId(u8::try_from(i).unwrap_or(arrived.0))
+    }
+
+    /// The public socket of the same family as `ip`, for Record-Route.
+    pub fn public_for(&self, ip: IpAddr, arrived: SocketId) -> Option<&LocalSocket> {
+        let arrived_sock = self.socket(arrived);
+        if let Some(s) = arrived_sock.filter(|s| s.role == SocketRole::Public) {
+            return Some(s);
+        }
+        self.sockets
+            .iter()
+            .find(|s| s.role == SocketRole::Public && s.addr.is_ipv4() == ip.is_ipv4())
+            .or(arrived_sock)
+    }
+}
+
+/// Per-shard counters: owned by the shard, written without atomics, summed
+/// on scrape. Named after the `sipedge_proxy_<what>_total` metrics they feed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests received and parsed.
+    pub requests: u64,
+    /// Responses received and parsed.
+    pub responses: u64,
+    /// Requests forwarded.
+    pub requests_forwarded: u64,
+    /// Responses forwarded.
+    pub responses_forwarded: u64,
+    /// Responses this proxy generated (errors, OPTIONS, 483, …).
+    pub responses_local: u64,
+    /// Datagrams that did not parse.
+    pub parse_errors: u64,
+    /// Malformed datagrams dropped without an answer (no way to route one).
+    pub dropped_malformed: u64,
+    /// Responses dropped because their top Via is not ours.
+    pub dropped_not_ours: u64,
+    /// Messages dropped because no next hop could be found.
+    pub dropped_unroutable: u64,
+    /// Messages dropped because the outbox was full or the message too big.
+    pub dropped_overflow: u64,
+    /// Keep-alives (CRLF) received.
+    pub keepalives: u64,
+    /// Requests refused with 483 (Max-Forwards exhausted).
+    pub too_many_hops: u64,
+    /// Requests refused with 482 (loop).
+    pub loops: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self` (scrape-time summing across shards).
+    pub fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.requests_forwarded += other.requests_forwarded;
+        self.responses_forwarded += other.responses_forwarded;
+        self.responses_local += other.responses_local;
+        self.parse_errors += other.parse_errors;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_not_ours += other.dropped_not_ours;
+        self.dropped_unroutable += other.dropped_unroutable;
+        self.dropped_overflow += other.dropped_overflow;
+        self.keepalives += other.keepalives;
+        self.too_many_hops += other.too_many_hops;
+        self.loops += other.loops;
+    }
+
+    /// (metric name, value) pairs, for export.
+    pub fn pairs(&self) -> [(&'static str, u64); 13] {
+        [
+            ("sipedge_proxy_requests_total", self.requests),
+            ("sipedge_proxy_responses_total", self.responses),
+            ("sipedge_proxy_requests_forwarded_total", self.requests_forwarded),
+            ("sipedge_proxy_responses_forwarded_total", self.responses_forwarded),
+            ("sipedge_proxy_responses_local_total", self.responses_local),
+            ("sipedge_proxy_parse_errors_total", self.parse_errors),
+            ("sipedge_proxy_dropped_malformed_total", self.dropped_malformed),
+            ("sipedge_proxy_dropped_not_ours_total", self.dropped_not_ours),
+            ("sipedge_proxy_dropped_unroutable_total", self.dropped_unroutable),
+            ("sipedge_proxy_dropped_overflow_total", self.dropped_overflow),
+            ("sipedge_proxy_keepalives_total", self.keepalives),
+            ("sipedge_proxy_too_many_hops_total", self.too_many_hops),
+            ("sipedge_proxy_loops_total", self.loops),
+        ]
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// One public socket on 127.0.0.1:5060 and a shard socket on :5070, serving `example.test`.
+    pub(crate) fn identity() -> Identity {
+        Identity {
+            shard_id: 1,
+            sockets: vec![
+                LocalSocket::new("127.0.0.1:5060".parse().unwrap(), SocketRole::Public),
+                LocalSocket::new("127.0.0.1:5070".parse().unwrap(), SocketRole::Shard),
+            ],
+            domains: vec![b"example.test".to_vec().into_boxed_slice()],
+            secret: 0x5eed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::identity;
+    use super::*;
+
+    #[test]
+    fn knows_its_addresses_and_domains() {
+        let id = identity();
+        let us = |s: &str| id.is_us(&Uri::parse(s.as_bytes()).unwrap());
+        assert!(us("sip:127.0.0.1:5060;lr"));
+        assert!(us("sip:127.0.0.1:5070"));
+        assert!(us("sip:127.0.0.1"), "no port means 5060");
+        assert!(!us("sip:127.0.0.1:5080"));
+        assert!(us("sip:example.test;lr"));
+        assert!(us("sip:EXAMPLE.test."));
+        assert!(!us("sip:alice@example.test"));
+        assert!(!us("sip:other.test"));
+        assert_eq!(id.egress_for("127.0.0.1:9".parse().unwrap(), SocketId(0)), SocketId(1));
+        assert_eq!(id.sockets[0].rr_uri(), b"sip:127.0.0.1:5060;lr");
+        let v6 = LocalSocket::new("[::1]:5060".parse().unwrap(), SocketRole::Public);
+        assert_eq!(v6.via_host(), b"[::1]");
+        assert_eq!(v6.rr_uri(), b"sip:[::1]:5060;lr");
+    }
+}
