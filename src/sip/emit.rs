@@ -68,7 +68,10 @@ impl<'o> Writer<'o> {
     #[inline]
     pub fn put(&mut self, b: &[u8]) -> Result<(), EmitError> {
         let end = self.len.checked_add(b.len()).ok_or(EmitError::BufferFull)?;
-        let dst = self.out.get_mut(self.len..end).ok_or(EmitError::BufferFull)?;
+        let dst = self
+            .out
+            .get_mut(self.len..end)
+            .ok_or(EmitError::BufferFull)?;
         dst.copy_from_slice(b);
         self.len = end;
         Ok(())
@@ -233,11 +236,16 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
             }
         } else if line == first_route && edits.pop_route {
             put_without_first_value(&mut w, buf, e)?;
-        } else if line == first_mf && edits.max_forwards == MaxForwardsEdit::Decrement && msg.is_request()
+        } else if line == first_mf
+            && edits.max_forwards == MaxForwardsEdit::Decrement
+            && msg.is_request()
         {
             let v = super::header::parse_max_forwards(e.value.of(buf))
                 .map_err(|_| EmitError::Malformed)?;
-            w.put(buf.get(e.line.start as usize..e.value.start as usize).unwrap_or_default())?;
+            w.put(
+                buf.get(e.line.start as usize..e.value.start as usize)
+                    .unwrap_or_default(),
+            )?;
             w.put_u64(u64::from(v.saturating_sub(1)))?;
             w.put(b"\r\n")?;
         } else {
@@ -273,7 +281,11 @@ fn offset_in(whole: &[u8], part: &[u8]) -> usize {
 
 /// Writes a list header line without its first value; drops the line when
 /// that was its only value.
-fn put_without_first_value(w: &mut Writer<'_>, buf: &[u8], e: &HeaderEntry) -> Result<(), EmitError> {
+fn put_without_first_value(
+    w: &mut Writer<'_>,
+    buf: &[u8],
+    e: &HeaderEntry,
+) -> Result<(), EmitError> {
     let value = e.value.of(buf);
     let mut vals = scan::CommaValues::new(value);
     let first = vals.next().ok_or(EmitError::Malformed)?;
@@ -281,16 +293,26 @@ fn put_without_first_value(w: &mut Writer<'_>, buf: &[u8], e: &HeaderEntry) -> R
         return Ok(());
     };
     let from = offset_in(value, second);
-    w.put(buf.get(e.line.start as usize..e.value.start as usize).unwrap_or_default())?;
+    w.put(
+        buf.get(e.line.start as usize..e.value.start as usize)
+            .unwrap_or_default(),
+    )?;
     w.put(value.get(from..).unwrap_or_default())?;
     let _ = first;
     w.put(b"\r\n")
 }
 
 /// Writes the top Via line with `received` and `rport` stamped on its first value.
-fn put_via_received(w: &mut Writer<'_>, buf: &[u8], e: &HeaderEntry, r: &Received) -> Result<(), EmitError> {
+fn put_via_received(
+    w: &mut Writer<'_>,
+    buf: &[u8],
+    e: &HeaderEntry,
+    r: &Received,
+) -> Result<(), EmitError> {
     let value = e.value.of(buf);
-    let first = scan::CommaValues::new(value).next().ok_or(EmitError::Malformed)?;
+    let first = scan::CommaValues::new(value)
+        .next()
+        .ok_or(EmitError::Malformed)?;
     let via = Via::parse(first).map_err(|_| EmitError::Malformed)?;
     let ask_rport = via.rport().is_some();
     if !ask_rport && via.host.ip() == Some(r.ip) {
@@ -304,7 +326,10 @@ fn put_via_received(w: &mut Writer<'_>, buf: &[u8], e: &HeaderEntry, r: &Receive
         offset_in(value, params_raw)
     };
     // name, colon and everything before the params of the first value
-    w.put(buf.get(e.line.start as usize..e.value.start as usize).unwrap_or_default())?;
+    w.put(
+        buf.get(e.line.start as usize..e.value.start as usize)
+            .unwrap_or_default(),
+    )?;
     w.put(scan::trim_end(value.get(..head_end).unwrap_or_default()))?;
     for (name, val) in via.params.iter().filter_map(Result::ok) {
         if name.eq_ignore_ascii_case(b"received") || name.eq_ignore_ascii_case(b"rport") {
@@ -366,7 +391,11 @@ impl<'a> ResponseSpec<'a> {
 /// Builds a response to `req`: status line, the Vias (top one stamped with
 /// received/rport), From, To (with a tag), Call-ID, CSeq, Timestamp for a
 /// 100 (§8.2.6.1), the extra headers, Content-Length and the body.
-pub fn response(req: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut [u8]) -> Result<usize, EmitError> {
+pub fn response(
+    req: &Message<'_>,
+    spec: &ResponseSpec<'_>,
+    out: &mut [u8],
+) -> Result<usize, EmitError> {
     let mut w = Writer::new(out);
     let buf = req.buf();
     w.put(b"SIP/2.0 ")?;
@@ -387,7 +416,10 @@ pub fn response(req: &Message<'_>, spec: &ResponseSpec<'_>, out: &mut [u8]) -> R
                 let has_tag = req.to().ok().and_then(|t| t.tag()).is_some();
                 match spec.to_tag {
                     Some(tag) if !has_tag && spec.code > 100 => {
-                        w.put(buf.get(e.line.start as usize..e.value.end as usize).unwrap_or_default())?;
+                        w.put(
+                            buf.get(e.line.start as usize..e.value.end as usize)
+                                .unwrap_or_default(),
+                        )?;
                         w.put(b";tag=")?;
                         w.put(tag)?;
                         w.put(b"\r\n")?;
@@ -463,7 +495,10 @@ v=0\n";
         assert_eq!(m.request_uri_bytes(), b"sip:bob@192.0.2.4:5062");
         let vias: Vec<&[u8]> = m.values(HeaderName::Via).collect();
         assert_eq!(vias.len(), 3, "{text}");
-        assert_eq!(vias[0], b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy1;rport");
+        assert_eq!(
+            vias[0],
+            b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKproxy1;rport"
+        );
         assert_eq!(
             vias[1],
             b"SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;received=10.1.2.3;rport=5099"
@@ -471,7 +506,10 @@ v=0\n";
         assert_eq!(m.max_forwards(), Ok(Some(69)));
         let routes: Vec<&[u8]> = m.values(HeaderName::Route).collect();
         assert_eq!(routes, vec![&b"<sip:p2.example.com;lr>"[..]]);
-        assert_eq!(m.header(HeaderName::RecordRoute), Some(&b"<sip:192.0.2.1:5060;lr>"[..]));
+        assert_eq!(
+            m.header(HeaderName::RecordRoute),
+            Some(&b"<sip:192.0.2.1:5060;lr>"[..])
+        );
         assert!(text.contains("X-Custom:   kept   verbatim  \r\n"));
         assert_eq!(m.body(), b"v=0\n");
     }
@@ -507,7 +545,10 @@ v=0\n";
         let m2 = parse(&out[..n], &mut idx2).unwrap();
         assert_eq!(m2.max_forwards(), Ok(Some(70)));
         let mut small = vec![0u8; 20];
-        assert_eq!(edit(&msg, &Edits::default(), &mut small), Err(EmitError::BufferFull));
+        assert_eq!(
+            edit(&msg, &Edits::default(), &mut small),
+            Err(EmitError::BufferFull)
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ use core::fmt;
 /// response can be routed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ParseError {
+    /// A Proxy-Require names an extension this proxy does not support (RFC 3261 §16.3 step 6).
+    BadExtension,
     /// The body is longer than Content-Length allows or the message exceeds the size limit.
     BodyTooLarge,
     /// A datagram carries fewer body bytes than its Content-Length announces (RFC 3261 §18.3).
@@ -24,11 +26,18 @@ pub enum ParseError {
     CSeq,
     /// The CSeq method differs from the request method (RFC 3261 §8.1.1.5).
     CSeqMethodMismatch,
+    /// A header that may appear once (To, From, Call-ID, CSeq, Max-Forwards) appears twice
+    /// (RFC 3261 §7.3.1; RFC 4475 §3.3.8).
+    DuplicateHeader,
+    /// An extension method whose CSeq names another method: 501 rather than
+    /// 400, as RFC 4475 §3.1.2.18 prefers at proxies.
+    ExtensionMethodMismatch,
     /// A header line has no colon, or its name is not a token.
     HeaderName,
     /// A header line (with its folded continuation lines) is longer than the configured limit.
     HeaderTooLong,
-    /// A header value contains a byte that cannot appear there (NUL, a bare CR…).
+    /// A header value is malformed: a byte that cannot appear there (an
+    /// unescaped NUL…), or a To, From or Contact that is not a name-addr.
     HeaderValue,
     /// The header section never ends in a datagram (no empty line).
     Incomplete,
@@ -69,12 +78,15 @@ impl ParseError {
             Self::BodyTooLarge | Self::MessageTooLarge | Self::TooManyHeaders => 413,
             Self::RequestUriTooLong => 414,
             Self::UnsupportedUriScheme => 416,
+            Self::BadExtension => 420,
             Self::TooManyVias => 483,
+            Self::ExtensionMethodMismatch => 501,
             Self::Version => 505,
             Self::BodyTruncated
             | Self::ContentLength
             | Self::CSeq
             | Self::CSeqMethodMismatch
+            | Self::DuplicateHeader
             | Self::HeaderName
             | Self::HeaderTooLong
             | Self::HeaderValue
@@ -94,14 +106,17 @@ impl ParseError {
     /// sender's developer can see what we objected to.
     pub const fn reason(self) -> &'static str {
         match self {
+            Self::BadExtension => "Bad Extension",
             Self::BodyTooLarge => "Request Entity Too Large",
             Self::BodyTruncated => "Bad Request (Body Shorter Than Content-Length)",
             Self::ContentLength => "Bad Request (Malformed Content-Length)",
             Self::CSeq => "Bad Request (Malformed CSeq)",
             Self::CSeqMethodMismatch => "Bad Request (CSeq Method Does Not Match)",
+            Self::DuplicateHeader => "Bad Request (Duplicate Header)",
+            Self::ExtensionMethodMismatch => "Not Implemented",
             Self::HeaderName => "Bad Request (Malformed Header Name)",
             Self::HeaderTooLong => "Bad Request (Header Line Too Long)",
-            Self::HeaderValue => "Bad Request (Invalid Byte In Header Value)",
+            Self::HeaderValue => "Bad Request (Malformed Header Value)",
             Self::Incomplete => "Bad Request (Incomplete Header Section)",
             Self::LineEnding => "Bad Request (Bad Line Ending)",
             Self::MaxForwards => "Bad Request (Malformed Max-Forwards)",
@@ -202,5 +217,7 @@ mod tests {
         assert_eq!(ParseError::Version.status(), 505);
         assert_eq!(ParseError::UnsupportedUriScheme.status(), 416);
         assert_eq!(ParseError::TooManyHeaders.status(), 413);
+        assert_eq!(ParseError::BadExtension.status(), 420);
+        assert_eq!(ParseError::ExtensionMethodMismatch.status(), 501);
     }
 }

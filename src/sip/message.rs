@@ -203,6 +203,13 @@ impl HeaderIndex {
         &self.entries
     }
 
+    /// True when a well-known name has more than one line.
+    fn has_second(&self, name: HeaderName) -> bool {
+        self.first_of(name)
+            .and_then(|i| self.entries.get(i))
+            .is_some_and(|e| e.next != NONE)
+    }
+
     fn first_of(&self, name: HeaderName) -> Option<usize> {
         let i = *self.first.get(name.slot()?)?;
         (i != NONE).then_some(usize::from(i))
@@ -365,6 +372,21 @@ pub fn parse_stream<'buf>(
     parse_framed(buf, index, Framing::Stream)
 }
 
+/// True when every NUL in `value` is the second byte of a quoted-pair
+/// (`\` NUL), the only place RFC 3261 §25.1 lets one appear (RFC 4475 §3.1.1.2).
+#[inline]
+fn nuls_are_escaped(value: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = value.get(from..).and_then(|rest| scan::find(0, rest)) {
+        let at = from + i;
+        if at == 0 || value.get(at - 1) != Some(&b'\\') {
+            return false;
+        }
+        from = at + 1;
+    }
+    true
+}
+
 /// Finds the end of the line starting at `from`: returns (end of content, start of next line).
 #[inline]
 fn line_end(buf: &[u8], from: usize, bare_lf: bool) -> Result<Option<(usize, usize)>, ParseError> {
@@ -478,7 +500,7 @@ fn parse_framed<'buf>(
             .rev()
             .take_while(|&&b| scan::is_lws(b))
             .count();
-        if scan::find(0, value).is_some() {
+        if !nuls_are_escaped(value) {
             return Err(ParseError::HeaderValue);
         }
         index.push(HeaderEntry {
@@ -528,19 +550,38 @@ fn parse_framed<'buf>(
             return Err(ParseError::MissingHeader);
         }
     }
-    let mut cseqs = index.named(HeaderName::CSeq);
-    let cseq_entry = cseqs.next().ok_or(ParseError::MissingHeader)?;
-    if cseqs.next().is_some() {
-        return Err(ParseError::CSeq);
-    }
-    let cseq = CSeq::parse(cseq_entry.value.of(buf)).map_err(|_| ParseError::CSeq)?;
-    if let StartLine::Request { method_bytes, .. } = start {
-        if cseq.method_bytes != method_bytes {
-            return Err(ParseError::CSeqMethodMismatch);
+    // Single-valued headers that every layer reads (§7.3.1): a second copy
+    // makes "which one" ambiguous, so the message is refused (RFC 4475 §3.3.8).
+    for h in [
+        HeaderName::To,
+        HeaderName::From,
+        HeaderName::CallId,
+        HeaderName::CSeq,
+        HeaderName::MaxForwards,
+    ] {
+        if index.has_second(h) {
+            return Err(ParseError::DuplicateHeader);
         }
     }
-    if index.named(HeaderName::CallId).nth(1).is_some() {
-        return Err(ParseError::MissingHeader);
+    let cseq_entry = index
+        .named(HeaderName::CSeq)
+        .next()
+        .ok_or(ParseError::MissingHeader)?;
+    let cseq = CSeq::parse(cseq_entry.value.of(buf)).map_err(|_| ParseError::CSeq)?;
+    if let StartLine::Request {
+        method,
+        method_bytes,
+        ..
+    } = start
+    {
+        if cseq.method_bytes != method_bytes {
+            // RFC 4475 §3.1.2.18: an extension method gets 501, better for the future than 400.
+            return Err(if method == Method::Other {
+                ParseError::ExtensionMethodMismatch
+            } else {
+                ParseError::CSeqMethodMismatch
+            });
+        }
     }
     let mut vias = 0usize;
     for e in index.named(HeaderName::Via) {
@@ -561,8 +602,15 @@ fn parse_framed<'buf>(
     }))
 }
 
-fn parse_start_line<'buf>(line: &'buf [u8], cfg: &ParseConfig) -> Result<StartLine<'buf>, ParseError> {
-    if line.len() >= 4 && line.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
+fn parse_start_line<'buf>(
+    line: &'buf [u8],
+    cfg: &ParseConfig,
+) -> Result<StartLine<'buf>, ParseError> {
+    if line.len() >= 4
+        && line
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
         let (version, rest) = scan::split_once(line, b' ').ok_or(ParseError::StatusLine)?;
         if !version.eq_ignore_ascii_case(b"SIP/2.0") {
@@ -599,13 +647,17 @@ fn parse_start_line<'buf>(line: &'buf [u8], cfg: &ParseConfig) -> Result<StartLi
         return Err(ParseError::RequestUriTooLong);
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
-        return Err(if version.len() >= 4
-            && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
-        {
-            ParseError::Version
-        } else {
-            ParseError::RequestLine
-        });
+        return Err(
+            if version.len() >= 4
+                && version
+                    .get(..4)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+            {
+                ParseError::Version
+            } else {
+                ParseError::RequestLine
+            },
+        );
     }
     Ok(StartLine::Request {
         method: Method::from_bytes(method_bytes),
@@ -730,11 +782,16 @@ impl<'buf> Message<'buf> {
         }
     }
 
-    /// The decoded Request-URI.
+    /// The decoded Request-URI. A SIP URI there may not carry headers
+    /// (RFC 3261 §19.1.1 table 1; RFC 4475 §3.1.2.11).
     pub fn request_uri(&self) -> Result<Uri<'buf>, ParseError> {
         match self.start {
             StartLine::Request { uri, .. } => {
-                Uri::parse(uri).map_err(|e| e.in_header(ParseError::RequestUri))
+                let uri = Uri::parse(uri).map_err(|e| e.in_header(ParseError::RequestUri))?;
+                if !uri.headers.is_empty() {
+                    return Err(ParseError::RequestUri);
+                }
+                Ok(uri)
             }
             StartLine::Response { .. } => Err(ParseError::RequestLine),
         }
@@ -774,7 +831,9 @@ impl<'buf> Message<'buf> {
         self.index
             .entries
             .iter()
-            .find(|e| e.name == HeaderName::Other && e.name_span.of(self.buf).eq_ignore_ascii_case(name))
+            .find(|e| {
+                e.name == HeaderName::Other && e.name_span.of(self.buf).eq_ignore_ascii_case(name)
+            })
             .map(|e| e.value.of(self.buf))
     }
 
@@ -800,19 +859,26 @@ impl<'buf> Message<'buf> {
 
     /// The top Via value, decoded.
     pub fn top_via(&self) -> Result<Via<'buf>, ParseError> {
-        let v = self.values(HeaderName::Via).next().ok_or(ParseError::MissingHeader)?;
+        let v = self
+            .values(HeaderName::Via)
+            .next()
+            .ok_or(ParseError::MissingHeader)?;
         Via::parse(v).map_err(|_| ParseError::Via)
     }
 
     /// The From header, decoded.
     pub fn from(&self) -> Result<NameAddr<'buf>, ParseError> {
-        let v = self.header(HeaderName::From).ok_or(ParseError::MissingHeader)?;
+        let v = self
+            .header(HeaderName::From)
+            .ok_or(ParseError::MissingHeader)?;
         NameAddr::parse(v).map_err(|e| e.in_header(ParseError::HeaderValue))
     }
 
     /// The To header, decoded.
     pub fn to(&self) -> Result<NameAddr<'buf>, ParseError> {
-        let v = self.header(HeaderName::To).ok_or(ParseError::MissingHeader)?;
+        let v = self
+            .header(HeaderName::To)
+            .ok_or(ParseError::MissingHeader)?;
         NameAddr::parse(v).map_err(|e| e.in_header(ParseError::HeaderValue))
     }
 
@@ -826,9 +892,28 @@ impl<'buf> Message<'buf> {
             .map_err(|_| ParseError::MaxForwards)
     }
 
+    /// Checks every Proxy-Require option against the extensions this proxy
+    /// `supported` (compared case-insensitively): the first unknown one is
+    /// [`ParseError::BadExtension`], answered with 420 and an Unsupported
+    /// header naming it (RFC 3261 §16.3 step 6, §20.29; RFC 4475 §3.3.5).
+    pub fn check_proxy_require(&self, supported: &[&[u8]]) -> Result<(), ParseError> {
+        match self.unsupported_proxy_require(supported) {
+            Some(_) => Err(ParseError::BadExtension),
+            None => Ok(()),
+        }
+    }
+
+    /// The first Proxy-Require option not in `supported`, to name in the
+    /// Unsupported header of the 420.
+    pub fn unsupported_proxy_require(&self, supported: &[&[u8]]) -> Option<&'buf [u8]> {
+        self.values(HeaderName::ProxyRequire)
+            .find(|opt| !supported.iter().any(|s| s.eq_ignore_ascii_case(opt)))
+    }
+
     /// The Expires header as seconds, if present and valid.
     pub fn expires(&self) -> Option<u32> {
-        self.header(HeaderName::Expires).and_then(|v| header::parse_delta_seconds(v).ok())
+        self.header(HeaderName::Expires)
+            .and_then(|v| header::parse_delta_seconds(v).ok())
     }
 
     /// The body.
@@ -983,17 +1068,26 @@ v=0\n";
             max_headers: 4,
             ..ParseConfig::default()
         });
-        assert_eq!(parse(INVITE, &mut idx).err(), Some(ParseError::TooManyHeaders));
+        assert_eq!(
+            parse(INVITE, &mut idx).err(),
+            Some(ParseError::TooManyHeaders)
+        );
         let mut idx = HeaderIndex::new(ParseConfig {
             max_uri_len: 10,
             ..ParseConfig::default()
         });
-        assert_eq!(parse(INVITE, &mut idx).err(), Some(ParseError::RequestUriTooLong));
+        assert_eq!(
+            parse(INVITE, &mut idx).err(),
+            Some(ParseError::RequestUriTooLong)
+        );
         let mut idx = HeaderIndex::new(ParseConfig {
             max_message_size: 100,
             ..ParseConfig::default()
         });
-        assert_eq!(parse(INVITE, &mut idx).err(), Some(ParseError::MessageTooLarge));
+        assert_eq!(
+            parse(INVITE, &mut idx).err(),
+            Some(ParseError::MessageTooLarge)
+        );
     }
 
     #[test]
@@ -1001,11 +1095,20 @@ v=0\n";
         let cases: &[(&[u8], ParseError)] = &[
             (b"INVITE sip:a@b SIP/3.0\r\n\r\n", ParseError::Version),
             (b"INVITE sip:a@b\r\n\r\n", ParseError::RequestLine),
-            (b"INVITE sip:a@b SIP/2.0\nVia: x\n\n", ParseError::LineEnding),
-            (b"INVITE sip:a@b SIP/2.0\r\nVia SIP/2.0/UDP x\r\n\r\n", ParseError::HeaderName),
+            (
+                b"INVITE sip:a@b SIP/2.0\nVia: x\n\n",
+                ParseError::LineEnding,
+            ),
+            (
+                b"INVITE sip:a@b SIP/2.0\r\nVia SIP/2.0/UDP x\r\n\r\n",
+                ParseError::HeaderName,
+            ),
             (b"SIP/2.0 99 Bad\r\n\r\n", ParseError::StatusLine),
             (b"SIP/2.0 2000 Bad\r\n\r\n", ParseError::StatusLine),
-            (b"INVITE sip:a@b SIP/2.0\r\nTo: a\r\n\r\n", ParseError::MissingHeader),
+            (
+                b"INVITE sip:a@b SIP/2.0\r\nTo: a\r\n\r\n",
+                ParseError::MissingHeader,
+            ),
             (b"", ParseError::Incomplete),
             (b"\r\n\r\n", ParseError::Incomplete),
             (b"INVITE sip:a@b SIP/2.0\r\nVia: x", ParseError::Incomplete),
@@ -1021,6 +1124,58 @@ v=0\n";
         assert_eq!(err(m.as_bytes()), ParseError::CSeqMethodMismatch);
         let m = String::from_utf8_lossy(INVITE).replace("314159 INVITE", "2147483648 INVITE");
         assert_eq!(err(m.as_bytes()), ParseError::CSeq);
+    }
+
+    #[test]
+    fn semantic_errors_have_their_own_status() {
+        let dup = String::from_utf8_lossy(INVITE).replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nMax-Forwards: 69\r\n",
+        );
+        assert_eq!(err(dup.as_bytes()), ParseError::DuplicateHeader);
+        let dup = String::from_utf8_lossy(INVITE).replace("Call-ID: a84b", "i: x\r\nCall-ID: a84b");
+        assert_eq!(err(dup.as_bytes()), ParseError::DuplicateHeader);
+        let ext = String::from_utf8_lossy(INVITE).replacen("INVITE sip:", "NEWMETHOD sip:", 1);
+        assert_eq!(err(ext.as_bytes()), ParseError::ExtensionMethodMismatch);
+        assert_eq!(ParseError::ExtensionMethodMismatch.status(), 501);
+        let pr = String::from_utf8_lossy(INVITE).replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nProxy-Require: foo, Sec-Agree\r\n",
+        );
+        let mut idx = HeaderIndex::default();
+        let m = parse(pr.as_bytes(), &mut idx).unwrap();
+        assert_eq!(
+            m.check_proxy_require(&[b"foo"]),
+            Err(ParseError::BadExtension)
+        );
+        assert_eq!(
+            m.unsupported_proxy_require(&[b"foo"]),
+            Some(&b"Sec-Agree"[..])
+        );
+        assert_eq!(m.check_proxy_require(&[b"FOO", b"sec-agree"]), Ok(()));
+    }
+
+    #[test]
+    fn nul_only_inside_a_quoted_pair() {
+        let ok = String::from_utf8_lossy(INVITE).replace("To: Bob", "To: \"B\\\0b\"");
+        let (_, n) = parse_ok(ok.as_bytes());
+        assert_eq!(n, 9);
+        let bad = String::from_utf8_lossy(INVITE).replace("To: Bob", "To: B\0b");
+        assert_eq!(err(bad.as_bytes()), ParseError::HeaderValue);
+        let bad = String::from_utf8_lossy(INVITE).replace("To: Bob", "To: \0Bob");
+        assert_eq!(err(bad.as_bytes()), ParseError::HeaderValue);
+    }
+
+    #[test]
+    fn request_uri_may_not_carry_headers() {
+        let m = String::from_utf8_lossy(INVITE).replacen(
+            "biloxi.example.com SIP/2.0",
+            "biloxi.example.com?Route=%3Csip:x%3E SIP/2.0",
+            1,
+        );
+        let mut idx = HeaderIndex::default();
+        let msg = parse(m.as_bytes(), &mut idx).unwrap();
+        assert_eq!(msg.essentials().err(), Some(ParseError::RequestUri));
     }
 
     #[test]

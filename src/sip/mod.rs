@@ -28,7 +28,9 @@ pub mod message;
 pub mod scan;
 pub mod uri;
 
-pub use emit::{edit, response, Edits, EmitError, MaxForwardsEdit, NewVia, Received, ResponseSpec, Writer};
+pub use emit::{
+    edit, response, Edits, EmitError, MaxForwardsEdit, NewVia, Received, ResponseSpec, Writer,
+};
 pub use error::{ParseError, ValueError};
 pub use header::{CSeq, Contact, Credentials, HeaderName, NameAddr, Params, Via};
 pub use message::{

@@ -64,6 +64,9 @@ pub fn find_seq(needle: &[u8], hay: &[u8]) -> Option<usize> {
     }
 }
 
+// Compile-time table construction: an out-of-bounds index here is a build
+// error, never a runtime panic.
+#[allow(clippy::indexing_slicing)]
 const fn class_table(chars: &[u8], alnum: bool) -> [bool; 256] {
     let mut t = [false; 256];
     let mut i = 0;
@@ -97,10 +100,17 @@ static PARAMCHAR: [bool; 256] = class_table(b"-_.!~*'()[]/:&+$", true);
 /// `hnv-unreserved` / unreserved: characters of URI header names and values.
 static HNV: [bool; 256] = class_table(b"-_.!~*'()[]/?:+$", true);
 
+/// Looks `b` up in a 256-entry class table (a `u8` index is always in range;
+/// the compiler drops the check).
+#[inline(always)]
+fn in_class(class: &[bool; 256], b: u8) -> bool {
+    class.get(usize::from(b)).copied().unwrap_or(false)
+}
+
 /// True for a `token` character.
 #[inline]
 pub fn is_token(b: u8) -> bool {
-    TOKEN[b as usize]
+    in_class(&TOKEN, b)
 }
 
 /// True when `s` is a non-empty token.
@@ -112,13 +122,13 @@ pub fn is_token_str(s: &[u8]) -> bool {
 /// True for a hostname character.
 #[inline]
 pub fn is_hostname(b: u8) -> bool {
-    HOSTNAME[b as usize]
+    in_class(&HOSTNAME, b)
 }
 
 /// True for an `unreserved` character.
 #[inline]
 pub fn is_unreserved(b: u8) -> bool {
-    UNRESERVED[b as usize]
+    in_class(&UNRESERVED, b)
 }
 
 /// True when `s` consists of characters of `class` and well-formed `%HH` escapes.
@@ -130,7 +140,7 @@ fn escaped_of(s: &[u8], class: &[bool; 256]) -> bool {
                 (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
                 _ => return false,
             }
-        } else if class[b as usize] {
+        } else if in_class(class, b) {
             i += 1;
         } else {
             return false;
@@ -235,7 +245,9 @@ impl<'buf> CommaValues<'buf> {
             let s = self.rest;
             let mut i = 0;
             let end = loop {
-                let Some(tail) = s.get(i..) else { break s.len() };
+                let Some(tail) = s.get(i..) else {
+                    break s.len();
+                };
                 match find3(b',', b'"', b'<', tail) {
                     None => break s.len(),
                     Some(j) => {
@@ -388,7 +400,10 @@ mod tests {
             CommaValues::new(b"\"Doe, John\" <sip:a@b;x=1,2>;q=0.5 , <sip:c@d> ,,").collect();
         assert_eq!(
             v,
-            vec![&b"\"Doe, John\" <sip:a@b;x=1,2>;q=0.5"[..], &b"<sip:c@d>"[..]]
+            vec![
+                &b"\"Doe, John\" <sip:a@b;x=1,2>;q=0.5"[..],
+                &b"<sip:c@d>"[..]
+            ]
         );
         let v: Vec<&[u8]> = CommaValues::new(b"\"a\\\"b,c\" <x>, y").collect();
         assert_eq!(v, vec![&b"\"a\\\"b,c\" <x>"[..], &b"y"[..]]);

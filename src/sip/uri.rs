@@ -58,10 +58,7 @@ impl<'buf> Host<'buf> {
                     .strip_prefix(b"[")
                     .and_then(|r| r.strip_suffix(b"]"))
                     .ok_or(ValueError::Host)?;
-                let text = core::str::from_utf8(inner).map_err(|_| ValueError::Host)?;
-                text.parse::<Ipv6Addr>()
-                    .map(Self::V6)
-                    .map_err(|_| ValueError::Host)
+                parse_ipv6(inner).map(Self::V6).ok_or(ValueError::Host)
             }
             Some(_) => {
                 if s.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
@@ -106,6 +103,26 @@ impl<'buf> Host<'buf> {
             _ => false,
         }
     }
+}
+
+/// An IPv6 address as RFC 4291 writes it, or as RFC 3261's ABNF bug lets it
+/// be written: `hexseq ":::" IPv4address`, read as if one colon were not
+/// there ("an implementation must tolerate both", RFC 5118 §4.10).
+pub(crate) fn parse_ipv6(text: &[u8]) -> Option<Ipv6Addr> {
+    let s = core::str::from_utf8(text).ok()?;
+    if let Ok(a) = s.parse::<Ipv6Addr>() {
+        return Some(a);
+    }
+    let i = scan::find_seq(b":::", text)?;
+    let head = text.get(..i + 2)?;
+    let v4 = text.get(i + 3..)?;
+    parse_ipv4(v4)?;
+    // At most 45 bytes in a valid address; anything longer fails the copy.
+    let mut buf = [0u8; 48];
+    let n = head.len() + v4.len();
+    buf.get_mut(..head.len())?.copy_from_slice(head);
+    buf.get_mut(head.len()..n)?.copy_from_slice(v4);
+    core::str::from_utf8(buf.get(..n)?).ok()?.parse().ok()
 }
 
 /// Strict dotted-quad: four decimal parts of at most three digits, each ≤ 255.
@@ -165,26 +182,40 @@ impl<'buf> Uri<'buf> {
                 && scheme_bytes
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
-            return Err(if ok { ValueError::Scheme } else { ValueError::Syntax });
+            return Err(if ok {
+                ValueError::Scheme
+            } else {
+                ValueError::Syntax
+            });
         };
-        if rest.iter().any(|&b| b <= b' ' || b >= 0x7f || b == b'"' || b == b'<' || b == b'>') {
+        if rest
+            .iter()
+            .any(|&b| b <= b' ' || b >= 0x7f || b == b'"' || b == b'<' || b == b'>')
+        {
             return Err(ValueError::Syntax);
         }
-        // headers after '?'; params after the first ';' of the hostport part.
-        let (before_q, headers) = match scan::find(b'?', rest) {
-            Some(q) => (
-                rest.get(..q).unwrap_or_default(),
-                rest.get(q + 1..).unwrap_or_default(),
-            ),
-            None => (rest, &b""[..]),
-        };
-        // userinfo ends at the last '@' before the parameters; ';' may appear in the user part.
-        let (userinfo, hostpart) = match before_q.iter().rposition(|&b| b == b'@') {
+        // The userinfo ends at the first '@': an unescaped '@' may appear
+        // nowhere else in a SIP URI, while the user part may hold ';', '?'
+        // and '/' (RFC 4475 §3.1.1.2 and §3.1.1.9), so neither of those can
+        // be searched for first.
+        let (userinfo, after) = match scan::find(b'@', rest) {
             Some(at) => (
-                Some(before_q.get(..at).unwrap_or_default()),
-                before_q.get(at + 1..).unwrap_or_default(),
+                Some(rest.get(..at).unwrap_or_default()),
+                rest.get(at + 1..).unwrap_or_default(),
             ),
-            None => (None, before_q),
+            None => (None, rest),
+        };
+        // headers after '?' (at least one: `headers = "?" header *( "&" header )`);
+        // params after the first ';' of the hostport part.
+        let (hostpart, headers) = match scan::find(b'?', after) {
+            Some(q) => {
+                let h = after.get(q + 1..).unwrap_or_default();
+                if h.is_empty() {
+                    return Err(ValueError::Param);
+                }
+                (after.get(..q).unwrap_or_default(), h)
+            }
+            None => (after, &b""[..]),
         };
         let (hostport, params) = match scan::find(b';', hostpart) {
             Some(i) => (
@@ -263,9 +294,9 @@ impl<'buf> Uri<'buf> {
         };
         let digits = number.strip_prefix(b"+").unwrap_or(number);
         if digits.is_empty()
-            || !digits
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b'-' | b'.' | b'(' | b')' | b'*' | b'#'))
+            || !digits.iter().all(|b| {
+                b.is_ascii_hexdigit() || matches!(b, b'-' | b'.' | b'(' | b')' | b'*' | b'#')
+            })
         {
             return Err(ValueError::Syntax);
         }
@@ -320,8 +351,7 @@ impl<'buf> Uri<'buf> {
 
     /// The user part compared to `other` as §19.1.4 wants (case-sensitive, escapes decoded).
     pub fn user_eq(&self, other: &[u8]) -> bool {
-        self.user
-            .is_some_and(|u| scan::escaped_eq(u, other, false))
+        self.user.is_some_and(|u| scan::escaped_eq(u, other, false))
     }
 
     /// URI equivalence per RFC 3261 §19.1.4: scheme, user and password
@@ -358,13 +388,17 @@ impl<'buf> Uri<'buf> {
         }
         // Headers: every header on either side must be on the other with the same value.
         let mine = HeaderPairs { rest: self.headers };
-        let theirs = HeaderPairs { rest: other.headers };
+        let theirs = HeaderPairs {
+            rest: other.headers,
+        };
         if mine.clone().count() != theirs.clone().count() {
             return false;
         }
         for (n, v) in mine {
-            let found = HeaderPairs { rest: other.headers }
-                .any(|(n2, v2)| scan::escaped_eq(n, n2, true) && scan::escaped_eq(v, v2, false));
+            let found = HeaderPairs {
+                rest: other.headers,
+            }
+            .any(|(n2, v2)| scan::escaped_eq(n, n2, true) && scan::escaped_eq(v, v2, false));
             if !found {
                 return false;
             }
@@ -494,6 +528,18 @@ mod tests {
         let u = uri("tel:+1-201-555-0123;phone-context=example.com");
         assert_eq!(u.scheme, Scheme::Tel);
         assert_eq!(u.user, Some(&b"+1-201-555-0123"[..]));
+        let u = uri("sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*:&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com");
+        assert_eq!(
+            u.user,
+            Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+        );
+        assert_eq!(
+            u.password,
+            Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..])
+        );
+        assert_eq!(u.headers, b"");
+        let u = uri("sip:user@[2001:db8:::192.0.2.1]");
+        assert_eq!(u.host, Host::V6("2001:db8::192.0.2.1".parse().unwrap()));
         let u = uri("sip:user;par=u%40example.net@example.com");
         assert_eq!(u.user, Some(&b"user;par=u%40example.net"[..]));
         assert_eq!(u.host, Host::Name(b"example.com"));
@@ -512,6 +558,9 @@ mod tests {
             "sip:a@-host",
             "sip:a@b..c",
             "sip:a@b;=x",
+            "sip:a@b?",
+            "sip:a@[2001:db8:::1]",
+            "sip:a@[1:2:3:4:5:6:7:::1.2.3.4]",
             "tel:",
             "nocolon",
         ] {
@@ -525,21 +574,48 @@ mod tests {
     fn equivalence_per_19_1_4() {
         let eq = |a: &str, b: &str| uri(a).equivalent(&uri(b));
         // The RFC's own examples of equivalent URIs.
-        assert!(eq("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"));
-        assert!(eq("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"));
-        assert!(eq("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5"));
+        assert!(eq(
+            "sip:%61lice@atlanta.com;transport=TCP",
+            "sip:alice@AtLanTa.CoM;Transport=tcp"
+        ));
+        assert!(eq(
+            "sip:carol@chicago.com",
+            "sip:carol@chicago.com;newparam=5"
+        ));
+        assert!(eq(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;newparam=5"
+        ));
         assert!(eq(
             "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
             "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"
         ));
-        assert!(eq("sip:alice@atlanta.com?subject=project%20x&priority=urgent", "sip:alice@atlanta.com?priority=urgent&subject=project%20x"));
+        assert!(eq(
+            "sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+            "sip:alice@atlanta.com?priority=urgent&subject=project%20x"
+        ));
         // And its non-equivalent ones.
-        assert!(!eq("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"));
+        assert!(!eq(
+            "SIP:ALICE@AtLanTa.CoM;Transport=udp",
+            "sip:alice@AtLanTa.CoM;Transport=UDP"
+        ));
         assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"));
-        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"));
-        assert!(!eq("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"));
-        assert!(!eq("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"));
+        assert!(!eq(
+            "sip:bob@biloxi.com",
+            "sip:bob@biloxi.com;transport=udp"
+        ));
+        assert!(!eq(
+            "sip:bob@biloxi.com",
+            "sip:bob@biloxi.com:6000;transport=tcp"
+        ));
+        assert!(!eq(
+            "sip:carol@chicago.com",
+            "sip:carol@chicago.com?Subject=next%20meeting"
+        ));
         assert!(!eq("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"));
-        assert!(!eq("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;security=off"));
+        assert!(!eq(
+            "sip:carol@chicago.com;security=on",
+            "sip:carol@chicago.com;security=off"
+        ));
     }
 }

@@ -106,7 +106,10 @@ impl<'buf> Iterator for AuthParamIter<'buf> {
             if n == 0 {
                 return fail(self);
             }
-            (v.get(..n).unwrap_or_default(), v.get(n..).unwrap_or_default())
+            (
+                v.get(..n).unwrap_or_default(),
+                v.get(n..).unwrap_or_default(),
+            )
         };
         let rest = scan::trim_start(rest);
         if !rest.is_empty() && rest.first() != Some(&b',') {
@@ -135,8 +138,18 @@ mod tests {
         assert_eq!(c.params.iter().count(), 10);
         let q = Credentials::parse(b"Digest realm=\"a,b\", qop=\"auth,auth-int\"").unwrap();
         assert_eq!(q.params.get(b"qop"), Some(&b"auth,auth-int"[..]));
-        for bad in [&b""[..], b"Digest realm", b"Digest realm=\"x", b"Digest a=b c=d", b"Digest =x"] {
-            assert!(Credentials::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"Digest realm",
+            b"Digest realm=\"x",
+            b"Digest a=b c=d",
+            b"Digest =x",
+        ] {
+            assert!(
+                Credentials::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

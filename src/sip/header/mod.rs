@@ -15,7 +15,9 @@ pub use name::HeaderName;
 use super::error::ValueError;
 use super::message::Method;
 use super::scan;
-use super::uri::{Host, Uri};
+use core::net::IpAddr;
+
+use super::uri::{parse_ipv6, Host, Uri};
 
 /// Skips leading LWS.
 #[inline]
@@ -185,9 +187,22 @@ impl<'buf> Via<'buf> {
         }
         if let Some(rcv) = via.params.get(b"received") {
             let rcv = rcv.ok_or(ValueError::Param)?;
-            Host::parse(rcv)?;
+            if Host::parse(rcv).is_err() && parse_ipv6(rcv).is_none() {
+                return Err(ValueError::Host);
+            }
         }
         Ok(via)
+    }
+
+    /// The `received` address: RFC 3261's grammar writes an IPv6 one bare,
+    /// implementations often bracket it; both are read (RFC 5118 §4.5).
+    /// `None` when absent or a hostname.
+    pub fn received_addr(&self) -> Option<IpAddr> {
+        let r = self.received()?;
+        match Host::parse(r) {
+            Ok(h) => h.ip(),
+            Err(_) => parse_ipv6(r).map(IpAddr::V6),
+        }
     }
 
     /// The `branch` parameter.
@@ -233,7 +248,10 @@ fn take_token(s: &[u8]) -> Result<(&[u8], &[u8]), ValueError> {
     if n == 0 {
         return Err(ValueError::Syntax);
     }
-    Ok((s.get(..n).unwrap_or_default(), s.get(n..).unwrap_or_default()))
+    Ok((
+        s.get(..n).unwrap_or_default(),
+        s.get(n..).unwrap_or_default(),
+    ))
 }
 
 fn expect(s: &[u8], c: u8) -> Result<&[u8], ValueError> {
@@ -281,10 +299,7 @@ impl<'buf> NameAddr<'buf> {
                 Some(lt) => {
                     let dn = scan::trim(s.get(..lt).unwrap_or_default());
                     // display-name = *(token LWS) / quoted-string
-                    if !dn
-                        .iter()
-                        .all(|&b| scan::is_token(b) || scan::is_lws(b))
-                    {
+                    if !dn.iter().all(|&b| scan::is_token(b) || scan::is_lws(b)) {
                         return Err(ValueError::Syntax);
                     }
                     let dn = (!dn.is_empty()).then_some(dn);
@@ -298,16 +313,18 @@ impl<'buf> NameAddr<'buf> {
             let uri = inner.get(..gt).unwrap_or_default();
             (uri, true, inner.get(gt + 1..).unwrap_or_default())
         } else {
-            // addr-spec: the URI ends at the first ';' or LWS (its params are header params).
+            // addr-spec: the URI ends at the first ';' or LWS (its params are
+            // header params). A URI with a '?' (or ',') must be in angle
+            // brackets (§20.10; RFC 4475 §3.1.2.13).
             let n = rest
                 .iter()
                 .take_while(|&&b| b != b';' && !scan::is_lws(b))
                 .count();
-            (
-                rest.get(..n).unwrap_or_default(),
-                false,
-                rest.get(n..).unwrap_or_default(),
-            )
+            let uri = rest.get(..n).unwrap_or_default();
+            if scan::find2(b'?', b',', uri).is_some() {
+                return Err(ValueError::Syntax);
+            }
+            (uri, false, rest.get(n..).unwrap_or_default())
         };
         if uri_bytes.is_empty() || scan::find(b':', uri_bytes).is_none() {
             return Err(ValueError::Syntax);
@@ -404,7 +421,11 @@ impl<'buf> Contact<'buf> {
     pub fn q(&self) -> Option<u16> {
         match self {
             Self::Star => None,
-            Self::Addr(na) => na.params.get(b"q").flatten().and_then(|q| parse_qvalue(q).ok()),
+            Self::Addr(na) => na
+                .params
+                .get(b"q")
+                .flatten()
+                .and_then(|q| parse_qvalue(q).ok()),
         }
     }
 
@@ -470,7 +491,10 @@ mod tests {
 
     #[test]
     fn via_variants() {
-        let v = Via::parse(b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK74bf9;received=10.0.0.1;rport=5070").unwrap();
+        let v = Via::parse(
+            b"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK74bf9;received=10.0.0.1;rport=5070",
+        )
+        .unwrap();
         assert_eq!(v.transport, b"UDP");
         assert_eq!(v.host, Host::V4("192.0.2.1".parse().unwrap()));
         assert_eq!(v.port, Some(5060));
@@ -478,7 +502,10 @@ mod tests {
         assert_eq!(v.received(), Some(&b"10.0.0.1"[..]));
         assert_eq!(v.rport(), Some(Some(5070)));
         assert!(v.has_magic_cookie());
-        let v = Via::parse(b"SIP / 2.0 / TCP\r\n  [2001:db8::9]:5061 ; branch = z9hG4bKx ; rport ; ttl=16").unwrap();
+        let v = Via::parse(
+            b"SIP / 2.0 / TCP\r\n  [2001:db8::9]:5061 ; branch = z9hG4bKx ; rport ; ttl=16",
+        )
+        .unwrap();
         assert_eq!(v.transport, b"TCP");
         assert_eq!(v.port, Some(5061));
         assert_eq!(v.rport(), Some(None));
@@ -486,6 +513,12 @@ mod tests {
         assert_eq!(v.branch(), Some(&b"z9hG4bKx"[..]));
         let v = Via::parse(b"SIP/2.0/UDP host.example.com;received=[2001:db8::1]").unwrap();
         assert_eq!(v.received(), Some(&b"[2001:db8::1]"[..]));
+        assert_eq!(v.received_addr(), Some("2001:db8::1".parse().unwrap()));
+        let v =
+            Via::parse(b"SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3")
+                .unwrap();
+        assert_eq!(v.received_addr(), Some("2001:db8::9:255".parse().unwrap()));
+        assert_eq!(v.branch(), Some(&b"z9hG4bKas3"[..]));
         for bad in [
             &b"SIP/2.0 UDP host"[..],
             b"SIP/2.0/UDP",
@@ -502,7 +535,8 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse(b"\"Alice \\\"A\\\" Liddell\" <sip:alice@atlanta.com>;tag=88sja8x").unwrap();
+        let n = NameAddr::parse(b"\"Alice \\\"A\\\" Liddell\" <sip:alice@atlanta.com>;tag=88sja8x")
+            .unwrap();
         assert_eq!(n.display_name, Some(&b"\"Alice \\\"A\\\" Liddell\""[..]));
         assert_eq!(n.uri_bytes, b"sip:alice@atlanta.com");
         assert_eq!(n.tag(), Some(&b"88sja8x"[..]));
@@ -515,8 +549,19 @@ mod tests {
         assert_eq!(n.tag(), Some(&b"5"[..]));
         let n = NameAddr::parse(b"<sip:x@y>").unwrap();
         assert_eq!(n.display_name, None);
-        for bad in [&b""[..], b"<sip:x@y", b"\"unterminated <sip:x@y>", b"\"a\" sip:x@y", b"<sip:x@y> junk"] {
-            assert!(NameAddr::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"<sip:x@y",
+            b"\"unterminated <sip:x@y>",
+            b"\"a\" sip:x@y",
+            b"<sip:x@y> junk",
+            b"sip:x@y?Route=%3Csip:z%3E",
+        ] {
+            assert!(
+                NameAddr::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -38,6 +38,8 @@ macro_rules! header_names {
             pub const ALL: [Self; Self::KNOWN] = [$(Self::$variant),*];
 
             /// Compact form, if the name has one.
+            // Indexes a non-empty literal at compile time.
+            #[allow(clippy::indexing_slicing)]
             pub const fn compact(self) -> Option<u8> {
                 match self {
                     $($(Self::$variant => Some($compact.as_bytes()[0]),)?)*
@@ -189,7 +191,10 @@ impl HeaderName {
 
     #[inline]
     fn from_slot(slot: u8) -> Self {
-        Self::ALL.get(usize::from(slot)).copied().unwrap_or(Self::Other)
+        Self::ALL
+            .get(usize::from(slot))
+            .copied()
+            .unwrap_or(Self::Other)
     }
 
     /// Position of this name in per-name tables; `None` for [`HeaderName::Other`].
@@ -259,7 +264,12 @@ mod tests {
             (b"", H::Other),
         ];
         for (raw, want) in cases {
-            assert_eq!(H::from_bytes(raw), *want, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                H::from_bytes(raw),
+                *want,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
