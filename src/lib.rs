@@ -11,6 +11,8 @@
 //! | [`sip`] | message model, zero-copy parser, URIs, typed headers, the editor |
 //! | [`proxy`] | routing: the stateless relay, loose routing, branches, local answers |
 //! | [`transport`] | the [`transport::Outbox`] the core writes datagrams into |
+//! | [`shard`] | thread-per-core runtime: pinning, SO_REUSEPORT sockets, io_uring and mio drivers |
+//! | [`config`], [`cli`] | TOML + flags → a validated [`config::Config`]; the `sipedge` command |
 //! | [`time`] | µs-resolution `Instant`/`Duration` the core takes as input |
 //!
 //! ## The path of one datagram
@@ -29,7 +31,10 @@
 )]
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod config;
 pub mod proxy;
+pub mod shard;
 pub mod sip;
 pub mod time;
 pub mod transport;

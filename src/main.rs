@@ -1,4 +1,10 @@
-//! The `sipedge` binary.
-fn main() {
-    println!("sipedge {}", env!("CARGO_PKG_VERSION"));
+//! The `sipedge` binary: see [`sipedge::cli`].
+fn main() -> std::process::ExitCode {
+    match sipedge::cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipedge: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

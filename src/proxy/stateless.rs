@@ -133,7 +133,7 @@ fn respond(
         .unwrap_or(src);
     let tag = local_tag(id, msg);
     let spec = ResponseSpec {
-        to_tag: Some(tag.as_bytes()),
+        to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
         received: Some(Received {
             ip: src.ip(),
             port: src.port(),

@@ -1,0 +1,210 @@
+//! The `sipedge` command: `run` (the default) starts the edge; more
+//! subcommands come with their issues (`tune`, `ctl`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, FileConfig};
+use crate::proxy::stateless::{self, Stateless};
+use crate::proxy::Counters;
+use crate::shard::{self, DriverKind, DriverStats};
+
+/// sipedge: a carrier-grade SIP edge proxy.
+#[derive(Debug, Parser)]
+#[command(name = "sipedge", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the edge (the default when no subcommand is given).
+    Run(RunArgs),
+}
+
+/// Flags of `sipedge run`; a `--config` file takes the same keys, flags win.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Listen address, `udp:IP:PORT` (repeatable). Default udp:127.0.0.1:5060.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Number of shards (threads, one per CPU). Default: one per allowed CPU.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// A domain this edge serves (repeatable). Default: localhost.
+    #[arg(long, value_name = "NAME")]
+    pub domain: Vec<String>,
+    /// Next hop for requests not for a served domain (stateless: for everything), `sip:HOST:PORT`.
+    #[arg(long, value_name = "URI")]
+    pub upstream: Option<String>,
+    /// Run the stateless relay.
+    #[arg(long)]
+    pub stateless: bool,
+    /// I/O driver: auto (probe io_uring, fall back to mio), uring or mio.
+    #[arg(long, value_name = "auto|uring|mio")]
+    pub io: Option<String>,
+    /// TOML configuration file with the same keys as these flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log level or filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Address to advertise in Via and Record-Route (for wildcard or NATed binds).
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Add Record-Route in stateless mode.
+    #[arg(long)]
+    pub record_route: bool,
+}
+
+impl RunArgs {
+    fn as_file_config(&self) -> FileConfig {
+        FileConfig {
+            listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
+            shards: self.shards,
+            domain: (!self.domain.is_empty()).then(|| self.domain.clone()),
+            upstream: self.upstream.clone(),
+            stateless: self.stateless.then_some(true),
+            io: self.io.clone(),
+            log_level: self.log_level.clone(),
+            advertise: self.advertise,
+            record_route: self.record_route.then_some(true),
+            parser: None,
+            socket: None,
+        }
+    }
+
+    /// The validated configuration: file (if any), then flags.
+    pub fn config(&self) -> Result<Config> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let cpus = shard::affinity::allowed_cpus()
+            .map(|c| c.len())
+            .unwrap_or(1);
+        Ok(file.overridden_by(self.as_file_config()).validate(cpus)?)
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        None => run(&RunArgs::default()),
+        Some(Command::Run(args)) => run(&args),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Runs the edge until SIGINT or SIGTERM.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let cfg = args.config()?;
+    init_logging(&cfg.log_level);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handlers")?;
+    }
+    let (driver, fallback) = DriverKind::choose(cfg.io).map_err(|e| anyhow!("--io uring: {e}"))?;
+    let mut warnings = Vec::new();
+    let plans = shard::plan(&cfg, &mut warnings)?;
+    let secret = startup_secret();
+    let listen: Vec<String> = plans
+        .first()
+        .map(|p| {
+            p.locals
+                .iter()
+                .filter(|l| l.role == crate::proxy::SocketRole::Public)
+                .map(|l| format!("udp:{}", l.addr))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cpus: Vec<String> = plans.iter().filter_map(|p| p.cpu.map(|c| c.to_string())).collect();
+    let mode = if cfg.stateless { "stateless relay" } else { "stateless relay (transaction-stateful mode arrives with the registrar)" };
+    tracing::info!(
+        "sipedge {} started: io={} shards={} (cpus {}) listen={} mode={} domains={} upstream={}",
+        env!("CARGO_PKG_VERSION"),
+        driver.name(),
+        plans.len(),
+        cpus.join(","),
+        listen.join(","),
+        mode,
+        cfg.domains.join(","),
+        cfg.upstream.map_or_else(|| "none".to_owned(), |u| u.to_string()),
+    );
+    if let Some(why) = fallback {
+        tracing::info!("io_uring not used ({why}); running the mio driver");
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let relay_cfg = stateless::Config {
+        upstream: cfg.upstream,
+        record_route: cfg.record_route,
+        parse: cfg.parse.clone(),
+    };
+    let handles = shard::spawn(plans, driver, &cfg, secret, stop.clone(), move |id| {
+        Stateless::new(id, relay_cfg.clone())
+    })?;
+    let mut driver_total = DriverStats::default();
+    let mut counters = Counters::default();
+    let mut failed = false;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => {
+                driver_total.add(&r.driver);
+                counters.add(&r.service);
+            }
+            Ok(Err(e)) => {
+                tracing::error!("shard failed: {e}");
+                failed = true;
+                stop.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {
+                tracing::error!("shard thread panicked");
+                failed = true;
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    tracing::info!(
+        "stopped: rx={} tx={} rx_errors={} tx_errors={} tx_dropped={}",
+        driver_total.rx,
+        driver_total.tx,
+        driver_total.rx_errors,
+        driver_total.tx_errors,
+        driver_total.tx_dropped
+    );
+    for (name, v) in counters.pairs() {
+        if v > 0 {
+            tracing::info!("{name} {v}");
+        }
+    }
+    if failed {
+        return Err(anyhow!("a shard failed"));
+    }
+    Ok(())
+}
+
+/// A per-process secret for branch and tag hashes (not a key that protects
+/// anything: it makes our branches unpredictable across restarts).
+fn startup_secret() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
+}

@@ -1,0 +1,387 @@
+//! Configuration: a TOML file (`--config FILE`) and command-line flags with
+//! the same key names, flags winning, validated once into a [`Config`]
+//! ("parse, don't validate": nothing downstream re-checks it).
+//!
+//! ```toml
+//! listen = ["udp:127.0.0.1:5060"]
+//! shards = 2
+//! domain = ["example.test"]
+//! upstream = "sip:192.0.2.10:5060"
+//! stateless = true
+//! io = "auto"            # auto | uring | mio
+//! log_level = "info"
+//!
+//! [parser]               # limits, all optional
+//! max_message_size = 65535
+//! max_headers = 256
+//! ```
+
+use core::net::{IpAddr, SocketAddr};
+use std::net::ToSocketAddrs;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::sip::ParseConfig;
+
+/// Transport of a listen address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP (the only one this build serves; TCP, TLS and WS come later).
+    Udp,
+}
+
+/// One `--listen` address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// Its transport.
+    pub transport: Transport,
+    /// The address to bind.
+    pub addr: SocketAddr,
+}
+
+impl Listen {
+    /// Parses `udp:IP:PORT` (IPv6 as `udp:[::1]:5060`); a bare `IP:PORT` means UDP.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (transport, rest) = match s.split_once(':') {
+            Some(("udp", rest)) => (Transport::Udp, rest),
+            Some(("tcp" | "tls" | "ws" | "wss", _)) => {
+                return Err(ConfigError::UnsupportedTransport(s.to_owned()))
+            }
+            _ => (Transport::Udp, s),
+        };
+        let addr = rest
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::BadListen(s.to_owned()))?;
+        Ok(Self { transport, addr })
+    }
+}
+
+/// Which I/O driver the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// io_uring when the kernel has what we need, else mio.
+    #[default]
+    Auto,
+    /// io_uring, or fail at start.
+    Uring,
+    /// mio (epoll) with recvmmsg/sendmmsg.
+    Mio,
+}
+
+impl IoMode {
+    /// Parses `auto`, `uring` or `mio`.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "mio" | "epoll" => Ok(Self::Mio),
+            _ => Err(ConfigError::BadIo(s.to_owned())),
+        }
+    }
+}
+
+/// A configuration error, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {source}")]
+    Toml {
+        /// The path.
+        path: String,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A listen address is malformed.
+    #[error("bad listen address {0:?}: expected udp:IP:PORT, e.g. udp:127.0.0.1:5060 or udp:[::1]:5060")]
+    BadListen(String),
+    /// A listen transport this build does not serve yet.
+    #[error("listen address {0:?}: only udp is supported by this build")]
+    UnsupportedTransport(String),
+    /// The upstream is malformed or does not resolve.
+    #[error("bad upstream {0:?}: expected sip:HOST:PORT")]
+    BadUpstream(String),
+    /// The io mode is unknown.
+    #[error("bad io mode {0:?}: expected auto, uring or mio")]
+    BadIo(String),
+    /// Zero shards, or more than 255.
+    #[error("shards must be between 1 and 255, got {0}")]
+    BadShards(usize),
+    /// No listen address.
+    #[error("no listen address")]
+    NoListen,
+    /// A listen address binds the wildcard address without an advertised address.
+    #[error("listen address {0} is a wildcard: set `advertise` to the address peers reach us at")]
+    WildcardWithoutAdvertise(SocketAddr),
+    /// A domain name is empty or malformed.
+    #[error("bad domain {0:?}")]
+    BadDomain(String),
+}
+
+/// The file form: every key optional, names as on the command line.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `listen = ["udp:127.0.0.1:5060"]`
+    pub listen: Option<Vec<String>>,
+    /// `shards = 2`
+    pub shards: Option<usize>,
+    /// `domain = ["example.test"]`
+    pub domain: Option<Vec<String>>,
+    /// `upstream = "sip:192.0.2.10:5060"`
+    pub upstream: Option<String>,
+    /// `stateless = true`
+    pub stateless: Option<bool>,
+    /// `io = "auto"`
+    pub io: Option<String>,
+    /// `log_level = "info"`
+    pub log_level: Option<String>,
+    /// `advertise = "203.0.113.5"`: the address put in Via and Record-Route.
+    pub advertise: Option<IpAddr>,
+    /// `record_route = true`
+    pub record_route: Option<bool>,
+    /// `[parser]` limits.
+    pub parser: Option<ParserSection>,
+    /// `[socket]` settings.
+    pub socket: Option<SocketSection>,
+}
+
+/// `[parser]`: message limits.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParserSection {
+    /// Largest message, bytes.
+    pub max_message_size: Option<usize>,
+    /// Most header lines.
+    pub max_headers: Option<usize>,
+    /// Longest header line.
+    pub max_header_line: Option<usize>,
+    /// Longest Request-URI.
+    pub max_uri_len: Option<usize>,
+    /// Most Via values.
+    pub max_vias: Option<usize>,
+}
+
+/// `[socket]`: buffer sizes.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketSection {
+    /// SO_RCVBUF asked for, bytes.
+    pub recv_buffer: Option<usize>,
+    /// SO_SNDBUF asked for, bytes.
+    pub send_buffer: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Listen addresses.
+    pub listen: Vec<Listen>,
+    /// Number of shards (threads), each pinned to one allowed CPU.
+    pub shards: usize,
+    /// Served domains, lower-case.
+    pub domains: Vec<String>,
+    /// Next hop for what is not ours.
+    pub upstream: Option<SocketAddr>,
+    /// Run the stateless relay.
+    pub stateless: bool,
+    /// I/O driver choice.
+    pub io: IoMode,
+    /// Log filter (`info`, `debug`, `sipedge=trace`…).
+    pub log_level: String,
+    /// Address advertised in Via/Record-Route instead of the bound one.
+    pub advertise: Option<IpAddr>,
+    /// Add Record-Route in stateless mode.
+    pub record_route: bool,
+    /// Parser limits.
+    pub parse: ParseConfig,
+    /// SO_RCVBUF to ask for.
+    pub recv_buffer: usize,
+    /// SO_SNDBUF to ask for.
+    pub send_buffer: usize,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Toml { source, .. } => ConfigError::Toml {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: String::new(),
+            source: Box::new(e),
+        })
+    }
+
+    /// `self` with every key that `over` sets taken from `over`.
+    pub fn overridden_by(self, over: Self) -> Self {
+        Self {
+            listen: over.listen.or(self.listen),
+            shards: over.shards.or(self.shards),
+            domain: over.domain.or(self.domain),
+            upstream: over.upstream.or(self.upstream),
+            stateless: over.stateless.or(self.stateless),
+            io: over.io.or(self.io),
+            log_level: over.log_level.or(self.log_level),
+            advertise: over.advertise.or(self.advertise),
+            record_route: over.record_route.or(self.record_route),
+            parser: over.parser.or(self.parser),
+            socket: over.socket.or(self.socket),
+        }
+    }
+
+    /// Validates into a [`Config`]; `cpus` is the number of CPUs this process may use.
+    pub fn validate(self, cpus: usize) -> Result<Config, ConfigError> {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| vec!["udp:127.0.0.1:5060".to_owned()])
+            .iter()
+            .map(|s| Listen::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(ConfigError::NoListen);
+        }
+        if self.advertise.is_none() {
+            if let Some(l) = listen.iter().find(|l| l.addr.ip().is_unspecified()) {
+                return Err(ConfigError::WildcardWithoutAdvertise(l.addr));
+            }
+        }
+        let shards = self.shards.unwrap_or(cpus.max(1));
+        if !(1..=255).contains(&shards) {
+            return Err(ConfigError::BadShards(shards));
+        }
+        let domains = self
+            .domain
+            .unwrap_or_else(|| vec!["localhost".to_owned()])
+            .into_iter()
+            .map(|d| {
+                let ok = !d.is_empty()
+                    && d.len() <= 253
+                    && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if ok {
+                    Ok(d.to_ascii_lowercase())
+                } else {
+                    Err(ConfigError::BadDomain(d))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let upstream = self.upstream.as_deref().map(parse_upstream).transpose()?;
+        let io = self.io.as_deref().map(IoMode::parse).transpose()?.unwrap_or_default();
+        let p = self.parser.unwrap_or_default();
+        let d = ParseConfig::default();
+        let parse = ParseConfig {
+            max_message_size: p.max_message_size.unwrap_or(d.max_message_size).min(65_535),
+            max_headers: p.max_headers.unwrap_or(d.max_headers),
+            max_header_line: p.max_header_line.unwrap_or(d.max_header_line),
+            max_uri_len: p.max_uri_len.unwrap_or(d.max_uri_len),
+            max_vias: p.max_vias.unwrap_or(d.max_vias),
+            ..d
+        };
+        let s = self.socket.unwrap_or_default();
+        Ok(Config {
+            listen,
+            shards,
+            domains,
+            upstream,
+            stateless: self.stateless.unwrap_or(false),
+            io,
+            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            advertise: self.advertise,
+            record_route: self.record_route.unwrap_or(false),
+            parse,
+            recv_buffer: s.recv_buffer.unwrap_or(4 << 20),
+            send_buffer: s.send_buffer.unwrap_or(4 << 20),
+        })
+    }
+}
+
+/// Parses `sip:HOST:PORT` (or `HOST:PORT`), resolving a name once, at start.
+pub fn parse_upstream(s: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::BadUpstream(s.to_owned());
+    let rest = s.strip_prefix("sip:").unwrap_or(s);
+    let rest = rest.split(';').next().unwrap_or(rest);
+    if let Ok(a) = rest.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = rest.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 5060));
+    }
+    let with_port = if rest.contains(':') {
+        rest.to_owned()
+    } else {
+        format!("{rest}:5060")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_default() {
+        let c = FileConfig::default().validate(2).unwrap();
+        assert_eq!(c.listen, vec![Listen::parse("udp:127.0.0.1:5060").unwrap()]);
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.domains, vec!["localhost".to_owned()]);
+        assert_eq!(c.io, IoMode::Auto);
+        assert_eq!(c.upstream, None);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let file = FileConfig::from_toml(
+            "listen = [\"udp:[::1]:5070\"]\nshards = 3\ndomain = [\"Example.Test\"]\nupstream = \"sip:192.0.2.1:5080\"\nio = \"mio\"\n[parser]\nmax_headers = 64\n",
+        )
+        .unwrap();
+        let flags = FileConfig {
+            shards: Some(1),
+            ..FileConfig::default()
+        };
+        let c = file.overridden_by(flags).validate(8).unwrap();
+        assert_eq!(c.shards, 1);
+        assert_eq!(c.listen[0].addr.to_string(), "[::1]:5070");
+        assert_eq!(c.domains, vec!["example.test".to_owned()]);
+        assert_eq!(c.upstream.unwrap().to_string(), "192.0.2.1:5080");
+        assert_eq!(c.io, IoMode::Mio);
+        assert_eq!(c.parse.max_headers, 64);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        assert!(FileConfig::from_toml("bogus = 1").is_err());
+        let bad = |f: FileConfig| f.validate(1).unwrap_err().to_string();
+        assert!(bad(FileConfig { listen: Some(vec!["tcp:1.2.3.4:5060".into()]), ..Default::default() }).contains("only udp"));
+        assert!(bad(FileConfig { listen: Some(vec!["udp:nonsense".into()]), ..Default::default() }).contains("bad listen"));
+        assert!(bad(FileConfig { shards: Some(0), ..Default::default() }).contains("between 1 and 255"));
+        assert!(bad(FileConfig { io: Some("poll".into()), ..Default::default() }).contains("auto, uring or mio"));
+        assert!(bad(FileConfig { listen: Some(vec!["udp:0.0.0.0:5060".into()]), ..Default::default() }).contains("advertise"));
+        assert_eq!(parse_upstream("sip:127.0.0.1:15080").unwrap().to_string(), "127.0.0.1:15080");
+        assert_eq!(parse_upstream("sip:127.0.0.1").unwrap().to_string(), "127.0.0.1:5060");
+        assert!(parse_upstream("sip:no-such-host.invalid:5060").is_err());
+    }
+}

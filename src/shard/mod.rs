@@ -1,0 +1,316 @@
+//! The thread-per-core runtime: one shard per CPU, pinned, each owning its
+//! sockets, its I/O driver, its buffers, its service state and its counters.
+//! Nothing on the hot path is shared or locked.
+//!
+//! ```text
+//!            ┌──────────── shard 0 (CPU a) ────────────┐   ┌── shard 1 (CPU b) ──┐
+//! :5060 ─┬─► │ public socket (SO_REUSEPORT)             │   │ public socket       │
+//!        │   │ shard socket  (own port: in our Vias)    │   │ shard socket        │
+//!        │   │ driver: io_uring | mio ─► Service (sans-IO)   │ …                   │
+//!        │   └──────────────────────────────────────────┘   └─────────────────────┘
+//!        └─ the kernel spreads flows across the public sockets by 4-tuple hash
+//! ```
+//!
+//! Why a shard socket of its own: responses come back to the sent-by of the
+//! Via we added, so naming the shard's own port there brings each response
+//! to the shard that forwarded the request without any hand-off. Requests
+//! from the same client flow (retransmissions, CANCEL, ACK) hash to the same
+//! public socket. With one shard, the public socket serves both roles.
+//!
+//! The driver is chosen at start: io_uring when the kernel supports what we
+//! use (probed, as monoio does), else mio.
+
+pub mod affinity;
+pub mod mio;
+pub mod socket;
+pub mod sys;
+pub mod uring;
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::config::{Config, IoMode};
+use crate::proxy::{Counters, Identity, LocalSocket, Service, SocketRole};
+use crate::time::{Duration, Instant};
+
+/// Datagrams per receive batch.
+pub const RECV_BATCH: usize = 32;
+/// Size of each receive buffer: the largest UDP payload.
+pub const RECV_BUF: usize = 65_536;
+/// Bytes of the per-shard outbox arena.
+pub const OUTBOX_BYTES: usize = 2 << 20;
+/// Datagrams the outbox holds before a flush.
+pub const OUTBOX_ITEMS: usize = 256;
+/// The longest a shard sleeps, so it notices a stop request promptly.
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// The monotonic clock, read once per loop turn and passed to the core.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: std::time::Instant,
+}
+
+impl Clock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// Time since the epoch.
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How long to wait for I/O before the next timer is due (at most [`MAX_WAIT`]).
+pub fn wait_for(deadline: Option<Instant>, now: Instant) -> std::time::Duration {
+    let d = deadline.map_or(MAX_WAIT, |t| t.saturating_since(now).min(MAX_WAIT));
+    d.into()
+}
+
+/// What a driver counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Datagrams received.
+    pub rx: u64,
+    /// Datagrams sent.
+    pub tx: u64,
+    /// Receive errors (other than would-block).
+    pub rx_errors: u64,
+    /// Datagrams larger than a receive buffer (dropped).
+    pub rx_truncated: u64,
+    /// Datagrams the kernel refused to send.
+    pub tx_errors: u64,
+    /// Datagrams dropped because the socket stayed full.
+    pub tx_dropped: u64,
+    /// Loop turns.
+    pub turns: u64,
+}
+
+impl DriverStats {
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &Self) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.rx_errors += o.rx_errors;
+        self.rx_truncated += o.rx_truncated;
+        self.tx_errors += o.tx_errors;
+        self.tx_dropped += o.tx_dropped;
+        self.turns += o.turns;
+    }
+}
+
+/// The driver a shard runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// io_uring: multishot recvmsg into a provided-buffer ring, batched sends.
+    Uring,
+    /// mio: epoll readiness, recvmmsg/sendmmsg.
+    Mio,
+}
+
+impl DriverKind {
+    /// Resolves `--io`: `auto` probes io_uring and falls back to mio.
+    pub fn choose(mode: IoMode) -> Result<(Self, Option<String>), String> {
+        match mode {
+            IoMode::Mio => Ok((Self::Mio, None)),
+            IoMode::Uring => uring::probe().map(|()| (Self::Uring, None)),
+            IoMode::Auto => match uring::probe() {
+                Ok(()) => Ok((Self::Uring, None)),
+                Err(why) => Ok((Self::Mio, Some(why))),
+            },
+        }
+    }
+
+    /// Name for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Uring => "io_uring",
+            Self::Mio => "mio",
+        }
+    }
+}
+
+/// The sockets and placement of one shard, bound before its thread starts
+/// (so a port in use is reported at once, with its address).
+#[derive(Debug)]
+pub struct ShardPlan {
+    /// Shard index.
+    pub id: u16,
+    /// CPU to pin to.
+    pub cpu: Option<usize>,
+    /// Bound sockets; index = [`crate::transport::SocketId`].
+    pub sockets: Vec<UdpSocket>,
+    /// What the core knows of each socket.
+    pub locals: Vec<LocalSocket>,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The CPU set could not be read.
+    #[error("cannot read the CPU affinity mask: {0}")]
+    Affinity(io::Error),
+    /// The requested driver is unavailable.
+    #[error("io_uring unavailable: {0}")]
+    Driver(String),
+    /// A thread could not be spawned.
+    #[error("cannot start shard thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// Binds every shard's sockets per `cfg`: the public sockets with
+/// SO_REUSEPORT on each listen address, and with more than one shard, a
+/// shard socket per listen address on an ephemeral port of the same IP.
+pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, StartError> {
+    let cpus = affinity::allowed_cpus().map_err(StartError::Affinity)?;
+    let mut plans = Vec::with_capacity(cfg.shards);
+    // The first shard binds port 0 listeners; the others reuse the port it got.
+    let mut listen_addrs: Vec<SocketAddr> = cfg.listen.iter().map(|l| l.addr).collect();
+    for id in 0..cfg.shards {
+        let mut sockets = Vec::new();
+        let mut locals = Vec::new();
+        for addr in listen_addrs.iter_mut() {
+            let (sock, granted) = socket::bind_udp(*addr, true, cfg.recv_buffer, cfg.send_buffer)
+                .map_err(|source| StartError::Bind { addr: *addr, source })?;
+            let bound = socket::local_addr(&sock).map_err(|source| StartError::Bind { addr: *addr, source })?;
+            *addr = bound;
+            if id == 0 && granted.recv < cfg.recv_buffer {
+                warnings.push(format!(
+                    "SO_RCVBUF on {bound}: asked {} KiB, kernel granted {} KiB (raise net.core.rmem_max; see `sipedge tune`)",
+                    cfg.recv_buffer / 1024,
+                    granted.recv / 2 / 1024
+                ));
+            }
+            let advertised = SocketAddr::new(cfg.advertise.unwrap_or(bound.ip()), bound.port());
+            locals.push(LocalSocket::advertised(bound, SocketRole::Public, advertised));
+            sockets.push(sock);
+            if cfg.shards > 1 {
+                let own = SocketAddr::new(bound.ip(), 0);
+                let (s2, _) = socket::bind_udp(own, false, cfg.recv_buffer, cfg.send_buffer)
+                    .map_err(|source| StartError::Bind { addr: own, source })?;
+                let b2 = socket::local_addr(&s2).map_err(|source| StartError::Bind { addr: own, source })?;
+                let adv2 = SocketAddr::new(cfg.advertise.unwrap_or(b2.ip()), b2.port());
+                locals.push(LocalSocket::advertised(b2, SocketRole::Shard, adv2));
+                sockets.push(s2);
+            }
+        }
+        plans.push(ShardPlan {
+            id: id as u16,
+            cpu: cpus.get(id % cpus.len().max(1)).copied(),
+            sockets,
+            locals,
+        });
+    }
+    Ok(plans)
+}
+
+/// The identity of shard `plan` serving `cfg`.
+pub fn identity(cfg: &Config, plan: &ShardPlan, secret: u64) -> Identity {
+    Identity {
+        shard_id: plan.id,
+        sockets: plan.locals.clone(),
+        domains: cfg
+            .domains
+            .iter()
+            .map(|d| d.as_bytes().to_vec().into_boxed_slice())
+            .collect(),
+        secret,
+    }
+}
+
+/// What a shard thread returns when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    /// Shard index.
+    pub id: u16,
+    /// Driver counters.
+    pub driver: DriverStats,
+    /// Service counters.
+    pub service: Counters,
+}
+
+/// Starts one thread per plan, each pinned to its CPU, running `make(identity)`
+/// on `driver` until `stop` is set.
+pub fn spawn<S, F>(
+    plans: Vec<ShardPlan>,
+    driver: DriverKind,
+    cfg: &Config,
+    secret: u64,
+    stop: Arc<AtomicBool>,
+    make: F,
+) -> Result<Vec<JoinHandle<io::Result<ShardReport>>>, StartError>
+where
+    S: Service,
+    F: Fn(Identity) -> S + Send + Clone + 'static,
+{
+    let mut handles = Vec::with_capacity(plans.len());
+    for plan in plans {
+        let id = identity(cfg, &plan, secret);
+        let stop = stop.clone();
+        let make = make.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("shard-{}", plan.id))
+            .spawn(move || run_shard(plan, driver, id, &stop, make))
+            .map_err(StartError::Spawn)?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn run_shard<S: Service, F: Fn(Identity) -> S>(
+    plan: ShardPlan,
+    driver: DriverKind,
+    id: Identity,
+    stop: &AtomicBool,
+    make: F,
+) -> io::Result<ShardReport> {
+    if let Some(cpu) = plan.cpu {
+        if let Err(e) = affinity::pin_current_thread(cpu) {
+            tracing::warn!(shard = plan.id, cpu, "cannot pin shard: {e}");
+        }
+    }
+    let shard_id = plan.id;
+    let mut service = make(id);
+    let stats = match driver {
+        DriverKind::Mio => mio::MioDriver::new(plan.sockets)?.run(&mut service, stop)?,
+        DriverKind::Uring => uring::UringDriver::new(plan.sockets)?.run(&mut service, stop)?,
+    };
+    Ok(ShardReport {
+        id: shard_id,
+        driver: stats,
+        service: service.counters().clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_no_longer_than_the_next_timer() {
+        let now = Instant::from_micros(1_000);
+        assert_eq!(wait_for(None, now), std::time::Duration::from_millis(100));
+        assert_eq!(wait_for(Some(Instant::from_micros(3_000)), now), std::time::Duration::from_millis(2));
+        assert_eq!(wait_for(Some(Instant::ZERO), now), std::time::Duration::ZERO);
+    }
+}
