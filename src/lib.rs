@@ -38,3 +38,4 @@ pub mod shard;
 pub mod sip;
 pub mod time;
 pub mod transport;
+pub mod wheel;

@@ -1,0 +1,272 @@
+//! A hierarchical timing wheel for the sans-IO core: transaction timers
+//! (Timer A–M, 500 ms to 32 s) and binding expiries (seconds to hours).
+//!
+//! ```text
+//! level 0: 4096 slots × 1 ms     (the next ~4 s)
+//! level 1: 4096 slots × 4.096 s  (the next ~4.7 h), cascaded into level 0 as the cursor reaches them
+//! overflow: anything later, re-examined once per level-1 lap
+//! ```
+//!
+//! Why here and not in `shard/`: the wheel is pure data driven by the `now`
+//! the core is given, so the transaction and registrar layers (sans-IO) own
+//! one each and tests run them on virtual time.
+//!
+//! Timers are never cancelled: an item carries whatever its owner needs to
+//! tell a stale timer from a live one (a generation number), and the owner
+//! ignores stale ones when they fire. Inserting and firing are O(1); the
+//! slots keep their capacity, so the steady state does not allocate.
+
+use crate::time::{Duration, Instant};
+
+const BITS: u32 = 12;
+const SLOTS: usize = 1 << BITS;
+const MASK: u64 = (SLOTS as u64) - 1;
+/// Resolution of level 0.
+pub const TICK: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    at: u64,
+    item: T,
+}
+
+/// A timing wheel of items of type `T`.
+#[derive(Debug, Clone)]
+pub struct Wheel<T> {
+    level0: Vec<Vec<Entry<T>>>,
+    level1: Vec<Vec<Entry<T>>>,
+    overflow: Vec<Entry<T>>,
+    /// Every tick before this one has been fired.
+    cursor: u64,
+    len: usize,
+    /// A lower bound of the earliest deadline (exact after each `expire`).
+    earliest: Option<u64>,
+}
+
+fn ticks(t: Instant) -> u64 {
+    t.as_micros() / TICK.as_micros()
+}
+
+impl<T> Wheel<T> {
+    /// An empty wheel whose time starts at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            level0: (0..SLOTS).map(|_| Vec::new()).collect(),
+            level1: (0..SLOTS).map(|_| Vec::new()).collect(),
+            overflow: Vec::new(),
+            cursor: ticks(now),
+            len: 0,
+            earliest: None,
+        }
+    }
+
+    /// Number of timers pending.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no timer is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Schedules `item` to fire at `at` (rounded up to the next tick; a time
+    /// in the past fires at the next [`Wheel::expire`]).
+    pub fn insert(&mut self, at: Instant, item: T) {
+        let t = ticks(at + Duration::from_micros(TICK.as_micros() - 1)).max(self.cursor);
+        self.len += 1;
+        self.earliest = Some(self.earliest.map_or(t, |e| e.min(t)));
+        self.place(Entry { at: t, item });
+    }
+
+    fn place(&mut self, e: Entry<T>) {
+        let delta = e.at.saturating_sub(self.cursor);
+        if delta < SLOTS as u64 {
+            if let Some(s) = self.level0.get_mut((e.at & MASK) as usize) {
+                s.push(e);
+            }
+        } else if delta < (SLOTS as u64) << BITS {
+            if let Some(s) = self.level1.get_mut(((e.at >> BITS) & MASK) as usize) {
+                s.push(e);
+            }
+        } else {
+            self.overflow.push(e);
+        }
+    }
+
+    /// When the earliest pending timer fires (a lower bound: waking at this
+    /// time and calling [`Wheel::expire`] is always correct).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.earliest
+            .map(|t| Instant::from_micros(t.saturating_mul(TICK.as_micros())))
+    }
+
+    /// Fires every timer due at or before `now`, in deadline order, calling `fire` for each.
+    pub fn expire(&mut self, now: Instant, mut fire: impl FnMut(Instant, T)) {
+        let target = ticks(now);
+        loop {
+            let due = match self.earliest {
+                Some(e) if self.len > 0 && e <= target => e.max(self.cursor),
+                _ => break,
+            };
+            // Nothing is due before `due` (earliest is a lower bound): skip there.
+            self.jump_to(due);
+            let t = self.cursor;
+            if t & MASK == 0 {
+                self.cascade(t);
+            }
+            let mut fired_any = false;
+            if let Some(s) = self.level0.get_mut((t & MASK) as usize) {
+                let mut i = 0;
+                while i < s.len() {
+                    if s.get(i).is_some_and(|e| e.at <= t) {
+                        let e = s.swap_remove(i);
+                        self.len -= 1;
+                        fired_any = true;
+                        fire(Instant::from_micros(e.at * TICK.as_micros()), e.item);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            self.cursor = t + 1;
+            if fired_any || self.earliest.is_some_and(|e| e <= t) {
+                self.earliest = if self.len == 0 { None } else { self.scan_earliest() };
+            }
+        }
+        if self.len == 0 {
+            self.earliest = None;
+        }
+        if self.cursor <= target {
+            self.jump_to(target + 1);
+        }
+    }
+
+    /// Moves the cursor to `to` (≤ the earliest deadline), cascading every
+    /// level-1 boundary crossed on the way.
+    fn jump_to(&mut self, to: u64) {
+        while self.cursor < to {
+            let next_boundary = (self.cursor | MASK) + 1;
+            if next_boundary > to {
+                self.cursor = to;
+                break;
+            }
+            self.cursor = next_boundary;
+            self.cascade(next_boundary);
+        }
+    }
+
+    /// At a level-0 lap boundary `t`: move the level-1 slot that starts now
+    /// into level 0, and once per level-1 lap, bring overflow entries closer.
+    fn cascade(&mut self, t: u64) {
+        let idx = ((t >> BITS) & MASK) as usize;
+        if idx == 0 && !self.overflow.is_empty() {
+            let over = core::mem::take(&mut self.overflow);
+            for e in over {
+                self.place(e);
+            }
+        }
+        if let Some(s) = self.level1.get_mut(idx) {
+            if !s.is_empty() {
+                let moved = core::mem::take(s);
+                for e in moved {
+                    self.place(e);
+                }
+            }
+        }
+    }
+
+    /// The exact earliest pending deadline: the first non-empty level-0 slot
+    /// from the cursor, else the first non-empty level-1 slot from the
+    /// cursor's, and the overflow (which holds only far deadlines).
+    fn scan_earliest(&self) -> Option<u64> {
+        let min_of = |s: &Vec<Entry<T>>| s.iter().map(|e| e.at).min();
+        for k in 0..SLOTS as u64 {
+            let t = self.cursor + k;
+            if let Some(m) = self.level0.get((t & MASK) as usize).and_then(min_of) {
+                return Some(m);
+            }
+        }
+        let here = (self.cursor >> BITS) & MASK;
+        let l1 = (1..=SLOTS as u64)
+            .find_map(|k| self.level1.get(((here + k) & MASK) as usize).and_then(min_of));
+        let ov = self.overflow.iter().map(|e| e.at).min();
+        match (l1, ov) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ms(v: u64) -> Instant {
+        Instant::from_micros(v * 1_000)
+    }
+
+    #[test]
+    fn fires_in_order_across_levels() {
+        let mut w = Wheel::new(Instant::ZERO);
+        for (at, id) in [(500, 1), (4_000, 2), (32_000, 3), (3_600_000, 4), (40_000_000, 5), (1, 6)] {
+            w.insert(ms(at), id);
+        }
+        assert_eq!(w.len(), 6);
+        assert_eq!(w.next_deadline(), Some(ms(1)));
+        let mut fired = Vec::new();
+        w.expire(ms(499), |_, i| fired.push(i));
+        assert_eq!(fired, vec![6]);
+        w.expire(ms(32_000), |_, i| fired.push(i));
+        assert_eq!(fired, vec![6, 1, 2, 3]);
+        assert_eq!(w.next_deadline(), Some(ms(3_600_000)));
+        w.expire(ms(50_000_000), |_, i| fired.push(i));
+        assert_eq!(fired, vec![6, 1, 2, 3, 4, 5]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn past_deadlines_fire_next() {
+        let mut w = Wheel::new(ms(10_000));
+        w.insert(ms(5), "late");
+        let mut fired = Vec::new();
+        w.expire(ms(10_000), |_, i| fired.push(i));
+        assert_eq!(fired, vec!["late"]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the deadlines and however time advances, every timer
+        /// fires exactly once, not before its deadline, and in order.
+        #[test]
+        fn fires_each_timer_once_in_order(
+            deadlines in proptest::collection::vec(0u64..20_000_000, 1..200),
+            steps in proptest::collection::vec(1u64..3_000_000, 1..60),
+        ) {
+            let mut w = Wheel::new(Instant::ZERO);
+            for (i, d) in deadlines.iter().enumerate() {
+                w.insert(Instant::from_micros(*d * 1_000), i);
+            }
+            let mut now = 0u64;
+            let mut fired: Vec<(u64, usize)> = Vec::new();
+            for s in steps.iter().chain(std::iter::once(&30_000_000)) {
+                now += s;
+                let mut last = 0;
+                w.expire(ms(now), |at, i| {
+                    assert!(at.as_micros() >= last);
+                    last = at.as_micros();
+                    fired.push((now, i));
+                });
+            }
+            prop_assert_eq!(fired.len(), deadlines.len());
+            let mut seen = vec![false; deadlines.len()];
+            for (t, i) in fired {
+                prop_assert!(!seen[i]);
+                seen[i] = true;
+                prop_assert!(deadlines[i] <= t, "fired early");
+            }
+        }
+    }
+}
