@@ -38,4 +38,5 @@ pub mod shard;
 pub mod sip;
 pub mod time;
 pub mod transport;
+pub mod txn;
 pub mod wheel;

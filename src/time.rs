@@ -80,6 +80,11 @@ impl Duration {
     pub fn min(self, other: Self) -> Self {
         Self(self.0.min(other.0))
     }
+
+    /// The larger of two durations.
+    pub fn max(self, other: Self) -> Self {
+        Self(self.0.max(other.0))
+    }
 }
 
 impl Add<Duration> for Instant {
