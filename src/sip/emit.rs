@@ -217,7 +217,11 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
     }
     let idx = msg.index();
     let first_via = idx.named(HeaderName::Via).next().map(|e| e.line);
-    let first_route = idx.named(HeaderName::Route).next().map(|e| e.line);
+    // The first Route *value*: an empty `Route:` line before it is copied as is.
+    let first_route = idx
+        .named(HeaderName::Route)
+        .find(|e| scan::CommaValues::new(e.value.of(buf)).next().is_some())
+        .map(|e| e.line);
     let first_mf = idx.named(HeaderName::MaxForwards).next().map(|e| e.line);
     if edits.max_forwards == MaxForwardsEdit::Decrement && first_mf.is_none() && msg.is_request() {
         w.put(b"Max-Forwards: 70\r\n")?;
@@ -532,6 +536,24 @@ v=0\n";
         .unwrap();
         let expect = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP client;branch=z9hG4bKc\r\nTo: <sip:b@x>;tag=2\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(&out[..n], &expect[..]);
+    }
+
+    #[test]
+    fn pop_route_skips_empty_route_lines() {
+        // fuzz: an empty `Route:` line before the real one made pop_route fail.
+        let req = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nRoute:\r\nRoute: <sip:p1;lr>, <sip:p2;lr>\r\nTo: <sip:x>\r\nFrom: <sip:y>;tag=1\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let mut idx = HeaderIndex::default();
+        let msg = parse(req, &mut idx).unwrap();
+        let mut out = vec![0u8; 1024];
+        let edits = Edits {
+            pop_route: true,
+            ..Edits::default()
+        };
+        let n = edit(&msg, &edits, &mut out).unwrap();
+        let mut idx2 = HeaderIndex::default();
+        let m2 = parse(&out[..n], &mut idx2).unwrap();
+        let routes: Vec<&[u8]> = m2.values(HeaderName::Route).collect();
+        assert_eq!(routes, vec![&b"<sip:p2;lr>"[..]]);
     }
 
     #[test]

@@ -583,9 +583,15 @@ fn parse_framed<'buf>(
             });
         }
     }
+    // Every Via line holds at least one via-parm (§20.42): an empty line
+    // would make "the top Via" differ between readers and the editor.
     let mut vias = 0usize;
     for e in index.named(HeaderName::Via) {
-        vias += scan::CommaValues::new(e.value.of(buf)).count();
+        let n = scan::CommaValues::new(e.value.of(buf)).count();
+        if n == 0 {
+            return Err(ParseError::Via);
+        }
+        vias += n;
     }
     if vias > index.cfg.max_vias {
         return Err(ParseError::TooManyVias);
@@ -1112,6 +1118,15 @@ v=0\n";
             (b"", ParseError::Incomplete),
             (b"\r\n\r\n", ParseError::Incomplete),
             (b"INVITE sip:a@b SIP/2.0\r\nVia: x", ParseError::Incomplete),
+            // fuzz crash-1d202fdf: an empty Via line before the real one.
+            (
+                b"OPTIONS sip:a@b SIP/2.0\r\nv:\r\nVia: SIP/2.0/UDP h\r\nTo: <sip:a@b>\r\nFrom: <sip:c@d>;tag=1\r\ni: x\r\nCSeq: 1 OPTIONS\r\n\r\n",
+                ParseError::Via,
+            ),
+            (
+                b"OPTIONS sip:a@b SIP/2.0\r\nVia: , ,\r\nTo: <sip:a@b>\r\nFrom: <sip:c@d>;tag=1\r\ni: x\r\nCSeq: 1 OPTIONS\r\n\r\n",
+                ParseError::Via,
+            ),
         ];
         for (m, want) in cases {
             assert_eq!(err(m), *want, "{}", String::from_utf8_lossy(m));
