@@ -1,0 +1,460 @@
+//! The command line ([`Args`], clap) and the validated run description
+//! ([`Config`]) the workers read: parse, don't validate.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::digest::Algorithm;
+
+/// Which side(s) of the calls this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Both: the UAC sends to --target, the UAS listens on --uas-listen.
+    Both,
+    /// Only originate (to --target).
+    Uac,
+    /// Only answer (on --uas-listen), until SIGINT/SIGTERM or --duration.
+    Uas,
+}
+
+/// What one unit of load is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// INVITE → 1xx → 200 → ACK → (hold) → BYE → 200.
+    Call,
+    /// MESSAGE (short text body) → 200.
+    Message,
+    /// OPTIONS → 200.
+    Options,
+    /// REGISTER (user<i>, digest auth when challenged) → 200.
+    Register,
+}
+
+impl Scenario {
+    /// Name as on the command line and in the JSON report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Message => "message",
+            Self::Options => "options",
+            Self::Register => "register",
+        }
+    }
+}
+
+/// Digest algorithm offered by --uas-auth challenges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthAlg {
+    /// MD5.
+    Md5,
+    /// SHA-256.
+    Sha256,
+}
+
+/// sipload: a SIP load generator (UAC, UAS, or both) over UDP.
+///
+/// Durations take a unit: 500ms, 20s, 2m (a bare number is seconds).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// Side(s) to play.
+    #[arg(long, value_enum, default_value = "both")]
+    pub role: Role,
+    /// What to send.
+    #[arg(long, value_enum, default_value = "call")]
+    pub scenario: Scenario,
+    /// Where every UAC request goes (the proxy under test, used as outbound
+    /// proxy). Default with --role both: the UAS's own address (no proxy).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// UAS listen address (port 0: any free port, printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:5080")]
+    pub uas_listen: String,
+    /// Source IP of the UAC sockets (default: the kernel's route to --target).
+    #[arg(long)]
+    pub local_ip: Option<IpAddr>,
+    /// Target rate: calls (or transactions) per second, all threads together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Linear ramp from 0 to --rate over this time.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// How long to start new calls (the run then waits for the ones in
+    /// flight). Default 10s for uac/both; for uas, how long to serve (1h).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after starting this many calls (whichever of --count and
+    /// --duration comes first).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Worker threads, each with its own sockets.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin worker i to CPU list[i % len]: e.g. `0`, `2,3`, `0-3`.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// Most calls in flight at once (all threads together).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_inflight: u32,
+    /// Time between the 200 to INVITE and the BYE.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Users user<0>..user<N-1>, used in turn (From of calls and messages,
+    /// the REGISTER AoR, `{user}` in --request-uri).
+    #[arg(long, default_value_t = 1000)]
+    pub users: u32,
+    /// Prefix of user names.
+    #[arg(long, default_value = "user")]
+    pub user_prefix: String,
+    /// SIP domain of the users (default: the target's host).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Password of every user: answer 401/407 challenges with digest auth.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Request-URI of calls, MESSAGE and OPTIONS; `{user}` is replaced by
+    /// the user name. Default: sip:uas@<UAS address or target>.
+    #[arg(long)]
+    pub request_uri: Option<String>,
+    /// Expires of REGISTER, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub expires: u32,
+    /// RFC 3261 T1 (retransmission base).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub t1: Duration,
+    /// RFC 3261 T2 (retransmission cap for non-INVITE).
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub t2: Duration,
+    /// The UAS first registers N users (user<0>..) with Contact at its own
+    /// listen address, before the load starts.
+    #[arg(long, default_value_t = 0)]
+    pub uas_register: u32,
+    /// Where the UAS sends its REGISTERs (default: --target).
+    #[arg(long)]
+    pub registrar: Option<String>,
+    /// Rate of the UAS's registrations, per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub uas_register_rate: f64,
+    /// The UAS challenges REGISTER (401) and INVITE/MESSAGE/OPTIONS (407)
+    /// and checks the answers against --password.
+    #[arg(long)]
+    pub uas_auth: bool,
+    /// Algorithm of --uas-auth challenges.
+    #[arg(long, value_enum, default_value = "md5")]
+    pub uas_auth_alg: AuthAlg,
+    /// The UAS forgets a confirmed dialog that saw no BYE after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub uas_dialog_timeout: Duration,
+    /// Print one JSON object (see README) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Exit 0 while failed/attempted is at most this (0: any failure fails the run).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_failure_rate: f64,
+}
+
+/// Parses `500ms`, `20s`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (e.g. 500ms, 20s, 2m)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("not a duration: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Parses a CPU list: `0`, `1,3`, `0-3`, `0-1,4`.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: usize = a.trim().parse().with_context(|| format!("bad CPU {a:?}"))?;
+            let b: usize = b.trim().parse().with_context(|| format!("bad CPU {b:?}"))?;
+            if a > b {
+                bail!("bad CPU range {part:?}");
+            }
+            out.extend(a..=b);
+        } else {
+            out.push(part.parse().with_context(|| format!("bad CPU {part:?}"))?);
+        }
+    }
+    if out.is_empty() {
+        bail!("empty CPU list");
+    }
+    Ok(out)
+}
+
+fn resolve(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    let s = s.strip_prefix("udp:").unwrap_or(s);
+    let s = s.strip_prefix("sip:").unwrap_or(s);
+    s.to_socket_addrs()
+        .with_context(|| format!("cannot resolve {s:?} (want HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
+}
+
+/// How the UAS challenges.
+#[derive(Debug, Clone)]
+pub struct UasAuth {
+    /// Realm (the domain).
+    pub realm: String,
+    /// Password of every user.
+    pub password: String,
+    /// Algorithm offered.
+    pub alg: Algorithm,
+}
+
+/// A validated run description.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Role.
+    pub role: Role,
+    /// Scenario.
+    pub scenario: Scenario,
+    /// Where UAC requests go.
+    pub target: SocketAddr,
+    /// No --target with --role both: the target is the UAS's bound address.
+    pub target_is_uas: bool,
+    /// The UAS listen address (port may be 0 until bound).
+    pub uas_listen: SocketAddr,
+    /// Source IP of the UAC.
+    pub local_ip: IpAddr,
+    /// Calls per second, all threads.
+    pub rate: f64,
+    /// Ramp time.
+    pub ramp: Duration,
+    /// Generation time (uac) or serving time (uas).
+    pub duration: Duration,
+    /// Most calls to start.
+    pub count: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// CPUs to pin to.
+    pub cpus: Option<Vec<usize>>,
+    /// Most calls in flight, all threads.
+    pub max_inflight: u32,
+    /// Hold time.
+    pub hold: Duration,
+    /// Number of users.
+    pub users: u32,
+    /// User name prefix.
+    pub user_prefix: String,
+    /// Domain.
+    pub domain: String,
+    /// Password for answering challenges.
+    pub password: Option<String>,
+    /// Request-URI (may hold `{user}`); None: computed once the UAS port is known.
+    pub request_uri: Option<String>,
+    /// REGISTER expiry.
+    pub expires: u32,
+    /// T1.
+    pub t1: Duration,
+    /// T2.
+    pub t2: Duration,
+    /// UAS registrations.
+    pub uas_register: u32,
+    /// Where they go.
+    pub registrar: SocketAddr,
+    /// Their rate.
+    pub uas_register_rate: f64,
+    /// UAS challenges.
+    pub uas_auth: Option<UasAuth>,
+    /// UAS dialog timeout.
+    pub uas_dialog_timeout: Duration,
+    /// JSON report.
+    pub json: bool,
+    /// No progress lines.
+    pub quiet: bool,
+    /// Failure rate that still exits 0.
+    pub max_failure_rate: f64,
+}
+
+impl Config {
+    /// Validates the command line.
+    pub fn from_args(a: Args) -> Result<Self> {
+        let uas_listen = resolve(&a.uas_listen).context("--uas-listen")?;
+        let target = match (&a.target, a.role) {
+            (Some(t), _) => resolve(t).context("--target")?,
+            (None, Role::Both) => uas_listen,
+            (None, Role::Uas) => uas_listen,
+            (None, Role::Uac) => bail!("--role uac needs --target HOST:PORT"),
+        };
+        let registrar = match &a.registrar {
+            Some(r) => resolve(r).context("--registrar")?,
+            None if a.uas_register > 0 && a.target.is_none() => {
+                bail!("--uas-register needs --registrar HOST:PORT (or --target)")
+            }
+            None => target,
+        };
+        if a.role == Role::Uac && a.uas_register > 0 {
+            bail!("--uas-register needs --role uas or both");
+        }
+        if !(a.rate.is_finite() && a.rate > 0.0) {
+            bail!("--rate must be positive");
+        }
+        if !(a.uas_register_rate.is_finite() && a.uas_register_rate > 0.0) {
+            bail!("--uas-register-rate must be positive");
+        }
+        if a.threads == 0 || a.threads > 64 {
+            bail!("--threads must be 1..=64");
+        }
+        if a.users == 0 {
+            bail!("--users must be at least 1");
+        }
+        if a.max_inflight < a.threads as u32 {
+            bail!("--max-inflight must be at least --threads");
+        }
+        if a.t1.is_zero() || a.t2 < a.t1 {
+            bail!("need 0 < --t1 <= --t2");
+        }
+        if !(0.0..=1.0).contains(&a.max_failure_rate) {
+            bail!("--max-failure-rate is a fraction in 0..=1");
+        }
+        let duration = a.duration.unwrap_or(match a.role {
+            Role::Uas => Duration::from_secs(3600),
+            _ => Duration::from_secs(10),
+        });
+        let local_ip = match a.local_ip {
+            Some(ip) => ip,
+            None => crate::net::route_source(target)
+                .with_context(|| format!("no route to --target {target}"))?,
+        };
+        let domain = a.domain.unwrap_or_else(|| match target.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        });
+        for (name, v) in [("--domain", &domain), ("--user-prefix", &a.user_prefix)] {
+            if v.is_empty() || v.bytes().any(|b| b <= b' ' || b"{}<>\"@;".contains(&b)) {
+                bail!("{name} {v:?} has characters not allowed there");
+            }
+        }
+        if let Some(u) = &a.request_uri {
+            if !(u.starts_with("sip:") || u.starts_with("sips:")) || u.bytes().any(|b| b <= b' ') {
+                bail!("--request-uri {u:?} is not a sip: URI");
+            }
+            if u.replace("{user}", "").contains(['{', '}']) {
+                bail!("--request-uri: only {{user}} may appear in braces");
+            }
+        }
+        if let Some(p) = &a.password {
+            if p.contains(['"', '\r', '\n']) {
+                bail!("--password may not hold quotes or line breaks");
+            }
+        }
+        let uas_auth = if a.uas_auth {
+            let Some(password) = a.password.clone() else {
+                bail!("--uas-auth needs --password");
+            };
+            Some(UasAuth {
+                realm: domain.clone(),
+                password,
+                alg: match a.uas_auth_alg {
+                    AuthAlg::Md5 => Algorithm::Md5,
+                    AuthAlg::Sha256 => Algorithm::Sha256,
+                },
+            })
+        } else {
+            None
+        };
+        let cpus = a.cpu.as_deref().map(parse_cpu_list).transpose()?;
+        Ok(Self {
+            role: a.role,
+            scenario: a.scenario,
+            target,
+            target_is_uas: a.target.is_none(),
+            uas_listen,
+            local_ip,
+            rate: a.rate,
+            ramp: a.ramp,
+            duration,
+            count: a.count.unwrap_or(u64::MAX),
+            threads: a.threads,
+            cpus,
+            max_inflight: a.max_inflight,
+            hold: a.hold,
+            users: a.users,
+            user_prefix: a.user_prefix,
+            domain,
+            password: a.password,
+            request_uri: a.request_uri,
+            expires: a.expires,
+            t1: a.t1,
+            t2: a.t2,
+            uas_register: a.uas_register,
+            registrar,
+            uas_register_rate: a.uas_register_rate,
+            uas_auth,
+            uas_dialog_timeout: a.uas_dialog_timeout,
+            json: a.json,
+            quiet: a.quiet,
+            max_failure_rate: a.max_failure_rate,
+        })
+    }
+
+    /// True when this process originates load.
+    pub fn has_uac(&self) -> bool {
+        self.role != Role::Uas
+    }
+
+    /// True when this process answers.
+    pub fn has_uas(&self) -> bool {
+        self.role != Role::Uac
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0").unwrap(), vec![0]);
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let a = Args::parse_from(["sipload", "--uas-listen", "127.0.0.1:0", "--count", "5"]);
+        let c = Config::from_args(a).unwrap();
+        assert_eq!(c.target, c.uas_listen);
+        assert_eq!(c.domain, "127.0.0.1");
+        assert_eq!(c.count, 5);
+        let a = Args::parse_from(["sipload", "--role", "uac"]);
+        assert!(Config::from_args(a).is_err());
+    }
+}
