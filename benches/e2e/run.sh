@@ -12,7 +12,7 @@
 #   --duration S         seconds per CPU-per-call run (default 20; quick 3)
 #   --repeat N           repeats per rate; the table shows the median (default 3; quick 1)
 #   --max-start R --max-step R --max-limit R --step-duration S
-#                        rate search for max calls/s (defaults 4000, 1000, 30000, 10 s)
+#                        rate search for max calls/s (defaults 4000, 2000, 30000, 10 s)
 #   --latency-rate R     rate for p50/p99 (default: 50% of Kamailio's max)
 #   --skip-max           no rate search (latency then runs at --latency-rate or rates[0]/2)
 #   --skip-latency
@@ -26,7 +26,8 @@
 #   --nice N             run proxy and load generator at this nice level (default -10, so
 #                        other work on a shared machine does not starve them; 0 = off)
 #   --quiet-wait S       before each run wait up to S s for the machine to be idle (other
-#                        processes < 0.25 core); default 20, quick 0
+#                        processes < 0.25 core); default 10, quick 0; after two waits in a
+#                        row that time out it stops waiting (see the "other" column)
 #   -h | --help
 # Environment: SIPEDGE_ARGS (extra arguments for `sipedge run`).
 #
@@ -49,14 +50,16 @@
 # summary in benches/e2e/results/<stamp>/summary.json (plus results/latest symlink).
 # Exit status: 0 when every proxy run completed its calls, 1 when a proxy failed to
 # complete calls (or could not be started), 2 on a usage or setup error.
+# shellcheck disable=SC2317 # functions called indirectly (lg_${LOAD}_run, traps)
 set -euo pipefail
+{ # the whole script is one compound command: bash reads it all before running, so editing it mid-run is safe
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
 # ---------------------------------------------------------------- options
 SHAPE=stateless LOAD=sipp PROXIES="kamailio,sipedge,sipedge2,floor" QUICK=0
-RATES="4000 5000" DURATION="" REPEAT="" MAX_START=4000 MAX_STEP=1000 MAX_LIMIT=30000
+RATES="4000 5000" DURATION="" REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
 STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=5000
 BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
@@ -101,7 +104,7 @@ if ((QUICK)); then
 	: "${DURATION:=3}" "${REPEAT:=1}" "${STEP_DURATION:=3}" "${USERS:=5000}" "${QUIET_WAIT:=0}"
 	MAX_LIMIT=$((MAX_START + 2 * MAX_STEP))
 else
-	: "${DURATION:=20}" "${REPEAT:=3}" "${STEP_DURATION:=10}" "${USERS:=100000}" "${QUIET_WAIT:=20}"
+	: "${DURATION:=20}" "${REPEAT:=3}" "${STEP_DURATION:=10}" "${USERS:=100000}" "${QUIET_WAIT:=10}"
 fi
 WARMUP_S=$((QUICK ? 1 : 3))
 read -r -a RATE_LIST <<<"$RATES"
@@ -227,14 +230,17 @@ pin() { # pin CPUSET CMD...: run CMD on CPUSET at nice level NICE
 busy_ticks() { # busy_ticks: non-idle ticks of all CPUs (user nice system irq softirq steal)
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
+QUIET_MISSES=0
 quiet_wait() { # wait up to QUIET_WAIT s until other processes use < 0.25 core (we are idle now)
 	local t b0 b1
+	((QUIET_MISSES < 2)) || return 0 # the machine stays busy: stop waiting, the noise column says so
 	for ((t = 0; t < QUIET_WAIT; t++)); do
 		b0="$(busy_ticks)"
 		sleep 1
 		b1="$(busy_ticks)"
-		((b1 - b0 < CLK_TCK / 4)) && return 0
+		if ((b1 - b0 < CLK_TCK / 4)); then QUIET_MISSES=0; return 0; fi
 	done
+	((QUIET_WAIT == 0)) || { QUIET_MISSES=$((QUIET_MISSES + 1)); log "machine busy (other processes > 0.25 core) after ${QUIET_WAIT}s wait"; }
 	return 0
 }
 calc() { awk "BEGIN { printf \"%s\", $* }"; }
@@ -361,42 +367,53 @@ lg_sipp_register() { # lg_sipp_register TAG RATE COUNT: REGISTER run through the
 }
 
 # ---------------------------------------------------------------- load generator: sipload
-# Planned CLI (tools/sipload, being written): adapt here when its README lands.
+# tools/sipload CLI (see tools/sipload/README.md): --role uas|uac, --scenario call|register,
+# --target, --uas-listen, --request-uri, --rate, --count, --duration 20s, --json. The JSON
+# report: .uac.{succeeded,failed,retransmissions,latency_us.call_setup.{p50,p99}}; the
+# fallbacks below keep older/planned field names working.
 lg_sipload_start_uas() {
-	(pin "$LG_CPUSET" "$SIPLOAD" --role uas --scenario call --uas-listen "127.0.0.1:$UAS_PORT") >"$OUT/uas-$1.log" 2>&1 &
+	local extra=()
+	[[ "$SHAPE" == registrar ]] && extra=(--uas-register "$USERS" --registrar "127.0.0.1:$PROXY_PORT" --uas-register-rate "$REG_RATE")
+	(pin "$LG_CPUSET" "$SIPLOAD" --role uas --scenario call --uas-listen "127.0.0.1:$UAS_PORT" --duration 7200s --quiet "${extra[@]}") \
+		>"$OUT/uas-$1.log" 2>&1 &
 	UAS_PID=$!
 	PIDS+=("$UAS_PID")
 	wait_port "$UAS_PORT" "$UAS_PID"
 }
+# lg_sipload_run TAG RATE COUNT [SCENARIO]: same output as lg_sipp_run
 lg_sipload_run() {
-	local tag="$1" rate="$2" count="$3"
+	local tag="$1" rate="$2" count="$3" scenario="${4:-call}"
 	local dir="$OUT/sipload-$tag"
 	mkdir -p "$dir"
-	local dur=$(((count + rate - 1) / rate)) t0 t1 uas0 uas1 uac_cpu
+	local dur=$(((count + rate - 1) / rate)) t0 t1 uas0 uas1 uac_cpu ruri="sip:uas@127.0.0.1:$UAS_PORT" extra=()
+	[[ "$SHAPE" == registrar ]] && ruri="sip:{user}@127.0.0.1:$PROXY_PORT" extra=(--users "$USERS")
+	# REGISTER load uses its own users (reg0..): the UAS registered user0.. to itself
+	[[ "$scenario" == register ]] && extra+=(--user-prefix reg)
 	uas0="$(cpu_ticks "$UAS_PID")"
 	t0="$(date +%s.%N)"
 	uac_cpu="$(
-		(pin "$LG_CPUSET" timeout $((dur * 3 + 30)) "$SIPLOAD" --role uac --scenario call \
-			--target "127.0.0.1:$PROXY_PORT" --request-uri "sip:uas@127.0.0.1:$UAS_PORT" \
-			--rate "$rate" --duration "$dur" --json) >"$dir/report.json" 2>"$dir/uac.log" || true
+		(pin "$LG_CPUSET" timeout $((dur * 3 + 30)) "$SIPLOAD" --role uac --scenario "$scenario" \
+			--target "127.0.0.1:$PROXY_PORT" --request-uri "$ruri" --rate "$rate" --count "$count" \
+			--duration "$((dur + 1))s" --json --quiet "${extra[@]}") >"$dir/report.json" 2>"$dir/uac.log" || true
 		times | awk 'NR == 2 { gsub(/[ms]/, " "); split($0, a, " "); print a[1] * 60 + a[2] + a[3] * 60 + a[4] }'
 	)"
 	t1="$(date +%s.%N)"
 	uas1="$(cpu_ticks "$UAS_PID")"
-	# Field names as planned; the alternatives keep working across small renames.
 	# shellcheck disable=SC2016 # a jq program, not shell
 	local j='def num(f): (f // 0) | tonumber? // 0;
-		[ num(.successes // .calls.successes // .ok),
-		  num(.failures // .calls.failures // .failed // (.failures_by_reason | if type == "object" then add else null end)),
-		  num(.retransmissions // .retrans),
-		  ((.latency.call // .latency.invite // .latency // {}) as $l | ($l.p50_us // null | if . then . / 1000 else ($l.p50_ms // $l.p50 // "-") end)),
-		  ((.latency.call // .latency.invite // .latency // {}) as $l | ($l.p99_us // null | if . then . / 1000 else ($l.p99_ms // $l.p99 // "-") end)) ]
+		(.uac // .) as $c
+		| ($c.latency_us // {}) as $l | ($l.call_setup // $l.register // $l.message // $l.invite // {}) as $k
+		| [ num($c.succeeded // $c.successes),
+		    num($c.failed // $c.failures),
+		    num($c.retransmissions),
+		    (if $k.p50 then $k.p50 / 1000 else "-" end),
+		    (if $k.p99 then $k.p99 / 1000 else "-" end) ]
 		| map(tostring) | join(" ")'
 	local ok=0 failed="$count" retrans=0 p50=- p99=-
 	read -r ok failed retrans p50 p99 < <(jq -r "$j" "$dir/report.json" 2>/dev/null) || true
 	echo "$ok $failed $retrans $(calc "$t1 - $t0") $(calc "$uac_cpu + ($uas1 - $uas0) / $CLK_TCK") $p50 $p99"
 }
-lg_sipload_register() { echo "0 0 0 0 0 - -"; }
+lg_sipload_register() { lg_sipload_run "$1" "$2" "$3" register; }
 
 lg_start_uas() { "lg_${LOAD}_start_uas" "$@"; }
 lg_run() { "lg_${LOAD}_run" "$@"; }
@@ -626,3 +643,5 @@ if ((FAIL)); then
 	echo "FAILED: a proxy did not complete its calls or did not run (see status column)" >&2
 	exit 1
 fi
+exit 0
+}
