@@ -2,22 +2,25 @@
 //! §16.6 step 8, §16.11).
 //!
 //! ```text
-//! z9hG4bK se 03 l 9f1c2b7a44d01e6c
-//! └cookie┘└┬┘└┬┘└┬┘└──── 64-bit keyed hash, hex ─┘
-//!        marker shard kind (l = stateless, t = transaction)
+//! stateless:    z9hG4bK se 03 l                 9f1c2b7a44d01e6c
+//! transaction:  z9hG4bK se 03 t 0000002a 00017 01 9f1c2b7a44d01e6c
+//!               └cookie┘└┬┘└┬┘└┬┘└─slot─┘└gen─┘└br┘└── loop hash ───┘
+//!                    marker shard kind
 //! ```
 //!
-//! A stateless branch is a function of the request alone, so a
-//! retransmission, the matching CANCEL and the ACK of a non-2xx take the same
-//! branch as the INVITE (§16.11): for an RFC 3261 request the hash covers the
-//! incoming top Via (branch and sent-by) and the Request-URI; for an RFC 2543
-//! request, which has no unique branch, it covers the top Via, Request-URI,
-//! From tag, Call-ID and CSeq number.
+//! Every branch ends with a 64-bit keyed hash of the request as it reached
+//! us (its Request-URI and top Via; for an RFC 2543 request, also From tag,
+//! Call-ID and CSeq number). A stateless branch is nothing else, so a
+//! retransmission, the matching CANCEL and the ACK of a non-2xx take the
+//! same branch as the INVITE (§16.11). A transaction branch also names the
+//! slot, generation and fork index of its client transaction, so a response
+//! finds it with one array index.
 //!
-//! The shard id in the branch lets any shard tell which shard added the Via.
-//! The keyed hash also detects loops (§16.3 step 4): a request carrying a Via
-//! of ours whose branch is what we would compute from the Via below it, for
-//! the same Request-URI, has been here before unchanged.
+//! The shard id lets any shard tell which shard added the Via. The trailing
+//! hash detects loops (§16.3 step 4): a request carrying a Via of ours whose
+//! hash is what we would compute from the Via below it, for the same
+//! Request-URI, has been here before unchanged; a retargeted request (a
+//! spiral) hashes differently.
 
 use crate::sip::{Message, Via};
 
@@ -25,8 +28,10 @@ use super::Identity;
 
 /// The magic cookie and our marker: every branch we add starts with it.
 pub const PREFIX: &[u8] = b"z9hG4bKse";
-/// Length of a branch we generate.
+/// Length of a stateless branch.
 pub const LEN: usize = PREFIX.len() + 2 + 1 + 16;
+/// Length of a transaction branch.
+pub const TXN_LEN: usize = PREFIX.len() + 2 + 1 + 8 + 6 + 2 + 16;
 
 /// What kind of element added a branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,36 +44,76 @@ pub enum Kind {
 
 /// A branch value we generate (fixed size, no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Branch([u8; LEN]);
+pub struct Branch {
+    buf: [u8; TXN_LEN],
+    len: u8,
+}
+
+/// Where a transaction branch points: slot, generation and fork index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnRef {
+    /// Shard that owns the transaction.
+    pub shard: u16,
+    /// Slot in the transaction table.
+    pub slot: u32,
+    /// Generation of the slot (24 bits).
+    pub gen: u32,
+    /// Index of the fork within the transaction.
+    pub fork: u8,
+}
 
 impl Branch {
-    /// Builds a branch from its parts.
+    /// A stateless branch (also the To tag of stateless local responses).
     pub fn new(shard: u16, kind: Kind, hash: u64) -> Self {
-        let mut b = [0u8; LEN];
-        let (head, rest) = b.split_at_mut(PREFIX.len());
-        head.copy_from_slice(PREFIX);
-        let shard = (shard & 0xff) as u8;
-        let mut parts = rest.iter_mut();
-        for nibble in [shard >> 4, shard & 0xf] {
-            if let Some(d) = parts.next() {
-                *d = hex_digit(u64::from(nibble));
+        let mut b = Self {
+            buf: [0; TXN_LEN],
+            len: 0,
+        };
+        b.put(PREFIX);
+        b.put_hex(u64::from(shard & 0xff), 2);
+        b.put(match kind {
+            Kind::Stateless => b"l",
+            Kind::Transaction => b"t",
+        });
+        b.put_hex(hash, 16);
+        b
+    }
+
+    /// A transaction branch naming `r`, ending with `loop_hash`.
+    pub fn transaction(r: TxnRef, loop_hash: u64) -> Self {
+        let mut b = Self {
+            buf: [0; TXN_LEN],
+            len: 0,
+        };
+        b.put(PREFIX);
+        b.put_hex(u64::from(r.shard & 0xff), 2);
+        b.put(b"t");
+        b.put_hex(u64::from(r.slot), 8);
+        b.put_hex(u64::from(r.gen & 0xff_ffff), 6);
+        b.put_hex(u64::from(r.fork), 2);
+        b.put_hex(loop_hash, 16);
+        b
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        for &c in bytes {
+            if let Some(d) = self.buf.get_mut(usize::from(self.len)) {
+                *d = c;
+                self.len += 1;
             }
         }
-        if let Some(d) = parts.next() {
-            *d = match kind {
-                Kind::Stateless => b'l',
-                Kind::Transaction => b't',
-            };
+    }
+
+    fn put_hex(&mut self, v: u64, digits: u32) {
+        for i in (0..digits).rev() {
+            let d = hex_digit(v >> (4 * i));
+            self.put(&[d]);
         }
-        for (i, d) in parts.enumerate() {
-            *d = hex_digit(hash >> (60 - 4 * i));
-        }
-        Self(b)
     }
 
     /// The branch text.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.buf.get(..usize::from(self.len)).unwrap_or_default()
     }
 }
 
@@ -80,15 +125,47 @@ fn hex_digit(v: u64) -> u8 {
     HEX.get((v & 0xf) as usize).copied().unwrap_or(b'0')
 }
 
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &c| {
+        crate::sip::scan::hex(c).map(|d| acc << 4 | u64::from(d))
+    })
+}
+
+/// The transaction a branch of ours names (`None` for other branches).
+pub fn txn_ref(branch: &[u8]) -> Option<TxnRef> {
+    let rest = branch.strip_prefix(PREFIX)?;
+    if branch.len() != TXN_LEN || rest.get(2) != Some(&b't') {
+        return None;
+    }
+    Some(TxnRef {
+        shard: parse_hex(rest.get(..2)?)? as u16,
+        slot: parse_hex(rest.get(3..11)?)? as u32,
+        gen: parse_hex(rest.get(11..17)?)? as u32,
+        fork: parse_hex(rest.get(17..19)?)? as u8,
+    })
+}
+
 /// The shard that added `branch`, if it is one of ours.
 pub fn shard_of(branch: &[u8]) -> Option<u16> {
     let rest = branch.strip_prefix(PREFIX)?;
-    if rest.len() != LEN - PREFIX.len() {
+    let ok = match rest.get(2) {
+        Some(b'l') => branch.len() == LEN,
+        Some(b't') => branch.len() == TXN_LEN,
+        _ => false,
+    };
+    if !ok {
         return None;
     }
-    let hi = crate::sip::scan::hex(*rest.first()?)?;
-    let lo = crate::sip::scan::hex(*rest.get(1)?)?;
-    Some(u16::from(hi << 4 | lo))
+    Some(parse_hex(rest.get(..2)?)? as u16)
+}
+
+/// The loop hash at the end of one of our branches.
+fn loop_hash_of(branch: &[u8]) -> Option<&[u8]> {
+    shard_of(branch)?;
+    branch.get(branch.len() - 16..)
 }
 
 /// True when `branch` looks like one we generate.
@@ -139,10 +216,12 @@ impl Hasher {
 
 /// The stateless branch for `msg` arriving with top Via `via` (§16.11).
 pub fn stateless(id: &Identity, msg: &Message<'_>, via: &Via<'_>) -> Branch {
-    Branch::new(id.shard_id, Kind::Stateless, stateless_hash(id.secret, msg, via))
+    Branch::new(id.shard_id, Kind::Stateless, loop_hash(id.secret, msg, via))
 }
 
-fn stateless_hash(secret: u64, msg: &Message<'_>, via: &Via<'_>) -> u64 {
+/// The hash every branch of ours ends with: a function of the request as it
+/// reached us with top Via `via`.
+pub fn loop_hash(secret: u64, msg: &Message<'_>, via: &Via<'_>) -> u64 {
     let mut h = Hasher::new(secret);
     h.write(msg.request_uri_bytes());
     match via.branch() {
@@ -172,11 +251,10 @@ pub fn is_loop(id: &Identity, msg: &Message<'_>) -> bool {
     };
     for lower in vias {
         if let (Ok(u), Ok(l)) = (Via::parse(upper), Via::parse(lower)) {
-            if let Some(b) = u.branch().filter(|b| is_ours(b)) {
+            if let Some(h) = u.branch().and_then(loop_hash_of) {
                 if id.is_local_addr(&u.host, u.port) {
-                    let again = stateless(id, msg, &l);
-                    // The shard id may differ (another shard added it): compare the hash part.
-                    if b.get(PREFIX.len() + 2..) == again.as_bytes().get(PREFIX.len() + 2..) {
+                    let again = Branch::new(0, Kind::Stateless, loop_hash(id.secret, msg, &l));
+                    if loop_hash_of(again.as_bytes()) == Some(h) {
                         return true;
                     }
                 }
@@ -200,6 +278,18 @@ mod tests {
         assert_eq!(shard_of(b.as_bytes()), Some(3));
         assert_eq!(shard_of(b"z9hG4bKse03l0123"), None);
         assert_eq!(shard_of(b"z9hG4bKabc"), None);
+        let r = TxnRef {
+            shard: 2,
+            slot: 42,
+            gen: 0x17,
+            fork: 1,
+        };
+        let t = Branch::transaction(r, 0x9f1c_2b7a_44d0_1e6c);
+        assert_eq!(t.as_bytes(), b"z9hG4bKse02t0000002a00001701 9f1c2b7a44d01e6c".as_slice().iter().filter(|&&c| c != b' ').copied().collect::<Vec<u8>>().as_slice());
+        assert_eq!(txn_ref(t.as_bytes()), Some(r));
+        assert_eq!(shard_of(t.as_bytes()), Some(2));
+        assert_eq!(txn_ref(b.as_bytes()), None);
+        assert_eq!(loop_hash_of(t.as_bytes()), Some(&b"9f1c2b7a44d01e6c"[..]));
     }
 
     fn req(method: &str, cseq_method: &str, to_tag: &str) -> Vec<u8> {

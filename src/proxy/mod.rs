@@ -17,8 +17,10 @@
 )]
 
 pub mod branch;
+pub mod build;
 pub mod reject;
 pub mod route;
+pub mod stateful;
 pub mod stateless;
 
 use core::net::{IpAddr, SocketAddr};
@@ -38,6 +40,12 @@ pub trait Service {
     /// Time has reached `now`: fire what is due (retransmissions, expiries).
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
         let _ = (now, out);
+    }
+
+    /// The wall clock (µs since the Unix epoch), given once per loop turn,
+    /// for what must survive a restart (binding expiry, nonce age).
+    fn handle_wall_clock(&mut self, wall_us: u64) {
+        let _ = wall_us;
     }
 
     /// When [`Service::handle_timeout`] next has something to do.
@@ -225,6 +233,18 @@ pub struct Counters {
     pub too_many_hops: u64,
     /// Requests refused with 482 (loop).
     pub loops: u64,
+    /// Requests refused with 503 because the transaction table was full.
+    pub overload: u64,
+    /// Server transactions created.
+    pub transactions: u64,
+    /// Request retransmissions absorbed by a server transaction.
+    pub retransmissions_absorbed: u64,
+    /// Requests retransmitted by a client transaction.
+    pub retransmissions_sent: u64,
+    /// ACKs of non-2xx responses absorbed.
+    pub acks_absorbed: u64,
+    /// CANCELs matched to their INVITE.
+    pub cancels: u64,
 }
 
 impl Counters {
@@ -243,10 +263,16 @@ impl Counters {
         self.keepalives += other.keepalives;
         self.too_many_hops += other.too_many_hops;
         self.loops += other.loops;
+        self.overload += other.overload;
+        self.transactions += other.transactions;
+        self.retransmissions_absorbed += other.retransmissions_absorbed;
+        self.retransmissions_sent += other.retransmissions_sent;
+        self.acks_absorbed += other.acks_absorbed;
+        self.cancels += other.cancels;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 13] {
+    pub fn pairs(&self) -> [(&'static str, u64); 19] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -261,6 +287,12 @@ impl Counters {
             ("sipedge_proxy_keepalives_total", self.keepalives),
             ("sipedge_proxy_too_many_hops_total", self.too_many_hops),
             ("sipedge_proxy_loops_total", self.loops),
+            ("sipedge_proxy_overload_total", self.overload),
+            ("sipedge_txn_transactions_total", self.transactions),
+            ("sipedge_txn_retransmissions_absorbed_total", self.retransmissions_absorbed),
+            ("sipedge_txn_retransmissions_sent_total", self.retransmissions_sent),
+            ("sipedge_txn_acks_absorbed_total", self.acks_absorbed),
+            ("sipedge_proxy_cancels_total", self.cancels),
         ]
     }
 }

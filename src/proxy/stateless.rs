@@ -158,7 +158,7 @@ fn local_tag(id: &Identity, msg: &Message<'_>) -> branch::Branch {
     branch::Branch::new(id.shard_id, branch::Kind::Stateless, h)
 }
 
-fn relay_request(
+pub(crate) fn relay_request(
     id: &Identity,
     cfg: &Config,
     counters: &mut Counters,
@@ -263,7 +263,7 @@ fn relay_request(
 /// Headers of our 200 to OPTIONS.
 const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: \r\n";
 
-fn relay_response(id: &Identity, counters: &mut Counters, msg: &Message<'_>, socket: SocketId, out: &mut Outbox) {
+pub(crate) fn relay_response(id: &Identity, counters: &mut Counters, msg: &Message<'_>, socket: SocketId, out: &mut Outbox) {
     let mut vias = msg.values(sip::HeaderName::Via);
     let top = vias.next().and_then(|v| sip::Via::parse(v).ok());
     let Some(top) = top else {

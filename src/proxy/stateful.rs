@@ -1,0 +1,1539 @@
+//! The transaction-stateful proxy (RFC 3261 §16), the default mode.
+//!
+//! Every request that is not an ACK or a CANCEL opens a server transaction
+//! and one client transaction per target (a fork); the response context
+//! picks the best final response (§16.7) and forwards every 2xx.
+//!
+//! ```text
+//!  request ─► retransmission of a live one? ─ yes ─► replay the last response (§17.2)
+//!     │ no
+//!     ├─ §16.3: Max-Forwards 0 → 483 · loop → 482 · Proxy-Require → 420 · OPTIONS to us → 200
+//!     ├─ REGISTER for a served domain ─► registrar hook
+//!     ├─ targets (§16.5): first Route left │ served domain → location (404 / 480 / contacts)
+//!     │                   │ the Request-URI's address │ the upstream
+//!     ├─ table full → 503 Retry-After
+//!     └─ server txn (INVITE: 100 Trying) + a client txn per target, forwarded (§16.6)
+//!  response ─► our transaction branch? ─ no ─► stateless relay (§16.7: no context)
+//!     │ yes: client txn (ACK of non-2xx is built here)
+//!     ├─ 1xx (not 100): forward; Timer C; a wanted CANCEL goes now
+//!     ├─ 2xx: forward at once (all of them); CANCEL the other forks
+//!     └─ 3xx–6xx: keep the best (6xx first, then the lowest class); 6xx cancels the
+//!        others; when every fork is final: send the best (503 → 500; none → 408)
+//!  CANCEL ─► its INVITE's context? ─ yes: 200, then CANCEL each pending fork (§16.10)
+//!                                 └ no: stateless relay
+//!  ACK    ─► its INVITE's server txn (non-2xx): absorbed · else (2xx): stateless relay
+//! ```
+//!
+//! Memory: a transaction keeps the request and each forwarded copy only
+//! while something may need them (retransmission, ACK, CANCEL, a local
+//! final response); once final, it shrinks to its state and the response it
+//! may have to replay. The table is bounded ([`Config::max_transactions`]).
+
+use core::net::SocketAddr;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use crate::sip::{
+    self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia, ParseConfig, Received,
+    ResponseSpec, Via,
+};
+use crate::time::Instant;
+use crate::transport::{Outbox, SocketId};
+use crate::txn::key::{server_key, KeyMethod};
+use crate::txn::{
+    Action, Arm, InviteClient, InviteClientState, InviteServer, InviteServerState, NonInviteClient,
+    NonInviteClientState, NonInviteServer, NonInviteServerState, TimerConfig, TimerName,
+};
+use crate::wheel::Wheel;
+
+use super::branch::{self, Branch, TxnRef};
+use super::{reject, route, stateless, Counters, Identity, Service};
+
+/// Settings of the stateful proxy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Next hop for requests not for a served domain that name no address.
+    pub upstream: Option<SocketAddr>,
+    /// Record-Route dialog-creating requests (on by default).
+    pub record_route: bool,
+    /// T1, T2, T4 and Timer C.
+    pub timers: TimerConfig,
+    /// Most live transactions per shard; beyond it, 503.
+    pub max_transactions: usize,
+    /// Most forks of one request.
+    pub max_forks: usize,
+    /// Retry-After of the 503 sent when the table is full, in seconds.
+    pub retry_after: u32,
+    /// Parser limits.
+    pub parse: ParseConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            record_route: true,
+            timers: TimerConfig::default(),
+            max_transactions: 1 << 20,
+            max_forks: 16,
+            retry_after: 5,
+            parse: ParseConfig::default(),
+        }
+    }
+}
+
+/// What a location lookup found for an address-of-record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No such user: 404.
+    Unknown,
+    /// A user we know, with no live binding: 480.
+    NoBindings,
+    /// Live bindings, pushed into the [`Targets`].
+    Contacts,
+}
+
+/// The location service as the proxy sees it (each shard's replica).
+pub trait Location {
+    /// Looks up `aor` (`user@domain`, domain lower-case) at wall-clock
+    /// `wall_us`, pushing each live contact into `out` (highest q first).
+    fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found;
+}
+
+/// A location service that knows nobody (stateful proxying without a registrar).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLocation;
+
+impl Location for NoLocation {
+    fn lookup(&self, _aor: &[u8], _wall_us: u64, _out: &mut Targets) -> Found {
+        Found::Unknown
+    }
+}
+
+/// Handles REGISTER requests for served domains (the registrar), if any.
+pub trait Registry {
+    /// Handles `msg` (a REGISTER whose Request-URI is a served domain).
+    /// Returns false when this registry does not take it (it is then proxied).
+    #[allow(clippy::too_many_arguments)]
+    fn handle_register(
+        &mut self,
+        now: Instant,
+        wall_us: u64,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        reply_to: SocketAddr,
+        out: &mut Outbox,
+    ) -> bool;
+}
+
+/// No registrar: REGISTERs are proxied like other requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRegistry;
+
+impl Registry for NoRegistry {
+    fn handle_register(
+        &mut self,
+        _: Instant,
+        _: u64,
+        _: &Message<'_>,
+        _: SocketAddr,
+        _: SocketId,
+        _: SocketAddr,
+        _: &mut Outbox,
+    ) -> bool {
+        false
+    }
+}
+
+/// One target of a request (§16.5): where to send it and with which Request-URI.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The new Request-URI (a contact), empty to keep the request's.
+    pub uri: Vec<u8>,
+    /// Route values to pre-load (from a Path), comma-separated, empty for none.
+    pub route: Vec<u8>,
+    /// Where to send it (the contact's source address, for NATed UAs), if known.
+    pub dest: Option<SocketAddr>,
+    /// q value in thousandths.
+    pub q: u16,
+}
+
+/// A reusable list of targets (its buffers keep their capacity).
+#[derive(Debug, Default)]
+pub struct Targets {
+    items: Vec<Target>,
+    len: usize,
+}
+
+impl Targets {
+    /// Forgets the targets, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Adds a target.
+    pub fn push(&mut self, uri: &[u8], route: &[u8], dest: Option<SocketAddr>, q: u16) {
+        if self.items.len() <= self.len {
+            self.items.push(Target::default());
+        }
+        if let Some(t) = self.items.get_mut(self.len) {
+            t.uri.clear();
+            t.uri.extend_from_slice(uri);
+            t.route.clear();
+            t.route.extend_from_slice(route);
+            t.dest = dest;
+            t.q = q;
+            self.len += 1;
+        }
+    }
+
+    /// The targets.
+    pub fn as_slice(&self) -> &[Target] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Server {
+    Invite(InviteServer),
+    NonInvite(NonInviteServer),
+}
+
+impl Server {
+    fn terminated(&self) -> bool {
+        match self {
+            Self::Invite(s) => s.state() == InviteServerState::Terminated,
+            Self::NonInvite(s) => s.state() == NonInviteServerState::Terminated,
+        }
+    }
+
+    fn can_send(&self, code: u16) -> bool {
+        match self {
+            Self::Invite(s) => s.can_send(code),
+            Self::NonInvite(s) => s.can_send(),
+        }
+    }
+
+    fn on_send(&mut self, now: Instant, code: u16) -> Arm {
+        match self {
+            Self::Invite(s) => s.on_send(now, code),
+            Self::NonInvite(s) => s.on_send(now, code),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Client {
+    Invite(InviteClient),
+    NonInvite(NonInviteClient),
+}
+
+impl Client {
+    fn terminated(&self) -> bool {
+        match self {
+            Self::Invite(c) => c.state() == InviteClientState::Terminated,
+            Self::NonInvite(c) => c.state() == NonInviteClientState::Terminated,
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, code: u16) -> (Action, Arm) {
+        match self {
+            Self::Invite(c) => c.on_response(now, code),
+            Self::NonInvite(c) => c.on_response(now, code),
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, name: TimerName, at: Instant) -> (Action, Arm) {
+        match self {
+            Self::Invite(c) => c.on_timer(now, name, at),
+            Self::NonInvite(c) => c.on_timer(now, name, at),
+        }
+    }
+
+    fn terminate(&mut self) {
+        match self {
+            Self::Invite(c) => c.terminate(),
+            Self::NonInvite(c) => c.terminate(),
+        }
+    }
+}
+
+/// One fork: a client transaction and what it needs.
+#[derive(Debug)]
+struct Fork {
+    client: Client,
+    /// The forwarded request while it may be retransmitted or cancelled; then
+    /// the ACK of its non-2xx final response, for retransmitted finals.
+    bytes: Option<Box<[u8]>>,
+    dest: SocketAddr,
+    egress: SocketId,
+    final_code: Option<u16>,
+    provisional: bool,
+    cancel_wanted: bool,
+    cancel: Option<(NonInviteClient, Box<[u8]>)>,
+    timer_c: Option<Instant>,
+}
+
+/// A response context (§16): the server transaction and its forks.
+#[derive(Debug)]
+struct Txn {
+    gen: u32,
+    key: u64,
+    method: Method,
+    server: Server,
+    /// The request as received, until a final response has been sent.
+    request: Option<Box<[u8]>>,
+    src: SocketAddr,
+    reply_to: SocketAddr,
+    socket: SocketId,
+    /// The last response sent upstream, replayed on retransmissions.
+    last_response: Option<Box<[u8]>>,
+    forks: Vec<Fork>,
+    /// The best final response so far (§16.7 step 6), ready to send upstream.
+    best: Option<(u16, Box<[u8]>)>,
+    final_sent: bool,
+    cancelled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerTarget {
+    Server,
+    Fork(u8),
+    Cancel(u8),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TimerItem {
+    slot: u32,
+    gen: u32,
+    target: TimerTarget,
+    name: TimerName,
+    at: Instant,
+}
+
+/// Identity hasher for keys that already are keyed hashes.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+const SCRATCH: usize = crate::transport::MAX_DATAGRAM;
+
+/// The stateful proxy of one shard.
+pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
+    id: Identity,
+    cfg: Config,
+    relay: stateless::Config,
+    index: Option<HeaderIndex>,
+    index2: Option<HeaderIndex>,
+    counters: Counters,
+    txns: Vec<Option<Txn>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    live: usize,
+    by_key: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    wheel: Wheel<TimerItem>,
+    fired: Vec<TimerItem>,
+    targets: Targets,
+    scratch: Vec<u8>,
+    /// Where the location service lives.
+    pub location: L,
+    /// Where REGISTERs for served domains go.
+    pub registry: R,
+    wall_us: u64,
+}
+
+impl<L: Location, R: Registry> Stateful<L, R> {
+    /// A stateful proxy for the shard `id`.
+    pub fn new(id: Identity, cfg: Config, location: L, registry: R) -> Self {
+        let relay = stateless::Config {
+            upstream: cfg.upstream,
+            record_route: false,
+            parse: cfg.parse.clone(),
+        };
+        Self {
+            index: Some(HeaderIndex::new(cfg.parse.clone())),
+            index2: Some(HeaderIndex::new(cfg.parse.clone())),
+            id,
+            relay,
+            counters: Counters::default(),
+            txns: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            by_key: HashMap::default(),
+            wheel: Wheel::new(Instant::ZERO),
+            fired: Vec::new(),
+            targets: Targets::default(),
+            scratch: vec![0u8; SCRATCH],
+            location,
+            registry,
+            wall_us: 0,
+            cfg,
+        }
+    }
+
+    /// Live transactions.
+    pub fn live_transactions(&self) -> usize {
+        self.live
+    }
+
+    /// Who this proxy is.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    fn arm(&mut self, slot: u32, gen: u32, target: TimerTarget, arm: Arm) {
+        for (name, at) in arm.iter() {
+            self.wheel.insert(
+                at,
+                TimerItem {
+                    slot,
+                    gen,
+                    target,
+                    name,
+                    at,
+                },
+            );
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, msg: &Message<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+        let ess = match msg.essentials() {
+            Ok(e) => e,
+            Err(e) => {
+                self.counters.parse_errors += 1;
+                self.reply(msg, src, socket, e.status(), e.reason(), b"", out);
+                return;
+            }
+        };
+        let via = ess.top_via;
+        match msg.method() {
+            Method::Ack => return self.on_ack(now, msg, &via, src, socket, out),
+            Method::Cancel => return self.on_cancel(now, msg, &via, src, socket, out),
+            _ => {}
+        }
+        let key = server_key(self.id.secret, msg, &via, KeyMethod::of(msg.method()));
+        if let Some(&slot) = self.by_key.get(&key) {
+            self.on_retransmission(slot, out);
+            return;
+        }
+        let Some(uri) = ess.uri else { return };
+
+        // §16.3 request validation, and OPTIONS to us (§11).
+        let has_route = msg.values(HeaderName::Route).next().is_some();
+        if msg.method() == Method::Options && uri.user.is_none() && self.id.is_us(&uri) && !has_route {
+            self.reply(msg, src, socket, 200, "OK", OPTIONS_EXTRA, out);
+            return;
+        }
+        if ess.max_forwards == Some(0) {
+            self.counters.too_many_hops += 1;
+            self.reply(msg, src, socket, 483, "Too Many Hops", b"", out);
+            return;
+        }
+        if branch::is_loop(&self.id, msg) {
+            self.counters.loops += 1;
+            self.reply(msg, src, socket, 482, "Loop Detected", b"", out);
+            return;
+        }
+        if let Some(pr) = msg.header(HeaderName::ProxyRequire) {
+            let mut extra = [0u8; 512];
+            let mut w = sip::Writer::new(&mut extra);
+            let ok = w.put(b"Unsupported: ").is_ok() && w.put(pr).is_ok() && w.put(b"\r\n").is_ok();
+            let n = if ok { w.len() } else { 0 };
+            self.reply(msg, src, socket, 420, "Bad Extension", extra.get(..n).unwrap_or_default(), out);
+            return;
+        }
+        let to_tag = ess.to.tag().is_some();
+        if msg.method() == Method::Register && !has_route && self.id.is_served_domain(&uri.host) {
+            let reply_to = route::reply_dest(&via, src);
+            if self.registry.handle_register(now, self.wall_us, msg, src, socket, reply_to, out) {
+                return;
+            }
+        }
+
+        // Targets (§16.5).
+        let routing = match route::routing(&self.id, msg) {
+            Ok(r) => r,
+            Err(_) => {
+                self.reply(msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
+                return;
+            }
+        };
+        self.targets.clear();
+        if let Some(r) = &routing.next_route {
+            match route::uri_addr(r).or(self.cfg.upstream) {
+                Some(d) => self.targets.push(b"", b"", Some(d), 1000),
+                None => {
+                    self.counters.dropped_unroutable += 1;
+                    self.reply(msg, src, socket, 480, "Temporarily Unavailable (No Route)", b"", out);
+                    return;
+                }
+            }
+        } else if self.id.is_served_domain(&uri.host) && uri.user.is_some() {
+            let mut aor = [0u8; 512];
+            let Some(aor) = aor_key(&uri, &mut aor) else {
+                self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                return;
+            };
+            match self.location.lookup(aor, self.wall_us, &mut self.targets) {
+                Found::Unknown => {
+                    self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                    return;
+                }
+                Found::NoBindings => {
+                    self.reply(msg, src, socket, 480, "Temporarily Unavailable", b"", out);
+                    return;
+                }
+                Found::Contacts => {}
+            }
+        } else {
+            let dest = if self.id.is_us(&uri) || self.id.is_served_domain(&uri.host) {
+                self.cfg.upstream
+            } else {
+                route::uri_addr(&uri).or(self.cfg.upstream)
+            };
+            match dest {
+                Some(d) => self.targets.push(b"", b"", Some(d), 1000),
+                None => {
+                    self.counters.dropped_unroutable += 1;
+                    let (code, reason) = if self.id.is_us(&uri) {
+                        (404, "Not Found")
+                    } else {
+                        (480, "Temporarily Unavailable (No Route)")
+                    };
+                    self.reply(msg, src, socket, code, reason, b"", out);
+                    return;
+                }
+            }
+        }
+        if self.targets.is_empty() {
+            self.reply(msg, src, socket, 480, "Temporarily Unavailable", b"", out);
+            return;
+        }
+        if self.live >= self.cfg.max_transactions {
+            self.counters.overload += 1;
+            let mut extra = [0u8; 40];
+            let mut w = sip::Writer::new(&mut extra);
+            let ok = w.put(b"Retry-After: ").is_ok()
+                && w.put_u64(u64::from(self.cfg.retry_after)).is_ok()
+                && w.put(b"\r\n").is_ok();
+            let n = if ok { w.len() } else { 0 };
+            self.reply(msg, src, socket, 503, "Service Unavailable", extra.get(..n).unwrap_or_default(), out);
+            return;
+        }
+
+        // A new response context.
+        let invite = msg.method() == Method::Invite;
+        let reply_to = route::reply_dest(&via, src);
+        let (slot, gen) = self.alloc();
+        let mut txn = Txn {
+            gen,
+            key,
+            method: msg.method(),
+            server: if invite {
+                Server::Invite(InviteServer::start(self.cfg.timers, false))
+            } else {
+                Server::NonInvite(NonInviteServer::start(self.cfg.timers, false))
+            },
+            request: Some(msg.as_bytes().into()),
+            src,
+            reply_to,
+            socket,
+            last_response: None,
+            forks: Vec::with_capacity(self.targets.len().min(self.cfg.max_forks)),
+            best: None,
+            final_sent: false,
+            cancelled: false,
+        };
+        self.by_key.insert(key, slot);
+        self.counters.transactions += 1;
+        if invite {
+            let spec = ResponseSpec {
+                received: Some(Received {
+                    ip: src.ip(),
+                    port: src.port(),
+                }),
+                ..ResponseSpec::new(100, "Trying")
+            };
+            if let Ok(n) = sip::response(msg, &spec, &mut self.scratch) {
+                let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+                self.send(out, reply_to, socket, &bytes);
+                txn.last_response = Some(bytes);
+            }
+        }
+        let rr = if self.cfg.record_route
+            && !to_tag
+            && matches!(msg.method(), Method::Invite | Method::Subscribe | Method::Refer)
+        {
+            self.id.public_for(src.ip(), socket).map(|s| s.rr_uri().to_vec())
+        } else {
+            None
+        };
+        let loop_hash = branch::loop_hash(self.id.secret, msg, &via);
+        let received = emit::needs_received(&via, src.ip()).then_some(Received {
+            ip: src.ip(),
+            port: src.port(),
+        });
+        let n_targets = self.targets.len().min(self.cfg.max_forks);
+        for i in 0..n_targets {
+            let Some(t) = self.targets.as_slice().get(i).cloned() else {
+                break;
+            };
+            let Some(dest) = t.dest.or(self.cfg.upstream) else {
+                continue;
+            };
+            let egress = self.id.egress_for(dest, socket);
+            let Some(egress_sock) = self.id.socket(egress) else {
+                continue;
+            };
+            let br = Branch::transaction(
+                TxnRef {
+                    shard: self.id.shard_id,
+                    slot,
+                    gen,
+                    fork: i as u8,
+                },
+                loop_hash,
+            );
+            let mut route_line = [0u8; 1024];
+            let route_len = if t.route.is_empty() {
+                0
+            } else {
+                let mut w = sip::Writer::new(&mut route_line);
+                let ok = w.put(b"Route: ").is_ok() && w.put(&t.route).is_ok() && w.put(b"\r\n").is_ok();
+                if ok {
+                    w.len()
+                } else {
+                    0
+                }
+            };
+            let edits = Edits {
+                request_uri: (!t.uri.is_empty()).then_some(t.uri.as_slice()),
+                push_via: Some(NewVia {
+                    transport: "UDP",
+                    host: egress_sock.via_host(),
+                    port: egress_sock.advertised.port(),
+                    branch: br.as_bytes(),
+                    rport: true,
+                }),
+                received,
+                max_forwards: MaxForwardsEdit::Decrement,
+                record_route: rr.as_deref(),
+                pop_route: routing.pop_route,
+                append: route_line.get(..route_len).unwrap_or_default(),
+                ..Edits::default()
+            };
+            let n = match sip::edit(msg, &edits, &mut self.scratch) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.counters.dropped_overflow += 1;
+                    continue;
+                }
+            };
+            let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+            self.send(out, dest, egress, &bytes);
+            self.counters.requests_forwarded += 1;
+            let (client, arm) = if invite {
+                let (c, a) = InviteClient::start(now, self.cfg.timers, false);
+                (Client::Invite(c), a)
+            } else {
+                let (c, a) = NonInviteClient::start(now, self.cfg.timers, false);
+                (Client::NonInvite(c), a)
+            };
+            self.arm(slot, gen, TimerTarget::Fork(i as u8), arm);
+            txn.forks.push(Fork {
+                client,
+                bytes: Some(bytes),
+                dest,
+                egress,
+                final_code: None,
+                provisional: false,
+                cancel_wanted: false,
+                cancel: None,
+                timer_c: None,
+            });
+        }
+        if txn.forks.is_empty() {
+            // Every target failed to be written: answer for them.
+            txn.best = None;
+            self.put(slot, txn);
+            self.finish(now, slot, out);
+            return;
+        }
+        self.put(slot, txn);
+    }
+
+    fn on_retransmission(&mut self, slot: u32, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        self.counters.retransmissions_absorbed += 1;
+        let action = match &mut txn.server {
+            Server::Invite(s) => s.on_request(),
+            Server::NonInvite(s) => s.on_request(),
+        };
+        if action == Action::RetransmitResponse {
+            if let Some(r) = txn.last_response.clone() {
+                let (dest, sock) = (txn.reply_to, txn.socket);
+                self.send(out, dest, sock, &r);
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, msg: &Message<'_>, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+        let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
+        if let Some(&slot) = self.by_key.get(&key) {
+            let gen = self.gens.get(slot as usize).copied().unwrap_or(0);
+            let Some(txn) = self.txns.get_mut(slot as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            if let Server::Invite(s) = &mut txn.server {
+                let (action, arm) = s.on_ack(now);
+                self.arm(slot, gen, TimerTarget::Server, arm);
+                if action != Action::PassRequest {
+                    self.counters.acks_absorbed += 1;
+                    self.maybe_free(slot);
+                    return;
+                }
+            }
+        }
+        // The ACK of a 2xx is a transaction of its own: relay it statelessly.
+        stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, socket, out);
+    }
+
+    fn on_cancel(&mut self, now: Instant, msg: &Message<'_>, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+        let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
+        let Some(&slot) = self.by_key.get(&key) else {
+            // §16.10: no context: forward the CANCEL statelessly.
+            stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, socket, out);
+            return;
+        };
+        self.reply(msg, src, socket, 200, "OK", b"", out);
+        self.counters.cancels += 1;
+        let Some(mut txn) = self.take(slot) else { return };
+        if !txn.final_sent && txn.method == Method::Invite {
+            txn.cancelled = true;
+            for i in 0..txn.forks.len() {
+                self.cancel_fork(now, slot, &mut txn, i, out);
+            }
+        }
+        self.put(slot, txn);
+        self.maybe_free(slot);
+    }
+
+    /// Sends a CANCEL down fork `i` now if it has had a provisional response,
+    /// or notes that one is wanted when it does (§9.1, §16.10).
+    fn cancel_fork(&mut self, now: Instant, slot: u32, txn: &mut Txn, i: usize, out: &mut Outbox) {
+        let gen = txn.gen;
+        let Some(fork) = txn.forks.get_mut(i) else { return };
+        if fork.final_code.is_some() || fork.cancel.is_some() || !matches!(fork.client, Client::Invite(_)) {
+            return;
+        }
+        if !fork.provisional {
+            fork.cancel_wanted = true;
+            return;
+        }
+        let Some(req) = fork.bytes.as_deref() else { return };
+        let Some(mut idx) = self.index2.take() else { return };
+        let built = match sip::parse(req, &mut idx) {
+            Ok(m) => super::build::ack_or_cancel(&m, Method::Cancel, None, &mut self.scratch).ok(),
+            Err(_) => None,
+        };
+        self.index2 = Some(idx);
+        let Some(n) = built else { return };
+        let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+        let (dest, egress) = (fork.dest, fork.egress);
+        let (c, arm) = NonInviteClient::start(now, self.cfg.timers, false);
+        fork.cancel = Some((c, bytes.clone()));
+        fork.cancel_wanted = false;
+        self.send(out, dest, egress, &bytes);
+        self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
+    }
+
+    fn on_response(&mut self, now: Instant, msg: &Message<'_>, socket: SocketId, out: &mut Outbox) {
+        let Ok(via) = msg.top_via() else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Some(code) = msg.status() else { return };
+        let r = via.branch().and_then(branch::txn_ref);
+        let found = r.filter(|r| {
+            r.shard == self.id.shard_id
+                && self.gens.get(r.slot as usize).copied() == Some(r.gen)
+                && self.txns.get(r.slot as usize).is_some_and(Option::is_some)
+                && self.id.is_local_addr(&via.host, via.port)
+        });
+        let Some(r) = found else {
+            if r.is_some() && msg.cseq().method == Method::Cancel {
+                // The answer to a CANCEL of ours whose context is gone: nobody upstream wants it.
+                self.counters.dropped_not_ours += 1;
+                return;
+            }
+            // §16.7: no response context: forward statelessly (or drop if not ours).
+            stateless::relay_response(&self.id, &mut self.counters, msg, socket, out);
+            return;
+        };
+        let slot = r.slot;
+        let fork_i = usize::from(r.fork);
+        let Some(mut txn) = self.take(slot) else { return };
+        if fork_i >= txn.forks.len() {
+            self.put(slot, txn);
+            self.counters.dropped_not_ours += 1;
+            return;
+        }
+        if msg.cseq().method == Method::Cancel {
+            if let Some(f) = txn.forks.get_mut(fork_i) {
+                if let Some((c, _)) = &mut f.cancel {
+                    let (_, arm) = c.on_response(now, code);
+                    self.arm(slot, txn.gen, TimerTarget::Cancel(fork_i as u8), arm);
+                }
+            }
+            self.put(slot, txn);
+            self.maybe_free(slot);
+            return;
+        }
+        let (action, arm) = match txn.forks.get_mut(fork_i) {
+            Some(f) => f.client.on_response(now, code),
+            None => (Action::None, Arm::NONE),
+        };
+        self.arm(slot, txn.gen, TimerTarget::Fork(fork_i as u8), arm);
+        match action {
+            Action::AckAndPass | Action::Ack => {
+                self.send_ack(&mut txn, fork_i, msg, out);
+                if action == Action::AckAndPass {
+                    self.pass_response(now, slot, &mut txn, fork_i, code, msg, out);
+                }
+            }
+            Action::PassResponse => self.pass_response(now, slot, &mut txn, fork_i, code, msg, out),
+            _ => {}
+        }
+        self.put(slot, txn);
+        self.finish(now, slot, out);
+    }
+
+    /// Sends (or re-sends) the ACK of the non-2xx final response `msg` on fork `i`.
+    fn send_ack(&mut self, txn: &mut Txn, i: usize, msg: &Message<'_>, out: &mut Outbox) {
+        let Some(fork) = txn.forks.get_mut(i) else { return };
+        let is_ack = fork.final_code.is_some();
+        if !is_ack {
+            // First final: build the ACK from the forwarded request and keep it instead.
+            let Some(req) = fork.bytes.as_deref() else { return };
+            let Some(mut idx) = self.index2.take() else { return };
+            let to = msg.header(HeaderName::To);
+            let built = match sip::parse(req, &mut idx) {
+                Ok(m) => super::build::ack_or_cancel(&m, Method::Ack, to, &mut self.scratch).ok(),
+                Err(_) => None,
+            };
+            self.index2 = Some(idx);
+            let Some(n) = built else { return };
+            fork.bytes = Some(self.scratch.get(..n).unwrap_or_default().into());
+        }
+        if let Some(ack) = fork.bytes.clone() {
+            let (dest, egress) = (fork.dest, fork.egress);
+            self.send(out, dest, egress, &ack);
+        }
+    }
+
+    /// §16.7: what the response context does with a response a fork passed up.
+    #[allow(clippy::too_many_arguments)]
+    fn pass_response(&mut self, now: Instant, slot: u32, txn: &mut Txn, i: usize, code: u16, msg: &Message<'_>, out: &mut Outbox) {
+        let invite = txn.method == Method::Invite;
+        let gen = txn.gen;
+        match code {
+            100 => {}
+            101..=199 => {
+                let wanted = match txn.forks.get_mut(i) {
+                    Some(f) => {
+                        f.provisional = true;
+                        if invite {
+                            let c = now + self.cfg.timers.timer_c;
+                            f.timer_c = Some(c);
+                            self.wheel.insert(
+                                c,
+                                TimerItem {
+                                    slot,
+                                    gen,
+                                    target: TimerTarget::Fork(i as u8),
+                                    name: TimerName::C,
+                                    at: c,
+                                },
+                            );
+                        }
+                        f.cancel_wanted
+                    }
+                    None => false,
+                };
+                if wanted {
+                    self.cancel_fork(now, slot, txn, i, out);
+                } else if !txn.final_sent && txn.server.can_send(code) {
+                    if let Some(bytes) = self.forward_up(msg, txn, out) {
+                        txn.last_response = Some(bytes);
+                    }
+                }
+            }
+            200..=299 => {
+                if let Some(f) = txn.forks.get_mut(i) {
+                    f.final_code = Some(code);
+                    f.bytes = None;
+                    f.timer_c = None;
+                }
+                if invite {
+                    // Every 2xx goes up, at once (§16.7 step 5).
+                    self.forward_up(msg, txn, out);
+                    if !txn.final_sent {
+                        txn.final_sent = true;
+                        txn.request = None;
+                        let arm = txn.server.on_send(now, code);
+                        self.arm(slot, gen, TimerTarget::Server, arm);
+                        for j in 0..txn.forks.len() {
+                            if j != i {
+                                self.cancel_fork(now, slot, txn, j, out);
+                            }
+                        }
+                    }
+                } else if !txn.final_sent {
+                    if let Some(bytes) = self.forward_up(msg, txn, out) {
+                        txn.last_response = Some(bytes);
+                    }
+                    txn.final_sent = true;
+                    txn.request = None;
+                    let arm = txn.server.on_send(now, code);
+                    self.arm(slot, gen, TimerTarget::Server, arm);
+                }
+            }
+            _ => {
+                if let Some(f) = txn.forks.get_mut(i) {
+                    f.final_code = Some(code);
+                    f.timer_c = None;
+                }
+                let better = txn.best.as_ref().is_none_or(|(b, _)| rank(code) < rank(*b));
+                if better && !txn.final_sent {
+                    let edits = Edits {
+                        pop_via: true,
+                        max_forwards: MaxForwardsEdit::Keep,
+                        ..Edits::default()
+                    };
+                    if let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) {
+                        txn.best = Some((code, self.scratch.get(..n).unwrap_or_default().into()));
+                    }
+                }
+                if (600..700).contains(&code) && invite {
+                    for j in 0..txn.forks.len() {
+                        if j != i {
+                            self.cancel_fork(now, slot, txn, j, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards `msg` upstream with our Via removed; returns the bytes sent.
+    fn forward_up(&mut self, msg: &Message<'_>, txn: &Txn, out: &mut Outbox) -> Option<Box<[u8]>> {
+        let edits = Edits {
+            pop_via: true,
+            max_forwards: MaxForwardsEdit::Keep,
+            ..Edits::default()
+        };
+        let n = sip::edit(msg, &edits, &mut self.scratch).ok()?;
+        let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+        self.send(out, txn.reply_to, txn.socket, &bytes);
+        self.counters.responses_forwarded += 1;
+        Some(bytes)
+    }
+
+    /// When every fork is final and nothing was sent up yet: send the best (§16.7 step 6).
+    fn finish(&mut self, now: Instant, slot: u32, out: &mut Outbox) {
+        let Some(mut txn) = self.take(slot) else { return };
+        let all_final = txn.forks.iter().all(|f| f.final_code.is_some());
+        if !txn.final_sent && all_final {
+            let (code, local) = match &txn.best {
+                Some((503, _)) => (500, true),
+                Some((c, _)) => (*c, false),
+                None if txn.cancelled => (487, true),
+                None => (408, true),
+            };
+            let bytes = if local {
+                self.local_final(&txn, code)
+            } else {
+                txn.best.take().map(|(_, b)| b)
+            };
+            if let Some(b) = bytes {
+                self.send(out, txn.reply_to, txn.socket, &b);
+                if local {
+                    self.counters.responses_local += 1;
+                } else {
+                    self.counters.responses_forwarded += 1;
+                }
+                txn.last_response = Some(b);
+            }
+            txn.final_sent = true;
+            txn.request = None;
+            txn.best = None;
+            let arm = txn.server.on_send(now, code);
+            self.arm(slot, txn.gen, TimerTarget::Server, arm);
+        }
+        self.put(slot, txn);
+        self.maybe_free(slot);
+    }
+
+    /// A final response of our own to the transaction's request.
+    fn local_final(&mut self, txn: &Txn, code: u16) -> Option<Box<[u8]>> {
+        let req = txn.request.as_deref()?;
+        let mut idx = self.index2.take()?;
+        let reason = match code {
+            408 => "Request Timeout",
+            487 => "Request Terminated",
+            500 => "Server Internal Error",
+            _ => "Error",
+        };
+        let built = match sip::parse(req, &mut idx) {
+            Ok(m) => {
+                let tag = local_tag(&self.id, &m);
+                let spec = ResponseSpec {
+                    to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
+                    received: Some(Received {
+                        ip: txn.src.ip(),
+                        port: txn.src.port(),
+                    }),
+                    ..ResponseSpec::new(code, reason)
+                };
+                sip::response(&m, &spec, &mut self.scratch).ok()
+            }
+            Err(_) => None,
+        };
+        self.index2 = Some(idx);
+        built.map(|n| self.scratch.get(..n).unwrap_or_default().into())
+    }
+
+    fn on_timer(&mut self, now: Instant, item: TimerItem, out: &mut Outbox) {
+        if self.gens.get(item.slot as usize).copied() != Some(item.gen) {
+            return;
+        }
+        let slot = item.slot;
+        let Some(mut txn) = self.take(slot) else { return };
+        match item.target {
+            TimerTarget::Server => {
+                let (action, arm) = match &mut txn.server {
+                    Server::Invite(s) => s.on_timer(now, item.name, item.at),
+                    Server::NonInvite(s) => (s.on_timer(item.name, item.at), Arm::NONE),
+                };
+                self.arm(slot, txn.gen, TimerTarget::Server, arm);
+                if action == Action::RetransmitResponse {
+                    if let Some(r) = txn.last_response.clone() {
+                        self.send(out, txn.reply_to, txn.socket, &r);
+                    }
+                }
+                if txn.server.terminated() {
+                    txn.last_response = None;
+                }
+            }
+            TimerTarget::Fork(i) => {
+                let i = usize::from(i);
+                if item.name == TimerName::C {
+                    let live = txn
+                        .forks
+                        .get(i)
+                        .is_some_and(|f| f.timer_c == Some(item.at) && f.final_code.is_none());
+                    if live {
+                        // §16.8: Timer C fired: CANCEL the fork (or time it out if it never answered).
+                        self.cancel_fork(now, slot, &mut txn, i, out);
+                    }
+                } else {
+                    let (action, arm) = match txn.forks.get_mut(i) {
+                        Some(f) => f.client.on_timer(now, item.name, item.at),
+                        None => (Action::None, Arm::NONE),
+                    };
+                    self.arm(slot, txn.gen, TimerTarget::Fork(i as u8), arm);
+                    match action {
+                        Action::RetransmitRequest => {
+                            if let Some(f) = txn.forks.get(i) {
+                                if let Some(b) = f.bytes.clone() {
+                                    self.counters.retransmissions_sent += 1;
+                                    self.send(out, f.dest, f.egress, &b);
+                                }
+                            }
+                        }
+                        Action::Timeout => {
+                            if let Some(f) = txn.forks.get_mut(i) {
+                                f.final_code = Some(408);
+                                f.bytes = None;
+                                f.timer_c = None;
+                                if let Some((c, _)) = &mut f.cancel {
+                                    c.terminate();
+                                }
+                            }
+                        }
+                        Action::Terminate => {
+                            if let Some(f) = txn.forks.get_mut(i) {
+                                f.bytes = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            TimerTarget::Cancel(i) => {
+                let i = usize::from(i);
+                let mut resend = None;
+                let mut gave_up = false;
+                if let Some(f) = txn.forks.get_mut(i) {
+                    if let Some((c, bytes)) = &mut f.cancel {
+                        let (action, arm) = c.on_timer(now, item.name, item.at);
+                        match action {
+                            Action::RetransmitRequest => resend = Some((f.dest, f.egress, bytes.clone())),
+                            Action::Timeout => gave_up = true,
+                            _ => {}
+                        }
+                        for (name, at) in arm.iter() {
+                            self.wheel.insert(
+                                at,
+                                TimerItem {
+                                    slot,
+                                    gen: txn.gen,
+                                    target: TimerTarget::Cancel(i as u8),
+                                    name,
+                                    at,
+                                },
+                            );
+                        }
+                    }
+                    if gave_up && f.final_code.is_none() {
+                        // §16.8: no final response to a CANCELed fork: behave as if 408.
+                        f.final_code = Some(408);
+                        f.client.terminate();
+                        f.bytes = None;
+                    }
+                }
+                if let Some((d, e, b)) = resend {
+                    self.send(out, d, e, &b);
+                }
+            }
+        }
+        self.put(slot, txn);
+        self.finish(now, slot, out);
+    }
+
+    /// A local response to `msg` (no transaction), sent where §18.2.2 says.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(&mut self, msg: &Message<'_>, src: SocketAddr, socket: SocketId, code: u16, reason: &str, extra: &[u8], out: &mut Outbox) {
+        if msg.method() == Method::Ack {
+            return;
+        }
+        let dest = msg.top_via().map(|v| route::reply_dest(&v, src)).unwrap_or(src);
+        let tag = local_tag(&self.id, msg);
+        let spec = ResponseSpec {
+            to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
+            received: Some(Received {
+                ip: src.ip(),
+                port: src.port(),
+            }),
+            extra,
+            ..ResponseSpec::new(code, reason)
+        };
+        match out.push_with(dest, socket, |buf| sip::response(msg, &spec, buf)) {
+            Ok(()) => self.counters.responses_local += 1,
+            Err(_) => self.counters.dropped_overflow += 1,
+        }
+    }
+
+    fn send(&mut self, out: &mut Outbox, dest: SocketAddr, socket: SocketId, bytes: &[u8]) {
+        if out.push(dest, socket, bytes).is_err() {
+            self.counters.dropped_overflow += 1;
+        }
+    }
+
+    fn alloc(&mut self) -> (u32, u32) {
+        self.live += 1;
+        if let Some(slot) = self.free.pop() {
+            let gen = self.gens.get(slot as usize).copied().unwrap_or(0);
+            return (slot, gen);
+        }
+        let slot = self.txns.len() as u32;
+        self.txns.push(None);
+        self.gens.push(1);
+        (slot, 1)
+    }
+
+    fn take(&mut self, slot: u32) -> Option<Txn> {
+        self.txns.get_mut(slot as usize).and_then(Option::take)
+    }
+
+    fn put(&mut self, slot: u32, txn: Txn) {
+        if let Some(s) = self.txns.get_mut(slot as usize) {
+            *s = Some(txn);
+        }
+    }
+
+    /// Frees the context once its server transaction and every client
+    /// transaction (and CANCEL) are over.
+    fn maybe_free(&mut self, slot: u32) {
+        let done = self.txns.get(slot as usize).and_then(Option::as_ref).is_some_and(|t| {
+            t.server.terminated()
+                && t.forks.iter().all(|f| {
+                    f.client.terminated()
+                        && f.cancel.as_ref().is_none_or(|(c, _)| {
+                            matches!(c.state(), NonInviteClientState::Completed | NonInviteClientState::Terminated)
+                        })
+                })
+        });
+        if !done {
+            return;
+        }
+        if let Some(t) = self.take(slot) {
+            if self.by_key.get(&t.key) == Some(&slot) {
+                self.by_key.remove(&t.key);
+            }
+            if let Some(g) = self.gens.get_mut(slot as usize) {
+                *g = (*g + 1) & 0xff_ffff;
+                if *g == 0 {
+                    *g = 1;
+                }
+            }
+            self.free.push(slot);
+            self.live = self.live.saturating_sub(1);
+        }
+    }
+}
+
+/// The rank of a final response for §16.7 step 6 (lower is better): 6xx
+/// first, then the lowest class.
+fn rank(code: u16) -> u16 {
+    match code {
+        600..=699 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+/// The AoR key of a Request-URI: `user@host`, host lower-cased, user as written.
+pub fn aor_key<'a>(uri: &sip::Uri<'_>, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let user = uri.user?;
+    let host = uri.host_bytes;
+    let n = user.len() + 1 + host.len();
+    let out = buf.get_mut(..n)?;
+    let (u, rest) = out.split_at_mut(user.len());
+    u.copy_from_slice(user);
+    let (at, h) = rest.split_at_mut(1);
+    at.copy_from_slice(b"@");
+    for (d, s) in h.iter_mut().zip(host.iter()) {
+        *d = s.to_ascii_lowercase();
+    }
+    let h = h.strip_suffix(b".").map_or(n, |_| n - 1);
+    buf.get(..h)
+}
+
+/// A To tag for our local responses: a function of the request.
+fn local_tag(id: &Identity, msg: &Message<'_>) -> Branch {
+    let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+    let h = branch::Hasher::new(id.secret ^ 0x7a67)
+        .write(msg.call_id())
+        .write(from_tag)
+        .finish();
+    Branch::new(id.shard_id, branch::Kind::Stateless, h)
+}
+
+/// Headers of our 200 to OPTIONS.
+const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: path\r\n";
+
+impl<L: Location, R: Registry> Service for Stateful<L, R> {
+    fn handle_datagram(&mut self, now: Instant, data: &[u8], src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+        if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.counters.keepalives += 1;
+            return;
+        }
+        let Some(mut idx) = self.index.take() else { return };
+        match sip::parse(data, &mut idx) {
+            Ok(msg) if msg.is_request() => {
+                self.counters.requests += 1;
+                self.on_request(now, &msg, src, socket, out);
+            }
+            Ok(msg) => {
+                self.counters.responses += 1;
+                self.on_response(now, &msg, socket, out);
+            }
+            Err(e) => {
+                self.counters.parse_errors += 1;
+                let sent = out.push_with(src, socket, |buf| {
+                    reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
+                });
+                match sent {
+                    Ok(()) => self.counters.responses_local += 1,
+                    Err(_) => self.counters.dropped_malformed += 1,
+                }
+            }
+        }
+        self.index = Some(idx);
+    }
+
+    fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        let mut fired = core::mem::take(&mut self.fired);
+        self.wheel.expire(now, |_, item| fired.push(item));
+        for item in fired.drain(..) {
+            self.on_timer(now, item, out);
+        }
+        self.fired = fired;
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel.next_deadline()
+    }
+
+    fn handle_wall_clock(&mut self, wall_us: u64) {
+        self.wall_us = wall_us;
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::testutil::identity;
+    use crate::sip::{parse, HeaderIndex};
+    use crate::time::Duration;
+
+    /// A location with fixed contacts for `bob@example.test`, and `carol` known with none.
+    struct FixedLocation(Vec<SocketAddr>);
+
+    impl Location for FixedLocation {
+        fn lookup(&self, aor: &[u8], _wall: u64, out: &mut Targets) -> Found {
+            match aor {
+                b"bob@example.test" => {
+                    for a in &self.0 {
+                        out.push(format!("sip:bob@{a}").as_bytes(), b"", Some(*a), 1000);
+                    }
+                    Found::Contacts
+                }
+                b"carol@example.test" => Found::NoBindings,
+                _ => Found::Unknown,
+            }
+        }
+    }
+
+    struct H {
+        p: Stateful<FixedLocation>,
+        out: Outbox,
+        now: Instant,
+    }
+
+    const UAC: &str = "10.0.0.1:5062";
+    const UPSTREAM: &str = "192.0.2.50:5060";
+
+    impl H {
+        fn new(contacts: &[&str]) -> Self {
+            let cfg = Config {
+                upstream: Some(UPSTREAM.parse().unwrap()),
+                ..Config::default()
+            };
+            let loc = FixedLocation(contacts.iter().map(|c| c.parse().unwrap()).collect());
+            Self {
+                p: Stateful::new(identity(), cfg, loc, NoRegistry),
+                out: Outbox::new(1 << 20, 64),
+                now: Instant::ZERO,
+            }
+        }
+
+        fn feed(&mut self, data: &str, src: &str) -> Vec<(String, String)> {
+            self.out.clear();
+            self.p
+                .handle_datagram(self.now, data.as_bytes(), src.parse().unwrap(), SocketId(0), &mut self.out);
+            self.drain()
+        }
+
+        fn advance(&mut self, d: Duration) -> Vec<(String, String)> {
+            self.now += d;
+            self.out.clear();
+            self.p.handle_timeout(self.now, &mut self.out);
+            self.drain()
+        }
+
+        fn drain(&self) -> Vec<(String, String)> {
+            self.out
+                .items()
+                .iter()
+                .map(|t| (t.dest.to_string(), String::from_utf8_lossy(self.out.bytes(t)).into_owned()))
+                .collect()
+        }
+    }
+
+    fn invite(ruri: &str, branch: &str) -> String {
+        format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch={branch}\r\nMax-Forwards: 70\r\nTo: <{ruri}>\r\nFrom: <sip:alice@example.test>;tag=a1\r\nCall-ID: {branch}@c\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn status(m: &str) -> u16 {
+        let mut idx = HeaderIndex::default();
+        parse(m.as_bytes(), &mut idx).unwrap().status().unwrap()
+    }
+
+    fn method(m: &str) -> String {
+        let mut idx = HeaderIndex::default();
+        String::from_utf8_lossy(parse(m.as_bytes(), &mut idx).unwrap().method_bytes()).into_owned()
+    }
+
+    /// The downstream response to a forwarded request.
+    fn respond(req: &str, code: u16, tag: &str) -> String {
+        let mut idx = HeaderIndex::default();
+        let m = parse(req.as_bytes(), &mut idx).unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = sip::response(&m, &ResponseSpec { to_tag: Some(tag.as_bytes()), ..ResponseSpec::new(code, "X") }, &mut out).unwrap();
+        String::from_utf8(out[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn forwards_a_call_and_absorbs_retransmissions() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let inv = invite("sip:bob@example.test", "z9hG4bKc1");
+        let out = h.feed(&inv, UAC);
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 100));
+        let (dest, fwd) = (&out[1].0, out[1].1.clone());
+        assert_eq!(dest, "192.0.2.4:5060");
+        assert!(fwd.starts_with("INVITE sip:bob@192.0.2.4:5060 SIP/2.0\r\n"), "{fwd}");
+        assert!(fwd.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"));
+        // The INVITE again: the 100 is replayed; nothing goes downstream.
+        let out = h.feed(&inv, UAC);
+        assert_eq!(out.len(), 1);
+        assert_eq!(status(&out[0].1), 100);
+        // 180 and 200 go up; the 200's retransmission too (RFC 6026).
+        for code in [180, 200, 200] {
+            let out = h.feed(&respond(&fwd, code, "b1"), "192.0.2.4:5060");
+            assert_eq!(out.len(), 1, "{code}");
+            assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, code));
+        }
+        // INVITE retransmission after the 2xx: absorbed.
+        assert!(h.feed(&inv, UAC).is_empty());
+        assert_eq!(h.p.live_transactions(), 1);
+        // After Timer L / M the context is gone.
+        h.advance(Duration::from_secs(33));
+        assert_eq!(h.p.live_transactions(), 0);
+    }
+
+    #[test]
+    fn failure_is_acked_downstream_and_forwarded_once() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc2"), UAC);
+        let fwd = out[1].1.clone();
+        let busy = respond(&fwd, 486, "b2");
+        let out = h.feed(&busy, "192.0.2.4:5060");
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!((out[0].0.as_str(), method(&out[0].1)), ("192.0.2.4:5060", "ACK".to_owned()));
+        assert_eq!((out[1].0.as_str(), status(&out[1].1)), (UAC, 486));
+        let out = h.feed(&busy, "192.0.2.4:5060");
+        assert_eq!(out.len(), 1, "a retransmitted final is ACKed again, not forwarded");
+        assert_eq!(method(&out[0].1), "ACK");
+        // Upstream never ACKs: Timer G retransmits the 486.
+        let out = h.advance(Duration::from_millis(500));
+        assert_eq!(status(&out[0].1), 486);
+    }
+
+    #[test]
+    fn times_out_with_408_after_retransmitting() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        h.feed(&invite("sip:bob@example.test", "z9hG4bKc3"), UAC);
+        let mut retrans = 0;
+        let mut finals = Vec::new();
+        for _ in 0..70 {
+            for (_, m) in h.advance(Duration::from_millis(500)) {
+                if m.starts_with("INVITE") {
+                    retrans += 1;
+                } else {
+                    finals.push(status(&m));
+                }
+            }
+        }
+        assert_eq!(retrans, 6, "Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s");
+        assert_eq!(finals.first(), Some(&408));
+    }
+
+    #[test]
+    fn cancel_reaches_the_fork_and_487_comes_back() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let inv = invite("sip:bob@example.test", "z9hG4bKc4");
+        let fwd = h.feed(&inv, UAC)[1].1.clone();
+        let cancel = inv.replace("INVITE sip:bob@example.test SIP/2.0", "CANCEL sip:bob@example.test SIP/2.0").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        // Before any provisional: 200 to the CANCEL; the downstream CANCEL waits for a 1xx (§9.1).
+        let out = h.feed(&cancel, UAC);
+        assert_eq!(out.len(), 1);
+        assert_eq!(status(&out[0].1), 200);
+        let out = h.feed(&respond(&fwd, 180, "b4"), "192.0.2.4:5060");
+        assert_eq!(out.len(), 1);
+        assert_eq!(method(&out[0].1), "CANCEL");
+        let down_cancel = out[0].1.clone();
+        assert!(h.feed(&respond(&down_cancel, 200, "b4"), "192.0.2.4:5060").is_empty(), "200 to our CANCEL absorbed");
+        let out = h.feed(&respond(&fwd, 487, "b4"), "192.0.2.4:5060");
+        let codes: Vec<String> = out.iter().map(|(_, m)| m.lines().next().unwrap().to_owned()).collect();
+        assert_eq!(codes, vec!["ACK sip:bob@192.0.2.4:5060 SIP/2.0".to_owned(), "SIP/2.0 487 X".to_owned()]);
+    }
+
+    #[test]
+    fn forks_and_picks_the_best_response() {
+        let mut h = H::new(&["192.0.2.4:5060", "192.0.2.5:5060", "192.0.2.6:5060"]);
+        let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc5"), UAC);
+        assert_eq!(out.len(), 4, "100 + three forks");
+        let forks: Vec<String> = out[1..].iter().map(|(_, m)| m.clone()).collect();
+        // 404, 486: held. 302 is best (lowest class) once all are final.
+        assert_eq!(h.feed(&respond(&forks[0], 404, "x"), "192.0.2.4:5060").len(), 1, "just the ACK");
+        assert_eq!(h.feed(&respond(&forks[1], 486, "y"), "192.0.2.5:5060").len(), 1);
+        let out = h.feed(&respond(&forks[2], 302, "z"), "192.0.2.6:5060");
+        assert_eq!(out.len(), 2);
+        assert_eq!(status(&out[1].1), 302);
+    }
+
+    #[test]
+    fn a_6xx_cancels_the_others_and_wins() {
+        let mut h = H::new(&["192.0.2.4:5060", "192.0.2.5:5060"]);
+        let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc6"), UAC);
+        let (f0, f1) = (out[1].1.clone(), out[2].1.clone());
+        h.feed(&respond(&f1, 180, "y"), "192.0.2.5:5060");
+        let out = h.feed(&respond(&f0, 603, "x"), "192.0.2.4:5060");
+        let methods: Vec<String> = out.iter().map(|(_, m)| method(m)).collect();
+        assert_eq!(methods, vec!["ACK", "CANCEL"]);
+        let out = h.feed(&respond(&f1, 487, "y"), "192.0.2.5:5060");
+        assert_eq!(status(&out[1].1), 603);
+    }
+
+    #[test]
+    fn lookup_outcomes_and_table_limit() {
+        let mut h = H::new(&[]);
+        let out = h.feed(&invite("sip:nobody@example.test", "z9hG4bKc7"), UAC);
+        assert_eq!(status(&out[0].1), 404);
+        let out = h.feed(&invite("sip:carol@example.test", "z9hG4bKc8"), UAC);
+        assert_eq!(status(&out[0].1), 480);
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        h.p.cfg.max_transactions = 1;
+        h.feed(&invite("sip:bob@example.test", "z9hG4bKc9"), UAC);
+        let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc10"), UAC);
+        assert_eq!(status(&out[0].1), 503);
+        assert!(out[0].1.contains("Retry-After: 5\r\n"));
+    }
+}
