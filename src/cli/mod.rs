@@ -9,8 +9,9 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, FileConfig};
+use crate::proxy::stateful::{self, NoLocation, NoRegistry, Stateful};
 use crate::proxy::stateless::{self, Stateless};
-use crate::proxy::Counters;
+use crate::proxy::{Counters, Identity, Service};
 use crate::shard::{self, DriverKind, DriverStats};
 
 /// sipedge: a carrier-grade SIP edge proxy.
@@ -134,7 +135,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         })
         .unwrap_or_default();
     let cpus: Vec<String> = plans.iter().filter_map(|p| p.cpu.map(|c| c.to_string())).collect();
-    let mode = if cfg.stateless { "stateless relay" } else { "stateless relay (transaction-stateful mode arrives with the registrar)" };
+    let mode = if cfg.stateless { "stateless relay" } else { "transaction-stateful proxy" };
     tracing::info!(
         "sipedge {} started: io={} shards={} (cpus {}) listen={} mode={} domains={} upstream={}",
         env!("CARGO_PKG_VERSION"),
@@ -152,14 +153,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let relay_cfg = stateless::Config {
-        upstream: cfg.upstream,
-        record_route: cfg.record_route,
-        parse: cfg.parse.clone(),
+    let handles = if cfg.stateless {
+        let relay_cfg = stateless::Config {
+            upstream: cfg.upstream,
+            record_route: cfg.record_route,
+            parse: cfg.parse.clone(),
+        };
+        spawn_with(plans, driver, &cfg, secret, &stop, move |id| Stateless::new(id, relay_cfg.clone()))?
+    } else {
+        let proxy_cfg = stateful::Config {
+            upstream: cfg.upstream,
+            parse: cfg.parse.clone(),
+            ..stateful::Config::default()
+        };
+        spawn_with(plans, driver, &cfg, secret, &stop, move |id| {
+            Stateful::new(id, proxy_cfg.clone(), NoLocation, NoRegistry)
+        })?
     };
-    let handles = shard::spawn(plans, driver, &cfg, secret, stop.clone(), move |id| {
-        Stateless::new(id, relay_cfg.clone())
-    })?;
     let mut driver_total = DriverStats::default();
     let mut counters = Counters::default();
     let mut failed = false;
@@ -198,6 +208,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
         return Err(anyhow!("a shard failed"));
     }
     Ok(())
+}
+
+type Handles = Vec<std::thread::JoinHandle<std::io::Result<shard::ShardReport>>>;
+
+fn spawn_with<S, F>(
+    plans: Vec<shard::ShardPlan>,
+    driver: DriverKind,
+    cfg: &Config,
+    secret: u64,
+    stop: &Arc<AtomicBool>,
+    make: F,
+) -> Result<Handles>
+where
+    S: Service,
+    F: Fn(Identity) -> S + Send + Clone + 'static,
+{
+    Ok(shard::spawn(plans, driver, cfg, secret, stop.clone(), make)?)
 }
 
 /// A per-process secret for branch and tag hashes (not a key that protects

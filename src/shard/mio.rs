@@ -80,6 +80,7 @@ impl MioDriver {
                 }
             }
             let now = clock.now();
+            service.handle_wall_clock(clock.wall_us());
             for i in 0..self.sockets.len() {
                 self.drain(i, service, now);
             }

@@ -61,6 +61,14 @@ impl Clock {
         }
     }
 
+    /// The wall clock, µs since the Unix epoch (0 if the clock is before it).
+    pub fn wall_us(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
     /// Time since the epoch.
     pub fn now(&self) -> Instant {
         Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
