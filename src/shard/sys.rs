@@ -73,6 +73,60 @@ pub fn to_storage(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
     }
 }
 
+/// An eventfd: a counter another thread bumps to wake a shard out of its
+/// poll (mio) or its ring wait (io_uring).
+#[derive(Debug)]
+pub struct EventFd {
+    // INVARIANT: a valid eventfd owned by this value, closed on drop.
+    fd: std::os::fd::OwnedFd,
+}
+
+impl EventFd {
+    /// A nonblocking eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: eventfd takes no pointers; we check the result.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own exclusively.
+        Ok(Self {
+            fd: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        })
+    }
+
+    /// The descriptor, to register with a poller.
+    pub fn raw(&self) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd)
+    }
+
+    /// Wakes the waiter.
+    pub fn notify(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        let _ = unsafe { libc::write(self.raw(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears the counter (after a wake-up).
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64; nonblocking.
+        let _ = unsafe { libc::read(self.raw(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
+
+/// Waits up to `ms` milliseconds for `fd` to become readable.
+pub fn wait_readable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd and we pass a count of 1.
+    let rc = unsafe { libc::poll(&mut p, 1, ms) };
+    rc > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// Waits up to `ms` milliseconds for `fd` to become writable.
 pub fn wait_writable(fd: RawFd, ms: i32) -> bool {
     let mut p = libc::pollfd {
