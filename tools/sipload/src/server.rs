@@ -132,15 +132,17 @@ impl Server {
             Method::Ack => self.on_ack(to_tag, st),
             Method::Invite if to_tag.is_none() => self.on_invite(now, msg, src, tx, wheel, st),
             Method::Bye => {
-                if let Some(i) = to_tag.and_then(|t| self.lookup(t)) {
-                    if self
-                        .dlgs
-                        .get(i as usize)
-                        .is_some_and(|d| d.state != State::Free)
-                    {
+                match to_tag.and_then(|t| self.lookup(t)) {
+                    Some(i) => {
                         st.calls_completed += 1;
                         self.release(i);
                     }
+                    // One of our dialogs, already ended: a retransmitted BYE
+                    // (its 200 was lost). It gets the same 200 again.
+                    None if to_tag.and_then(DialogKey::read).is_some() => {
+                        st.retransmissions_received += 1;
+                    }
+                    None => {}
                 }
                 self.stateless(msg, src, 200, "OK", b"", tx);
             }
@@ -223,6 +225,10 @@ impl Server {
             return;
         };
         if let Some(d) = self.dlgs.get_mut(i as usize) {
+            if d.state == State::Confirmed {
+                // The UAC re-sent its ACK for a retransmitted 2xx.
+                st.retransmissions_received += 1;
+            }
             if d.state == State::Answered {
                 d.state = State::Confirmed;
                 st.calls_confirmed += 1;
