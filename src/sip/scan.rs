@@ -367,6 +367,18 @@ pub fn escaped_eq(a: &[u8], b: &[u8], case_insensitive: bool) -> bool {
     }
 }
 
+/// True when `escaped`, its `%HH` escapes decoded, is exactly `raw` (whose
+/// bytes are taken literally).
+pub fn unescaped_eq(escaped: &[u8], raw: &[u8]) -> bool {
+    let mut it = Unescaped { s: escaped, i: 0 };
+    for &b in raw {
+        if it.next() != Some(b) {
+            return false;
+        }
+    }
+    it.next().is_none()
+}
+
 struct Unescaped<'a> {
     s: &'a [u8],
     i: usize,
@@ -425,6 +437,11 @@ mod tests {
         assert!(escaped_eq(b"sip%3Auser", b"sip:user", false));
         assert!(escaped_eq(b"ABC", b"abc", true));
         assert!(!escaped_eq(b"ABC", b"abc", false));
+        assert!(unescaped_eq(b"%25A0", b"%A0"));
+        assert!(!unescaped_eq(b"%25A0", b"\xa0"));
+        assert!(unescaped_eq(b"a%00b", b"a\0b"));
+        assert!(!unescaped_eq(b"ab", b"abc"));
+        assert!(!unescaped_eq(b"abc", b"ab"));
         let mut out = Vec::new();
         assert!(unescape_into(b"a%20b", &mut out));
         assert_eq!(out, b"a b");

@@ -350,8 +350,11 @@ impl<'buf> Uri<'buf> {
     }
 
     /// The user part compared to `other` as §19.1.4 wants (case-sensitive, escapes decoded).
+    ///
+    /// `other` is the *decoded* user (`b"I have spaces"`, `b"null-\0-null"`):
+    /// a `%` in it is a percent sign, not an escape.
     pub fn user_eq(&self, other: &[u8]) -> bool {
-        self.user.is_some_and(|u| scan::escaped_eq(u, other, false))
+        self.user.is_some_and(|u| scan::unescaped_eq(u, other))
     }
 
     /// URI equivalence per RFC 3261 §19.1.4: scheme, user and password
