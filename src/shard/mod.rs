@@ -21,6 +21,7 @@
 //! use (probed, as monoio does), else mio.
 
 pub mod affinity;
+pub mod bufring;
 pub mod mesh;
 pub mod mio;
 pub mod socket;

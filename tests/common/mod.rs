@@ -177,10 +177,7 @@ impl Ua {
     /// Receives one datagram (panics after 3 s).
     pub fn recv(&self) -> (String, SocketAddr) {
         let mut buf = vec![0u8; 65_536];
-        let (n, from) = self
-            .sock
-            .recv_from(&mut buf)
-            .unwrap_or_else(|e| panic!("{} got nothing: {e}", self.addr));
+        let (n, from) = recv_retrying(&self.sock, &mut buf).unwrap_or_else(|e| panic!("{} got nothing: {e}", self.addr));
         (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
     }
 
@@ -188,10 +185,22 @@ impl Ua {
     pub fn expect_silence(&self, wait: Duration) {
         self.sock.set_read_timeout(Some(wait)).unwrap();
         let mut buf = vec![0u8; 65_536];
-        let r = self.sock.recv_from(&mut buf);
+        let r = recv_retrying(&self.sock, &mut buf);
         self.sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         if let Ok((n, from)) = r {
             panic!("expected silence, got from {from}: {}", String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+}
+
+/// `recv_from`, retried when a signal interrupts it. (This test process runs
+/// the io_uring probe; io_uring task work can interrupt a blocking receive
+/// that has a timeout with EINTR.)
+pub fn recv_retrying(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    loop {
+        match sock.recv_from(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }
