@@ -14,6 +14,8 @@ use crate::proxy::stateless::{self, Stateless};
 use crate::proxy::{Counters, Identity, Service};
 use crate::shard::{self, DriverKind, DriverStats};
 
+pub mod tune;
+
 /// sipedge: a carrier-grade SIP edge proxy.
 #[derive(Debug, Parser)]
 #[command(name = "sipedge", version, about)]
@@ -26,6 +28,16 @@ pub struct Cli {
 enum Command {
     /// Run the edge (the default when no subcommand is given).
     Run(RunArgs),
+    /// Check this host against a tuning profile (socket buffers, backlog,
+    /// io_uring, IRQ placement, open files); `--apply` writes the sysctls.
+    Tune {
+        /// The profile to compare with.
+        #[arg(long, default_value = "tuning/edge.toml")]
+        profile: PathBuf,
+        /// Write the sysctls that differ (needs root).
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 /// Flags of `sipedge run`; a `--config` file takes the same keys, flags win.
@@ -99,6 +111,7 @@ pub fn main() -> Result<()> {
     match cli.cmd {
         None => run(&RunArgs::default()),
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Tune { profile, apply }) => tune::run(&profile, apply).map(|_| ()),
     }
 }
 
