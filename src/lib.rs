@@ -33,9 +33,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod location;
 pub mod proxy;
+pub mod registrar;
 pub mod shard;
 pub mod sip;
+pub mod store;
 pub mod time;
 pub mod transport;
 pub mod txn;
