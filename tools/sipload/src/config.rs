@@ -96,6 +96,10 @@ pub struct Args {
     /// Pin worker i to CPU list[i % len]: e.g. `0`, `2,3`, `0-3`.
     #[arg(long)]
     pub cpu: Option<String>,
+    /// Calls start in bursts on multiples of this interval (fewer wake-ups,
+    /// bigger sendmmsg batches); 0 paces each call on its own.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub tick: Duration,
     /// Most calls in flight at once (all threads together).
     #[arg(long, default_value_t = 20_000)]
     pub max_inflight: u32,
@@ -148,6 +152,10 @@ pub struct Args {
     /// The UAS forgets a confirmed dialog that saw no BYE after this long.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub uas_dialog_timeout: Duration,
+    /// Do not connect() the UAC sockets to --target (then responses may
+    /// come from any address; sends cost a route lookup each).
+    #[arg(long)]
+    pub no_connect: bool,
     /// Print one JSON object (see README) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -254,6 +262,8 @@ pub struct Config {
     pub threads: usize,
     /// CPUs to pin to.
     pub cpus: Option<Vec<usize>>,
+    /// Generation tick.
+    pub tick: Duration,
     /// Most calls in flight, all threads.
     pub max_inflight: u32,
     /// Hold time.
@@ -284,6 +294,8 @@ pub struct Config {
     pub uas_auth: Option<UasAuth>,
     /// UAS dialog timeout.
     pub uas_dialog_timeout: Duration,
+    /// Leave the UAC sockets unconnected.
+    pub no_connect: bool,
     /// JSON report.
     pub json: bool,
     /// No progress lines.
@@ -393,6 +405,7 @@ impl Config {
             count: a.count.unwrap_or(u64::MAX),
             threads: a.threads,
             cpus,
+            tick: a.tick,
             max_inflight: a.max_inflight,
             hold: a.hold,
             users: a.users,
@@ -408,6 +421,7 @@ impl Config {
             uas_register_rate: a.uas_register_rate,
             uas_auth,
             uas_dialog_timeout: a.uas_dialog_timeout,
+            no_connect: a.no_connect,
             json: a.json,
             quiet: a.quiet,
             max_failure_rate: a.max_failure_rate,

@@ -235,6 +235,12 @@ fn run(cfg: &Config) -> Result<Report> {
         for _ in 0..cfg.threads {
             let s = net::udp_socket(SocketAddr::new(cfg.local_ip, 0), false)
                 .with_context(|| format!("cannot open a UDP socket on {}", cfg.local_ip))?;
+            if !cfg.no_connect {
+                // Every datagram of the load goes to the target: a connected
+                // socket skips the route lookup on each send and each receive.
+                s.connect(&cfg.target.into())
+                    .with_context(|| format!("cannot connect a UDP socket to {}", cfg.target))?;
+            }
             uac_socks.push(s);
         }
     }
@@ -286,7 +292,11 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                 thread: t as u8,
                 threads: cfg.threads as u32,
                 flow,
-                dest: net::RawAddr::from_std(cfg.target),
+                dest: if cfg.no_connect {
+                    net::RawAddr::from_std(cfg.target)
+                } else {
+                    net::RawAddr::connected()
+                },
                 sock: socks.len(),
                 t1,
                 t2,
@@ -367,6 +377,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
             server,
             cpu: cfg.cpus.as_ref().and_then(|c| c.get(t % c.len()).copied()),
             serve_for: cfg.duration,
+            tick_us: (cfg.tick.as_micros() as u64).max(1),
             drain,
             progress: p,
             shared: shared.clone(),

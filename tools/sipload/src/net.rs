@@ -55,6 +55,11 @@ impl RawAddr {
         out
     }
 
+    /// No address: the datagram goes to the socket's connected peer.
+    pub fn connected() -> Self {
+        Self::empty()
+    }
+
     fn empty() -> Self {
         Self {
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
@@ -334,7 +339,12 @@ impl TxBatch {
             iov.iov_len = len;
             h.msg_hdr.msg_iov = iov;
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_name = (&mut d.storage as *mut libc::sockaddr_storage).cast();
+            if d.len == 0 {
+                // A connected socket: the kernel uses the peer (and its cached route).
+                h.msg_hdr.msg_name = std::ptr::null_mut();
+            } else {
+                h.msg_hdr.msg_name = (&mut d.storage as *mut libc::sockaddr_storage).cast();
+            }
             h.msg_hdr.msg_namelen = d.len;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;

@@ -53,6 +53,8 @@ pub struct Worker {
     pub cpu: Option<usize>,
     /// How long the UAS serves when there is no load engine.
     pub serve_for: Duration,
+    /// Calls start on multiples of this (µs, at least 1).
+    pub tick_us: u64,
     /// How long to wait for calls in flight after generation ends.
     pub drain: Duration,
     /// Progress counters of this worker.
@@ -196,7 +198,7 @@ impl Worker {
             }
 
             // Receive and dispatch.
-            let mut got = 0;
+            let mut full = false;
             for (si, &fd) in fds.iter().enumerate() {
                 let n = match rx.recv(fd) {
                     Ok(n) => n,
@@ -205,7 +207,7 @@ impl Worker {
                         0
                     }
                 };
-                got += n;
+                full |= n == BATCH;
                 st.received += n as u64;
                 for i in 0..n {
                     let Some((buf, src, trunc)) = rx.get(i) else {
@@ -267,10 +269,11 @@ impl Worker {
             let answered = self.server.as_ref().map_or(0, |s| s.answered);
             self.progress.publish(cs, u64::from(inflight), answered);
 
-            if got > 0 {
+            if full {
                 continue;
             }
-            // Idle: sleep until a datagram, the next timer or the next call.
+            // Idle (or a partial batch, so the sockets were drained): sleep
+            // until a datagram, the next timer or the next tick with calls due.
             let mut wake = now + 100_000;
             if let Some(t) = wheel.next_deadline() {
                 wake = wake.min(t);
@@ -280,7 +283,8 @@ impl Worker {
                 .flatten()
             {
                 if let Some(t) = c.next_due(now) {
-                    wake = wake.min(t);
+                    // Calls start on tick boundaries: fewer wake-ups, bigger batches.
+                    wake = wake.min(t.div_ceil(self.tick_us) * self.tick_us);
                 }
             }
             let after = now_us(self.epoch);
