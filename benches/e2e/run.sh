@@ -199,6 +199,8 @@ if has_proxy sipedge || has_proxy sipedge2; then
 		fi
 	fi
 	[[ -n "$SIPEDGE_STATUS" || -x "$SIPEDGE" ]] || SIPEDGE_STATUS="$SIPEDGE not found"
+	# a private copy: a rebuild of target/release during the bench must not change what runs
+	if [[ -z "$SIPEDGE_STATUS" ]]; then cp "$SIPEDGE" "$OUT/sipedge" && SIPEDGE="$OUT/sipedge"; fi
 fi
 
 # load generator
@@ -447,69 +449,93 @@ measure() {
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$test" "$rate" "$run" "$ok" "$failed" \
 		"$retrans" "$wall" "$cpu_s" "$cpu_us" "$core" "$lg" "$other" "$p50" "$p99" "${note:-ok}" >>"$RUNS"
 	log "$name $test rate=$rate run=$run: ok=$ok failed=$failed retrans=$retrans wall=${wall}s proxy ${cpu_us} us/$kind (${core} core) lg ${lg} cores, others ${other} cores, p50/p99 ${p50}/${p99} ms ${note}"
-	M_OK="$ok" M_CPU_US="$cpu_us" M_LG_CORES="$lg" M_P50="$p50" M_P99="$p99" M_OTHER="$other"
+	M_OK="$ok" M_CPU_US="$cpu_us" M_LG_CORES="$lg" M_P50="$p50" M_P99="$p99" M_OTHER="$other" M_CORE="$core"
 }
 
 # ---------------------------------------------------------------- the bench for one proxy
 declare -A R # results: R[proxy.key]
 FAIL=0
-bench_proxy() {
-	local name="$1" rate run vals
-	log "=== $name ($SHAPE, load: $LOAD)"
-	if ! start_proxy "$name"; then R[$name.status]="did not start"; FAIL=1; return; fi
-	if ! lg_start_uas "$name"; then R[$name.status]="UAS did not start"; FAIL=1; stop_pid "$PROXY_PID"; return; fi
-	if [[ "$SHAPE" == registrar ]]; then
-		# every user registered once (adds), then refreshes: CPU per REGISTER
-		measure "$name" register-add "$REG_RATE" "$USERS" 1
-		R[$name.reg_add_us]="$M_CPU_US"
-		((M_PASS)) || { R[$name.status]="REGISTER failed"; FAIL=1; }
-		vals=""
-		for run in $(seq "$REPEAT"); do
-			measure "$name" register-refresh "$REG_RATE" "$USERS" "$run"
-			vals+=" $M_CPU_US"
-		done
-		R[$name.reg_us]="$(median <<<"$vals")"
+# up NAME: start the proxy and the UAS; on failure records the status and returns 1
+up() {
+	local name="$1"
+	if ! start_proxy "$name"; then R[$name.status]="did not start"; FAIL=1; return 1; fi
+	if ! lg_start_uas "$name"; then R[$name.status]="UAS did not start"; FAIL=1; stop_pid "$PROXY_PID"; return 1; fi
+}
+down() {
+	stop_pid "$UAS_PID"
+	if [[ "$1" == floor* ]]; then # the floor reports its datagram count on SIGTERM
+		local ticks dg bt
+		ticks="$(cpu_ticks "$PROXY_PID")"
+		stop_pid "$PROXY_PID"
+		read -r dg bt < <(sed -n 's/.*datagrams=\([0-9]*\) batches=\([0-9]*\).*/\1 \2/p' "$OUT/$1.log" | tail -1) || true
+		F_TICKS[$1]=$((${F_TICKS[$1]:-0} + ticks)) F_DGRAMS[$1]=$((${F_DGRAMS[$1]:-0} + ${dg:-0})) F_BATCHES[$1]=$((${F_BATCHES[$1]:-0} + ${bt:-0}))
+	else
+		stop_pid "$PROXY_PID"
 	fi
-	# smoke + warm-up
-	measure "$name" warmup "${RATE_LIST[0]}" $((RATE_LIST[0] * WARMUP_S)) 1
+}
+declare -A V F_TICKS F_DGRAMS F_BATCHES # V[proxy.key]: values of the repeats, space separated
+
+# cpu_round NAME ROUND: one round of the fixed-rate runs of one proxy (fresh process)
+cpu_round() {
+	local name="$1" round="$2" rate
+	log "=== $name round $round/$REPEAT ($SHAPE, load: $LOAD)"
+	up "$name" || return 0
+	if [[ "$SHAPE" == registrar ]]; then
+		# every user registered (bindings created), then once more (refreshed): CPU per REGISTER
+		measure "$name" register-add "$REG_RATE" "$USERS" "$round"
+		V[$name.reg_add]+=" $M_CPU_US"
+		((M_PASS)) || { R[$name.status]="REGISTER failed"; FAIL=1; }
+		measure "$name" register-refresh "$REG_RATE" "$USERS" "$round"
+		V[$name.reg]+=" $M_CPU_US"
+	fi
+	measure "$name" warmup "${RATE_LIST[0]}" $((RATE_LIST[0] * WARMUP_S)) "$round" # and smoke test
 	if ((M_OK == 0)); then
 		R[$name.status]="completed no call"
 		FAIL=1
-		stop_pid "$UAS_PID"
-		stop_pid "$PROXY_PID"
-		return
+		down "$name"
+		return 0
 	fi
 	for rate in "${RATE_LIST[@]}"; do
-		vals=""
-		local lgv="" otv="" failed_any=0
-		for run in $(seq "$REPEAT"); do
-			measure "$name" cpu "$rate" $((rate * DURATION)) "$run"
-			vals+=" $M_CPU_US" lgv+=" $M_LG_CORES" otv+=" $M_OTHER"
-			((M_PASS)) || failed_any=1
-		done
-		R[$name.cpu.$rate]="$(median <<<"$vals")"
-		R[$name.lg.$rate]="$(median <<<"$lgv")"
-		R[$name.min.$rate]="$(tr ' ' '\n' <<<"$vals" | grep -E '^[0-9.]+$' | sort -g | head -1)"
-		R[$name.other.$rate]="$(median <<<"$otv")"
-		if ((failed_any)); then
-			R[$name.cpu.$rate]+="!"
+		measure "$name" cpu "$rate" $((rate * DURATION)) "$round"
+		V[$name.cpu.$rate]+=" $M_CPU_US" V[$name.lg.$rate]+=" $M_LG_CORES" V[$name.other.$rate]+=" $M_OTHER"
+		if ((!M_PASS)); then
+			V[$name.fail.$rate]=1
 			[[ "$name" == floor* ]] || { FAIL=1; R[$name.status]="calls failed at $rate/s"; }
 		fi
 	done
-	if [[ "$name" == floor* ]]; then
-		stop_pid "$UAS_PID"
-		local dg ticks
-		ticks="$(cpu_ticks "$PROXY_PID")"
-		kill -TERM "$PROXY_PID"
-		wait "$PROXY_PID" 2>/dev/null || true
-		forget_pid "$PROXY_PID"
-		dg="$(sed -n 's/.*datagrams=\([0-9]*\).*/\1/p' "$OUT/$name.log")"
-		R[$name.batch]="$(sed -n 's/.*datagrams=\([0-9]*\) batches=\([0-9]*\).*/\1 \2/p' "$OUT/$name.log" | awk '{ printf "%.1f", $2 ? $1 / $2 : 0 }')"
-		R[$name.dgram_us]="$(if ((dg > 0)); then calc "$ticks / $CLK_TCK / $dg * 1e6"; else echo -; fi)"
-		R[$name.status]="ok"
-		log "$name: ${R[$name.dgram_us]} us per datagram over $dg datagrams (mean batch ${R[$name.batch]})"
-		return
+	down "$name"
+}
+cpu_summary() {
+	local name="$1" rate
+	for rate in "${RATE_LIST[@]}"; do
+		R[$name.cpu.$rate]="$(median <<<"${V[$name.cpu.$rate]:-}")"
+		R[$name.min.$rate]="$(tr ' ' '\n' <<<"${V[$name.cpu.$rate]:-}" | grep -E '^[0-9.]+$' | sort -g | head -1)"
+		R[$name.lg.$rate]="$(median <<<"${V[$name.lg.$rate]:-}")"
+		R[$name.other.$rate]="$(median <<<"${V[$name.other.$rate]:-}")"
+		[[ -z "${V[$name.fail.$rate]:-}" ]] || R[$name.cpu.$rate]+="!"
+	done
+	if [[ "$SHAPE" == registrar ]]; then
+		R[$name.reg_add_us]="$(median <<<"${V[$name.reg_add]:-}")"
+		R[$name.reg_us]="$(median <<<"${V[$name.reg]:-}")"
 	fi
+	if [[ "$name" == floor* ]]; then
+		local dg="${F_DGRAMS[$name]:-0}" bt="${F_BATCHES[$name]:-0}"
+		R[$name.batch]="$(calc_fmt %.1f "$(if ((bt > 0)); then calc "$dg / $bt"; else echo -; fi)")"
+		R[$name.dgram_us]="$(calc_fmt %.2f "$(if ((dg > 0)); then calc "${F_TICKS[$name]} / $CLK_TCK / $dg * 1e6"; else echo -; fi)")"
+		log "$name: ${R[$name.dgram_us]} us per datagram over $dg datagrams (mean batch ${R[$name.batch]})"
+	fi
+	: "${R[$name.status]:=ok}"
+}
+
+# max_latency NAME: the rate search and the latency run, on a fresh process
+max_latency() {
+	local name="$1"
+	((!SKIP_MAX || !SKIP_LATENCY)) || return 0
+	[[ "${R[$name.status]:-ok}" == ok ]] || return 0
+	log "=== $name: max calls/s and latency ($SHAPE, load: $LOAD)"
+	up "$name" || return 0
+	if [[ "$SHAPE" == registrar ]]; then measure "$name" register-add "$REG_RATE" "$USERS" max; fi
+	measure "$name" warmup "${RATE_LIST[0]}" $((RATE_LIST[0] * WARMUP_S)) max
 	if ((!SKIP_MAX)); then max_search "$name"; fi
 	if ((!SKIP_LATENCY)); then
 		local lr="${LATENCY_RATE:-}"
@@ -522,17 +548,15 @@ bench_proxy() {
 		measure "$name" latency "$lr" $((lr * DURATION)) 1 "${extra[@]}"
 		R[$name.lat_rate]="$lr" R[$name.p50]="$M_P50" R[$name.p99]="$M_P99"
 	fi
-	: "${R[$name.status]:=ok}"
-	stop_pid "$UAS_PID"
-	stop_pid "$PROXY_PID"
+	down "$name"
 }
 
 # max_search NAME: step the rate up until a step fails, then bisect twice
 max_search() {
-	local name="$1" rate="$MAX_START" best=- fail="" lgb=- step
+	local name="$1" rate="$MAX_START" best=- fail="" lgb=- coreb=- step
 	while ((rate <= MAX_LIMIT)); do
 		measure "$name" max "$rate" $((rate * STEP_DURATION)) 1
-		if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES"; else fail="$rate"; break; fi
+		if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES" coreb="$M_CORE"; else fail="$rate"; break; fi
 		rate=$((rate + MAX_STEP))
 	done
 	if [[ -n "$fail" && "$best" != - ]]; then
@@ -541,22 +565,25 @@ max_search() {
 			rate=$((best + step))
 			((rate < fail)) || continue
 			measure "$name" max "$rate" $((rate * STEP_DURATION)) 1
-			if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES"; else fail="$rate"; fi
+			if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES" coreb="$M_CORE"; else fail="$rate"; fi
 		done
 	fi
 	R[$name.max]="$best"
 	R[$name.max_lg]="$lgb"
-	# the load generator set the limit when it used (nearly) all the CPUs it had
-	local lgcap=1
-	[[ "$name" == sipedge2 ]] && lgcap="$NCPU"
+	R[$name.max_core]="$coreb"
+	# The proxy set the limit only if it was (nearly) saturated at the best step: its
+	# process tree used >= 85% of the CPUs it is pinned to. Otherwise the load generator
+	# (or the machine: other processes, a stall) did, and the figure is a lower bound.
+	local cap=1
+	[[ "$name" == sipedge2 ]] && cap="$NCPU"
 	if [[ "$best" == - ]]; then
-		R[$name.max_note]="below --max-start"
+		R[$name.max_note]="below-start"
 	elif [[ -z "$fail" ]]; then
-		R[$name.max_note]=">=(limit)"
-	elif awk -v l="$lgb" -v c="$lgcap" 'BEGIN { exit !(l >= 0.85 * c) }'; then
-		R[$name.max_note]="LG-bound"
+		R[$name.max_note]=">=limit"
+	elif awk -v c="$coreb" -v n="$cap" 'BEGIN { exit !(c >= 0.85 * n) }'; then
+		R[$name.max_note]="proxy-bound"
 	else
-		R[$name.max_note]=""
+		R[$name.max_note]="LG-bound"
 	fi
 }
 
@@ -571,15 +598,26 @@ fi
 ORDER=()
 for p in kamailio sipedge sipedge2; do has_proxy "$p" && ORDER+=("$p"); done
 if has_proxy floor && [[ "$SHAPE" != registrar ]]; then ORDER+=(floorA floorB); fi
+RUNNABLE=()
 for p in "${ORDER[@]}"; do
 	if [[ "$p" == sipedge* && -n "$SIPEDGE_STATUS" ]]; then
 		R[$p.status]="not run: $SIPEDGE_STATUS"
 		FAIL=1
 		log "$p: ${R[$p.status]}"
-		continue
+	else
+		RUNNABLE+=("$p")
 	fi
-	bench_proxy "$p"
 done
+# CPU per call: the proxies take turns, round after round, so that drifting noise from
+# other work on the machine falls on all of them alike
+for round in $(seq "$REPEAT"); do
+	for p in "${RUNNABLE[@]}"; do
+		if [[ "${R[$p.status]:-ok}" == ok ]]; then cpu_round "$p" "$round"; fi
+	done
+done
+for p in "${RUNNABLE[@]}"; do cpu_summary "$p"; done
+# max and latency: Kamailio first (the latency rate is half its max); not for the floor
+for p in "${RUNNABLE[@]}"; do [[ "$p" == floor* ]] || max_latency "$p"; done
 
 # ---------------------------------------------------------------- table
 get() { echo "${R[$1]:--}"; }
@@ -617,7 +655,7 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 			"sipedge2/sipedge $(ratio "$(get "sipedge2.cpu.$rate")" "$(get "sipedge.cpu.$rate")")"
 	done
 	echo "max calls/s: sipedge/Kamailio $(ratio "$(get sipedge.max)" "$(get kamailio.max)"), sipedge2/sipedge $(ratio "$(get sipedge2.max)" "$(get sipedge.max)")" \
-		"(LG-bound = the load generator used >= 85% of its CPUs: the proxy was not the limit)"
+		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; LG-bound: it did not, so the load generator or the machine set the limit and the figure is a lower bound)"
 	echo "! = a run at that rate had failed calls or did not carry the rate; runs: $RUNS"
 } | tee "$OUT/table.txt"
 
