@@ -699,7 +699,7 @@ mod tests {
         let r2 = Replica::from_snapshot(&snap, 99);
         assert_eq!(r2.canonical(), r.canonical());
         assert_eq!(r2.len(), r.len());
-        assert_eq!(r2.heap_bytes() > 0, true);
+        assert!(r2.heap_bytes() > 0);
         // A replica resynced from the writer's state equals one fed the records.
         let state = sb.finish(0);
         let mut r3 = Replica::new(2, 5);

@@ -235,12 +235,13 @@ fn several_contacts_per_aor_and_fetch() {
 #[test]
 fn expiry_rules() {
     // (Contact expires param, Expires header, config min) → granted or status.
-    let cases: &[(
+    type Case<'a> = (
         Option<u64>,
         Option<u32>,
         u32,
-        Result<u64, (u16, Option<&str>)>,
-    )] = &[
+        Result<u64, (u16, Option<&'a str>)>,
+    );
+    let cases: &[Case<'_>] = &[
         (Some(100), Some(200), 60, Ok(100)),
         (None, Some(200), 60, Ok(200)),
         (None, None, 60, Ok(3600)),
