@@ -121,7 +121,7 @@ OUT="$HERE/results/$SHAPE-$LOAD-$STAMP"
 mkdir -p "$OUT"
 ln -sfn "$(basename "$OUT")" "$HERE/results/latest"
 RUNS="$OUT/runs.tsv"
-printf 'proxy\ttest\toffered_rate\trun\tcalls_ok\tcalls_failed\tretrans\twall_s\tproxy_cpu_s\tcpu_us_per_unit\tproxy_core_use\tlg_cores\tother_cores\tp50_ms\tp99_ms\tnote\n' >"$RUNS"
+printf 'proxy\ttest\toffered_rate\trun\tcalls_ok\tcalls_failed\tretrans\twall_s\tproxy_cpu_s\tcpu_us_per_unit\tproxy_core_use\tlg_cores\tother_cores\tudp_drops_proxy_uas\tp50_ms\tp99_ms\tnote\n' >"$RUNS"
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # ---------------------------------------------------------------- cleanup
@@ -233,6 +233,10 @@ busy_ticks() { # busy_ticks: non-idle ticks of all CPUs (user nice system irq so
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 QUIET_MISSES=0
+udp_drops() { # udp_drops: receive-buffer drops of the sockets on the proxy and UAS ports
+	awk -v a="$(printf '%04X' "$PROXY_PORT")" -v b="$(printf '%04X' "$UAS_PORT")" 'NR > 1 {
+		split($2, l, ":"); if (l[2] == a || l[2] == b) d += $NF } END { print d + 0 }' /proc/net/udp
+}
 quiet_wait() { # wait up to QUIET_WAIT s until other processes use < 0.25 core (we are idle now)
 	local t b0 b1
 	((QUIET_MISSES < 2)) || return 0 # the machine stays busy: stop waiting, the noise column says so
@@ -430,11 +434,14 @@ measure() {
 	[[ "$test" == register* ]] && kind=register
 	local c0 c1 b0 b1 res ok failed retrans wall lgcpu p50 p99
 	quiet_wait
+	local d0 d1
+	d0="$(udp_drops)"
 	b0="$(busy_ticks)"
 	c0="$(cpu_ticks "$PROXY_PID")"
 	if [[ "$kind" == register ]]; then res="$(lg_register "$name-$test-$rate-$run" "$rate" "$count" "$@")"; else res="$(lg_run "$name-$test-$rate-$run" "$rate" "$count" "$@")"; fi
 	c1="$(cpu_ticks "$PROXY_PID")"
 	b1="$(busy_ticks)"
+	d1="$(udp_drops)"
 	read -r ok failed retrans wall lgcpu p50 p99 <<<"$res"
 	local cpu_s cpu_us core lg other note=""
 	cpu_s="$(calc "($c1 - $c0) / $CLK_TCK")"
@@ -446,9 +453,9 @@ measure() {
 	if ((ok == 0)) || awk -v o="$ok" -v f="$failed" 'BEGIN { exit !(f / (o + f) >= 0.001) }'; then M_PASS=0 note="failed>=0.1%"; fi
 	if awk -v w="$wall" -v c="$count" -v r="$rate" 'BEGIN { exit !(w > c / r * 1.1 + 1) }'; then M_PASS=0 note="${note:+$note,}rate-not-carried"; fi
 	cpu_us="$(calc_fmt %.1f "$cpu_us")" core="$(calc_fmt %.2f "$core")" lg="$(calc_fmt %.2f "$lg")" other="$(calc_fmt %.2f "$other")"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$test" "$rate" "$run" "$ok" "$failed" \
-		"$retrans" "$wall" "$cpu_s" "$cpu_us" "$core" "$lg" "$other" "$p50" "$p99" "${note:-ok}" >>"$RUNS"
-	log "$name $test rate=$rate run=$run: ok=$ok failed=$failed retrans=$retrans wall=${wall}s proxy ${cpu_us} us/$kind (${core} core) lg ${lg} cores, others ${other} cores, p50/p99 ${p50}/${p99} ms ${note}"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$test" "$rate" "$run" "$ok" "$failed" \
+		"$retrans" "$wall" "$cpu_s" "$cpu_us" "$core" "$lg" "$other" $((d1 - d0)) "$p50" "$p99" "${note:-ok}" >>"$RUNS"
+	log "$name $test rate=$rate run=$run: ok=$ok failed=$failed retrans=$retrans wall=${wall}s proxy ${cpu_us} us/$kind (${core} core) lg ${lg} cores, others ${other} cores, udp drops $((d1 - d0)), p50/p99 ${p50}/${p99} ms ${note}"
 	M_OK="$ok" M_CPU_US="$cpu_us" M_LG_CORES="$lg" M_P50="$p50" M_P99="$p99" M_OTHER="$other" M_CORE="$core"
 }
 
