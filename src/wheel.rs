@@ -129,7 +129,14 @@ impl<T> Wheel<T> {
                     }
                 }
             }
-            self.cursor = t + 1;
+            // Through jump_to, not `cursor = t + 1`: when t + 1 is a level-0
+            // lap boundary its level-1 slot must be cascaded now. Skipping it
+            // (as a bare increment did) left those timers in level 1 until
+            // the next level-1 lap, ~4.6 h later, while scan_earliest kept
+            // reporting them due: the loop then ran the cursor past `now`,
+            // one tick and one full scan at a time (a hang, found by the
+            // simulations in src/sim.rs).
+            self.jump_to(t + 1);
             if fired_any || self.earliest.is_some_and(|e| e <= t) {
                 self.earliest = if self.len == 0 { None } else { self.scan_earliest() };
             }
@@ -225,6 +232,24 @@ mod tests {
         assert_eq!(fired, vec![6, 1, 2, 3, 4, 5]);
         assert!(w.is_empty());
         assert_eq!(w.next_deadline(), None);
+    }
+
+    /// Regression: a call of `expire` that ends on the last tick of a
+    /// level-0 lap must still cascade the next lap's level-1 slot.
+    #[test]
+    fn a_lap_boundary_reached_by_firing_is_cascaded() {
+        let mut w = Wheel::new(Instant::ZERO);
+        w.insert(ms(4_095), 1);
+        w.insert(ms(5_000), 2);
+        let mut fired = Vec::new();
+        w.expire(ms(4_095), |_, i| fired.push(i));
+        assert_eq!(fired, vec![1]);
+        assert_eq!(w.next_deadline(), Some(ms(5_000)));
+        w.expire(ms(4_999), |_, i| fired.push(i));
+        assert_eq!(fired, vec![1]);
+        w.expire(ms(5_000), |_, i| fired.push(i));
+        assert_eq!(fired, vec![1, 2]);
+        assert!(w.is_empty());
     }
 
     #[test]
