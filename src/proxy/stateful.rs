@@ -665,6 +665,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 (Client::NonInvite(c), a)
             };
             self.arm(slot, gen, TimerTarget::Fork(i as u8), arm);
+            // §16.6 step 11: Timer C runs from the moment an INVITE is
+            // proxied, not from its first provisional response, or a branch
+            // that answers only 100 Trying (no Timer B once Proceeding) would
+            // hold its context forever.
+            let timer_c = invite.then(|| self.arm_timer_c(now, slot, gen, i));
             txn.forks.push(Fork {
                 client,
                 bytes: Some(bytes),
@@ -674,7 +679,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 provisional: false,
                 cancel_wanted: false,
                 cancel: None,
-                timer_c: None,
+                timer_c,
             });
         }
         if txn.forks.is_empty() {
@@ -685,6 +690,22 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         self.put(slot, txn);
+    }
+
+    /// Arms Timer C of INVITE fork `i` at `now` + Timer C; returns its deadline.
+    fn arm_timer_c(&mut self, now: Instant, slot: u32, gen: u32, i: usize) -> Instant {
+        let c = now + self.cfg.timers.timer_c;
+        self.wheel.insert(
+            c,
+            TimerItem {
+                slot,
+                gen,
+                target: TimerTarget::Fork(i as u8),
+                name: TimerName::C,
+                at: c,
+            },
+        );
+        c
     }
 
     fn on_retransmission(&mut self, slot: u32, out: &mut Outbox) {
@@ -864,32 +885,26 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         let invite = txn.method == Method::Invite;
         let gen = txn.gen;
         match code {
-            100 => {}
-            101..=199 => {
+            100..=199 => {
+                // 100 Trying is a provisional response too: a CANCEL waiting
+                // for one goes now (§9.1). It is neither forwarded (§16.7
+                // step 5) nor resets Timer C (§16.7 step 2: 101–199 only).
+                if invite && code > 100 && txn.forks.get(i).is_some_and(|f| f.final_code.is_none()) {
+                    let c = self.arm_timer_c(now, slot, gen, i);
+                    if let Some(f) = txn.forks.get_mut(i) {
+                        f.timer_c = Some(c);
+                    }
+                }
                 let wanted = match txn.forks.get_mut(i) {
                     Some(f) => {
                         f.provisional = true;
-                        if invite {
-                            let c = now + self.cfg.timers.timer_c;
-                            f.timer_c = Some(c);
-                            self.wheel.insert(
-                                c,
-                                TimerItem {
-                                    slot,
-                                    gen,
-                                    target: TimerTarget::Fork(i as u8),
-                                    name: TimerName::C,
-                                    at: c,
-                                },
-                            );
-                        }
                         f.cancel_wanted
                     }
                     None => false,
                 };
                 if wanted {
                     self.cancel_fork(now, slot, txn, i, out);
-                } else if !txn.final_sent && txn.server.can_send(code) {
+                } else if code > 100 && !txn.final_sent && txn.server.can_send(code) {
                     if let Some(bytes) = self.forward_up(msg, txn, out) {
                         txn.last_response = Some(bytes);
                     }
@@ -1059,9 +1074,18 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                         .forks
                         .get(i)
                         .is_some_and(|f| f.timer_c == Some(item.at) && f.final_code.is_none());
-                    if live {
-                        // §16.8: Timer C fired: CANCEL the fork (or time it out if it never answered).
+                    let provisional = txn.forks.get(i).is_some_and(|f| f.provisional);
+                    if live && provisional {
+                        // §16.8: Timer C fired after a provisional response: CANCEL the fork.
                         self.cancel_fork(now, slot, &mut txn, i, out);
+                    } else if live {
+                        // §16.8: no provisional response: behave as if the fork got a 408.
+                        if let Some(f) = txn.forks.get_mut(i) {
+                            f.final_code = Some(408);
+                            f.timer_c = None;
+                            f.bytes = None;
+                            f.client.terminate();
+                        }
                     }
                 } else {
                     let (action, arm) = match txn.forks.get_mut(i) {
@@ -1493,6 +1517,41 @@ mod tests {
         let out = h.feed(&respond(&fwd, 487, "b4"), "192.0.2.4:5060");
         let codes: Vec<String> = out.iter().map(|(_, m)| m.lines().next().unwrap().to_owned()).collect();
         assert_eq!(codes, vec!["ACK sip:bob@192.0.2.4:5060 SIP/2.0".to_owned(), "SIP/2.0 487 X".to_owned()]);
+    }
+
+    /// Regression (found by the simulations): a branch that only ever
+    /// answers 100 Trying was never CANCELled and never timed out, so its
+    /// context and the caller's call hung forever.
+    #[test]
+    fn a_branch_that_only_says_trying_is_cancelled_and_timed_out() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let inv = invite("sip:bob@example.test", "z9hG4bKc11");
+        let fwd = h.feed(&inv, UAC)[1].1.clone();
+        assert!(h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060").is_empty(), "100 is not forwarded");
+        let cancel = inv.replace("INVITE sip:bob@example.test SIP/2.0", "CANCEL sip:bob@example.test SIP/2.0").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        let out = h.feed(&cancel, UAC);
+        let lines: Vec<&str> = out.iter().map(|(_, m)| m.lines().next().unwrap()).collect();
+        assert_eq!(lines, vec!["SIP/2.0 200 OK", "CANCEL sip:bob@192.0.2.4:5060 SIP/2.0"], "100 is a provisional response (§9.1)");
+
+        // Nobody cancels: Timer C (from the forward, §16.6 step 11) does.
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc12"), UAC)[1].1.clone();
+        h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060");
+        assert!(h.advance(Duration::from_secs(179)).is_empty());
+        let out = h.advance(Duration::from_secs(2));
+        assert_eq!(out.len(), 1);
+        assert_eq!(method(&out[0].1), "CANCEL");
+
+        // No response at all and a short Timer C: the branch is a 408 (§16.8).
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        h.p.cfg.timers.timer_c = Duration::from_secs(10);
+        h.feed(&invite("sip:bob@example.test", "z9hG4bKc13"), UAC);
+        let finals: Vec<u16> = (0..25)
+            .flat_map(|_| h.advance(Duration::from_millis(500)))
+            .filter(|(_, m)| m.starts_with("SIP/2.0"))
+            .map(|(_, m)| status(&m))
+            .collect();
+        assert_eq!(finals.first(), Some(&408));
     }
 
     #[test]
