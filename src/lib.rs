@@ -37,6 +37,8 @@ pub mod location;
 pub mod proxy;
 pub mod registrar;
 pub mod shard;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod sip;
 pub mod store;
 pub mod time;

@@ -1337,6 +1337,11 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     }
 }
 
+// Deterministic simulations of whole calls through this proxy (src/sim.rs).
+#[cfg(test)]
+#[path = "tests/sim/mod.rs"]
+mod sim_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
