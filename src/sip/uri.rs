@@ -61,22 +61,35 @@ impl<'buf> Host<'buf> {
                 parse_ipv6(inner).map(Self::V6).ok_or(ValueError::Host)
             }
             Some(_) => {
-                if s.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+                // One pass: is it all digits and dots (an IPv4 candidate), is
+                // every byte a hostname byte, and is no label empty.
+                let mut digits_dots = true;
+                let mut hostname = true;
+                let mut prev = b'.';
+                for &b in s {
+                    if b == b'.' {
+                        hostname &= prev != b'.';
+                    } else {
+                        digits_dots &= b.is_ascii_digit();
+                        hostname &= scan::is_hostname(b);
+                    }
+                    prev = b;
+                }
+                if digits_dots {
                     if let Some(a) = parse_ipv4(s) {
                         return Ok(Self::V4(a));
                     }
                 }
                 // hostname = *( domainlabel "." ) toplabel [ "." ]
-                if !s.iter().all(|&b| scan::is_hostname(b))
-                    || s.first() == Some(&b'.')
-                    || s.first() == Some(&b'-')
-                    || s.windows(2).any(|w| w == b"..")
-                {
+                if !hostname || s.first() == Some(&b'-') {
                     return Err(ValueError::Host);
                 }
                 // The top label must start with a letter (§25.1): rules out "1.2.3.256".
                 let trimmed = s.strip_suffix(b".").unwrap_or(s);
-                let top = trimmed.rsplit(|&b| b == b'.').next().unwrap_or_default();
+                let top = match trimmed.iter().rposition(|&b| b == b'.') {
+                    Some(i) => trimmed.get(i + 1..).unwrap_or_default(),
+                    None => trimmed,
+                };
                 if !top.first().is_some_and(u8::is_ascii_alphabetic) {
                     return Err(ValueError::Host);
                 }

@@ -19,7 +19,7 @@ impl<'buf> Credentials<'buf> {
     /// Decodes `scheme LWS auth-param *(COMMA auth-param)`, checking every parameter.
     pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
         let s = scan::trim(raw);
-        let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+        let n = scan::token_len(s);
         if n == 0 {
             return Err(ValueError::Syntax);
         }
@@ -84,7 +84,7 @@ impl<'buf> Iterator for AuthParamIter<'buf> {
             this.rest = b"";
             Some(Err(ValueError::Param))
         };
-        let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+        let n = scan::token_len(s);
         if n == 0 {
             return fail(self);
         }
@@ -102,7 +102,7 @@ impl<'buf> Iterator for AuthParamIter<'buf> {
                 v.get(end..).unwrap_or_default(),
             )
         } else {
-            let n = v.iter().take_while(|&&b| scan::is_token(b)).count();
+            let n = scan::token_len(v);
             if n == 0 {
                 return fail(self);
             }

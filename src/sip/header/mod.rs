@@ -86,7 +86,7 @@ impl<'buf> Iterator for ParamIter<'buf> {
             return fail(self);
         };
         let s = skip_lws(s);
-        let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+        let n = scan::token_len(s);
         if n == 0 {
             return fail(self);
         }
@@ -105,9 +105,7 @@ impl<'buf> Iterator for ParamIter<'buf> {
             }
         } else {
             // gen-value = token / host / quoted-string; host may be an IPv6 reference.
-            v.iter()
-                .take_while(|&&b| scan::is_token(b) || matches!(b, b'[' | b']' | b':'))
-                .count()
+            scan::gen_value_len(v)
         };
         if len == 0 {
             return fail(self);
@@ -132,26 +130,42 @@ pub struct Via<'buf> {
     pub params: Params<'buf>,
     /// The whole value as written.
     pub raw: &'buf [u8],
+    // The parameters every layer asks for, found in the one pass that
+    // checks the list (first occurrence, as `Params::get`).
+    branch: Option<&'buf [u8]>,
+    received: Option<&'buf [u8]>,
+    maddr: Option<&'buf [u8]>,
+    rport: Option<Option<u16>>,
+    ttl: Option<u8>,
 }
 
 impl<'buf> Via<'buf> {
     /// Decodes one Via value.
     pub fn parse(raw: &'buf [u8]) -> Result<Self, ValueError> {
         // sent-protocol = protocol-name SLASH protocol-version SLASH transport, SLASH = SWS "/" SWS
-        let (name, s) = take_token(skip_lws(raw))?;
-        let s = expect(skip_lws(s), b'/')?;
-        let (version, s) = take_token(skip_lws(s))?;
-        let s = expect(skip_lws(s), b'/')?;
-        let (transport, s) = take_token(skip_lws(s))?;
-        if !name.eq_ignore_ascii_case(b"SIP") || version != b"2.0" {
-            return Err(ValueError::Syntax);
-        }
+        let (transport, s) = match raw.get(..8) {
+            // Fast path: the form every UA sends.
+            Some(p) if p.eq_ignore_ascii_case(b"SIP/2.0/") => {
+                take_token(raw.get(8..).unwrap_or_default())?
+            }
+            _ => {
+                let (name, s) = take_token(skip_lws(raw))?;
+                let s = expect(skip_lws(s), b'/')?;
+                let (version, s) = take_token(skip_lws(s))?;
+                let s = expect(skip_lws(s), b'/')?;
+                let (transport, s) = take_token(skip_lws(s))?;
+                if !name.eq_ignore_ascii_case(b"SIP") || version != b"2.0" {
+                    return Err(ValueError::Syntax);
+                }
+                (transport, s)
+            }
+        };
         // LWS then sent-by = host [ COLON port ]
         let s = skip_lws(s);
         let host_len = if s.first() == Some(&b'[') {
             scan::find(b']', s).ok_or(ValueError::Host)? + 1
         } else {
-            s.iter().take_while(|&&b| scan::is_hostname(b)).count()
+            scan::hostname_len(s)
         };
         let host_bytes = s.get(..host_len).unwrap_or_default();
         let host = Host::parse(host_bytes)?;
@@ -168,27 +182,54 @@ impl<'buf> Via<'buf> {
             );
             s = p.get(n..).unwrap_or_default();
         }
-        let params = Params::parse(s)?;
-        let via = Self {
+        let params = Params { raw: s };
+        let mut via = Self {
             transport,
             host,
             host_bytes,
             port,
             params,
             raw,
+            branch: None,
+            received: None,
+            maddr: None,
+            rport: None,
+            ttl: None,
         };
-        if let Some(Some(r)) = via.params.get(b"rport") {
-            scan::parse_u16(r).ok_or(ValueError::Param)?;
-        }
-        if let Some(ttl) = via.params.get(b"ttl") {
-            ttl.and_then(scan::parse_u64)
-                .filter(|&t| t <= 255)
-                .ok_or(ValueError::Param)?;
-        }
-        if let Some(rcv) = via.params.get(b"received") {
-            let rcv = rcv.ok_or(ValueError::Param)?;
-            if Host::parse(rcv).is_err() && parse_ipv6(rcv).is_none() {
-                return Err(ValueError::Host);
+        let (mut seen_branch, mut seen_received, mut seen_maddr) = (false, false, false);
+        for item in params.iter() {
+            let (name, value) = item?;
+            match name.len() {
+                6 if !seen_branch && name.eq_ignore_ascii_case(b"branch") => {
+                    seen_branch = true;
+                    via.branch = value;
+                }
+                8 if !seen_received && name.eq_ignore_ascii_case(b"received") => {
+                    seen_received = true;
+                    let rcv = value.ok_or(ValueError::Param)?;
+                    if Host::parse(rcv).is_err() && parse_ipv6(rcv).is_none() {
+                        return Err(ValueError::Host);
+                    }
+                    via.received = Some(rcv);
+                }
+                5 if via.rport.is_none() && name.eq_ignore_ascii_case(b"rport") => {
+                    via.rport = Some(match value {
+                        None => None,
+                        Some(r) => Some(scan::parse_u16(r).ok_or(ValueError::Param)?),
+                    });
+                }
+                5 if !seen_maddr && name.eq_ignore_ascii_case(b"maddr") => {
+                    seen_maddr = true;
+                    via.maddr = value;
+                }
+                3 if via.ttl.is_none() && name.eq_ignore_ascii_case(b"ttl") => {
+                    let t = value
+                        .and_then(scan::parse_u64)
+                        .and_then(|t| u8::try_from(t).ok())
+                        .ok_or(ValueError::Param)?;
+                    via.ttl = Some(t);
+                }
+                _ => {}
             }
         }
         Ok(via)
@@ -206,35 +247,34 @@ impl<'buf> Via<'buf> {
     }
 
     /// The `branch` parameter.
+    #[inline]
     pub fn branch(&self) -> Option<&'buf [u8]> {
-        self.params.get(b"branch").flatten()
+        self.branch
     }
 
     /// The `received` parameter.
+    #[inline]
     pub fn received(&self) -> Option<&'buf [u8]> {
-        self.params.get(b"received").flatten()
+        self.received
     }
 
     /// The `rport` parameter: `Some(None)` when present without a value (the
     /// client asks for it, RFC 3581), `Some(Some(port))` when filled in.
+    #[inline]
     pub fn rport(&self) -> Option<Option<u16>> {
-        self.params
-            .get(b"rport")
-            .map(|v| v.and_then(scan::parse_u16))
+        self.rport
     }
 
     /// The `maddr` parameter.
+    #[inline]
     pub fn maddr(&self) -> Option<&'buf [u8]> {
-        self.params.get(b"maddr").flatten()
+        self.maddr
     }
 
     /// The `ttl` parameter.
+    #[inline]
     pub fn ttl(&self) -> Option<u8> {
-        self.params
-            .get(b"ttl")
-            .flatten()
-            .and_then(scan::parse_u64)
-            .and_then(|t| u8::try_from(t).ok())
+        self.ttl
     }
 
     /// True when the branch has the RFC 3261 magic cookie `z9hG4bK`.
@@ -244,7 +284,7 @@ impl<'buf> Via<'buf> {
 }
 
 fn take_token(s: &[u8]) -> Result<(&[u8], &[u8]), ValueError> {
-    let n = s.iter().take_while(|&&b| scan::is_token(b)).count();
+    let n = scan::token_len(s);
     if n == 0 {
         return Err(ValueError::Syntax);
     }
@@ -275,6 +315,8 @@ pub struct NameAddr<'buf> {
     pub params: Params<'buf>,
     /// The whole value as written.
     pub raw: &'buf [u8],
+    // The `tag` parameter, found in the pass that checks the parameters.
+    tag: Option<&'buf [u8]>,
 }
 
 impl<'buf> NameAddr<'buf> {
@@ -332,13 +374,23 @@ impl<'buf> NameAddr<'buf> {
         if uri_bytes.iter().any(|&b| b <= b' ' || b == 0x7f) {
             return Err(ValueError::Syntax);
         }
-        let params = Params::parse(after)?;
+        let params = Params { raw: after };
+        let mut tag = None;
+        let mut seen_tag = false;
+        for item in params.iter() {
+            let (name, value) = item?;
+            if !seen_tag && name.eq_ignore_ascii_case(b"tag") {
+                seen_tag = true;
+                tag = value;
+            }
+        }
         Ok(Self {
             display_name,
             uri_bytes,
             angle,
             params,
             raw,
+            tag,
         })
     }
 
@@ -348,8 +400,9 @@ impl<'buf> NameAddr<'buf> {
     }
 
     /// The `tag` parameter (§19.3).
+    #[inline]
     pub fn tag(&self) -> Option<&'buf [u8]> {
-        self.params.get(b"tag").flatten()
+        self.tag
     }
 }
 

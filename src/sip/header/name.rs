@@ -37,6 +37,9 @@ macro_rules! header_names {
             /// Every well-known name, in declaration order.
             pub const ALL: [Self; Self::KNOWN] = [$(Self::$variant),*];
 
+            /// Canonical forms, indexed by slot (no `match` on the lookup path).
+            const NAMES: [&'static str; Self::KNOWN] = [$($long),*];
+
             /// Compact form, if the name has one.
             // Indexes a non-empty literal at compile time.
             #[allow(clippy::indexing_slicing)]
@@ -121,6 +124,12 @@ header_names! {
 static TABLE: [u8; 256] = build_table();
 /// Compact forms by lower-case letter (`u8::MAX` = none).
 static COMPACT: [u8; 256] = build_compact();
+/// The long forms in lower case, by slot, padded with zeros: compared
+/// against the input folded with `| 0x20`.
+static LOWER: [[u8; NAME_MAX]; HeaderName::KNOWN] = build_lower();
+
+/// Longest well-known name ("Request-Disposition" is 19), with room to spare.
+const NAME_MAX: usize = 24;
 
 const EMPTY: u8 = u8::MAX;
 
@@ -164,8 +173,28 @@ const fn build_compact() -> [u8; 256] {
     t
 }
 
+#[allow(clippy::indexing_slicing)]
+const fn build_lower() -> [[u8; NAME_MAX]; HeaderName::KNOWN] {
+    let mut t = [[0u8; NAME_MAX]; HeaderName::KNOWN];
+    let mut i = 0;
+    while i < HeaderName::KNOWN {
+        let s = HeaderName::NAMES[i].as_bytes();
+        let mut j = 0;
+        while j < s.len() {
+            t[i][j] = s[j].to_ascii_lowercase();
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
 impl HeaderName {
     /// Interns `name` (case-insensitive; long or compact form).
+    ///
+    /// Why `| 0x20` is a safe case fold here: the parser only passes token
+    /// characters, and among those only the letters change under it (to
+    /// lower case); the known names are letters and `-`, which it keeps.
     #[inline]
     pub fn from_bytes(name: &[u8]) -> Self {
         let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
@@ -174,6 +203,9 @@ impl HeaderName {
         if name.len() == 1 {
             return Self::from_slot(COMPACT.get(usize::from(first)).copied().unwrap_or(EMPTY));
         }
+        if name.len() > NAME_MAX {
+            return Self::Other;
+        }
         let mut h = name_hash(name.len(), first, last);
         loop {
             let slot = TABLE.get(h).copied().unwrap_or(EMPTY);
@@ -181,12 +213,23 @@ impl HeaderName {
                 return Self::Other;
             }
             let cand = Self::from_slot(slot);
-            let s = cand.as_str().as_bytes();
-            if s.len() == name.len() && s.eq_ignore_ascii_case(name) {
+            if Self::NAMES.get(usize::from(slot)).map(|s| s.len()) == Some(name.len())
+                && Self::lower_eq(usize::from(slot), name)
+            {
                 return cand;
             }
             h = (h + 1) & 0xff;
         }
+    }
+
+    /// `name`, folded to lower case, equals the known name in `slot`
+    /// (whose length the caller has checked to be `name.len()`).
+    #[inline(always)]
+    fn lower_eq(slot: usize, name: &[u8]) -> bool {
+        let Some(lower) = LOWER.get(slot) else {
+            return false;
+        };
+        name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
     }
 
     #[inline]
