@@ -100,6 +100,10 @@ pub struct Args {
     /// bigger sendmmsg batches); 0 paces each call on its own.
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub tick: Duration,
+    /// After a datagram, keep polling the sockets this long before sleeping
+    /// (a wake-up costs more CPU than a few empty polls); 0: sleep at once.
+    #[arg(long, default_value = "0us", value_parser = parse_duration)]
+    pub spin: Duration,
     /// Most calls in flight at once (all threads together).
     #[arg(long, default_value_t = 20_000)]
     pub max_inflight: u32,
@@ -264,6 +268,8 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// Generation tick.
     pub tick: Duration,
+    /// Busy-poll time after traffic.
+    pub spin: Duration,
     /// Most calls in flight, all threads.
     pub max_inflight: u32,
     /// Hold time.
@@ -406,6 +412,7 @@ impl Config {
             threads: a.threads,
             cpus,
             tick: a.tick,
+            spin: a.spin,
             max_inflight: a.max_inflight,
             hold: a.hold,
             users: a.users,

@@ -378,6 +378,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
             cpu: cfg.cpus.as_ref().and_then(|c| c.get(t % c.len()).copied()),
             serve_for: cfg.duration,
             tick_us: (cfg.tick.as_micros() as u64).max(1),
+            spin_us: cfg.spin.as_micros() as u64,
             drain,
             progress: p,
             shared: shared.clone(),
@@ -445,7 +446,8 @@ fn report(
     let uac = cfg
         .has_uac()
         .then(|| ClientReport::new(&st.client[0], gen_s));
-    let uas_register = (cfg.uas_register > 0).then(|| ClientReport::new(&st.client[1], gen_s));
+    let reg_s = st.register_generation_us as f64 / 1e6;
+    let uas_register = (cfg.uas_register > 0).then(|| ClientReport::new(&st.client[1], reg_s));
     let uas = cfg.has_uas().then(|| st.server.clone());
     let mut attempted = 0u64;
     let mut failed = 0u64;

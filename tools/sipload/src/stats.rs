@@ -259,6 +259,8 @@ pub struct WorkerStats {
     pub malformed: u64,
     /// Micro-seconds the worker spent generating load (first to last call started).
     pub generation_us: u64,
+    /// The same for the UAS's registrations.
+    pub register_generation_us: u64,
 }
 
 impl WorkerStats {
@@ -272,6 +274,7 @@ impl WorkerStats {
             send_dropped: 0,
             malformed: 0,
             generation_us: 0,
+            register_generation_us: 0,
         }
     }
 
@@ -286,6 +289,7 @@ impl WorkerStats {
         self.send_dropped += o.send_dropped;
         self.malformed += o.malformed;
         self.generation_us = self.generation_us.max(o.generation_us);
+        self.register_generation_us = self.register_generation_us.max(o.register_generation_us);
     }
 }
 

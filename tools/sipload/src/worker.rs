@@ -53,6 +53,8 @@ pub struct Worker {
     pub cpu: Option<usize>,
     /// How long the UAS serves when there is no load engine.
     pub serve_for: Duration,
+    /// Keep polling this long (µs) after the last datagram before sleeping.
+    pub spin_us: u64,
     /// Calls start on multiples of this (µs, at least 1).
     pub tick_us: u64,
     /// How long to wait for calls in flight after generation ends.
@@ -94,6 +96,7 @@ impl Worker {
         let mut reg_done = self.register.is_none();
         let mut load_done = self.load.is_none();
         let mut load_end: Option<u64> = None;
+        let mut last_rx = 0u64;
         if let Some(r) = self.register.as_mut() {
             r.enable(start);
         }
@@ -109,6 +112,7 @@ impl Worker {
                             r.abandon_all(&mut st.client[1]);
                         }
                         reg_done = true;
+                        st.register_generation_us = r.generation_us();
                         self.shared.registering.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
@@ -199,6 +203,7 @@ impl Worker {
 
             // Receive and dispatch.
             let mut full = false;
+            let mut got = 0;
             for (si, &fd) in fds.iter().enumerate() {
                 let n = match rx.recv(fd) {
                     Ok(n) => n,
@@ -208,6 +213,7 @@ impl Worker {
                     }
                 };
                 full |= n == BATCH;
+                got += n;
                 st.received += n as u64;
                 for i in 0..n {
                     let Some((buf, src, trunc)) = rx.get(i) else {
@@ -270,6 +276,16 @@ impl Worker {
             self.progress.publish(cs, u64::from(inflight), answered);
 
             if full {
+                continue;
+            }
+            if got > 0 {
+                last_rx = now;
+            }
+            // Traffic is flowing: poll the sockets a little longer before
+            // sleeping. A sleep and wake-up costs more CPU than a few empty
+            // recvmmsg calls, and the next datagram (the answer to what was
+            // just sent) is usually microseconds away.
+            if now.saturating_sub(last_rx) < self.spin_us {
                 continue;
             }
             // Idle (or a partial batch, so the sockets were drained): sleep

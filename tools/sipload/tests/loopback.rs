@@ -499,3 +499,47 @@ fn total_loss_times_out_and_fails_the_run() {
     // Timer E doubles up to T2: 10, 20, 40, 40… ms until 640 ms.
     assert!(n(&v, "uac.retransmissions") >= 5 * 10, "{v}");
 }
+
+#[test]
+fn uas_registers_its_users_before_the_calls() {
+    // Another sipload UAS stands in for the registrar (it challenges, then answers 200).
+    let (registrar, raddr) =
+        start_uas(&["--uas-auth", "--password", "pw", "--domain", "example.test"]);
+    let registrar_addr = raddr.to_string();
+    let (code, v) = sipload(
+        &[
+            "--role",
+            "both",
+            "--uas-listen",
+            "127.0.0.1:0",
+            "--uas-register",
+            "50",
+            "--registrar",
+            &registrar_addr,
+            "--domain",
+            "example.test",
+            "--password",
+            "pw",
+            "--users",
+            "50",
+            "--request-uri",
+            "sip:{user}@example.test",
+            "--count",
+            "100",
+            "--rate",
+            "1000",
+            "--duration",
+            "5s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_well_formed(&v);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(n(&v, "uas_register.succeeded"), 50, "{v}");
+    assert_eq!(n(&v, "uas_register.auth_challenges"), 50, "{v}");
+    assert_eq!(n(&v, "uac.succeeded"), 100, "{v}");
+    stop(&registrar);
+    let (_, r) = finish(registrar, Duration::from_secs(10));
+    let r: Value = serde_json::from_str(r.trim()).expect("registrar JSON");
+    assert_eq!(r["uas"]["requests"]["REGISTER"].as_u64(), Some(100), "{r}");
+}
