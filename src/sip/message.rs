@@ -22,10 +22,17 @@
 //! What the parser checks eagerly, because every consumer of a message needs it
 //! and it is cheap: the start line and version; header name syntax; line
 //! endings and folding; Content-Length (consistent, and the body there);
-//! the presence of To, From, Call-ID, CSeq and Via; CSeq syntax and, for
-//! requests, that its method is the request's (§8.1.1.5); the Via count limit.
-//! [`Message::essentials`] decodes the rest a proxy needs and reports the
-//! first malformed one.
+//! the presence of To, From, Call-ID, CSeq and Via, and that none of To,
+//! From, Call-ID, CSeq and Max-Forwards appears twice; CSeq syntax and, for
+//! requests, that its method is the request's (§8.1.1.5); that every Via
+//! line holds a value, and the Via count limit; that a NUL appears only as a
+//! quoted-pair. [`Message::essentials`] decodes the rest a proxy needs and
+//! reports the first malformed one; [`Message::check_proxy_require`] is the
+//! 420 check.
+//!
+//! `tests/torture.rs` holds the RFC 4475 / RFC 5118 torture messages with the
+//! check that refuses each and the status it gets; `tests/alloc.rs` proves
+//! the no-allocation contract; `fuzz/` runs the parser on arbitrary bytes.
 
 use super::error::ParseError;
 use super::header::{self, CSeq, NameAddr, Via};
