@@ -799,6 +799,7 @@ impl<'buf> Message<'buf> {
 
     /// The decoded Request-URI. A SIP URI there may not carry headers
     /// (RFC 3261 §19.1.1 table 1; RFC 4475 §3.1.2.11).
+    #[inline]
     pub fn request_uri(&self) -> Result<Uri<'buf>, ParseError> {
         match self.start {
             StartLine::Request { uri, .. } => {
@@ -873,6 +874,7 @@ impl<'buf> Message<'buf> {
     }
 
     /// The top Via value, decoded.
+    #[inline]
     pub fn top_via(&self) -> Result<Via<'buf>, ParseError> {
         let v = self
             .values(HeaderName::Via)
@@ -882,6 +884,7 @@ impl<'buf> Message<'buf> {
     }
 
     /// The From header, decoded.
+    #[inline]
     pub fn from(&self) -> Result<NameAddr<'buf>, ParseError> {
         let v = self
             .header(HeaderName::From)
@@ -890,6 +893,7 @@ impl<'buf> Message<'buf> {
     }
 
     /// The To header, decoded.
+    #[inline]
     pub fn to(&self) -> Result<NameAddr<'buf>, ParseError> {
         let v = self
             .header(HeaderName::To)
@@ -898,6 +902,7 @@ impl<'buf> Message<'buf> {
     }
 
     /// Max-Forwards: `Ok(None)` when absent; an error when not 0–255.
+    #[inline]
     pub fn max_forwards(&self) -> Result<Option<u8>, ParseError> {
         let Some(v) = self.header(HeaderName::MaxForwards) else {
             return Ok(None);
@@ -951,6 +956,7 @@ impl<'buf> Message<'buf> {
     /// Decodes what a proxy needs from every message, checking each: the
     /// Request-URI (requests), the top Via, From, To, Call-ID, CSeq and
     /// Max-Forwards. The first malformed field gives its precise error.
+    #[inline]
     pub fn essentials(&self) -> Result<Essentials<'buf>, ParseError> {
         let uri = match self.start {
             StartLine::Request { .. } => Some(self.request_uri()?),
