@@ -183,25 +183,26 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// The exact earliest pending deadline: the first non-empty level-0 slot
-    /// from the cursor, else the first non-empty level-1 slot from the
-    /// cursor's, and the overflow (which holds only far deadlines).
+    /// The exact earliest pending deadline: the least of the first non-empty
+    /// level-0 slot from the cursor, the first non-empty level-1 slot from
+    /// the cursor's, and the overflow.
+    ///
+    /// Why all three and not level 0 first: level 0 spans the next 4096
+    /// ticks, which reach into the next lap, while a level-1 slot of that
+    /// lap can hold a deadline inserted when it was more than a lap away and
+    /// due before anything in level 0. Taking level 0 alone reported such a
+    /// timer, and fired it, up to a lap late.
     fn scan_earliest(&self) -> Option<u64> {
         let min_of = |s: &Vec<Entry<T>>| s.iter().map(|e| e.at).min();
-        for k in 0..SLOTS as u64 {
+        let l0 = (0..SLOTS as u64).find_map(|k| {
             let t = self.cursor + k;
-            if let Some(m) = self.level0.get((t & MASK) as usize).and_then(min_of) {
-                return Some(m);
-            }
-        }
+            self.level0.get((t & MASK) as usize).and_then(min_of)
+        });
         let here = (self.cursor >> BITS) & MASK;
         let l1 = (1..=SLOTS as u64)
             .find_map(|k| self.level1.get(((here + k) & MASK) as usize).and_then(min_of));
         let ov = self.overflow.iter().map(|e| e.at).min();
-        match (l1, ov) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [l0, l1, ov].into_iter().flatten().min()
     }
 }
 
@@ -259,6 +260,67 @@ mod tests {
         let mut fired = Vec::new();
         w.expire(ms(10_000), |_, i| fired.push(i));
         assert_eq!(fired, vec!["late"]);
+    }
+
+    /// Regression: the earliest deadline was taken from the first non-empty
+    /// level-0 slot alone, so a level-1 timer due before it (a deadline in
+    /// the next lap, inserted when it was more than a lap away) was
+    /// reported, and fired, up to a lap (4 s) late.
+    #[test]
+    fn a_level1_timer_before_a_level0_one_is_the_earliest() {
+        let mut w = Wheel::new(Instant::ZERO);
+        w.insert(ms(4_196), "level 1");
+        w.expire(ms(4_000), |_, _| {});
+        w.insert(ms(7_000), "level 0, later");
+        w.insert(ms(4_050), "level 0, sooner");
+        let mut fired = Vec::new();
+        w.expire(ms(4_050), |_, i| fired.push(i));
+        assert_eq!(w.next_deadline(), Some(ms(4_196)));
+        w.expire(ms(4_196), |_, i| fired.push(i));
+        assert_eq!(fired, vec!["level 0, sooner", "level 1"]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Inserts and expiries interleaved, against a sorted model: each
+        /// timer fires in the first `expire` whose `now` reaches its
+        /// deadline (rounded up to the tick), in deadline order, and
+        /// `next_deadline` is never later than the earliest pending one.
+        #[test]
+        fn matches_a_model_with_interleaved_inserts(
+            ops in proptest::collection::vec((0u64..3, 0u64..40_000_000), 1..300),
+        ) {
+            let mut w = Wheel::new(Instant::ZERO);
+            let mut pending: Vec<(u64, usize)> = Vec::new();
+            let mut now = 0u64;
+            let mut id = 0usize;
+            for (kind, v) in ops {
+                if kind < 2 {
+                    // A deadline from now to ~11 h ahead (all three levels), in µs.
+                    let at = now + v * 1_000 / if kind == 0 { 1 } else { 1_000 };
+                    w.insert(Instant::from_micros(at), id);
+                    pending.push((at.div_ceil(1_000), id));
+                    id += 1;
+                } else {
+                    now += v % 5_000_000;
+                    let mut fired = Vec::new();
+                    w.expire(Instant::from_micros(now), |at, i| fired.push((at.as_micros() / 1_000, i)));
+                    let tick = now / 1_000;
+                    let mut due: Vec<(u64, usize)> = pending.iter().copied().filter(|(t, _)| *t <= tick).collect();
+                    pending.retain(|(t, _)| *t > tick);
+                    due.sort_unstable();
+                    let mut got = fired.clone();
+                    got.sort_unstable();
+                    prop_assert_eq!(&got, &due, "at {} ms", tick);
+                    prop_assert!(fired.windows(2).all(|p| p[0].0 <= p[1].0), "in order: {:?}", fired);
+                }
+                if let Some(min) = pending.iter().map(|(t, _)| *t).min() {
+                    let next = w.next_deadline().map(|d| d.as_micros() / 1_000);
+                    prop_assert!(next.is_some_and(|n| n <= min), "next {:?} > earliest {}", next, min);
+                }
+                prop_assert_eq!(w.len(), pending.len());
+            }
+        }
     }
 
     proptest! {
