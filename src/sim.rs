@@ -23,8 +23,9 @@
 //!   checks it for each one and panics (with the seed) when one does not.
 //!
 //! Seeds: tests loop over [`seeds`]`(n)`; `SIPEDGE_SEED=n` replays just seed
-//! `n`. A panic while a [`Sim`] is alive prints its seed and the tail of its
-//! trace, and [`for_each_seed`] prints the seed of any failing iteration.
+//! `n`, and `SIPEDGE_SEEDS=m` soaks over `0..m` instead. A panic while a
+//! [`Sim`] is alive prints its seed and the tail of its trace, and
+//! [`for_each_seed`] prints the seed of any failing iteration.
 //!
 //! Why our own RNG ([`Rng`], xoshiro256** seeded through SplitMix64) and not
 //! ChaCha from `rand_chacha`: the simulation needs reproducibility, not
@@ -71,14 +72,18 @@ use crate::txn::{
 // ---------------------------------------------------------------------------
 // Seeds and randomness
 
-/// The seeds a test should run: `0..n`, or only `SIPEDGE_SEED` when it is set.
+/// The seeds a test should run: `0..n`; `0..SIPEDGE_SEEDS` when that is set
+/// (a longer soak); only `SIPEDGE_SEED` when that is set (a replay).
 pub fn seeds(n: u64) -> impl Iterator<Item = u64> {
-    let only = std::env::var("SIPEDGE_SEED")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    let (lo, hi) = match only {
-        Some(s) => (s, s + 1),
-        None => (0, n),
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let (lo, hi) = match (var("SIPEDGE_SEED"), var("SIPEDGE_SEEDS")) {
+        (Some(s), _) => (s, s + 1),
+        (None, Some(m)) => (0, m),
+        (None, None) => (0, n),
     };
     lo..hi
 }
@@ -1902,7 +1907,7 @@ mod tests {
 
     #[test]
     fn seeds_default_to_the_range() {
-        if std::env::var("SIPEDGE_SEED").is_err() {
+        if std::env::var("SIPEDGE_SEED").is_err() && std::env::var("SIPEDGE_SEEDS").is_err() {
             assert_eq!(seeds(3).collect::<Vec<_>>(), vec![0, 1, 2]);
         }
     }

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::sim::{for_each_seed, Fate, Faults, Rng};
-use crate::time::Duration;
 
 /// The messages of one call as they left each node, pinned. INVITE, 100
 /// (proxy and UAS), 180, 200, ACK and BYE/200 go end to end through the

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::sim::{for_each_seed, Faults, Rng};
-use crate::time::Duration;
 
 /// The caller gives up while it rings: 200 to the CANCEL, the CANCEL reaches
 /// the UAS, whose 487 comes back to the UAC.
@@ -80,7 +79,7 @@ fn sim_timer_c_cancels_a_fork_that_rings_forever() {
         .find(|r| r.method().as_deref() == Some("CANCEL"))
         .expect("a CANCEL");
     assert!(
-        cancel.at >= crate::time::Instant::ZERO + Duration::from_secs(180),
+        cancel.at >= Instant::ZERO + Duration::from_secs(180),
         "Timer C is 3 min"
     );
 }
@@ -117,7 +116,7 @@ fn sim_a_fork_that_only_says_trying_is_cancelled() {
         .find(|r| r.method().as_deref() == Some("CANCEL") && r.from == addr(SHARD))
         .expect("a CANCEL from the proxy");
     assert!(
-        cancel.at < crate::time::Instant::ZERO + Duration::from_secs(1),
+        cancel.at < Instant::ZERO + Duration::from_secs(1),
         "{cancel}"
     );
 }

@@ -2,8 +2,6 @@
 
 use super::*;
 use crate::sim::{for_each_seed, Fate, Faults, NodeId, Rng};
-use crate::time::Duration;
-use crate::txn::TimerConfig;
 
 /// A caller that retransmits every 10 ms (T1 = 10 ms) over a link that
 /// triples each datagram, with a slow way back so that many copies go out

@@ -18,10 +18,14 @@ mod cancel;
 mod faults;
 
 use core::net::SocketAddr;
+use std::collections::BTreeMap;
 
+use crate::proxy::branch;
 use crate::proxy::stateful::{Config, Found, Location, NoRegistry, Stateful, Targets};
 use crate::proxy::testutil::identity;
-use crate::sim::{AgentId, Outcome, Sim, Uac, UacScript, Uas, UasScript};
+use crate::sim::{AgentId, Fate, Outcome, Sim, Uac, UacScript, Uas, UasScript};
+use crate::time::{Duration, Instant};
+use crate::txn::TimerConfig;
 
 /// The proxy's public socket (SocketId 0) and its shard socket (SocketId 1), as in `testutil::identity`.
 const PUBLIC: &str = "127.0.0.1:5060";
@@ -113,8 +117,12 @@ impl Call {
     /// The invariants every call must end with, whatever the network did:
     /// - the UAC has a final response: 2xx (then a BYE answered 200 on every
     ///   dialog) or one failure, never both and never two different failures;
+    /// - the proxy's own retransmissions keep to Timers A and E (§17.1.1.2,
+    ///   §17.1.2.2), and it CANCELs a branch only after a provisional
+    ///   response came from it (§9.1, §16.10);
     /// - the proxy holds no transaction any more.
     fn check(&self) {
+        self.check_proxy_requests();
         for (i, _) in self.uacs.iter().enumerate() {
             let uac = self.uac(i);
             assert!(uac.is_done(), "uac {i} did not finish: {:?}", uac.outcome());
@@ -163,15 +171,69 @@ impl Call {
     }
 }
 
+impl Call {
+    /// Checks the requests the proxy sent on its client transactions (those
+    /// with a transaction branch of its own; ACKs and stateless relays aside).
+    fn check_proxy_requests(&self) {
+        let t1 = TimerConfig::default().t1;
+        let t2 = TimerConfig::default().t2;
+        // (dest, branch, method) → send times.
+        let mut sends: BTreeMap<(SocketAddr, String, String), Vec<Instant>> = BTreeMap::new();
+        for r in self.sim.trace() {
+            if r.fate != Fate::Sent || r.from != addr(SHARD) {
+                continue;
+            }
+            let (Some(method), Some(br)) = (r.method(), r.branch()) else {
+                continue;
+            };
+            if method == "ACK" || branch::txn_ref(br.as_bytes()).is_none() {
+                continue;
+            }
+            if method == "CANCEL" {
+                // §9.1: a provisional response on that branch came first.
+                let had_1xx = self.sim.trace().iter().any(|p| {
+                    p.fate == Fate::Delivered
+                        && p.at <= r.at
+                        && p.from == r.to
+                        && p.status().is_some_and(|c| c < 200)
+                        && p.branch().as_deref() == Some(br.as_str())
+                });
+                assert!(had_1xx, "CANCEL before any provisional response: {r}");
+            }
+            sends.entry((r.to, br, method)).or_default().push(r.at);
+        }
+        for ((dest, br, method), times) in sends {
+            let invite = method == "INVITE";
+            let max = if invite { 7 } else { 11 };
+            assert!(
+                times.len() <= max,
+                "{method} to {dest} ({br}) sent {} times",
+                times.len()
+            );
+            let mut interval = t1;
+            for w in times.windows(2) {
+                let gap = w[1] - w[0];
+                // The wheel rounds each deadline up to its 1 ms tick.
+                let ok = gap >= interval && gap <= interval + Duration::from_millis(2);
+                assert!(ok, "{method} to {dest}: retransmitted after {gap:?}, expected {interval:?}: {times:?}");
+                interval = interval.saturating_mul(2);
+                if !invite {
+                    interval = interval.min(t2);
+                }
+            }
+        }
+    }
+}
+
 /// A UAS that answers `code` after `after` ms.
 fn answers(code: u16, after_ms: u64) -> UasScript {
-    UasScript::answer(code, crate::time::Duration::from_millis(after_ms))
+    UasScript::answer(code, Duration::from_millis(after_ms))
 }
 
 /// A UAC calling bob, hanging up after `hold_ms`.
 fn caller(hold_ms: u64) -> UacScript {
     UacScript {
-        hold: crate::time::Duration::from_millis(hold_ms),
+        hold: Duration::from_millis(hold_ms),
         ..UacScript::call(BOB)
     }
 }
