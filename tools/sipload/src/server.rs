@@ -83,7 +83,8 @@ struct Dlg {
     key: u64,
     /// Where the INVITE came from (and the 2xx goes).
     src: RawAddr,
-    /// The 200 as sent.
+    /// The 200 as sent, kept until the ACK (then back to the pool, so a
+    /// long-held dialog costs no buffer).
     resp: Vec<u8>,
     /// When the 200 was first sent, µs.
     t_answer: u64,
@@ -98,6 +99,8 @@ pub struct Server {
     free: Vec<u32>,
     txns: HashMap<u64, u32, BuildHasherDefault<IdHasher>>,
     extra: Vec<u8>,
+    /// Response buffers of dialogs not yet ACKed, reused.
+    pool: Vec<Vec<u8>>,
     /// Requests answered (for the progress line).
     pub answered: u64,
 }
@@ -111,6 +114,7 @@ impl Server {
             free: Vec::new(),
             txns: HashMap::default(),
             extra: Vec::with_capacity(TX_BUF),
+            pool: Vec::new(),
             answered: 0,
         }
     }
@@ -204,6 +208,11 @@ impl Server {
                 d.timer_at = 0;
                 self.txns.remove(&d.key);
                 self.free.push(i);
+                if d.resp.capacity() > 0 {
+                    let mut b = std::mem::take(&mut d.resp);
+                    b.clear();
+                    self.pool.push(b);
+                }
             }
         }
     }
@@ -231,6 +240,9 @@ impl Server {
             }
             if d.state == State::Answered {
                 d.state = State::Confirmed;
+                let mut b = std::mem::take(&mut d.resp);
+                b.clear();
+                self.pool.push(b);
                 st.calls_confirmed += 1;
                 let at = d.t_answer + self.setup.dialog_timeout;
                 d.timer_at = at;
@@ -256,9 +268,10 @@ impl Server {
             .unwrap_or_default();
         let key = fnv1a(&[msg.call_id(), branch]);
         if let Some(&i) = self.txns.get(&key) {
-            // A retransmission: send the last response again.
+            // A retransmission: send the last response again (once ACKed,
+            // the UAC has it already and the buffer is gone).
             st.retransmissions_received += 1;
-            if let Some(d) = self.dlgs.get(i as usize) {
+            if let Some(d) = self.dlgs.get(i as usize).filter(|d| !d.resp.is_empty()) {
                 tx.push_bytes(src, &d.resp);
             }
             return;
@@ -274,7 +287,7 @@ impl Server {
                     state: State::Free,
                     key: 0,
                     src: *src,
-                    resp: Vec::with_capacity(TX_BUF),
+                    resp: Vec::new(),
                     t_answer: 0,
                     interval: 0,
                     timer_at: 0,
@@ -312,14 +325,17 @@ impl Server {
         spec.reason = "OK";
         spec.content_type = Some("application/sdp");
         spec.body = &self.setup.sdp;
-        d.resp.resize(TX_BUF, 0);
-        match response(msg, &spec, &mut d.resp) {
-            Ok(n) => d.resp.truncate(n),
+        let mut resp = self.pool.pop().unwrap_or_default();
+        resp.resize(TX_BUF, 0);
+        match response(msg, &spec, &mut resp) {
+            Ok(n) => resp.truncate(n),
             Err(_) => {
-                d.resp.clear();
+                resp.clear();
+                self.pool.push(resp);
                 return;
             }
         }
+        d.resp = resp;
         tx.push_bytes(src, &d.resp);
         d.state = State::Answered;
         d.key = key;
