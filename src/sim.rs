@@ -899,6 +899,8 @@ struct Summary {
     branch: String,
     call_id: String,
     cseq_method: Method,
+    from: String,
+    from_tag: Option<String>,
     to: String,
     to_tag: Option<String>,
     contact: Option<String>,
@@ -909,6 +911,7 @@ fn summary(data: &[u8]) -> Option<Summary> {
     with_msg(data, |m| {
         let via = m.top_via().ok()?;
         let to = m.to().ok()?;
+        let from = m.from().ok()?;
         let contact = m
             .header(HeaderName::Contact)
             .and_then(|c| NameAddr::parse(c).ok())
@@ -919,6 +922,8 @@ fn summary(data: &[u8]) -> Option<Summary> {
             branch: text(via.branch().unwrap_or_default()),
             call_id: text(m.call_id()),
             cseq_method: m.cseq().method,
+            from: text(m.header(HeaderName::From).unwrap_or_default()),
+            from_tag: from.tag().map(text),
             to: text(m.header(HeaderName::To).unwrap_or_default()),
             to_tag: to.tag().map(text),
             contact,
@@ -933,6 +938,53 @@ fn push(out: &mut Vec<Datagram>, dest: SocketAddr, bytes: &[u8]) {
         dest,
         bytes: bytes.to_vec(),
     });
+}
+
+/// A response ready to send: (destination, bytes).
+type Reply = (SocketAddr, Vec<u8>);
+
+/// A response to `req` (from `src`), to where §18.2.2 says, with To tag
+/// `tag` and, for 101–299 to an INVITE, `contact` and the request's
+/// Record-Route (§12.1.1).
+fn respond(req: &[u8], src: SocketAddr, code: u16, tag: &str, contact: &str) -> Option<Reply> {
+    with_msg(req, |m| {
+        let via = m.top_via().ok()?;
+        let dest = route::reply_dest(&via, src);
+        let mut extra = Vec::new();
+        if (101..300).contains(&code) && m.method() == Method::Invite {
+            extra.extend_from_slice(format!("Contact: <{contact}>\r\n").as_bytes());
+            for e in m
+                .headers()
+                .iter()
+                .filter(|e| e.name == HeaderName::RecordRoute)
+            {
+                extra.extend_from_slice(e.line.of(m.buf()));
+            }
+        }
+        let reason = match code {
+            100 => "Trying",
+            180 => "Ringing",
+            200 => "OK",
+            481 => "Call/Transaction Does Not Exist",
+            486 => "Busy Here",
+            487 => "Request Terminated",
+            _ => "Scripted",
+        };
+        let spec = ResponseSpec {
+            to_tag: Some(tag.as_bytes()),
+            received: Some(Received {
+                ip: src.ip(),
+                port: src.port(),
+            }),
+            extra: &extra,
+            ..ResponseSpec::new(code, reason)
+        };
+        let mut buf = vec![0u8; 8192];
+        let n = sip::response(m, &spec, &mut buf).ok()?;
+        buf.truncate(n);
+        Some((dest, buf))
+    })
+    .flatten()
 }
 
 /// The address a URI (`sip:…`, or a `<sip:…;lr>` route value) designates.
@@ -990,6 +1042,8 @@ pub struct UacDialog {
     pub bye_final: Option<u16>,
     /// The BYE transaction timed out (Timer F).
     pub bye_timed_out: bool,
+    /// The other side hung up (its BYE arrived and was answered 200).
+    pub ended_by_remote: bool,
     remote_target: String,
     route: Vec<String>,
     to: String,
@@ -1053,6 +1107,8 @@ pub struct Uac {
     cancel_final: Option<u16>,
     cancel_sent: bool,
     timed_out: bool,
+    /// Server transactions of requests from the other side (its BYEs): branch, machine, response.
+    servers: Vec<(String, NonInviteServer, Option<Reply>)>,
 }
 
 impl Uac {
@@ -1083,6 +1139,7 @@ impl Uac {
             cancel_final: None,
             cancel_sent: false,
             timed_out: false,
+            servers: Vec::new(),
         }
     }
 
@@ -1137,7 +1194,7 @@ impl Uac {
             Outcome::Answered => self
                 .dialogs
                 .iter()
-                .all(|d| d.bye_final.is_some() || d.bye_timed_out),
+                .all(|d| d.bye_final.is_some() || d.bye_timed_out || d.ended_by_remote),
             Outcome::Failed(_) | Outcome::TimedOut => true,
         }
     }
@@ -1241,6 +1298,7 @@ impl Uac {
             acks_sent: 1,
             bye_final: None,
             bye_timed_out: false,
+            ended_by_remote: false,
             remote_target,
             route,
             to: s.to.clone(),
@@ -1259,7 +1317,7 @@ impl Uac {
     }
 
     fn send_bye(&mut self, now: Instant, d: usize, out: &mut Vec<Datagram>) {
-        if self.dialogs[d].bye.is_some() {
+        if self.dialogs[d].bye.is_some() || self.dialogs[d].ended_by_remote {
             return;
         }
         let (branch, bytes) = self.dialog_request(d, "BYE", 2);
@@ -1274,6 +1332,51 @@ impl Uac {
             dest,
         });
     }
+
+    /// A request from the other side: a BYE (200 when it names one of our
+    /// dialogs, else 481); retransmissions get the same response again.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        src: SocketAddr,
+        s: &Summary,
+        out: &mut Vec<Datagram>,
+    ) {
+        if s.method == Method::Ack {
+            return;
+        }
+        if let Some((_, server, last)) = self.servers.iter_mut().find(|(b, _, _)| *b == s.branch) {
+            if server.on_request() == Action::RetransmitResponse {
+                if let Some((dest, bytes)) = last.clone() {
+                    out.push(Datagram { dest, bytes });
+                }
+            }
+            return;
+        }
+        let remote = s.from_tag.as_deref().unwrap_or_default();
+        let dialog = (s.method == Method::Bye && s.call_id == self.call_id)
+            .then(|| self.dialogs.iter_mut().find(|d| d.tag == remote))
+            .flatten();
+        let code = match dialog {
+            Some(d) => {
+                d.ended_by_remote = true;
+                200
+            }
+            None if s.method == Method::Bye => 481,
+            None => 501,
+        };
+        let tag = s.to_tag.clone().unwrap_or_else(|| self.from_tag.clone());
+        let contact = format!("sip:alice@{}", self.addr);
+        let resp = respond(data, src, code, &tag, &contact);
+        let mut server = NonInviteServer::start(self.script.timers, false);
+        if let Some((dest, bytes)) = &resp {
+            push(out, *dest, bytes);
+            // Timer J only ends the transaction; this agent keeps it to replay the response.
+            let _ = server.on_send(now, code);
+        }
+        self.servers.push((s.branch.clone(), server, resp));
+    }
 }
 
 impl Agent for Uac {
@@ -1285,12 +1388,13 @@ impl Agent for Uac {
         &mut self,
         now: Instant,
         data: &[u8],
-        _src: SocketAddr,
+        src: SocketAddr,
         out: &mut Vec<Datagram>,
     ) {
         let Some(s) = summary(data) else { return };
         let Some(code) = s.code else {
-            return; // No requests come to this UAC in the scenarios.
+            self.on_request(now, data, src, &s, out);
+            return;
         };
         match s.cseq_method {
             Method::Invite if s.branch == self.invite_branch => {
@@ -1435,6 +1539,8 @@ pub struct UasScript {
     pub ring: Option<Duration>,
     /// Send this final status this long after the INVITE (None: never answer).
     pub answer: Option<(Duration, u16)>,
+    /// Hang up (send BYE) this long after the ACK of our 2xx (None: wait for the caller's BYE).
+    pub hangup: Option<Duration>,
     /// The UAS's T1/T2/T4.
     pub timers: TimerConfig,
 }
@@ -1446,6 +1552,7 @@ impl UasScript {
             trying: true,
             ring: Some(Duration::from_millis(10)),
             answer: Some((after, code)),
+            hangup: None,
             timers: TimerConfig::default(),
         }
     }
@@ -1456,6 +1563,7 @@ impl UasScript {
             trying: true,
             ring: Some(Duration::from_millis(10)),
             answer: None,
+            hangup: None,
             timers: TimerConfig::default(),
         }
     }
@@ -1469,12 +1577,17 @@ struct UasInvite {
     request: Vec<u8>,
     src: SocketAddr,
     server: InviteServer,
-    last: Option<(SocketAddr, Vec<u8>)>,
+    last: Option<Reply>,
     final_code: Option<u16>,
     acked: bool,
     ok_interval: Duration,
     ok_next: Option<Instant>,
     ok_deadline: Instant,
+    /// The caller's BYE arrived.
+    ended_by_remote: bool,
+    /// Our BYE, once we hang up.
+    bye: Option<UacBye>,
+    bye_final: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -1482,7 +1595,7 @@ struct UasNonInvite {
     branch: String,
     method: Method,
     server: NonInviteServer,
-    last: Option<(SocketAddr, Vec<u8>)>,
+    last: Option<Reply>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1492,6 +1605,8 @@ enum UasTimer {
     Server(usize, TimerName),
     Resend2xx(usize),
     NonInvite(usize, TimerName),
+    Hangup(usize),
+    Bye(usize, TimerName),
 }
 
 /// A user agent server answering every INVITE by its [`UasScript`] (see the module doc).
@@ -1569,6 +1684,15 @@ impl Uas {
             .count()
     }
 
+    /// The final response to each BYE this UAS sent (None: none yet).
+    pub fn bye_finals(&self) -> Vec<Option<u16>> {
+        self.invites
+            .iter()
+            .filter(|t| t.bye.is_some())
+            .map(|t| t.bye_final)
+            .collect()
+    }
+
     /// ACKs of a 2xx received.
     pub fn acks(&self) -> u32 {
         self.acks
@@ -1579,56 +1703,10 @@ impl Uas {
         self.ack_timeouts
     }
 
-    /// A response to the stored request of INVITE `i` (or any request
-    /// `req`), to where §18.2.2 says, with our To tag and, for 101–299, our
-    /// Contact and the Record-Route (§12.1.1).
-    fn response(
-        &self,
-        req: &[u8],
-        src: SocketAddr,
-        code: u16,
-        tag: &str,
-    ) -> Option<(SocketAddr, Vec<u8>)> {
-        with_msg(req, |m| {
-            let via = m.top_via().ok()?;
-            let dest = route::reply_dest(&via, src);
-            let mut extra = Vec::new();
-            if (101..300).contains(&code) && m.method() == Method::Invite {
-                extra.extend_from_slice(
-                    format!("Contact: <sip:{}@{}>\r\n", self.name, self.addr).as_bytes(),
-                );
-                for e in m
-                    .headers()
-                    .iter()
-                    .filter(|e| e.name == HeaderName::RecordRoute)
-                {
-                    extra.extend_from_slice(e.line.of(m.buf()));
-                }
-            }
-            let reason = match code {
-                100 => "Trying",
-                180 => "Ringing",
-                200 => "OK",
-                481 => "Call/Transaction Does Not Exist",
-                486 => "Busy Here",
-                487 => "Request Terminated",
-                _ => "Scripted",
-            };
-            let spec = ResponseSpec {
-                to_tag: Some(tag.as_bytes()),
-                received: Some(Received {
-                    ip: src.ip(),
-                    port: src.port(),
-                }),
-                extra: &extra,
-                ..ResponseSpec::new(code, reason)
-            };
-            let mut buf = vec![0u8; 8192];
-            let n = sip::response(m, &spec, &mut buf).ok()?;
-            buf.truncate(n);
-            Some((dest, buf))
-        })
-        .flatten()
+    /// A response to `req` with our Contact on 101–299 to an INVITE.
+    fn response(&self, req: &[u8], src: SocketAddr, code: u16, tag: &str) -> Option<Reply> {
+        let contact = format!("sip:{}@{}", self.name, self.addr);
+        respond(req, src, code, tag, &contact)
     }
 
     /// Sends `code` on INVITE transaction `i`.
@@ -1692,6 +1770,9 @@ impl Uas {
             ok_interval: Duration::ZERO,
             ok_next: None,
             ok_deadline: Instant::ZERO,
+            ended_by_remote: false,
+            bye: None,
+            bye_final: None,
         });
         if self.script.trying {
             self.send_invite_response(now, i, 100, out);
@@ -1716,14 +1797,63 @@ impl Uas {
         // The ACK of a 2xx: a transaction of its own, matched to the dialog.
         self.acks += 1;
         let tag = s.to_tag.as_deref().unwrap_or_default();
-        if let Some(t) = self
+        if let Some(i) = self
             .invites
-            .iter_mut()
-            .find(|t| t.call_id == s.call_id && t.tag == tag)
+            .iter()
+            .position(|t| t.call_id == s.call_id && t.tag == tag)
         {
+            let t = &mut self.invites[i];
+            if !t.acked {
+                if let Some(d) = self.script.hangup {
+                    self.timers.add(now + d, UasTimer::Hangup(i));
+                }
+            }
             t.acked = true;
             t.ok_next = None;
         }
+    }
+
+    /// Hangs up dialog `i` (§15.1.1): a BYE along the route set (the
+    /// Record-Route of the INVITE, in order) to the caller's Contact.
+    fn hang_up(&mut self, now: Instant, i: usize, out: &mut Vec<Datagram>) {
+        let t = &self.invites[i];
+        if t.bye.is_some() || t.ended_by_remote {
+            return;
+        }
+        let Some(inv) = summary(&t.request) else {
+            return;
+        };
+        let target = inv.contact.clone().unwrap_or_default();
+        let mut routes = String::new();
+        for r in &inv.record_route {
+            routes.push_str("Route: ");
+            routes.push_str(r);
+            routes.push_str("\r\n");
+        }
+        let dest = inv
+            .record_route
+            .first()
+            .map_or_else(|| uri_dest(&target), |r| uri_dest(r))
+            .unwrap_or(t.src);
+        let branch = format!("z9hG4bK{}.bye{}", self.name, i);
+        let bytes = format!(
+            "BYE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch={branch};rport\r\nMax-Forwards: 70\r\n{routes}From: {from};tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+            a = self.addr,
+            from = inv.to,
+            tag = t.tag,
+            to = inv.from,
+            cid = inv.call_id,
+        )
+        .into_bytes();
+        let (txn, arm) = NonInviteClient::start(now, self.script.timers, false);
+        self.timers.arm(arm, |n| UasTimer::Bye(i, n));
+        push(out, dest, &bytes);
+        self.invites[i].bye = Some(UacBye {
+            txn,
+            branch,
+            bytes,
+            dest,
+        });
     }
 
     fn on_non_invite(
@@ -1759,10 +1889,15 @@ impl Uas {
             },
             Method::Bye => {
                 let tag = s.to_tag.as_deref().unwrap_or_default();
-                let known = self.invites.iter().any(|t| {
+                let known = self.invites.iter_mut().find(|t| {
                     t.call_id == s.call_id && t.tag == tag && t.final_code.is_some_and(|c| c < 300)
                 });
-                (if known { 200 } else { 481 }, None)
+                if let Some(t) = known {
+                    t.ended_by_remote = true;
+                    (200, None)
+                } else {
+                    (481, None)
+                }
             }
             _ => (501, None),
         };
@@ -1809,8 +1944,24 @@ impl Agent for Uas {
         out: &mut Vec<Datagram>,
     ) {
         let Some(s) = summary(data) else { return };
-        if s.code.is_some() {
-            return; // No requests leave this UAS, so no responses come back.
+        if let Some(code) = s.code {
+            // Only our BYEs get responses.
+            let Some(i) = self
+                .invites
+                .iter()
+                .position(|t| t.bye.as_ref().is_some_and(|b| b.branch == s.branch))
+            else {
+                return;
+            };
+            let t = &mut self.invites[i];
+            if let Some(b) = t.bye.as_mut() {
+                let (action, arm) = b.txn.on_response(now, code);
+                self.timers.arm(arm, |n| UasTimer::Bye(i, n));
+                if action == Action::PassResponse && code >= 200 {
+                    t.bye_final = Some(code);
+                }
+            }
+            return;
         }
         match s.method {
             Method::Invite => self.on_invite(now, data, src, &s, out),
@@ -1865,6 +2016,18 @@ impl Agent for Uas {
                     let next = now + t.ok_interval;
                     t.ok_next = Some(next);
                     self.timers.add(next, UasTimer::Resend2xx(i));
+                }
+                UasTimer::Hangup(i) => self.hang_up(now, i, out),
+                UasTimer::Bye(i, name) => {
+                    let Some(b) = self.invites[i].bye.as_mut() else {
+                        continue;
+                    };
+                    let (action, arm) = b.txn.on_timer(now, name, at);
+                    self.timers.arm(arm, |n| UasTimer::Bye(i, n));
+                    if action == Action::RetransmitRequest {
+                        let (dest, bytes) = (b.dest, b.bytes.clone());
+                        push(out, dest, &bytes);
+                    }
                 }
                 UasTimer::NonInvite(j, name) => {
                     self.others[j].server.on_timer(name, at);

@@ -57,7 +57,13 @@ fn sim_whole_call_trace_is_pinned() {
 fn sim_whole_calls_over_seeds() {
     for_each_seed(200, |seed| {
         let mut rng = Rng::new(seed);
-        let uas = answers(200, rng.range(0, 3_000));
+        // Either side may hang up first, or both at once (crossing BYEs).
+        let uas = UasScript {
+            hangup: rng
+                .chance(0.5)
+                .then(|| Duration::from_millis(rng.range(0, 5_000))),
+            ..answers(200, rng.range(0, 3_000))
+        };
         let mut c = Call::new(seed, &[uas], &[caller(rng.range(0, 5_000))]);
         c.sim.set_faults(Faults {
             latency: Duration::from_millis(rng.range(1, 30)),
@@ -69,15 +75,50 @@ fn sim_whole_calls_over_seeds() {
         assert_eq!(c.uac(0).outcome(), Outcome::Answered);
         assert_eq!(c.uac(0).dialogs().len(), 1);
         let uas = c.uas(0);
-        assert_eq!(
-            (
-                uas.invite_transactions(),
-                uas.bye_transactions(),
-                uas.ack_timeouts()
-            ),
-            (1, 1, 0)
-        );
+        let hung_up = !uas.bye_finals().is_empty();
+        let ended_by_uas = c.uac(0).dialogs()[0].ended_by_remote;
+        assert_eq!(hung_up, ended_by_uas, "the UAC saw the UAS's BYE");
+        assert_eq!(uas.invite_transactions(), 1);
+        assert_eq!(uas.ack_timeouts(), 0);
+        assert!(uas.bye_transactions() <= 1);
     });
+}
+
+/// The callee hangs up: its BYE follows the route set (the proxy's
+/// Record-Route) to the caller's Contact, and the 200 comes back the same way.
+#[test]
+fn sim_callee_hangs_up() {
+    let uas = UasScript {
+        hangup: Some(Duration::from_millis(500)),
+        ..answers(200, 100)
+    };
+    let mut c = Call::new(0, &[uas], &[caller(5_000)]);
+    c.run();
+    c.check();
+    assert!(c.uac(0).dialogs()[0].ended_by_remote);
+    assert_eq!(
+        c.uac(0).dialogs()[0].bye_final,
+        None,
+        "the caller sent no BYE"
+    );
+    assert_eq!(c.uas(0).bye_finals(), vec![Some(200)]);
+    let byes: Vec<String> = c
+        .sim
+        .trace()
+        .iter()
+        .filter(|r| r.fate == Fate::Sent && r.cseq_method().as_deref() == Some("BYE"))
+        .map(|r| format!("{} -> {} {}", r.from, r.to, r.first_line()))
+        .collect();
+    assert_eq!(
+        byes,
+        vec![
+            "192.0.2.10:5060 -> 127.0.0.1:5060 BYE sip:alice@10.0.0.1:5062 SIP/2.0",
+            "127.0.0.1:5070 -> 10.0.0.1:5062 BYE sip:alice@10.0.0.1:5062 SIP/2.0",
+            "10.0.0.1:5062 -> 127.0.0.1:5070 SIP/2.0 200 OK",
+            // Back from the socket the BYE came in on.
+            "127.0.0.1:5060 -> 192.0.2.10:5060 SIP/2.0 200 OK",
+        ]
+    );
 }
 
 /// Two or three contacts, one answers 200: the UAC gets exactly one dialog;

@@ -93,10 +93,12 @@ fn random_uas(rng: &mut Rng) -> UasScript {
         65..=74 => Some((ms(rng, 100, 2_000), 603)),
         _ => None,
     };
+    let hangup = rng.chance(0.3).then(|| ms(rng, 0, 3_000));
     UasScript {
         trying,
         ring,
         answer,
+        hangup,
         timers: TimerConfig::default(),
     }
 }
