@@ -905,6 +905,10 @@ struct Summary {
     to_tag: Option<String>,
     contact: Option<String>,
     record_route: Vec<String>,
+    request_uri: String,
+    cseq: u32,
+    vias: Vec<String>,
+    routes: Vec<String>,
 }
 
 fn summary(data: &[u8]) -> Option<Summary> {
@@ -928,9 +932,63 @@ fn summary(data: &[u8]) -> Option<Summary> {
             to_tag: to.tag().map(text),
             contact,
             record_route: m.values(HeaderName::RecordRoute).map(text).collect(),
+            request_uri: text(m.request_uri_bytes()),
+            cseq: m.cseq().number,
+            vias: m.values(HeaderName::Via).map(text).collect(),
+            routes: m.values(HeaderName::Route).map(text).collect(),
         })
     })
     .flatten()
+}
+
+/// What is wrong with `req`, an ACK of a non-2xx final (`to` is that final's
+/// To) or a CANCEL (`to` is None: the INVITE's To), as a copy of `invite`
+/// (§17.1.1.3, §9.1): the same Request-URI, one Via equal to the INVITE's
+/// top one, Call-ID, From, CSeq number and Route; for the CANCEL, its To.
+fn same_transaction(req: &Summary, invite: &Summary, to: Option<&str>) -> Vec<String> {
+    let mut bad = Vec::new();
+    let what = if to.is_some() { "ACK" } else { "CANCEL" };
+    let mut check = |ok: bool, field: &str, got: &dyn fmt::Debug, want: &dyn fmt::Debug| {
+        if !ok {
+            bad.push(format!(
+                "{what}: {field} is {got:?}, the INVITE's is {want:?}"
+            ));
+        }
+    };
+    check(
+        req.request_uri == invite.request_uri,
+        "Request-URI",
+        &req.request_uri,
+        &invite.request_uri,
+    );
+    check(
+        req.vias.len() == 1 && req.vias.first() == invite.vias.first(),
+        "Via",
+        &req.vias,
+        &invite.vias.first(),
+    );
+    check(
+        req.call_id == invite.call_id,
+        "Call-ID",
+        &req.call_id,
+        &invite.call_id,
+    );
+    check(req.from == invite.from, "From", &req.from, &invite.from);
+    check(
+        req.cseq == invite.cseq,
+        "CSeq number",
+        &req.cseq,
+        &invite.cseq,
+    );
+    check(
+        req.routes == invite.routes,
+        "Route",
+        &req.routes,
+        &invite.routes,
+    );
+    let want_to = to.unwrap_or(&invite.to);
+    check(req.to == want_to, "To", &req.to, &want_to);
+    bad
 }
 
 fn push(out: &mut Vec<Datagram>, dest: SocketAddr, bytes: &[u8]) {
@@ -1107,6 +1165,8 @@ pub struct Uac {
     cancel_final: Option<u16>,
     cancel_sent: bool,
     timed_out: bool,
+    /// What the responses it received got wrong (see [`Uac::violations`]).
+    violations: Vec<String>,
     /// Server transactions of requests from the other side (its BYEs): branch, machine, response.
     servers: Vec<(String, NonInviteServer, Option<Reply>)>,
 }
@@ -1139,6 +1199,7 @@ impl Uac {
             cancel_final: None,
             cancel_sent: false,
             timed_out: false,
+            violations: Vec::new(),
             servers: Vec::new(),
         }
     }
@@ -1175,6 +1236,14 @@ impl Uac {
     /// The dialogs (one per 2xx To tag); the first is the call.
     pub fn dialogs(&self) -> &[UacDialog] {
         &self.dialogs
+    }
+
+    /// What the responses it received got wrong: more than our one Via
+    /// (the proxy must remove its own, §16.7 step 3), another Call-ID, or a
+    /// final response to the INVITE without a To tag (§8.2.6.2). Empty when
+    /// all was right.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
     }
 
     /// True when a CANCEL was sent.
@@ -1396,6 +1465,17 @@ impl Agent for Uac {
             self.on_request(now, data, src, &s, out);
             return;
         };
+        let line = format!("{code} to {:?} {}", s.cseq_method, s.branch);
+        if s.vias.len() != 1 {
+            self.violations.push(format!("{line}: Vias {:?}", s.vias));
+        }
+        if s.call_id != self.call_id {
+            self.violations
+                .push(format!("{line}: Call-ID {}", s.call_id));
+        }
+        if s.cseq_method == Method::Invite && code >= 200 && s.to_tag.is_none() {
+            self.violations.push(format!("{line}: no To tag"));
+        }
         match s.cseq_method {
             Method::Invite if s.branch == self.invite_branch => {
                 self.responses.push((now, code, s.to_tag.clone()));
@@ -1623,6 +1703,7 @@ pub struct Uas {
     bye_copies: u32,
     acks: u32,
     ack_timeouts: u32,
+    violations: Vec<String>,
 }
 
 impl Uas {
@@ -1640,6 +1721,7 @@ impl Uas {
             bye_copies: 0,
             acks: 0,
             ack_timeouts: 0,
+            violations: Vec::new(),
         }
     }
 
@@ -1691,6 +1773,12 @@ impl Uas {
             .filter(|t| t.bye.is_some())
             .map(|t| t.bye_final)
             .collect()
+    }
+
+    /// What the requests it received got wrong (an ACK or CANCEL that does
+    /// not copy its INVITE as §17.1.1.3 and §9.1 say); empty when all was right.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
     }
 
     /// ACKs of a 2xx received.
@@ -1789,6 +1877,10 @@ impl Uas {
         if let Some(i) = self.invites.iter().position(|t| t.branch == s.branch) {
             let t = &mut self.invites[i];
             if t.final_code.is_some_and(|c| c >= 300) {
+                if let (Some(inv), Some((_, resp))) = (summary(&t.request), &t.last) {
+                    let to = summary(resp).map(|r| r.to).unwrap_or_default();
+                    self.violations.extend(same_transaction(s, &inv, Some(&to)));
+                }
                 let (_, arm) = t.server.on_ack(now);
                 self.timers.arm(arm, |n| UasTimer::Server(i, n));
                 return;
@@ -1884,7 +1976,12 @@ impl Uas {
         let (code, cancel_of) = match s.method {
             // §9.2: the CANCEL matches the INVITE with the same top Via branch.
             Method::Cancel => match self.invites.iter().position(|t| t.branch == s.branch) {
-                Some(i) => (200, Some(i)),
+                Some(i) => {
+                    if let Some(inv) = summary(&self.invites[i].request) {
+                        self.violations.extend(same_transaction(s, &inv, None));
+                    }
+                    (200, Some(i))
+                }
                 None => (481, None),
             },
             Method::Bye => {
@@ -2073,6 +2170,31 @@ mod tests {
         if std::env::var("SIPEDGE_SEED").is_err() && std::env::var("SIPEDGE_SEEDS").is_err() {
             assert_eq!(seeds(3).collect::<Vec<_>>(), vec![0, 1, 2]);
         }
+    }
+
+    #[test]
+    fn an_ack_or_cancel_must_copy_its_invite() {
+        let inv = "INVITE sip:b@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nTo: <sip:b@x>\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 7 INVITE\r\n\r\n";
+        let inv = summary(inv.as_bytes()).unwrap();
+        let good = "CANCEL sip:b@192.0.2.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nTo: <sip:b@x>\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 7 CANCEL\r\n\r\n";
+        assert!(same_transaction(&summary(good.as_bytes()).unwrap(), &inv, None).is_empty());
+        let bad = good
+            .replace("CSeq: 7", "CSeq: 8")
+            .replace("sip:b@192.0.2.1 SIP", "sip:b@x SIP");
+        assert_eq!(
+            same_transaction(&summary(bad.as_bytes()).unwrap(), &inv, None).len(),
+            2
+        );
+        let ack = good
+            .replace("CANCEL", "ACK")
+            .replace("<sip:b@x>", "<sip:b@x>;tag=9");
+        let ack = summary(ack.as_bytes()).unwrap();
+        assert!(same_transaction(&ack, &inv, Some("<sip:b@x>;tag=9")).is_empty());
+        assert_eq!(
+            same_transaction(&ack, &inv, None).len(),
+            1,
+            "the To of the final"
+        );
     }
 
     #[test]

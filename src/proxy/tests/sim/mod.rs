@@ -163,7 +163,13 @@ impl Call {
                 o => panic!("uac {i}: {o:?}"),
             }
         }
+        for (i, _) in self.uacs.iter().enumerate() {
+            let v = self.uac(i).violations();
+            assert!(v.is_empty(), "uac {i}: {v:#?}");
+        }
         for (j, _) in self.uases.iter().enumerate() {
+            let v = self.uas(j).violations();
+            assert!(v.is_empty(), "uas {j}: {v:#?}");
             let byes = self.uas(j).bye_finals();
             assert!(
                 byes.iter().all(|b| *b == Some(200)),
