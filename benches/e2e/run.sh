@@ -59,7 +59,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 
 # ---------------------------------------------------------------- options
 SHAPE=stateless LOAD=sipp PROXIES="kamailio,sipedge,sipedge2,floor" QUICK=0
-RATES="4000 5000" DURATION="" REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
+RATES="4000 5000" DURATION="" MAX_LIMIT_SET=0 REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
 STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=5000
 BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
@@ -77,7 +77,7 @@ while (($#)); do
 	--repeat) REPEAT="$2"; shift ;;
 	--max-start) MAX_START="$2"; shift ;;
 	--max-step) MAX_STEP="$2"; shift ;;
-	--max-limit) MAX_LIMIT="$2"; shift ;;
+	--max-limit) MAX_LIMIT="$2" MAX_LIMIT_SET=1; shift ;;
 	--step-duration) STEP_DURATION="$2"; shift ;;
 	--latency-rate) LATENCY_RATE="$2"; shift ;;
 	--skip-max) SKIP_MAX=1 ;;
@@ -102,7 +102,7 @@ case "$SHAPE" in stateless | stateful | registrar) ;; *) die "--shape stateless|
 case "$LOAD" in sipp | sipload) ;; *) die "--load sipp|sipload" ;; esac
 if ((QUICK)); then
 	: "${DURATION:=3}" "${REPEAT:=1}" "${STEP_DURATION:=3}" "${USERS:=5000}" "${QUIET_WAIT:=0}"
-	MAX_LIMIT=$((MAX_START + 2 * MAX_STEP))
+	((MAX_LIMIT_SET)) || MAX_LIMIT=$((MAX_START + 2 * MAX_STEP))
 else
 	: "${DURATION:=20}" "${REPEAT:=3}" "${STEP_DURATION:=10}" "${USERS:=100000}" "${QUIET_WAIT:=10}"
 fi
@@ -121,7 +121,7 @@ OUT="$HERE/results/$SHAPE-$LOAD-$STAMP"
 mkdir -p "$OUT"
 ln -sfn "$(basename "$OUT")" "$HERE/results/latest"
 RUNS="$OUT/runs.tsv"
-printf 'proxy\ttest\toffered_rate\trun\tcalls_ok\tcalls_failed\tretrans\twall_s\tproxy_cpu_s\tcpu_us_per_unit\tproxy_core_use\tlg_cores\tother_cores\tudp_drops_proxy_uas\tp50_ms\tp99_ms\tnote\n' >"$RUNS"
+printf 'proxy\ttest\toffered_rate\trun\tcalls_ok\tcalls_failed\tretrans\twall_s\tproxy_cpu_s\tcpu_us_per_unit\tproxy_core_use\tlg_cores\tother_cores\tudp_drops_proxy/uas\tp50_ms\tp99_ms\tnote\n' >"$RUNS"
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # ---------------------------------------------------------------- cleanup
@@ -233,9 +233,9 @@ busy_ticks() { # busy_ticks: non-idle ticks of all CPUs (user nice system irq so
 	awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
 }
 QUIET_MISSES=0
-udp_drops() { # udp_drops: receive-buffer drops of the sockets on the proxy and UAS ports
+udp_drops() { # udp_drops: "P U", receive-buffer drops of the sockets on the proxy and the UAS port
 	awk -v a="$(printf '%04X' "$PROXY_PORT")" -v b="$(printf '%04X' "$UAS_PORT")" 'NR > 1 {
-		split($2, l, ":"); if (l[2] == a || l[2] == b) d += $NF } END { print d + 0 }' /proc/net/udp
+		split($2, l, ":"); if (l[2] == a) p += $NF; if (l[2] == b) u += $NF } END { print p + 0, u + 0 }' /proc/net/udp
 }
 quiet_wait() { # wait up to QUIET_WAIT s until other processes use < 0.25 core (we are idle now)
 	local t b0 b1
@@ -434,14 +434,14 @@ measure() {
 	[[ "$test" == register* ]] && kind=register
 	local c0 c1 b0 b1 res ok failed retrans wall lgcpu p50 p99
 	quiet_wait
-	local d0 d1
-	d0="$(udp_drops)"
+	local dp0 du0 dp1 du1
+	read -r dp0 du0 < <(udp_drops)
 	b0="$(busy_ticks)"
 	c0="$(cpu_ticks "$PROXY_PID")"
 	if [[ "$kind" == register ]]; then res="$(lg_register "$name-$test-$rate-$run" "$rate" "$count" "$@")"; else res="$(lg_run "$name-$test-$rate-$run" "$rate" "$count" "$@")"; fi
 	c1="$(cpu_ticks "$PROXY_PID")"
 	b1="$(busy_ticks)"
-	d1="$(udp_drops)"
+	read -r dp1 du1 < <(udp_drops)
 	read -r ok failed retrans wall lgcpu p50 p99 <<<"$res"
 	local cpu_s cpu_us core lg other note=""
 	cpu_s="$(calc "($c1 - $c0) / $CLK_TCK")"
@@ -452,10 +452,11 @@ measure() {
 	M_PASS=1
 	if ((ok == 0)) || awk -v o="$ok" -v f="$failed" 'BEGIN { exit !(f / (o + f) >= 0.001) }'; then M_PASS=0 note="failed>=0.1%"; fi
 	if awk -v w="$wall" -v c="$count" -v r="$rate" 'BEGIN { exit !(w > c / r * 1.1 + 1) }'; then M_PASS=0 note="${note:+$note,}rate-not-carried"; fi
-	cpu_us="$(calc_fmt %.1f "$cpu_us")" core="$(calc_fmt %.2f "$core")" lg="$(calc_fmt %.2f "$lg")" other="$(calc_fmt %.2f "$other")"
+	cpu_us="$(calc_fmt %.1f "$cpu_us")" core="$(calc_fmt %.2f "$core")" lg="$(calc_fmt %.2f "$lg")" other="$(awk -v o="$other" 'BEGIN { printf "%.2f", o < 0 ? 0 : o }')"
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$test" "$rate" "$run" "$ok" "$failed" \
-		"$retrans" "$wall" "$cpu_s" "$cpu_us" "$core" "$lg" "$other" $((d1 - d0)) "$p50" "$p99" "${note:-ok}" >>"$RUNS"
-	log "$name $test rate=$rate run=$run: ok=$ok failed=$failed retrans=$retrans wall=${wall}s proxy ${cpu_us} us/$kind (${core} core) lg ${lg} cores, others ${other} cores, udp drops $((d1 - d0)), p50/p99 ${p50}/${p99} ms ${note}"
+		"$retrans" "$wall" "$cpu_s" "$cpu_us" "$core" "$lg" "$other" "$((dp1 - dp0))/$((du1 - du0))" "$p50" "$p99" "${note:-ok}" >>"$RUNS"
+	log "$name $test rate=$rate run=$run: ok=$ok failed=$failed retrans=$retrans wall=${wall}s proxy ${cpu_us} us/$kind (${core} core) lg ${lg} cores, others ${other} cores, udp drops proxy/uas $((dp1 - dp0))/$((du1 - du0)), p50/p99 ${p50}/${p99} ms ${note}"
+	M_DROP_P=$((dp1 - dp0)) M_DROP_U=$((du1 - du0))
 	M_OK="$ok" M_CPU_US="$cpu_us" M_LG_CORES="$lg" M_P50="$p50" M_P99="$p99" M_OTHER="$other" M_CORE="$core"
 }
 
@@ -543,7 +544,16 @@ max_latency() {
 	up "$name" || return 0
 	if [[ "$SHAPE" == registrar ]]; then measure "$name" register-add "$REG_RATE" "$USERS" max; fi
 	measure "$name" warmup "${RATE_LIST[0]}" $((RATE_LIST[0] * WARMUP_S)) max
-	if ((!SKIP_MAX)); then max_search "$name"; fi
+	if ((!SKIP_MAX)); then
+		max_search "$name"
+		if [[ "$SHAPE" == registrar ]]; then max_search "$name" register-max "$REG_RATE" reg_max; fi
+		# the failed step leaves calls retransmitting in the UAS: latency starts afresh
+		down "$name"
+		((!SKIP_LATENCY)) || return 0
+		up "$name" || return 0
+		if [[ "$SHAPE" == registrar ]]; then measure "$name" register-add "$REG_RATE" "$USERS" lat; fi
+		measure "$name" warmup "${RATE_LIST[0]}" $((RATE_LIST[0] * WARMUP_S)) lat
+	fi
 	if ((!SKIP_LATENCY)); then
 		local lr="${LATENCY_RATE:-}"
 		if [[ -z "$lr" ]]; then
@@ -558,12 +568,13 @@ max_latency() {
 	down "$name"
 }
 
-# max_search NAME: step the rate up until a step fails, then bisect twice
+# max_search NAME [TEST START KEY]: step the rate up until a step fails, then bisect
+# twice; TEST "max" (calls, key "max") or "register-max" (REGISTERs, key "reg_max")
 max_search() {
-	local name="$1" rate="$MAX_START" best=- fail="" lgb=- coreb=- step
+	local name="$1" test="${2:-max}" rate="${3:-$MAX_START}" key="${4:-max}" best=- fail="" lgb=- coreb=- step fdrops=""
 	while ((rate <= MAX_LIMIT)); do
-		measure "$name" max "$rate" $((rate * STEP_DURATION)) 1
-		if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES" coreb="$M_CORE"; else fail="$rate"; break; fi
+		measure "$name" "$test" "$rate" $((rate * STEP_DURATION)) 1
+		if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES" coreb="$M_CORE"; else fail="$rate" fdrops="$M_DROP_P/$M_DROP_U"; break; fi
 		rate=$((rate + MAX_STEP))
 	done
 	if [[ -n "$fail" && "$best" != - ]]; then
@@ -571,27 +582,28 @@ max_search() {
 			((step >= 100)) || break
 			rate=$((best + step))
 			((rate < fail)) || continue
-			measure "$name" max "$rate" $((rate * STEP_DURATION)) 1
+			measure "$name" "$test" "$rate" $((rate * STEP_DURATION)) 1
 			if ((M_PASS)); then best="$rate" lgb="$M_LG_CORES" coreb="$M_CORE"; else fail="$rate"; fi
 		done
 	fi
-	R[$name.max]="$best"
-	R[$name.max_lg]="$lgb"
-	R[$name.max_core]="$coreb"
+	R[$name.$key]="$best"
+	R[$name.${key}_lg]="$lgb"
+	R[$name.${key}_core]="$coreb"
 	# The proxy set the limit only if it was (nearly) saturated at the best step: its
 	# process tree used >= 85% of the CPUs it is pinned to. Otherwise the load generator
 	# (or the machine: other processes, a stall) did, and the figure is a lower bound.
 	local cap=1
 	[[ "$name" == sipedge2 ]] && cap="$NCPU"
+	local note=LG-bound
 	if [[ "$best" == - ]]; then
-		R[$name.max_note]="below-start"
+		note=below-start
 	elif [[ -z "$fail" ]]; then
-		R[$name.max_note]=">=limit"
+		note=">=limit"
 	elif awk -v c="$coreb" -v n="$cap" 'BEGIN { exit !(c >= 0.85 * n) }'; then
-		R[$name.max_note]="proxy-bound"
-	else
-		R[$name.max_note]="LG-bound"
+		note=proxy-bound
 	fi
+	R[$name.${key}_note]="$note"
+	R[$name.${key}_fail_drops]="${fdrops:--}"
 }
 
 # ---------------------------------------------------------------- run
@@ -639,18 +651,21 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 	echo "columns per rate: median us/call, min us/call, load generator cores, cores used by other processes (noise)"
 	printf '\n%-9s' proxy
 	for rate in "${RATE_LIST[@]}"; do printf ' | %-28s' "@$rate/s med  min  lg  other"; done
-	printf ' | %7s %-9s %8s %11s | %s\n' max_cps note lat_rate p50/p99_ms status
+	printf ' | %7s %-11s %13s %8s %11s | %s\n' max_cps note drops@fail lat_rate p50/p99_ms status
 	for p in "${ORDER[@]}"; do
 		printf '%-9s' "$p"
 		for rate in "${RATE_LIST[@]}"; do
 			printf ' | %-28s' "$(printf '%7s %6s %5s %5s' "$(get "$p.cpu.$rate")" "$(get "$p.min.$rate")" "$(get "$p.lg.$rate")" "$(get "$p.other.$rate")")"
 		done
-		printf ' | %7s %-9s %8s %11s | %s\n' "$(get "$p.max")" "$(get "$p.max_note")" "$(get "$p.lat_rate")" "$(get "$p.p50")/$(get "$p.p99")" "$(get "$p.status")"
+		printf ' | %7s %-11s %13s %8s %11s | %s\n' "$(get "$p.max")" "$(get "$p.max_note")" "$(get "$p.max_fail_drops")" "$(get "$p.lat_rate")" \
+			"$(get "$p.p50")/$(get "$p.p99")" "$(get "$p.status")"
 	done
 	if [[ "$SHAPE" == registrar ]]; then
 		echo
-		printf '%-10s %18s %22s\n' proxy "us/REGISTER(add)" "us/REGISTER(refresh)"
-		for p in "${ORDER[@]}"; do printf '%-10s %18s %22s\n' "$p" "$(get "$p.reg_add_us")" "$(get "$p.reg_us")"; done
+		printf '%-10s %18s %22s %14s %s\n' proxy "us/REGISTER(add)" "us/REGISTER(refresh)" "max REGISTER/s" note
+		for p in "${ORDER[@]}"; do
+			printf '%-10s %18s %22s %14s %s\n' "$p" "$(get "$p.reg_add_us")" "$(get "$p.reg_us")" "$(get "$p.reg_max")" "$(get "$p.reg_max_note")"
+		done
 		echo "REGISTER ratio sipedge/Kamailio (refresh): $(ratio "$(get sipedge.reg_us)" "$(get kamailio.reg_us)")"
 	fi
 	echo
@@ -662,7 +677,7 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 			"sipedge2/sipedge $(ratio "$(get "sipedge2.cpu.$rate")" "$(get "sipedge.cpu.$rate")")"
 	done
 	echo "max calls/s: sipedge/Kamailio $(ratio "$(get sipedge.max)" "$(get kamailio.max)"), sipedge2/sipedge $(ratio "$(get sipedge2.max)" "$(get sipedge.max)")" \
-		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; LG-bound: it did not, so the load generator or the machine set the limit and the figure is a lower bound)"
+		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; LG-bound: it did not, so the load generator or the machine set the limit and the figure is a lower bound; drops@fail: UDP receive-buffer drops proxy/UAS socket in the first failing step)"
 	echo "! = a run at that rate had failed calls or did not carry the rate; runs: $RUNS"
 } | tee "$OUT/table.txt"
 
