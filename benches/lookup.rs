@@ -4,16 +4,107 @@
 //!
 //! Run: `nice cargo bench --bench lookup`. `SIPEDGE_BENCH_BINDINGS=n`
 //! changes the table size.
+//!
+//! Times are the bench thread's CPU time (`/proc/thread-self/schedstat`),
+//! not wall time: on a machine shared with other work, time spent
+//! descheduled is not the code's. `SIPEDGE_BENCH_WALL=1` measures wall time.
+//! Random accesses to a table of a million AoRs are bound by memory latency
+//! and TLB misses; `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (transparent huge
+//! pages for the heap) shows how much of it is the TLB.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sipedge::location::{Binding, BindingParts, Lookup, Op, Record, Replica};
 use sipedge::transport::SocketId;
 
 const SEED: u64 = 0x5eed_1234_abcd_0001;
 const BATCH: usize = 1024;
+
+/// CPU time of this thread, in ns (wall time with `SIPEDGE_BENCH_WALL=1`).
+struct CpuTime {
+    wall: bool,
+    t0: std::time::Instant,
+}
+
+impl CpuTime {
+    fn new() -> Self {
+        Self {
+            wall: std::env::var_os("SIPEDGE_BENCH_WALL").is_some(),
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        if self.wall {
+            return self.t0.elapsed().as_nanos() as u64;
+        }
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        self.now()
+    }
+    fn end(&self, i: u64) -> u64 {
+        self.now().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &NsFormatter
+    }
+}
+
+struct NsFormatter;
+
+impl ValueFormatter for NsFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (f, unit) = match typical {
+            t if t < 1e3 => (1.0, "ns"),
+            t if t < 1e6 => (1e-3, "µs"),
+            t if t < 1e9 => (1e-6, "ms"),
+            _ => (1e-9, "s"),
+        };
+        values.iter_mut().for_each(|v| *v *= f);
+        unit
+    }
+
+    fn scale_throughputs(&self, typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
+        let n = match *t {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
+                n as f64
+            }
+        };
+        let per_sec = n * 1e9 / typical;
+        let (f, unit) = if per_sec >= 1e6 {
+            (1e-6, "Melem/s")
+        } else {
+            (1e-3, "Kelem/s")
+        };
+        values.iter_mut().for_each(|v| *v = n * 1e9 / *v * f);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
 
 fn bindings_wanted() -> usize {
     std::env::var("SIPEDGE_BENCH_BINDINGS")
@@ -100,6 +191,7 @@ struct Queries {
 
 impl Queries {
     fn new(n: usize, count: usize, hit: bool) -> Self {
+        let count = count.next_power_of_two();
         let mut rng = Xs(0x1234_5678);
         let mut bytes = Vec::new();
         let mut spans = Vec::with_capacity(count);
@@ -117,7 +209,8 @@ impl Queries {
     }
 
     fn key(&self, i: usize) -> &[u8] {
-        let (at, len) = self.spans[i % self.spans.len()];
+        // spans.len() is a power of two: a mask, not a division.
+        let (at, len) = self.spans[i & (self.spans.len() - 1)];
         &self.bytes[at as usize..at as usize + usize::from(len)]
     }
 }
@@ -135,7 +228,7 @@ fn build(n: usize, partitions: u16) -> Replica {
     r
 }
 
-fn bench_lookup(c: &mut Criterion) {
+fn bench_lookup(c: &mut Criterion<CpuTime>) {
     let n = bindings_wanted();
     let before = rss_bytes();
     let replica = build(n, 2);
@@ -173,10 +266,43 @@ fn bench_lookup(c: &mut Criterion) {
             });
         });
     }
+    let q = Queries::new(n, 4 * n.max(1), true);
+    let mut at = 0usize;
+    g.bench_function("hit_1M_batch", |b| {
+        b.iter(|| {
+            let keys: Vec<&[u8]> = (0..BATCH).map(|i| q.key(at + i)).collect();
+            at += BATCH;
+            let mut sum = 0usize;
+            replica.lookup_batch(&keys, wall, |_, l| match l {
+                Lookup::Found(mut it) => sum += it.next().map_or(0, |t| t.contact().len()),
+                Lookup::NoBindings => sum += 1,
+                Lookup::Unknown => sum += 2,
+            });
+            black_box(sum)
+        });
+    });
+    // A table that fits in the caches: the cost of the code path itself.
+    let small = build(10_000, 2);
+    let q = Queries::new(10_000, 40_000, true);
+    let mut at = 0usize;
+    g.bench_function("hit_10k_cached", |b| {
+        b.iter(|| {
+            let mut sum = 0usize;
+            for _ in 0..BATCH {
+                match small.lookup(q.key(at), wall) {
+                    Lookup::Found(mut it) => sum += it.next().map_or(0, |t| t.contact().len()),
+                    Lookup::NoBindings => sum += 1,
+                    Lookup::Unknown => sum += 2,
+                }
+                at += 1;
+            }
+            black_box(sum)
+        });
+    });
     g.finish();
 }
 
-fn bench_apply(c: &mut Criterion) {
+fn bench_apply(c: &mut Criterion<CpuTime>) {
     let n = 100_000;
     let records: Vec<Record> = (0..n)
         .map(|i| record(0, i as u64 + 1, binding(i, i as u64 + 1)))
@@ -220,5 +346,9 @@ fn bench_apply(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_lookup, bench_apply);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime::new());
+    targets = bench_lookup, bench_apply
+}
 criterion_main!(benches);

@@ -17,6 +17,8 @@
 //! | [`feed`] | [`Record`]/[`Op`], their encoding, and [`PartitionState`] (what records add up to) |
 //! | [`replica`] | [`Replica`]: the per-shard table, `apply` and `lookup` |
 //! | [`hash`] | the stable hash behind [`partition_of`] and the keyed table hash |
+//! | `table` | the replica's open-addressing table and its pipelined batch lookup |
+//! | `prefetch` | a cache prefetch hint (the only `unsafe` here, justified in its doc) |
 //!
 //! Sans-IO: no socket, no clock, no thread, no RNG. Time comes in as `wall`
 //! (unix µs) because expiries are absolute wall-clock times: they must mean
@@ -39,7 +41,9 @@
 pub mod binding;
 pub mod feed;
 pub mod hash;
+mod prefetch;
 pub mod replica;
+mod table;
 
 pub use binding::{Binding, BindingError, BindingParts, Target};
 pub use feed::{EmptyAor, FeedError, Op, PartitionState, Record, StateBuilder};
