@@ -842,6 +842,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             None => (Action::None, Arm::NONE),
         };
         self.arm(slot, txn.gen, TimerTarget::Fork(fork_i as u8), arm);
+        let ended = txn.forks.get(fork_i).is_some_and(|f| f.client.terminated());
+        if action == Action::None && ended && txn.method == Method::Invite && (200..300).contains(&code) {
+            // §16.7 step 5: every 2xx to an INVITE goes up, also on a branch
+            // whose client transaction is over (Timer B, its CANCEL's Timer F,
+            // or Timer M): dropping it left the callee retransmitting an
+            // answer nobody would ACK while this context lived (found by the
+            // simulations).
+            self.forward_up(msg, &txn, out);
+        }
         match action {
             Action::AckAndPass | Action::Ack => {
                 self.send_ack(&mut txn, fork_i, msg, out);
@@ -1074,18 +1083,16 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                         .forks
                         .get(i)
                         .is_some_and(|f| f.timer_c == Some(item.at) && f.final_code.is_none());
-                    let provisional = txn.forks.get(i).is_some_and(|f| f.provisional);
-                    if live && provisional {
-                        // §16.8: Timer C fired after a provisional response: CANCEL the fork.
+                    if live {
+                        // §16.8: Timer C fired: CANCEL the fork. With no
+                        // provisional response yet the CANCEL waits for one
+                        // (§9.1) and Timer B ends the branch with its 408.
+                        // Why not a 408 at once, as §16.8 words it: Timer C
+                        // only beats Timer B when configured below 64×T1
+                        // (§16.6 wants it above 3 min), and an immediate 408
+                        // let the branch's late 2xx reach the caller after
+                        // the 408 (found by the simulations).
                         self.cancel_fork(now, slot, &mut txn, i, out);
-                    } else if live {
-                        // §16.8: no provisional response: behave as if the fork got a 408.
-                        if let Some(f) = txn.forks.get_mut(i) {
-                            f.final_code = Some(408);
-                            f.timer_c = None;
-                            f.bytes = None;
-                            f.client.terminate();
-                        }
                     }
                 } else {
                     let (action, arm) = match txn.forks.get_mut(i) {
@@ -1547,16 +1554,37 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(method(&out[0].1), "CANCEL");
 
-        // No response at all and a short Timer C: the branch is a 408 (§16.8).
+        // No response at all and a short Timer C: the CANCEL waits for a
+        // provisional response (§9.1); Timer B ends the branch with a 408.
         let mut h = H::new(&["192.0.2.4:5060"]);
         h.p.cfg.timers.timer_c = Duration::from_secs(10);
         h.feed(&invite("sip:bob@example.test", "z9hG4bKc13"), UAC);
-        let finals: Vec<u16> = (0..25)
+        let mut sent = Vec::new();
+        for _ in 0..66 {
+            sent.extend(h.advance(Duration::from_millis(500)).into_iter().map(|(_, m)| m.lines().next().unwrap().to_owned()));
+        }
+        assert!(!sent.iter().any(|l| l.starts_with("CANCEL")), "{sent:?}");
+        let finals: Vec<&String> = sent.iter().filter(|l| l.starts_with("SIP/2.0")).collect();
+        assert!(!finals.is_empty() && finals.iter().all(|l| *l == "SIP/2.0 408 Request Timeout"), "{finals:?} (Timer G resends it)");
+    }
+
+    /// Regression (found by the simulations): a 2xx on a branch whose client
+    /// transaction had ended (here by Timer B) was dropped while the context
+    /// lived; §16.7 step 5 sends every 2xx to an INVITE up.
+    #[test]
+    fn a_2xx_after_the_branch_timed_out_is_forwarded() {
+        let mut h = H::new(&["192.0.2.4:5060"]);
+        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc14"), UAC)[1].1.clone();
+        let out: Vec<u16> = (0..65)
             .flat_map(|_| h.advance(Duration::from_millis(500)))
             .filter(|(_, m)| m.starts_with("SIP/2.0"))
             .map(|(_, m)| status(&m))
             .collect();
-        assert_eq!(finals.first(), Some(&408));
+        assert!(!out.is_empty() && out.iter().all(|&c| c == 408), "{out:?} (Timer G resends it)");
+        assert_eq!(h.p.live_transactions(), 1, "waiting for the ACK of the 408");
+        let out = h.feed(&respond(&fwd, 200, "late"), "192.0.2.4:5060");
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 200));
     }
 
     #[test]
