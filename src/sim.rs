@@ -25,7 +25,8 @@
 //! Seeds: tests loop over [`seeds`]`(n)`; `SIPEDGE_SEED=n` replays just seed
 //! `n`, and `SIPEDGE_SEEDS=m` soaks over `0..m` instead. A panic while a
 //! [`Sim`] is alive prints its seed and the tail of its trace, and
-//! [`for_each_seed`] prints the seed of any failing iteration.
+//! [`for_each_seed`] prints the seed of any failing iteration
+//! (`SIPEDGE_TRACE=all` prints the whole trace).
 //!
 //! Why our own RNG ([`Rng`], xoshiro256** seeded through SplitMix64) and not
 //! ChaCha from `rand_chacha`: the simulation needs reproducibility, not
@@ -820,7 +821,13 @@ impl<P: Service> Sim<P> {
 impl<P: Service> Drop for Sim<P> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let tail = self.trace.len().saturating_sub(80);
+            // SIPEDGE_TRACE=all prints the whole trace instead of its tail.
+            let all = std::env::var("SIPEDGE_TRACE").is_ok_and(|v| v == "all");
+            let tail = if all {
+                0
+            } else {
+                self.trace.len().saturating_sub(80)
+            };
             eprintln!(
                 "sim: panic at t={:.3} ms with seed {}; replay with SIPEDGE_SEED={}\n-- the last {} trace records --",
                 self.now.as_micros() as f64 / 1000.0,

@@ -154,3 +154,46 @@ fn sim_seeded_loss_duplication_reordering() {
         );
     }
 }
+
+/// Several calls over a minute through one proxy with a short Timer C
+/// (1–10 s, so it fires while branches ring and crosses their answers) and
+/// a random T1, over lossy, duplicating, reordering links: every call still
+/// ends with one outcome and the table empties (slots and their timers are
+/// reused across calls).
+#[test]
+fn sim_many_calls_short_timer_c() {
+    for_each_seed(100, |seed| {
+        let mut rng = Rng::new(seed ^ 0xc0c0);
+        let mut cfg = Config::default();
+        cfg.timers.timer_c = Duration::from_millis(rng.range(1_000, 10_000));
+        cfg.timers.t1 = Duration::from_millis(rng.range(100, 500));
+        let n_uas = rng.range(1, 3) as usize;
+        let scripts: Vec<UasScript> = (0..n_uas).map(|_| random_uas(&mut rng)).collect();
+        let n_uac = rng.range(3, 6) as usize;
+        let uacs: Vec<UacScript> = (0..n_uac)
+            .map(|_| UacScript {
+                start: Duration::from_millis(rng.range(0, 60_000)),
+                cancel_after: rng
+                    .chance(0.2)
+                    .then(|| Duration::from_millis(rng.range(0, 4_000))),
+                hold: Duration::from_millis(rng.range(0, 3_000)),
+                ..UacScript::call(BOB)
+            })
+            .collect();
+        let mut c = Call::with_config(seed, cfg, &scripts, &uacs);
+        let nodes: Vec<NodeId> = c
+            .uacs
+            .iter()
+            .map(|a| a.node())
+            .chain(c.uases.iter().map(|a| a.node()))
+            .collect();
+        for n in nodes {
+            let up = Faults::random(&mut rng, 0.2, 0.1, Duration::from_millis(100));
+            let down = Faults::random(&mut rng, 0.2, 0.1, Duration::from_millis(100));
+            c.sim.set_link(n, NodeId::PROXY, up);
+            c.sim.set_link(NodeId::PROXY, n, down);
+        }
+        c.run();
+        c.check();
+    });
+}

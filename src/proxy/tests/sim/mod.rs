@@ -70,6 +70,8 @@ fn uas_addr(i: usize) -> SocketAddr {
 /// One simulated call: the sim, its UACs and the UASes bob is registered at.
 struct Call {
     sim: Sim<Proxy>,
+    /// The proxy's timers (for the retransmission checks).
+    timers: TimerConfig,
     uacs: Vec<AgentId<Uac>>,
     uases: Vec<AgentId<Uas>>,
 }
@@ -77,13 +79,14 @@ struct Call {
 impl Call {
     /// A proxy for which bob has one contact per script, a UAS on each, and one UAC per UAC script.
     fn new(seed: u64, uas: &[UasScript], uac: &[UacScript]) -> Self {
+        Self::with_config(seed, Config::default(), uas, uac)
+    }
+
+    /// [`Call::new`] with the proxy configured by `cfg`.
+    fn with_config(seed: u64, cfg: Config, uas: &[UasScript], uac: &[UacScript]) -> Self {
         let contacts: Vec<SocketAddr> = (0..uas.len()).map(uas_addr).collect();
-        let proxy = Stateful::new(
-            identity(),
-            Config::default(),
-            StaticLocation(contacts),
-            NoRegistry,
-        );
+        let timers = cfg.timers;
+        let proxy = Stateful::new(identity(), cfg, StaticLocation(contacts), NoRegistry);
         let mut sim = Sim::new(seed, proxy, &[addr(PUBLIC), addr(SHARD)]);
         let uases = uas
             .iter()
@@ -95,7 +98,12 @@ impl Call {
             .enumerate()
             .map(|(i, s)| sim.add(Uac::new(uac_addr(i), addr(PUBLIC), s.clone())))
             .collect();
-        Self { sim, uacs, uases }
+        Self {
+            sim,
+            timers,
+            uacs,
+            uases,
+        }
     }
 
     fn uac(&self, i: usize) -> &Uac {
@@ -188,8 +196,7 @@ impl Call {
     /// Checks the requests the proxy sent on its client transactions (those
     /// with a transaction branch of its own; ACKs and stateless relays aside).
     fn check_proxy_requests(&self) {
-        let t1 = TimerConfig::default().t1;
-        let t2 = TimerConfig::default().t2;
+        let (t1, t2) = (self.timers.t1, self.timers.t2);
         // (dest, branch, method) → send times.
         let mut sends: BTreeMap<(SocketAddr, String, String), Vec<Instant>> = BTreeMap::new();
         for r in self.sim.trace() {
