@@ -18,6 +18,10 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sipedge::location::{Binding, BindingParts, Lookup, Op, Record, Replica};
+use sipedge::registrar::{Registrar, RegistrarConfig};
+use sipedge::sip::{parse, HeaderIndex};
+use sipedge::store::{LogConfig, LogStore, Store};
+use sipedge::time::Instant;
 use sipedge::transport::SocketId;
 
 const SEED: u64 = 0x5eed_1234_abcd_0001;
@@ -346,9 +350,126 @@ fn bench_apply(c: &mut Criterion<CpuTime>) {
     g.finish();
 }
 
+/// REGISTERs of `n` distinct users with CSeq `cseq`, as a softphone sends them.
+fn registers(n: usize, cseq: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.1.{}.{}:5060;rport;branch=z9hG4bK-{i}-{cseq}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:user{i:07}@example.com>;tag=f{i}\r\n\
+To: <sip:user{i:07}@example.com>\r\n\
+Call-ID: {i:016x}-7f3a9c@10.0.0.1\r\n\
+CSeq: {cseq} REGISTER\r\n\
+Contact: <sip:user{i:07}@10.1.{}.{}:5060;transport=udp>;+sip.instance=\"<urn:uuid:{i:08x}-0000-1000-8000-aabbccddeeff>\";reg-id=1\r\n\
+Expires: 3600\r\n\
+User-Agent: Linphone/5.2.0 (belle-sip/5.2.0)\r\n\
+Supported: path, outbound\r\n\
+Content-Length: 0\r\n\r\n",
+                (i >> 8) & 255,
+                i & 255,
+                (i >> 8) & 255,
+                i & 255
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+fn registrar_cfg() -> RegistrarConfig {
+    RegistrarConfig {
+        domains: vec![b"example.com"[..].into()],
+        ..RegistrarConfig::default()
+    }
+}
+
+/// Parse + registrar + 200 written, per REGISTER; and the store's append.
+fn bench_registrar(c: &mut Criterion<CpuTime>) {
+    let n = 50_000;
+    let first = registers(n, 1);
+    let refresh = registers(n, 2);
+    let src: std::net::SocketAddr = "198.51.100.7:40000"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wall = 1_700_000_000_000_000;
+    let run = |reg: &mut Registrar, msgs: &[Vec<u8>], idx: &mut HeaderIndex, out: &mut [u8]| {
+        let mut ok = 0;
+        for m in msgs {
+            let Ok(msg) = parse(m, idx) else { continue };
+            if let Ok(r) = reg.handle_register(Instant::ZERO, wall, &msg, src, SocketId(0), out) {
+                ok += usize::from(r.status == 200);
+            }
+            reg.drain_records().for_each(drop);
+        }
+        ok
+    };
+    let mut g = c.benchmark_group("registrar");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    let mut idx = HeaderIndex::default();
+    let mut out = vec![0u8; 65_535];
+    g.bench_function("register_new_50k", |b| {
+        b.iter_batched(
+            || Registrar::new(registrar_cfg(), 0, 1, Instant::ZERO),
+            |mut reg| {
+                assert_eq!(run(&mut reg, &first, &mut idx, &mut out), n);
+                reg
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("register_refresh_50k", |b| {
+        b.iter_batched(
+            || {
+                let mut reg = Registrar::new(registrar_cfg(), 0, 1, Instant::ZERO);
+                let mut idx = HeaderIndex::default();
+                let mut out = vec![0u8; 65_535];
+                run(&mut reg, &first, &mut idx, &mut out);
+                reg
+            },
+            |mut reg| {
+                assert_eq!(run(&mut reg, &refresh, &mut idx, &mut out), n);
+                reg
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // The store: one append per "loop turn" of 64 records, no fsync.
+    let dir = std::env::temp_dir().join(format!("sipedge-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = LogConfig {
+        data_dir: dir.clone(),
+        compact_min_bytes: u64::MAX,
+        ..LogConfig::default()
+    };
+    if let Ok(mut store) = LogStore::open(&cfg, 1) {
+        if store.load(0).is_ok() {
+            let mut seq = 0u64;
+            let batch: Vec<Binding> = (0..64).map(|i| binding(i, i as u64 + 1)).collect();
+            g.throughput(Throughput::Elements(64));
+            g.bench_function("store_append_64", |b| {
+                b.iter(|| {
+                    let recs: Vec<Record> = batch
+                        .iter()
+                        .map(|x| {
+                            seq += 1;
+                            record(0, seq, x.clone())
+                        })
+                        .collect();
+                    store.append(&recs).unwrap_or_else(|e| panic!("{e}"));
+                });
+            });
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(CpuTime::new());
-    targets = bench_lookup, bench_apply
+    targets = bench_lookup, bench_apply, bench_registrar
 }
 criterion_main!(benches);
