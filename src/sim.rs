@@ -597,7 +597,7 @@ impl<P: Service> Sim<P> {
         let mut best = self.proxy.poll_timeout().map(|t| (t, NodeId::PROXY));
         for (i, a) in self.agents.iter().enumerate() {
             if let Some(t) = a.poll_timeout() {
-                if best.map_or(true, |(b, _)| t < b) {
+                if best.is_none_or(|(b, _)| t < b) {
                     best = Some((t, NodeId(i + 1)));
                 }
             }

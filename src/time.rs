@@ -100,7 +100,7 @@ impl AddAssign<Duration> for Instant {
     }
 }
 
-impl Sub<Instant> for Instant {
+impl Sub<Self> for Instant {
     type Output = Duration;
     fn sub(self, earlier: Self) -> Duration {
         self.saturating_since(earlier)

@@ -191,7 +191,7 @@ pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
             let _ = writeln!(out, "  {name:<40} CPUs {cpus}");
         }
     }
-    let _ = writeln!(out, "\n{:<34} {:>22} {:>14}  {}", "setting", "now", "wanted", "");
+    let _ = writeln!(out, "\n{:<34} {:>22} {:>14}", "setting", "now", "wanted");
     let mut differs = false;
     for r in &rows {
         let mark = match r.verdict {
@@ -258,7 +258,7 @@ mod tests {
         let profile: Profile = toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/edge.toml")).unwrap()).unwrap();
         let rows = check(&profile, &root);
         let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().verdict.clone();
-        assert_eq!(get("net.core.rmem_max"), Verdict::Change(8_388_608));
+        assert_eq!(get("net.core.rmem_max"), Verdict::Change(4_194_304));
         assert_eq!(get("net.core.wmem_max"), Verdict::Ok);
         assert_eq!(get("kernel.io_uring_disabled"), Verdict::Change(0));
         assert_eq!(get("net.core.netdev_max_backlog"), Verdict::Unknown);

@@ -312,7 +312,7 @@ To: <sip:bob@x>{to_tag}\r\nFrom: <sip:a@x>;tag=f\r\nCall-ID: c1\r\nCSeq: 7 {cseq
         assert_eq!(invite, branch_of(&req("INVITE", "INVITE", "")));
         assert_eq!(invite, branch_of(&req("CANCEL", "CANCEL", "")));
         assert_eq!(invite, branch_of(&req("ACK", "ACK", ";tag=t")));
-        let other = req("INVITE", "INVITE", "").iter().map(|&b| b).collect::<Vec<u8>>();
+        let other = req("INVITE", "INVITE", "");
         let other = String::from_utf8(other).unwrap().replace("z9hG4bKclient1", "z9hG4bKclient2");
         assert_ne!(invite, branch_of(other.as_bytes()));
     }

@@ -476,12 +476,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
 
         // Targets (§16.5).
-        let routing = match route::routing(&self.id, msg) {
-            Ok(r) => r,
-            Err(_) => {
-                self.reply(msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
-                return;
-            }
+        let Ok(routing) = route::routing(&self.id, msg) else {
+            self.reply(msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
+            return;
         };
         self.targets.clear();
         if let Some(r) = &routing.next_route {
@@ -647,12 +644,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 append: route_line.get(..route_len).unwrap_or_default(),
                 ..Edits::default()
             };
-            let n = match sip::edit(msg, &edits, &mut self.scratch) {
-                Ok(n) => n,
-                Err(_) => {
-                    self.counters.dropped_overflow += 1;
-                    continue;
-                }
+            let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
+                self.counters.dropped_overflow += 1;
+                continue;
             };
             let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
             self.send(out, dest, egress, &bytes);

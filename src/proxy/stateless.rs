@@ -112,6 +112,7 @@ impl Service for Stateless {
 }
 
 /// A local response to `msg` (which parsed), sent to where §18.2.2 says.
+#[allow(clippy::too_many_arguments)]
 fn respond(
     id: &Identity,
     counters: &mut Counters,
@@ -196,12 +197,9 @@ pub(crate) fn relay_request(
         respond(id, counters, msg, src, socket, 482, "Loop Detected", b"", out);
         return;
     }
-    let routing = match route::routing(id, msg) {
-        Ok(r) => r,
-        Err(_) => {
-            respond(id, counters, msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
-            return;
-        }
+    let Ok(routing) = route::routing(id, msg) else {
+        respond(id, counters, msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
+        return;
     };
     // Next hop: first Route left, else the Request-URI if it is an address
     // (and not us), else the upstream.
