@@ -351,7 +351,8 @@ lg_sipp_run() {
 		(pin "$LG_CPUSET" sipp "${SIPP_SF_UAC[@]}" "${UAC_INF[@]}" -s uas -i 127.0.0.1 -p "$((PROXY_PORT + 10))" \
 			-r "$rate" -m "$count" -nostdin -buff_size 4194304 -timeout "$bound" -timeout_error \
 			-trace_stat -stf stat.csv -fd 1 "$@" "127.0.0.1:$PROXY_PORT") >uac.log 2>&1 || true
-		times | awk 'NR == 2 { gsub(/[ms]/, " "); split($0, a, " "); print a[1] * 60 + a[2] + a[3] * 60 + a[4] }'
+		times >"$dir/times.txt" # in this shell: a pipeline would run it in a fork that has no children
+		awk 'NR == 2 { gsub(/[ms]/, " "); split($0, a, " "); print a[1] * 60 + a[2] + a[3] * 60 + a[4] }' "$dir/times.txt"
 	)"
 	t1="$(date +%s.%N)"
 	uas1="$(cpu_ticks "$UAS_PID")"
@@ -401,7 +402,8 @@ lg_sipload_run() {
 		(pin "$LG_CPUSET" timeout $((dur * 3 + 30)) "$SIPLOAD" --role uac --scenario "$scenario" \
 			--target "127.0.0.1:$PROXY_PORT" --request-uri "$ruri" --rate "$rate" --count "$count" \
 			--duration "$((dur + 1))s" --json --quiet "${extra[@]}") >"$dir/report.json" 2>"$dir/uac.log" || true
-		times | awk 'NR == 2 { gsub(/[ms]/, " "); split($0, a, " "); print a[1] * 60 + a[2] + a[3] * 60 + a[4] }'
+		times >"$dir/times.txt" # in this shell: a pipeline would run it in a fork that has no children
+		awk 'NR == 2 { gsub(/[ms]/, " "); split($0, a, " "); print a[1] * 60 + a[2] + a[3] * 60 + a[4] }' "$dir/times.txt"
 	)"
 	t1="$(date +%s.%N)"
 	uas1="$(cpu_ticks "$UAS_PID")"
