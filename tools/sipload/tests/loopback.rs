@@ -543,3 +543,104 @@ fn uas_registers_its_users_before_the_calls() {
     let r: Value = serde_json::from_str(r.trim()).expect("registrar JSON");
     assert_eq!(r["uas"]["requests"]["REGISTER"].as_u64(), Some(100), "{r}");
 }
+
+fn have_sipp() -> bool {
+    Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// sipload's UAC against SIPp's built-in UAS, and SIPp's UAC against
+/// sipload's UAS (skipped when sipp is not installed: apt-get install sip-tester).
+#[test]
+fn interop_with_sipp() {
+    if !have_sipp() {
+        eprintln!("sipp not installed: skipping");
+        return;
+    }
+    let port = free_udp_port();
+    let sipp_uas = Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-nostdin",
+            "-timeout",
+            "30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sipp");
+    thread::sleep(Duration::from_millis(500));
+    let target = format!("127.0.0.1:{port}");
+    let (code, v) = sipload(
+        &[
+            "--role",
+            "uac",
+            "--target",
+            &target,
+            "--rate",
+            "500",
+            "--count",
+            "200",
+            "--duration",
+            "5s",
+        ],
+        Duration::from_secs(60),
+    );
+    stop(&sipp_uas);
+    let _ = finish(sipp_uas, Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(n(&v, "uac.succeeded"), 200, "{v}");
+
+    let (uas, addr) = start_uas(&[]);
+    let dir = std::env::temp_dir().join(format!("sipload-interop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let uac_port = free_udp_port().to_string();
+    let sipp_uac = Command::new("sipp")
+        .current_dir(&dir)
+        .args([
+            "-sn",
+            "uac",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-r",
+            "500",
+            "-m",
+            "200",
+        ])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            &addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sipp uac");
+    let (sipp_code, _) = finish(sipp_uac, Duration::from_secs(40));
+    stop(&uas);
+    let (_, u) = finish(uas, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+    let u: Value = serde_json::from_str(u.trim()).expect("uas JSON");
+    assert_eq!(sipp_code, Some(0), "sipp's UAC failed calls: {u}");
+    assert_eq!(n(&u, "uas.calls_completed"), 200, "{u}");
+}
