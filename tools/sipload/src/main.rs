@@ -216,8 +216,16 @@ fn run(cfg: &Config) -> Result<Report> {
     let mut uas_socks = Vec::new();
     let mut uas_addr = cfg.uas_listen;
     if cfg.has_uas() {
+        // SO_REUSEPORT would let a second process share the port silently:
+        // bind once without it first, so "port in use" is an error.
+        if cfg.threads > 1 && uas_addr.port() != 0 {
+            drop(
+                net::udp_socket(uas_addr, false)
+                    .with_context(|| format!("cannot listen on udp:{uas_addr}"))?,
+            );
+        }
         for t in 0..cfg.threads {
-            let s = net::udp_socket(uas_addr, true)
+            let s = net::udp_socket(uas_addr, cfg.threads > 1)
                 .with_context(|| format!("cannot listen on udp:{uas_addr}"))?;
             if t == 0 {
                 uas_addr = net::local_addr(&s)?;
