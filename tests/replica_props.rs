@@ -5,6 +5,10 @@
 //! writers' state. Also: a registrar's snapshot is exactly the fold of its
 //! own feed (what the store replays), so a restart from the store is too.
 //!
+//! Second property: the same feeds appended to the embedded log store in
+//! any batching, with a compaction at any point, load back after a restart
+//! as exactly the writers' state.
+//!
 //! Everything runs on virtual time; the writers are real `Registrar`s fed
 //! real REGISTERs.
 
@@ -12,6 +16,7 @@ use proptest::prelude::*;
 use sipedge::location::{partition_of, ApplyError, PartitionState, Record, Replica, StateBuilder};
 use sipedge::registrar::{Registrar, RegistrarConfig};
 use sipedge::sip::{parse, HeaderIndex};
+use sipedge::store::{LogConfig, LogStore, Store};
 use sipedge::time::{Duration, Instant};
 use sipedge::transport::SocketId;
 
@@ -274,6 +279,60 @@ proptest! {
                 sipedge::location::Lookup::Unknown => vec![b"404".to_vec()],
             };
             prop_assert_eq!(a, b);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn store_restart_loads_the_writers_state(
+        actions in prop::collection::vec(action(), 1..60),
+        chunks in prop::collection::vec(1usize..9, 1..40),
+        compact_after in 0usize..40,
+        case in any::<u32>(),
+    ) {
+        let mut w = Writers::new();
+        for a in &actions {
+            w.act(a);
+        }
+        let dir = std::env::temp_dir().join(format!("sipedge-replica-props-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = LogConfig { data_dir: dir.clone(), ..LogConfig::default() };
+        {
+            let mut store = LogStore::open(&cfg, PARTITIONS).unwrap();
+            prop_assert!(store.load(WALL0).unwrap().iter().all(|s| s.seq == 0));
+            let mut stores = store.split();
+            for (p, feed) in w.feeds.iter().enumerate() {
+                let mut at = 0;
+                for (turn, n) in chunks.iter().cycle().enumerate() {
+                    if at >= feed.len() {
+                        break;
+                    }
+                    let end = (at + n).min(feed.len());
+                    stores[p].append(&feed[at..end]).unwrap();
+                    at = end;
+                    if turn == compact_after {
+                        // The writer's state at this point is the fold of the records so far.
+                        let mut b = StateBuilder::new(p as u16);
+                        for r in &feed[..at] {
+                            b.apply(r);
+                        }
+                        stores[p].compact(&b.finish(0)).unwrap();
+                    }
+                }
+            }
+        }
+        let mut store = LogStore::open(&cfg, PARTITIONS).unwrap();
+        let loaded = store.load(w.wall).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        prop_assert_eq!(&loaded, &w.states());
+        // And a registrar restarted from it continues the feed where it stopped.
+        for (p, st) in loaded.into_iter().enumerate() {
+            let r = Registrar::from_state(RegistrarConfig::default(), PARTITIONS, st, w.now, w.wall);
+            prop_assert_eq!(r.seq(), w.regs[p].seq());
+            prop_assert_eq!(r.len(), w.regs[p].len());
         }
     }
 }
