@@ -792,7 +792,7 @@ impl Registrar {
                 return Ok(());
             }
         };
-        let was_empty = self.aor(slot).map_or(true, |a| a.entries.is_empty());
+        let was_empty = self.aor(slot).is_none_or(|a| a.entries.is_empty());
         let ua = msg
             .header(HeaderName::UserAgent)
             .map(|u| u.get(..u.len().min(MAX_USER_AGENT)).unwrap_or_default())
@@ -867,7 +867,7 @@ impl Registrar {
             self.put_binding(slot, binding.clone(), deadline);
             self.emit(wall, Op::Upsert(binding));
         }
-        let now_empty = self.aor(slot).map_or(true, |a| a.entries.is_empty());
+        let now_empty = self.aor(slot).is_none_or(|a| a.entries.is_empty());
         // An AoR turning empty starts its retention (a new Forget timer); one
         // turning non-empty cancels the pending Forget (generation bump).
         let start_retention = now_empty && (!was_empty || created);

@@ -258,9 +258,9 @@ impl LogStore {
             .truncate(false)
             .write(true)
             .open(cfg.data_dir.join("LOCK"))?;
-        // `File::try_lock` (flock) needs Rust 1.89: the workspace MSRV has to
-        // follow (the proxy already needs 1.82). The lock dies with the
-        // process, so a `kill -9` never leaves a stale lock behind.
+        // `File::try_lock` (flock) is Rust 1.89; the workspace declares 1.85
+        // and must move to 1.89 (the only std alternative, a pid file, goes
+        // stale on `kill -9`; flock dies with the process).
         #[allow(clippy::incompatible_msrv)]
         let locked = lock.try_lock();
         match locked {
