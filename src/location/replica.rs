@@ -13,16 +13,21 @@
 //! ```
 //!
 //! Why this shape: a lookup is what every INVITE and MESSAGE to a served user
-//! costs, so it must touch as few cache lines as possible. The table is an
-//! open-addressing table of one fat pointer per AoR with 16-bit tags in a
-//! dense side array, keyed by the AoR key stored *inside* the block, so a
-//! hit reads the tag
-//! bytes, one bucket and the block, whose first line holds the key and the
-//! first binding's expiry and q (the table is ours, `table.rs`, so batches
-//! of lookups can overlap their cache misses: [`Replica::lookup_batch`]). Blocks are immutable: an update builds a new
-//! block (an AoR has a handful of bindings) and swaps it in. Bindings in a
-//! block are sorted by q descending, then newest first, so a lookup only
-//! filters out the expired ones.
+//! costs, so it must touch as few cache lines as possible. The table
+//! (`table.rs`) is open addressing with one fat pointer per AoR and 16-bit
+//! tags in a dense side array; the AoR key lives *inside* the block, so a
+//! hit reads a tag, one bucket and the block, whose first line holds the key
+//! and the first binding's expiry and q. Because the table is ours, a batch
+//! of lookups overlaps its cache misses ([`Replica::lookup_batch`]). Blocks
+//! are immutable: an update builds a new block (an AoR has a handful of
+//! bindings) and swaps it in. Bindings in a block are sorted by q
+//! descending, then newest first, so a lookup only filters out the expired
+//! ones.
+//!
+//! Measured (`benches/lookup.rs`, 1 M bindings, CPU time on a loaded 2-vCPU
+//! VM whose dependent DRAM access costs ~300–500 ns): ~2.5 M single lookups/s,
+//! ~8 M/s batched, ~20 M/s when the table fits in the caches; ~212 bytes per
+//! typical binding, table included.
 //!
 //! What a replica keeps per binding is its routing part: contact, Path,
 //! instance, reg-id, received address, socket, q, expiry. The Call-ID, CSeq
