@@ -11,9 +11,26 @@
 //! io = "auto"            # auto | uring | mio
 //! log_level = "info"
 //!
+//! data_dir = "sipedge-data"   # where the registrar keeps its bindings
+//!
 //! [parser]               # limits, all optional
 //! max_message_size = 65535
 //! max_headers = 256
+//!
+//! [registrar]            # RFC 3261 §10.3 expiry bounds and limits
+//! min_expires = 60
+//! max_expires = 7200
+//! default_expires = 3600
+//! max_contacts = 16
+//!
+//! [store]
+//! fsync = false          # true: survive power loss, not just kill -9
+//!
+//! [timers]               # RFC 3261 T1, T2, T4 in ms; Timer C in s
+//! t1 = 500
+//!
+//! [proxy]
+//! max_transactions = 1048576
 //! ```
 
 use core::net::{IpAddr, SocketAddr};
@@ -124,6 +141,9 @@ pub enum ConfigError {
     /// A domain name is empty or malformed.
     #[error("bad domain {0:?}")]
     BadDomain(String),
+    /// Timer values that break RFC 3261's relations.
+    #[error("bad [timers]: t1 must be > 0, t2 >= t1, and timer_c (s) >= 64*t1")]
+    BadTimers,
 }
 
 /// The file form: every key optional, names as on the command line.
@@ -152,6 +172,64 @@ pub struct FileConfig {
     pub parser: Option<ParserSection>,
     /// `[socket]` settings.
     pub socket: Option<SocketSection>,
+    /// `data_dir = "sipedge-data"`: the registrar's durable store.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// `[registrar]` settings.
+    pub registrar: Option<RegistrarSection>,
+    /// `[store]` settings.
+    pub store: Option<StoreSection>,
+    /// `[timers]` settings.
+    pub timers: Option<TimersSection>,
+    /// `[proxy]` settings.
+    pub proxy: Option<ProxySection>,
+}
+
+/// `[registrar]`: expiry bounds (seconds) and limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarSection {
+    /// Shortest expiry accepted; below it, 423 Interval Too Brief.
+    pub min_expires: Option<u32>,
+    /// Longest expiry granted.
+    pub max_expires: Option<u32>,
+    /// Expiry when the REGISTER names none.
+    pub default_expires: Option<u32>,
+    /// Most bindings per address-of-record.
+    pub max_contacts: Option<u16>,
+    /// Most bindings per shard.
+    pub max_bindings: Option<usize>,
+}
+
+/// `[store]`: durability.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// fdatasync each batch (survives power loss; kill -9 is survived without it).
+    pub fsync: Option<bool>,
+}
+
+/// `[timers]`: RFC 3261 timer base values.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersSection {
+    /// T1 in ms (RTT estimate).
+    pub t1: Option<u64>,
+    /// T2 in ms.
+    pub t2: Option<u64>,
+    /// T4 in ms.
+    pub t4: Option<u64>,
+    /// Timer C in s.
+    pub timer_c: Option<u64>,
+}
+
+/// `[proxy]`: the stateful proxy.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Most live transactions per shard; beyond it, 503.
+    pub max_transactions: Option<usize>,
+    /// Record-Route dialog-creating requests (default true).
+    pub record_route: Option<bool>,
 }
 
 /// `[parser]`: message limits.
@@ -207,6 +285,18 @@ pub struct Config {
     pub recv_buffer: usize,
     /// SO_SNDBUF to ask for.
     pub send_buffer: usize,
+    /// The registrar's durable store.
+    pub data_dir: std::path::PathBuf,
+    /// fdatasync each store batch.
+    pub fsync: bool,
+    /// Registrar bounds.
+    pub registrar: RegistrarSection,
+    /// RFC 3261 timers.
+    pub timers: crate::txn::TimerConfig,
+    /// Most live transactions per shard.
+    pub max_transactions: usize,
+    /// Record-Route in stateful mode.
+    pub stateful_record_route: bool,
 }
 
 impl FileConfig {
@@ -247,6 +337,11 @@ impl FileConfig {
             record_route: over.record_route.or(self.record_route),
             parser: over.parser.or(self.parser),
             socket: over.socket.or(self.socket),
+            data_dir: over.data_dir.or(self.data_dir),
+            registrar: over.registrar.or(self.registrar),
+            store: over.store.or(self.store),
+            timers: over.timers.or(self.timers),
+            proxy: over.proxy.or(self.proxy),
         }
     }
 
@@ -298,6 +393,19 @@ impl FileConfig {
             ..d
         };
         let s = self.socket.unwrap_or_default();
+        let t = self.timers.unwrap_or_default();
+        let dt = crate::txn::TimerConfig::default();
+        let ms = |v: Option<u64>, d: crate::time::Duration| v.map_or(d, crate::time::Duration::from_millis);
+        let timers = crate::txn::TimerConfig {
+            t1: ms(t.t1, dt.t1),
+            t2: ms(t.t2, dt.t2),
+            t4: ms(t.t4, dt.t4),
+            timer_c: t.timer_c.map_or(dt.timer_c, crate::time::Duration::from_secs),
+        };
+        if timers.t1.as_micros() == 0 || timers.t2 < timers.t1 || timers.timer_c < timers.t1x64() {
+            return Err(ConfigError::BadTimers);
+        }
+        let proxy = self.proxy.unwrap_or_default();
         Ok(Config {
             listen,
             shards,
@@ -311,6 +419,12 @@ impl FileConfig {
             parse,
             recv_buffer: s.recv_buffer.unwrap_or(4 << 20),
             send_buffer: s.send_buffer.unwrap_or(4 << 20),
+            data_dir: self.data_dir.unwrap_or_else(|| "sipedge-data".into()),
+            fsync: self.store.and_then(|st| st.fsync).unwrap_or(false),
+            registrar: self.registrar.unwrap_or_default(),
+            timers,
+            max_transactions: proxy.max_transactions.unwrap_or(1 << 20).max(1),
+            stateful_record_route: proxy.record_route.unwrap_or(true),
         })
     }
 }

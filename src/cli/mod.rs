@@ -9,7 +9,13 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, FileConfig};
-use crate::proxy::stateful::{self, NoLocation, NoRegistry, Stateful};
+use crate::location::Replica;
+use crate::proxy::location::PartitionRegistry;
+use crate::proxy::stateful::{self, Stateful};
+use crate::registrar::{Registrar, RegistrarConfig};
+use crate::shard::mesh::Mesh;
+use crate::shard::ShardIo;
+use crate::store::{LogConfig, LogStore, Store};
 use crate::proxy::stateless::{self, Stateless};
 use crate::proxy::{Counters, Identity, Service};
 use crate::shard::{self, DriverKind, DriverStats};
@@ -73,6 +79,9 @@ pub struct RunArgs {
     /// Add Record-Route in stateless mode.
     #[arg(long)]
     pub record_route: bool,
+    /// Directory of the registrar's durable store (default ./sipedge-data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -89,6 +98,11 @@ impl RunArgs {
             record_route: self.record_route.then_some(true),
             parser: None,
             socket: None,
+            data_dir: self.data_dir.clone(),
+            registrar: None,
+            store: None,
+            timers: None,
+            proxy: None,
         }
     }
 
@@ -174,23 +188,25 @@ pub fn run(args: &RunArgs) -> Result<()> {
         };
         spawn_with(plans, driver, &cfg, secret, &stop, move |id| Stateless::new(id, relay_cfg.clone()))?
     } else {
-        let proxy_cfg = stateful::Config {
-            upstream: cfg.upstream,
-            parse: cfg.parse.clone(),
-            ..stateful::Config::default()
-        };
-        spawn_with(plans, driver, &cfg, secret, &stop, move |id| {
-            Stateful::new(id, proxy_cfg.clone(), NoLocation, NoRegistry)
-        })?
+        start_stateful(plans, driver, &cfg, secret, &stop)?
     };
     let mut driver_total = DriverStats::default();
     let mut counters = Counters::default();
     let mut failed = false;
+    let mut lag: Option<hdrhistogram::Histogram<u64>> = None;
     for h in handles {
         match h.join() {
             Ok(Ok(r)) => {
                 driver_total.add(&r.driver);
                 counters.add(&r.service);
+                if let Some(l) = &r.lag {
+                    match &mut lag {
+                        Some(total) => {
+                            let _ = hdrhistogram::Histogram::add(total, l);
+                        }
+                        None => lag = Some(l.clone()),
+                    }
+                }
             }
             Ok(Err(e)) => {
                 tracing::error!("shard failed: {e}");
@@ -202,6 +218,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 failed = true;
                 stop.store(true, Ordering::Relaxed);
             }
+        }
+    }
+    if let Some(l) = &lag {
+        if !l.is_empty() {
+            tracing::info!(
+                "sipedge_location_replication_lag_seconds p50={:.6} p99={:.6} max={:.6} (records={})",
+                l.value_at_quantile(0.5) as f64 / 1e6,
+                l.value_at_quantile(0.99) as f64 / 1e6,
+                l.max() as f64 / 1e6,
+                l.len()
+            );
         }
     }
     tracing::info!(
@@ -223,6 +250,94 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The stateful edge: opens the registrar's store, loads every partition,
+/// and gives each shard its registrar partition, a replica of all of them,
+/// its store and its end of the mesh.
+fn start_stateful(
+    mut plans: Vec<shard::ShardPlan>,
+    driver: DriverKind,
+    cfg: &Config,
+    secret: u64,
+    stop: &Arc<AtomicBool>,
+) -> Result<Handles> {
+    let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
+    let wall = shard::Clock::new().wall_us();
+    let log_cfg = LogConfig {
+        data_dir: cfg.data_dir.clone(),
+        fsync: cfg.fsync,
+        ..LogConfig::default()
+    };
+    let mut store = LogStore::open(&log_cfg, n)
+        .with_context(|| format!("cannot open the registrar store in {}", cfg.data_dir.display()))?;
+    let states = store
+        .load(wall)
+        .with_context(|| format!("cannot load the registrar store in {}", cfg.data_dir.display()))?;
+    let bindings: usize = states.iter().map(|s| s.bindings.len()).sum();
+    tracing::info!(
+        "registrar store {}: {} partition(s), {bindings} binding(s) loaded",
+        cfg.data_dir.display(),
+        states.len()
+    );
+    for r in store.reports() {
+        tracing::debug!("store report: {r:?}");
+    }
+    let mut stores: Vec<Option<LogStore>> = store.split().into_iter().map(Some).collect();
+    let mut meshes: Vec<Option<Mesh<stateful::MeshMsg>>> = if n > 1 {
+        Mesh::build(usize::from(n), 65_536)?.into_iter().map(Some).collect()
+    } else {
+        Vec::new()
+    };
+    for (i, plan) in plans.iter_mut().enumerate() {
+        let store = stores.get_mut(i).and_then(Option::take).map(|s| Box::new(s) as Box<dyn Store + Send>);
+        let mesh = meshes.get_mut(i).and_then(Option::take);
+        plan.io = Some(ShardIo::new(mesh, store, plan.id));
+    }
+    let reg = &cfg.registrar;
+    let d = RegistrarConfig::default();
+    let reg_cfg = RegistrarConfig {
+        domains: cfg.domains.iter().map(|x| x.as_bytes().to_vec().into_boxed_slice()).collect(),
+        min_expires: reg.min_expires.unwrap_or(d.min_expires),
+        max_expires: reg.max_expires.unwrap_or(d.max_expires),
+        default_expires: reg.default_expires.unwrap_or(d.default_expires),
+        max_contacts: reg.max_contacts.unwrap_or(d.max_contacts),
+        max_bindings: reg.max_bindings.unwrap_or(d.max_bindings),
+        tag_secret: secret,
+        ..d
+    };
+    let proxy_cfg = stateful::Config {
+        upstream: cfg.upstream,
+        record_route: cfg.stateful_record_route,
+        timers: cfg.timers,
+        max_transactions: cfg.max_transactions,
+        parse: cfg.parse.clone(),
+        ..stateful::Config::default()
+    };
+    let now = crate::time::Instant::ZERO;
+    let mut failure = None;
+    let handles = spawn_with(plans, driver, cfg, secret, stop, |id| {
+        let me = id.shard_id;
+        let replica = Replica::from_states(n, secret, &states).unwrap_or_else(|e| {
+            failure.get_or_insert(format!("replica of shard {me}: {e}"));
+            Replica::new(n, secret)
+        });
+        let state = states
+            .iter()
+            .find(|s| s.partition == me)
+            .cloned()
+            .unwrap_or_else(|| crate::location::PartitionState {
+                partition: me,
+                ..Default::default()
+            });
+        let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
+        Stateful::new(id, proxy_cfg.clone(), replica, PartitionRegistry::new(registrar, n, me)).with_shards(n)
+    })?;
+    if let Some(f) = failure {
+        stop.store(true, Ordering::Relaxed);
+        return Err(anyhow!("cannot start: {f}"));
+    }
+    Ok(handles)
+}
+
 type Handles = Vec<std::thread::JoinHandle<std::io::Result<shard::ShardReport>>>;
 
 fn spawn_with<S, F>(
@@ -234,8 +349,8 @@ fn spawn_with<S, F>(
     make: F,
 ) -> Result<Handles>
 where
-    S: Service,
-    F: Fn(Identity) -> S + Send + Clone + 'static,
+    S: Service + Send + 'static,
+    F: FnMut(Identity) -> S,
 {
     Ok(shard::spawn(plans, driver, cfg, secret, stop.clone(), make)?)
 }

@@ -18,6 +18,7 @@
 
 pub mod branch;
 pub mod build;
+pub mod location;
 pub mod reject;
 pub mod route;
 pub mod stateful;
@@ -50,6 +51,37 @@ pub trait Service {
 
     /// When [`Service::handle_timeout`] next has something to do.
     fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Records that must be durable before what depends on them is sent:
+    /// the shard appends them to its store, then calls [`Service::persisted`].
+    fn poll_persist(&mut self, batch: &mut Vec<crate::location::Record>) {
+        let _ = batch;
+    }
+
+    /// The records of the last [`Service::poll_persist`] are durable (`ok`) or not.
+    fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
+        let _ = (now, ok, out);
+    }
+
+    /// The next message for another shard: (shard index, message).
+    fn poll_mesh(&mut self) -> Option<(usize, stateful::MeshMsg)> {
+        None
+    }
+
+    /// A message from another shard.
+    fn handle_mesh(&mut self, now: Instant, msg: stateful::MeshMsg, out: &mut Outbox) {
+        let _ = (now, msg, out);
+    }
+
+    /// Replication lag of the location feed, µs, if this service keeps a replica.
+    fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        None
+    }
+
+    /// The registrar partition this service owns, for store compaction.
+    fn partition_state(&self) -> Option<crate::location::PartitionState> {
         None
     }
 
@@ -245,6 +277,12 @@ pub struct Counters {
     pub acks_absorbed: u64,
     /// CANCELs matched to their INVITE.
     pub cancels: u64,
+    /// REGISTERs handed to the shard owning their AoR.
+    pub handed_over: u64,
+    /// Registrar answers turned into 500 because the store write failed.
+    pub store_failures: u64,
+    /// Replica resyncs requested after a gap in a feed.
+    pub resyncs: u64,
 }
 
 impl Counters {
@@ -269,10 +307,13 @@ impl Counters {
         self.retransmissions_sent += other.retransmissions_sent;
         self.acks_absorbed += other.acks_absorbed;
         self.cancels += other.cancels;
+        self.handed_over += other.handed_over;
+        self.store_failures += other.store_failures;
+        self.resyncs += other.resyncs;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 19] {
+    pub fn pairs(&self) -> [(&'static str, u64); 22] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -293,6 +334,9 @@ impl Counters {
             ("sipedge_txn_retransmissions_sent_total", self.retransmissions_sent),
             ("sipedge_txn_acks_absorbed_total", self.acks_absorbed),
             ("sipedge_proxy_cancels_total", self.cancels),
+            ("sipedge_registrar_handed_over_total", self.handed_over),
+            ("sipedge_registrar_store_failures_total", self.store_failures),
+            ("sipedge_location_resyncs_total", self.resyncs),
         ]
     }
 }

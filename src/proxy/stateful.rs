@@ -33,6 +33,10 @@ use core::net::SocketAddr;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::location::{PartitionState, Record};
 use crate::sip::{
     self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia, ParseConfig, Received,
     ResponseSpec, Via,
@@ -93,11 +97,24 @@ pub enum Found {
     Contacts,
 }
 
-/// The location service as the proxy sees it (each shard's replica).
+/// The location service as the proxy sees it: each shard's replica, fed by
+/// the partition owners' change records.
 pub trait Location {
     /// Looks up `aor` (`user@domain`, domain lower-case) at wall-clock
     /// `wall_us`, pushing each live contact into `out` (highest q first).
     fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found;
+
+    /// Applies one change record; `Err(partition)` when records of that
+    /// partition were missed and its state must be installed again.
+    fn apply(&mut self, record: &Record) -> Result<(), u16> {
+        let _ = record;
+        Ok(())
+    }
+
+    /// Replaces one partition's state (after a gap).
+    fn install(&mut self, state: &PartitionState) {
+        let _ = state;
+    }
 }
 
 /// A location service that knows nobody (stateful proxying without a registrar).
@@ -110,10 +127,24 @@ impl Location for NoLocation {
     }
 }
 
-/// Handles REGISTER requests for served domains (the registrar), if any.
+/// Who handles a REGISTER for a served domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This shard's registrar.
+    Here,
+    /// The registrar of another shard: hand the request over.
+    Shard(u16),
+    /// Nobody: proxy it like any request.
+    Nobody,
+}
+
+/// The registrar side of a shard: its partition of the bindings.
 pub trait Registry {
-    /// Handles `msg` (a REGISTER whose Request-URI is a served domain).
-    /// Returns false when this registry does not take it (it is then proxied).
+    /// Which shard's registrar owns the AoR of REGISTER `msg`.
+    fn owner(&self, msg: &Message<'_>) -> Owner;
+
+    /// Handles a REGISTER this shard owns, writing the whole response into
+    /// `reply`; returns (length, status), `None` if it wrote nothing.
     #[allow(clippy::too_many_arguments)]
     fn handle_register(
         &mut self,
@@ -122,9 +153,28 @@ pub trait Registry {
         msg: &Message<'_>,
         src: SocketAddr,
         socket: SocketId,
-        reply_to: SocketAddr,
-        out: &mut Outbox,
-    ) -> bool;
+        reply: &mut [u8],
+    ) -> Option<(usize, u16)>;
+
+    /// Moves the change records made since the last call into `out`.
+    fn drain_records(&mut self, out: &mut Vec<Record>) {
+        let _ = out;
+    }
+
+    /// Binding expiries.
+    fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
+        let _ = (now, wall_us);
+    }
+
+    /// When [`Registry::handle_timeout`] has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// This registrar's whole partition (for compaction and replica resync).
+    fn state(&self) -> Option<PartitionState> {
+        None
+    }
 }
 
 /// No registrar: REGISTERs are proxied like other requests.
@@ -132,6 +182,10 @@ pub trait Registry {
 pub struct NoRegistry;
 
 impl Registry for NoRegistry {
+    fn owner(&self, _: &Message<'_>) -> Owner {
+        Owner::Nobody
+    }
+
     fn handle_register(
         &mut self,
         _: Instant,
@@ -139,11 +193,35 @@ impl Registry for NoRegistry {
         _: &Message<'_>,
         _: SocketAddr,
         _: SocketId,
-        _: SocketAddr,
-        _: &mut Outbox,
-    ) -> bool {
-        false
+        _: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        None
     }
+}
+
+/// What shards send each other (see [`crate::shard::mesh`]).
+#[derive(Debug, Clone)]
+pub enum MeshMsg {
+    /// A request for a partition the receiver owns, as it reached the sender.
+    Request {
+        /// The datagram.
+        bytes: Box<[u8]>,
+        /// Its source.
+        src: SocketAddr,
+        /// The socket it came in on (the same index on every shard).
+        socket: SocketId,
+    },
+    /// Change records a partition owner committed, in order.
+    Feed(Arc<[Record]>),
+    /// A replica missed records of `partition`: its owner sends its state to shard `to`.
+    Resync {
+        /// The partition.
+        partition: u16,
+        /// The shard that needs it.
+        to: u16,
+    },
+    /// A partition's whole state, for a replica that missed records.
+    State(Arc<PartitionState>),
 }
 
 /// One target of a request (§16.5): where to send it and with which Request-URI.
@@ -364,7 +442,27 @@ pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
     /// Where REGISTERs for served domains go.
     pub registry: R,
     wall_us: u64,
+    /// Number of shards (= partitions).
+    shards: u16,
+    /// Registrar answers waiting for their records to be durable: (slot, gen, status, bytes).
+    held: Vec<(u32, u32, u16, Box<[u8]>)>,
+    /// Records handed to the shard to persist this turn.
+    persisting: Vec<Record>,
+    /// Messages for other shards.
+    mesh_out: VecDeque<(usize, MeshMsg)>,
+    /// Replication lag of the records applied from other shards, µs.
+    lag: hdrhistogram::Histogram<u64>,
 }
+
+/// A histogram of µs from 1 µs to 60 s at 2 significant digits.
+#[allow(clippy::expect_used)]
+fn lag_histogram() -> hdrhistogram::Histogram<u64> {
+    // INVARIANT: constant bounds that hdrhistogram accepts (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Most mesh messages queued for sending before handing over fails with 503.
+const MESH_OUT_MAX: usize = 65_536;
 
 impl<L: Location, R: Registry> Stateful<L, R> {
     /// A stateful proxy for the shard `id`.
@@ -392,8 +490,24 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             location,
             registry,
             wall_us: 0,
+            shards: 1,
+            held: Vec::new(),
+            persisting: Vec::new(),
+            mesh_out: VecDeque::new(),
+            lag: lag_histogram(),
             cfg,
         }
+    }
+
+    /// Sets the number of shards (partitions) the feed goes to.
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// Replication lag of applied feed records (µs).
+    pub fn lag(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.lag
     }
 
     /// Live transactions.
@@ -469,9 +583,24 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         let to_tag = ess.to.tag().is_some();
         if msg.method() == Method::Register && !has_route && self.id.is_served_domain(&uri.host) {
-            let reply_to = route::reply_dest(&via, src);
-            if self.registry.handle_register(now, self.wall_us, msg, src, socket, reply_to, out) {
-                return;
+            match self.registry.owner(msg) {
+                Owner::Here => return self.register_here(now, msg, key, &via, src, socket, out),
+                Owner::Shard(to) => {
+                    let m = MeshMsg::Request {
+                        bytes: msg.as_bytes().into(),
+                        src,
+                        socket,
+                    };
+                    if self.mesh_out.len() < MESH_OUT_MAX {
+                        self.mesh_out.push_back((usize::from(to), m));
+                        self.counters.handed_over += 1;
+                    } else {
+                        self.counters.overload += 1;
+                        self.reply(msg, src, socket, 503, "Service Unavailable", b"Retry-After: 1\r\n", out);
+                    }
+                    return;
+                }
+                Owner::Nobody => {}
             }
         }
 
@@ -700,6 +829,99 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             },
         );
         c
+    }
+
+    /// A REGISTER for this shard's partition: a server transaction (so
+    /// retransmissions are absorbed or answered again, never re-applied), the
+    /// registrar's answer held until its records are durable.
+    #[allow(clippy::too_many_arguments)]
+    fn register_here(&mut self, _now: Instant, msg: &Message<'_>, key: u64, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+        if self.live >= self.cfg.max_transactions {
+            self.counters.overload += 1;
+            self.reply(msg, src, socket, 503, "Service Unavailable", b"Retry-After: 5\r\n", out);
+            return;
+        }
+        let Some((n, code)) = self
+            .registry
+            .handle_register(_now, self.wall_us, msg, src, socket, &mut self.scratch)
+        else {
+            self.counters.dropped_overflow += 1;
+            return;
+        };
+        let (slot, gen) = self.alloc();
+        self.by_key.insert(key, slot);
+        self.counters.transactions += 1;
+        let txn = Txn {
+            gen,
+            key,
+            method: Method::Register,
+            server: Server::NonInvite(NonInviteServer::start(self.cfg.timers, false)),
+            request: Some(msg.as_bytes().into()),
+            src,
+            reply_to: route::reply_dest(via, src),
+            socket,
+            last_response: None,
+            forks: Vec::new(),
+            best: None,
+            final_sent: false,
+            cancelled: false,
+        };
+        self.put(slot, txn);
+        self.held.push((slot, gen, code, self.scratch.get(..n).unwrap_or_default().into()));
+    }
+
+    /// The shard persisted (or failed to persist) the records it took with
+    /// `poll_persist`: release the held registrar answers (500 on failure),
+    /// apply the records here and send them to every other shard.
+    fn release(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
+        let held = core::mem::take(&mut self.held);
+        for (slot, gen, code, bytes) in held {
+            if self.gens.get(slot as usize).copied() != Some(gen) {
+                continue;
+            }
+            let Some(mut txn) = self.take(slot) else { continue };
+            let (bytes, code) = if ok {
+                (Some(bytes), code)
+            } else {
+                self.counters.store_failures += 1;
+                (self.local_final(&txn, 500), 500)
+            };
+            if let Some(b) = bytes {
+                self.send(out, txn.reply_to, txn.socket, &b);
+                self.counters.responses_local += 1;
+                txn.last_response = Some(b);
+            }
+            txn.final_sent = true;
+            txn.request = None;
+            let arm = txn.server.on_send(now, code);
+            self.arm(slot, gen, TimerTarget::Server, arm);
+            self.put(slot, txn);
+        }
+        if ok && !self.persisting.is_empty() {
+            let records: Arc<[Record]> = core::mem::take(&mut self.persisting).into();
+            for r in records.iter() {
+                if let Err(p) = self.location.apply(r) {
+                    self.request_resync(p);
+                }
+            }
+            for to in 0..usize::from(self.shards) {
+                if to != usize::from(self.id.shard_id) {
+                    self.mesh_out.push_back((to, MeshMsg::Feed(records.clone())));
+                }
+            }
+        }
+        self.persisting.clear();
+    }
+
+    fn request_resync(&mut self, partition: u16) {
+        self.counters.resyncs += 1;
+        self.mesh_out.push_back((
+            usize::from(partition),
+            MeshMsg::Resync {
+                partition,
+                to: self.id.shard_id,
+            },
+        ));
     }
 
     fn on_retransmission(&mut self, slot: u32, out: &mut Outbox) {
@@ -1317,6 +1539,9 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        if self.registry.poll_timeout().is_some_and(|t| t <= now) {
+            self.registry.handle_timeout(now, self.wall_us);
+        }
         let mut fired = core::mem::take(&mut self.fired);
         self.wheel.expire(now, |_, item| fired.push(item));
         for item in fired.drain(..) {
@@ -1326,7 +1551,52 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.wheel.next_deadline()
+        match (self.wheel.next_deadline(), self.registry.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn poll_persist(&mut self, batch: &mut Vec<Record>) {
+        self.registry.drain_records(&mut self.persisting);
+        batch.extend(self.persisting.iter().cloned());
+    }
+
+    fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
+        self.release(now, ok, out);
+    }
+
+    fn poll_mesh(&mut self) -> Option<(usize, MeshMsg)> {
+        self.mesh_out.pop_front()
+    }
+
+    fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
+        match msg {
+            MeshMsg::Request { bytes, src, socket } => self.handle_datagram(now, &bytes, src, socket, out),
+            MeshMsg::Feed(records) => {
+                for r in records.iter() {
+                    let _ = self.lag.record(self.wall_us.saturating_sub(r.commit).max(1));
+                    if let Err(p) = self.location.apply(r) {
+                        self.request_resync(p);
+                        break;
+                    }
+                }
+            }
+            MeshMsg::Resync { partition, to } => {
+                if let Some(state) = self.registry.state().filter(|s| s.partition == partition) {
+                    self.mesh_out.push_back((usize::from(to), MeshMsg::State(Arc::new(state))));
+                }
+            }
+            MeshMsg::State(state) => self.location.install(&state),
+        }
+    }
+
+    fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        Some(&self.lag)
+    }
+
+    fn partition_state(&self) -> Option<PartitionState> {
+        self.registry.state()
     }
 
     fn handle_wall_clock(&mut self, wall_us: u64) {

@@ -101,11 +101,13 @@ impl<M> Mesh<M> {
         }
     }
 
-    /// Called after waking: clears the flag and the eventfd.
-    pub fn woke(&self) {
+    /// Called after a wait: clears the flag, and the eventfd when it fired.
+    pub fn woke(&self, fired: bool) {
         if let Some(inbox) = self.inboxes.get(self.me) {
             inbox.sleeping.store(false, Ordering::SeqCst);
-            inbox.wake.drain();
+            if fired {
+                inbox.wake.drain();
+            }
         }
     }
 
@@ -127,7 +129,7 @@ mod tests {
         a.send(1, 7).unwrap();
         // b was asleep: its eventfd is readable now.
         assert!(crate::shard::sys::wait_readable(b.wake_fd().unwrap(), 1000));
-        b.woke();
+        b.woke(true);
         a.send(1, 8).unwrap();
         assert_eq!(a.send(1, 9), Err(9), "bounded");
         assert_eq!((b.recv(), b.recv(), b.recv()), (Some(7), Some(8), None));

@@ -21,10 +21,12 @@ use crate::proxy::Service;
 use crate::transport::{Outbox, SocketId};
 
 use super::sys::{self, RecvBatch, SendBatch};
-use super::{Clock, DriverStats, OUTBOX_BYTES, OUTBOX_ITEMS, RECV_BATCH, RECV_BUF};
+use super::{Clock, DriverStats, ShardIo, OUTBOX_BYTES, OUTBOX_ITEMS, RECV_BATCH, RECV_BUF};
 
 /// Receive batches per socket per turn before the others get a go.
 const BUDGET: usize = 8;
+/// The token of the mesh wake-up eventfd.
+const WAKE: Token = Token(usize::MAX);
 
 /// The mio driver of one shard.
 pub struct MioDriver {
@@ -40,11 +42,15 @@ pub struct MioDriver {
 
 impl MioDriver {
     /// A driver over `sockets` (already bound and nonblocking); socket `i` is [`SocketId`]`(i)`.
-    pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+    /// `wake` is the mesh eventfd to watch, if the shard has a mesh.
+    pub fn new(sockets: Vec<UdpSocket>, wake: Option<RawFd>) -> io::Result<Self> {
         let poll = Poll::new()?;
         for (i, s) in sockets.iter().enumerate() {
             poll.registry()
                 .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)?;
+        }
+        if let Some(fd) = wake {
+            poll.registry().register(&mut SourceFd(&fd), WAKE, Interest::READABLE)?;
         }
         Ok(Self {
             poll,
@@ -59,34 +65,49 @@ impl MioDriver {
     }
 
     /// Runs the shard loop until `stop` is set.
-    pub fn run<S: Service>(&mut self, service: &mut S, stop: &AtomicBool) -> io::Result<DriverStats> {
+    pub fn run<S: Service>(&mut self, service: &mut S, io: &mut ShardIo, stop: &AtomicBool) -> io::Result<DriverStats> {
         let clock = Clock::new();
         while !stop.load(Ordering::Relaxed) {
             let now = clock.now();
-            let timeout = if self.readable.iter().any(|&r| r) {
+            let mut timeout = if self.readable.iter().any(|&r| r) {
                 std::time::Duration::ZERO
             } else {
                 super::wait_for(service.poll_timeout(), now)
             };
+            if !timeout.is_zero() && !io.prepare_sleep() {
+                timeout = std::time::Duration::ZERO;
+            }
             match self.poll.poll(&mut self.events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
             self.stats.turns += 1;
+            let mut woken = false;
             for ev in self.events.iter() {
-                if let Some(r) = self.readable.get_mut(ev.token().0) {
+                if ev.token() == WAKE {
+                    woken = true;
+                } else if let Some(r) = self.readable.get_mut(ev.token().0) {
                     *r = true;
                 }
             }
+            io.woke(woken);
             let now = clock.now();
             service.handle_wall_clock(clock.wall_us());
+            io.begin(now, service, &mut self.outbox);
             for i in 0..self.sockets.len() {
                 self.drain(i, service, now);
             }
             if service.poll_timeout().is_some_and(|t| t <= now) {
+                if !self.outbox.has_room() {
+                    self.flush();
+                }
                 service.handle_timeout(now, &mut self.outbox);
             }
+            if !self.outbox.has_room() {
+                self.flush();
+            }
+            io.end(now, service, &mut self.outbox);
             self.flush();
         }
         self.flush();

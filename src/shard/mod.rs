@@ -34,9 +34,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use std::collections::VecDeque;
+
 use crate::config::{Config, IoMode};
+use crate::location::Record;
+use crate::proxy::stateful::MeshMsg;
 use crate::proxy::{Counters, Identity, LocalSocket, Service, SocketRole};
+use crate::store::Store;
 use crate::time::{Duration, Instant};
+use crate::transport::Outbox;
 
 /// Datagrams per receive batch.
 pub const RECV_BATCH: usize = 32;
@@ -121,6 +127,148 @@ impl DriverStats {
     }
 }
 
+/// Mesh messages that found the receiver's inbox full and wait for the next turn.
+const PENDING_MAX: usize = 4096;
+
+impl core::fmt::Debug for ShardIo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ShardIo")
+            .field("mesh", &self.mesh.is_some())
+            .field("store", &self.store.is_some())
+            .field("partition", &self.partition)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// What a shard does around the datagrams of a turn: messages from other
+/// shards, the durable store of its registrar partition, messages to other
+/// shards. Both drivers call [`ShardIo::begin`] before the datagrams of a
+/// turn and [`ShardIo::end`] before flushing the outbox.
+pub struct ShardIo {
+    mesh: Option<mesh::Mesh<MeshMsg>>,
+    store: Option<Box<dyn Store + Send>>,
+    partition: u16,
+    batch: Vec<Record>,
+    pending: VecDeque<(usize, MeshMsg)>,
+    /// What this I/O counted.
+    pub stats: IoStats,
+}
+
+/// Counters of [`ShardIo`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Store appends that failed.
+    pub store_errors: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Compactions done.
+    pub compactions: u64,
+    /// Mesh messages sent.
+    pub mesh_sent: u64,
+    /// Mesh messages dropped (receiver stalled, pending queue full).
+    pub mesh_dropped: u64,
+}
+
+impl ShardIo {
+    /// No mesh, no store (one shard, no registrar).
+    pub fn none() -> Self {
+        Self::new(None, None, 0)
+    }
+
+    /// A shard's I/O: its end of the mesh and its partition's store.
+    pub fn new(mesh: Option<mesh::Mesh<MeshMsg>>, store: Option<Box<dyn Store + Send>>, partition: u16) -> Self {
+        Self {
+            mesh,
+            store,
+            partition,
+            batch: Vec::new(),
+            pending: VecDeque::new(),
+            stats: IoStats::default(),
+        }
+    }
+
+    /// The eventfd other shards write to wake this one.
+    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.mesh.as_ref().and_then(mesh::Mesh::wake_fd)
+    }
+
+    /// Before blocking: false when the shard must not sleep (mail waiting).
+    pub fn prepare_sleep(&self) -> bool {
+        self.mesh.as_ref().is_none_or(mesh::Mesh::prepare_sleep) && self.pending.is_empty()
+    }
+
+    /// After a wait; `fired` when the wake-up eventfd was readable.
+    pub fn woke(&self, fired: bool) {
+        if let Some(m) = &self.mesh {
+            m.woke(fired);
+        }
+    }
+
+    /// Hands the messages from other shards to the service (as many as the outbox has room for).
+    pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
+        let Some(m) = &self.mesh else { return };
+        for _ in 0..1024 {
+            if !out.has_room() {
+                break;
+            }
+            match m.recv() {
+                Some(msg) => service.handle_mesh(now, msg, out),
+                None => break,
+            }
+        }
+    }
+
+    /// Persists what the service must persist, lets it release what waited
+    /// for that, compacts the store when due, and sends its mesh messages.
+    pub fn end<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
+        self.batch.clear();
+        service.poll_persist(&mut self.batch);
+        let ok = match &mut self.store {
+            Some(store) if !self.batch.is_empty() => match store.append(&self.batch) {
+                Ok(()) => {
+                    self.stats.records += self.batch.len() as u64;
+                    true
+                }
+                Err(e) => {
+                    self.stats.store_errors += 1;
+                    tracing::error!("store append failed: {e}");
+                    false
+                }
+            },
+            _ => true,
+        };
+        service.persisted(now, ok, out);
+        if let Some(store) = &mut self.store {
+            if !self.batch.is_empty() && store.wants_compaction(self.partition) {
+                if let Some(state) = service.partition_state() {
+                    match store.compact(&state) {
+                        Ok(()) => self.stats.compactions += 1,
+                        Err(e) => tracing::warn!("store compaction failed: {e}"),
+                    }
+                }
+            }
+        }
+        let Some(m) = &self.mesh else {
+            while service.poll_mesh().is_some() {}
+            return;
+        };
+        let mut retry = self.pending.len();
+        while let Some((to, msg)) = if retry > 0 {
+            retry -= 1;
+            self.pending.pop_front()
+        } else {
+            service.poll_mesh()
+        } {
+            match m.send(to, msg) {
+                Ok(()) => self.stats.mesh_sent += 1,
+                Err(msg) if self.pending.len() < PENDING_MAX => self.pending.push_back((to, msg)),
+                Err(_) => self.stats.mesh_dropped += 1,
+            }
+        }
+    }
+}
+
 /// The driver a shard runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriverKind {
@@ -164,6 +312,8 @@ pub struct ShardPlan {
     pub sockets: Vec<UdpSocket>,
     /// What the core knows of each socket.
     pub locals: Vec<LocalSocket>,
+    /// Mesh end and store of this shard.
+    pub io: Option<ShardIo>,
 }
 
 /// Why the runtime could not start.
@@ -229,6 +379,7 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
             cpu: cpus.get(id % cpus.len().max(1)).copied(),
             sockets,
             locals,
+            io: None,
         });
     }
     Ok(plans)
@@ -257,58 +408,58 @@ pub struct ShardReport {
     pub driver: DriverStats,
     /// Service counters.
     pub service: Counters,
+    /// Mesh and store counters.
+    pub io: IoStats,
+    /// Replication lag of the location feed (µs), if the service keeps a replica.
+    pub lag: Option<hdrhistogram::Histogram<u64>>,
 }
 
-/// Starts one thread per plan, each pinned to its CPU, running `make(identity)`
-/// on `driver` until `stop` is set.
+/// Starts one thread per plan, each pinned to its CPU, running the service
+/// `make` builds for it (on this thread, from the shard's identity) on
+/// `driver` until `stop` is set.
 pub fn spawn<S, F>(
     plans: Vec<ShardPlan>,
     driver: DriverKind,
     cfg: &Config,
     secret: u64,
     stop: Arc<AtomicBool>,
-    make: F,
+    mut make: F,
 ) -> Result<Vec<JoinHandle<io::Result<ShardReport>>>, StartError>
 where
-    S: Service,
-    F: Fn(Identity) -> S + Send + Clone + 'static,
+    S: Service + Send + 'static,
+    F: FnMut(Identity) -> S,
 {
     let mut handles = Vec::with_capacity(plans.len());
     for plan in plans {
-        let id = identity(cfg, &plan, secret);
+        let service = make(identity(cfg, &plan, secret));
         let stop = stop.clone();
-        let make = make.clone();
         let h = std::thread::Builder::new()
             .name(format!("shard-{}", plan.id))
-            .spawn(move || run_shard(plan, driver, id, &stop, make))
+            .spawn(move || run_shard(plan, driver, service, &stop))
             .map_err(StartError::Spawn)?;
         handles.push(h);
     }
     Ok(handles)
 }
 
-fn run_shard<S: Service, F: Fn(Identity) -> S>(
-    plan: ShardPlan,
-    driver: DriverKind,
-    id: Identity,
-    stop: &AtomicBool,
-    make: F,
-) -> io::Result<ShardReport> {
+fn run_shard<S: Service>(plan: ShardPlan, driver: DriverKind, mut service: S, stop: &AtomicBool) -> io::Result<ShardReport> {
     if let Some(cpu) = plan.cpu {
         if let Err(e) = affinity::pin_current_thread(cpu) {
             tracing::warn!(shard = plan.id, cpu, "cannot pin shard: {e}");
         }
     }
     let shard_id = plan.id;
-    let mut service = make(id);
+    let mut io = plan.io.unwrap_or_else(ShardIo::none);
     let stats = match driver {
-        DriverKind::Mio => mio::MioDriver::new(plan.sockets)?.run(&mut service, stop)?,
-        DriverKind::Uring => uring::UringDriver::new(plan.sockets)?.run(&mut service, stop)?,
+        DriverKind::Mio => mio::MioDriver::new(plan.sockets, io.wake_fd())?.run(&mut service, &mut io, stop)?,
+        DriverKind::Uring => uring::UringDriver::new(plan.sockets)?.run(&mut service, &mut io, stop)?,
     };
     Ok(ShardReport {
         id: shard_id,
         driver: stats,
         service: service.counters().clone(),
+        io: io.stats,
+        lag: service.replication_lag().cloned(),
     })
 }
 

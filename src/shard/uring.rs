@@ -39,11 +39,12 @@ use crate::transport::{Outbox, SocketId};
 
 use super::bufring::{BufRing, BUF_SIZE, NAME_LEN};
 use super::sys::{from_storage, to_storage};
-use super::{Clock, DriverStats, OUTBOX_BYTES, OUTBOX_ITEMS};
+use super::{Clock, DriverStats, ShardIo, OUTBOX_BYTES, OUTBOX_ITEMS};
 
 const KIND_MASK: u64 = 0xff << 56;
 const RECV: u64 = 1 << 56;
 const SEND: u64 = 2 << 56;
+const WAKE: u64 = 3 << 56;
 /// Receive buffers per shard (the ring covers one loop turn; SO_RCVBUF absorbs bursts).
 const RECV_BUFFERS: u16 = 128;
 const BGID: u16 = 0;
@@ -81,6 +82,11 @@ pub struct UringDriver {
     /// Sends pushed since the last enter (they complete inline during it).
     queued: u32,
     backlog: Vec<Cqe>,
+    /// The mesh eventfd, watched by a multishot poll while `wake_armed`.
+    wake_fd: Option<std::os::fd::RawFd>,
+    wake_armed: bool,
+    /// A wake-up CQE arrived since the last turn.
+    woken: bool,
     stats: DriverStats,
 }
 
@@ -151,6 +157,9 @@ impl UringDriver {
             cur: 0,
             queued: 0,
             backlog: Vec::with_capacity(cq as usize),
+            wake_fd: None,
+            wake_armed: false,
+            woken: false,
             stats: DriverStats::default(),
         })
     }
@@ -170,6 +179,16 @@ impl UringDriver {
     }
 
     fn arm(&mut self) -> io::Result<()> {
+        if let (Some(fd), false) = (self.wake_fd, self.wake_armed) {
+            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(WAKE);
+            // SAFETY: a poll request holds no pointer; the eventfd outlives the
+            // ring (the mesh owns it for the life of the process).
+            unsafe { self.push(&sqe)? };
+            self.wake_armed = true;
+        }
         if self.bufs.available() == 0 {
             // Re-arming with no buffer would end at once with ENOBUFS.
             return Ok(());
@@ -218,6 +237,8 @@ impl UringDriver {
             inflight,
             stats,
             armed,
+            wake_armed,
+            woken,
             ..
         } = self;
         for c in ring.completion() {
@@ -245,6 +266,12 @@ impl UringDriver {
                         res: c.result(),
                         flags: c.flags(),
                     });
+                }
+                WAKE => {
+                    *woken = true;
+                    if !cqueue::more(c.flags()) || c.result() < 0 {
+                        *wake_armed = false;
+                    }
                 }
                 _ => {}
             }
@@ -316,9 +343,15 @@ impl UringDriver {
     }
 
     /// One loop turn; `timeout` bounds the wait.
-    fn turn<S: Service>(&mut self, service: &mut S, clock: &Clock, timeout: std::time::Duration) -> io::Result<()> {
+    fn turn<S: Service>(
+        &mut self,
+        service: &mut S,
+        io: &mut ShardIo,
+        clock: &Clock,
+        timeout: std::time::Duration,
+    ) -> io::Result<()> {
         self.arm()?;
-        let wait = if self.backlog.is_empty() {
+        let wait = if self.backlog.is_empty() && (timeout.is_zero() || io.prepare_sleep()) {
             timeout
         } else {
             std::time::Duration::ZERO
@@ -326,8 +359,12 @@ impl UringDriver {
         self.enter(wait)?;
         self.stats.turns += 1;
         self.reap();
+        io.woke(core::mem::take(&mut self.woken));
         let now = clock.now();
         service.handle_wall_clock(clock.wall_us());
+        if let Some(o) = self.outboxes.get_mut(self.cur) {
+            io.begin(now, service, o);
+        }
         let mut backlog = core::mem::take(&mut self.backlog);
         for c in backlog.drain(..) {
             self.datagram(c, service, now)?;
@@ -335,9 +372,18 @@ impl UringDriver {
         self.backlog = backlog;
         self.bufs.commit();
         if service.poll_timeout().is_some_and(|t| t <= now) {
+            if !self.outboxes.get(self.cur).is_some_and(Outbox::has_room) {
+                self.flush()?;
+            }
             if let Some(o) = self.outboxes.get_mut(self.cur) {
                 service.handle_timeout(now, o);
             }
+        }
+        if !self.outboxes.get(self.cur).is_some_and(Outbox::has_room) {
+            self.flush()?;
+        }
+        if let Some(o) = self.outboxes.get_mut(self.cur) {
+            io.end(now, service, o);
         }
         self.flush()
     }
@@ -384,11 +430,12 @@ impl UringDriver {
     }
 
     /// Runs the shard loop until `stop` is set.
-    pub fn run<S: Service>(&mut self, service: &mut S, stop: &AtomicBool) -> io::Result<DriverStats> {
+    pub fn run<S: Service>(&mut self, service: &mut S, io: &mut ShardIo, stop: &AtomicBool) -> io::Result<DriverStats> {
         let clock = Clock::new();
+        self.wake_fd = io.wake_fd();
         while !stop.load(Ordering::Relaxed) {
             let timeout = super::wait_for(service.poll_timeout(), clock.now());
-            self.turn(service, &clock, timeout)?;
+            self.turn(service, io, &clock, timeout)?;
         }
         self.flush()?;
         // Let the last sends go out.
@@ -423,7 +470,7 @@ impl Drop for UringDriver {
             .register_sync_cancel(Some(Timespec::new().sec(1)), CancelBuilder::any());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let ts = Timespec::new().nsec(10_000_000);
-        while (self.armed.iter().any(|&a| a) || self.inflight.iter().any(|&n| n > 0))
+        while (self.armed.iter().any(|&a| a) || self.wake_armed || self.inflight.iter().any(|&n| n > 0))
             && std::time::Instant::now() < deadline
         {
             let _ = self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts));
@@ -468,7 +515,7 @@ pub fn probe() -> Result<(), String> {
     };
     let clock = Clock::new();
     for _ in 0..20 {
-        d.turn(&mut seen, &clock, std::time::Duration::from_millis(50))
+        d.turn(&mut seen, &mut ShardIo::none(), &clock, std::time::Duration::from_millis(50))
             .map_err(|e| format!("multishot recvmsg: {e}"))?;
         if seen.ok {
             return Ok(());
@@ -530,7 +577,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             let mut d = UringDriver::with_buffers(socks, 8).unwrap();
             let mut echo = Echo(Counters::default());
-            d.run(&mut echo, &stop2).unwrap()
+            d.run(&mut echo, &mut ShardIo::none(), &stop2).unwrap()
         });
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
