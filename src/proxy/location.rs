@@ -20,7 +20,7 @@ use super::stateful::{Found, Location, Owner, Registry, Targets};
 
 impl Location for Replica {
     fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found {
-        match Replica::lookup(self, aor, wall_us) {
+        match Self::lookup(self, aor, wall_us) {
             Lookup::Unknown => Found::Unknown,
             Lookup::NoBindings => Found::NoBindings,
             Lookup::Found(bindings) => {
@@ -47,14 +47,14 @@ impl Location for Replica {
     }
 
     fn apply(&mut self, record: &Record) -> Result<(), u16> {
-        match Replica::apply(self, record) {
+        match Self::apply(self, record) {
             Ok(_) => Ok(()),
             Err(_) => Err(record.partition),
         }
     }
 
     fn install(&mut self, state: &PartitionState) {
-        let _ = Replica::install(self, state);
+        let _ = Self::install(self, state);
     }
 }
 

@@ -1090,9 +1090,9 @@ fn put_q(out: &mut Vec<u8>, q: u16) {
         b'0' + (q / 10 % 10) as u8,
         b'0' + (q % 10) as u8,
     ];
-    let n = if q % 100 == 0 {
+    let n = if q.is_multiple_of(100) {
         1
-    } else if q % 10 == 0 {
+    } else if q.is_multiple_of(10) {
         2
     } else {
         3
