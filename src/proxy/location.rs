@@ -4,8 +4,10 @@
 //!
 //! Where a request for a binding goes: to the first Path URI when the UA
 //! registered through an edge that added one (RFC 3327), else to the source
-//! address of its REGISTER (so a UA behind NAT is reached where it really
-//! is), else to the contact's own address.
+//! address of its REGISTER when the registrar kept it (the REGISTER crossed
+//! a NAT, so the UA is reached where it really is, or the contact has no IP
+//! address), else to the contact's own address (a direct or third-party
+//! registration; see the registrar's module doc).
 
 use core::net::SocketAddr;
 

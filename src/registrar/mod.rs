@@ -45,6 +45,13 @@
 //! - **Path** (RFC 3327 §5.3): stored with the binding, echoed in the 200
 //!   only when the UA sent `Supported: path`; [`PathMode::Strict`] instead
 //!   answers 420 to a Path the UA did not declare support for.
+//! - **Where a binding is reached** (`received`): at the source address of
+//!   the REGISTER when it crossed a NAT (its top Via's sent-by is not that
+//!   address, RFC 3581) or when the contact names no IP address; otherwise
+//!   at the contact itself. A REGISTER sent from where its Via says, for a
+//!   contact at another address, is a third-party registration (§10.2: a
+//!   secretary registering the boss's phone; SIPp registering its UAS), and
+//!   calls must go to that contact, not back to the registering party.
 //! - **Outbound** (RFC 5626, off by default since it needs keep-alive
 //!   support in the transports): with `outbound = true`, a REGISTER with
 //!   `Supported: outbound` and an instance + reg-id gets `Require: outbound`,
@@ -240,6 +247,27 @@ enum Reject<'m> {
     OutOfOrder,
     Overloaded,
     WrongPartition(u16),
+}
+
+/// Where requests for a `contact` registered by `msg` from `src` go instead
+/// of the contact's own address (module doc): `src` when the REGISTER
+/// crossed a NAT or the contact has no IP address to send to; `None` when
+/// the contact's address is to be used (the UA registering itself directly,
+/// where contact and source agree, or a third-party registration).
+///
+/// Always storing `src` sent every call for a third-party registration back
+/// to the registering party (found by tests/interop.rs: SIPp's REGISTER
+/// scenario binding its UAS's address got every INVITE sent to the SIPp
+/// REGISTER client's port).
+fn reach_at(msg: &Message<'_>, contact: &Uri<'_>, src: SocketAddr) -> Option<SocketAddr> {
+    if contact.host.ip().is_none() {
+        return Some(src);
+    }
+    let direct = msg
+        .top_via()
+        .ok()
+        .is_some_and(|v| v.host.ip() == Some(src.ip()) && v.port.unwrap_or(5060) == src.port());
+    (!direct).then_some(src)
 }
 
 /// One Contact of the request, checked.
@@ -851,7 +879,7 @@ impl Registrar {
                 q: r.q,
                 call_id,
                 cseq,
-                received: Some(src),
+                received: reach_at(msg, &r.uri, src),
                 socket,
                 flow: 0,
                 path: &self.path,

@@ -931,3 +931,46 @@ fn q_values_format() {
         assert_eq!(std::str::from_utf8(&out).unwrap(), s);
     }
 }
+
+/// Where a binding is reached: the REGISTER's source behind a NAT (Via
+/// sent-by is not the source) or for a contact without an IP address; the
+/// contact itself for a direct or a third-party registration (regression:
+/// every binding used to be reached at the REGISTER's source, so a SIPp
+/// REGISTER client binding its UAS's address got the calls itself).
+#[test]
+fn binding_reached_at_source_only_behind_nat() {
+    let src: SocketAddr = SRC.parse().unwrap();
+    let cases: [(&str, &str, Option<SocketAddr>); 5] = [
+        // NATed phone: private Via and contact, public source.
+        ("192.0.2.9:5060", "sip:a@192.0.2.9:5060", Some(src)),
+        // Direct, registering itself.
+        ("198.51.100.7:40000", "sip:a@198.51.100.7:40000", None),
+        // Direct, third party: the contact is elsewhere.
+        ("198.51.100.7:40000", "sip:a@203.0.113.5:5080", None),
+        // Via without a port means 5060: not the source port here.
+        ("198.51.100.7", "sip:a@203.0.113.5", Some(src)),
+        // A contact with a host name: only the source can be used.
+        ("198.51.100.7:40000", "sip:a@phone.example.net", Some(src)),
+    ];
+    for (i, (via, contact, want)) in cases.into_iter().enumerate() {
+        let mut h = H::new();
+        let user = format!("u{i}");
+        let raw = String::from_utf8(h.req(&user, "c1", 1, &format!("Contact: <{contact}>\r\n")))
+            .unwrap()
+            .replace("192.0.2.9:5060", via);
+        let r = h.send(raw.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{via} {contact}");
+        let b = &h.reg.bindings_of(format!("{user}@example.com").as_bytes())[0];
+        assert_eq!(b.received(), want, "{via} {contact}");
+        let mut replica = Replica::new(1, 3);
+        for rec in &h.records {
+            replica.apply(rec).unwrap();
+        }
+        match replica.lookup(format!("{user}@example.com").as_bytes(), h.wall) {
+            Lookup::Found(mut it) => {
+                assert_eq!(it.next().unwrap().received(), want, "{via} {contact}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
