@@ -582,7 +582,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         let to_tag = ess.to.tag().is_some();
-        if msg.method() == Method::Register && !has_route && self.id.is_served_domain(&uri.host) {
+        if msg.method() == Method::Register && self.is_for_registrar(msg, &uri, &ess.to) {
             match self.registry.owner(msg) {
                 Owner::Here => return self.register_here(now, msg, key, &via, src, socket, out),
                 Owner::Shard(to) => {
@@ -813,6 +813,20 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         self.put(slot, txn);
+    }
+
+    /// True when REGISTER `msg` (Request-URI `uri`, To `to`) is for our
+    /// registrar (§10.3): its Request-URI is a served domain, or this proxy
+    /// itself for an AoR of a served domain (a phone configured with the
+    /// edge's address as its registrar); and it is routed nowhere else. A
+    /// Route that names only us (the edge is also the UA's outbound proxy)
+    /// is ours to remove first (§16.4), not a reason to proxy the REGISTER:
+    /// that sent pjsua2's REGISTERs (outbound proxy = registrar) to the
+    /// upstream, which answered 404 without one (found by tests/interop.rs).
+    fn is_for_registrar(&self, msg: &Message<'_>, uri: &sip::Uri<'_>, to: &sip::NameAddr<'_>) -> bool {
+        let ours = self.id.is_served_domain(&uri.host)
+            || (self.id.is_us(uri) && to.uri().is_ok_and(|t| self.id.is_served_domain(&t.host)));
+        ours && route::routing(&self.id, msg).is_ok_and(|r| r.next_route.is_none())
     }
 
     /// Arms Timer C of INVITE fork `i` at `now` + Timer C; returns its deadline.
@@ -1891,5 +1905,79 @@ mod tests {
         let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc10"), UAC);
         assert_eq!(status(&out[0].1), 503);
         assert!(out[0].1.contains("Retry-After: 5\r\n"));
+    }
+
+    /// A registrar that answers every REGISTER 200 and counts them.
+    #[derive(Default)]
+    struct CountingRegistry(usize);
+
+    impl Registry for CountingRegistry {
+        fn owner(&self, _: &Message<'_>) -> Owner {
+            Owner::Here
+        }
+
+        fn handle_register(
+            &mut self,
+            _: Instant,
+            _: u64,
+            msg: &Message<'_>,
+            _: SocketAddr,
+            _: SocketId,
+            reply: &mut [u8],
+        ) -> Option<(usize, u16)> {
+            self.0 += 1;
+            sip::response(msg, &ResponseSpec::new(200, "OK"), reply).ok().map(|n| (n, 200))
+        }
+    }
+
+    /// Which REGISTERs the registrar gets: for a served domain or for this
+    /// proxy's own address (with a served AoR), also through us as the
+    /// outbound proxy (a Route naming only us: regression, those went
+    /// upstream and got 404); the others are proxied.
+    #[test]
+    fn register_for_us_reaches_the_registrar_also_through_our_route() {
+        let cases = [
+            ("sip:example.test", "", "alice@example.test", true),
+            ("sip:example.test", "Route: <sip:127.0.0.1:5060;lr>\r\n", "alice@example.test", true),
+            ("sip:127.0.0.1:5060", "", "alice@example.test", true),
+            ("sip:127.0.0.1", "Route: <sip:127.0.0.1;lr>\r\n", "alice@example.test", true),
+            ("sip:example.test", "Route: <sip:192.0.2.30:5060;lr>\r\n", "alice@example.test", false),
+            (
+                "sip:example.test",
+                "Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.30:5060;lr>\r\n",
+                "alice@example.test",
+                false,
+            ),
+            ("sip:other.example", "", "alice@other.example", false),
+            ("sip:127.0.0.1:5060", "", "alice@other.example", false),
+        ];
+        for (i, (ruri, route, aor, registrar)) in cases.into_iter().enumerate() {
+            let cfg = Config {
+                upstream: Some(UPSTREAM.parse().unwrap()),
+                ..Config::default()
+            };
+            let mut p = Stateful::new(identity(), cfg, FixedLocation(Vec::new()), CountingRegistry::default());
+            let mut out = Outbox::new(1 << 20, 64);
+            let reg = format!(
+                "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKreg{i}\r\n{route}Max-Forwards: 70\r\n\
+To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag=r\r\nCall-ID: reg{i}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+            );
+            p.handle_datagram(Instant::ZERO, reg.as_bytes(), UAC.parse().unwrap(), SocketId(0), &mut out);
+            p.persisted(Instant::ZERO, true, &mut out);
+            let sent: Vec<(String, String)> = out
+                .items()
+                .iter()
+                .map(|t| (t.dest.to_string(), String::from_utf8_lossy(out.bytes(t)).into_owned()))
+                .collect();
+            assert_eq!(p.registry.0, usize::from(registrar), "{ruri} {route} {aor}: {sent:#?}");
+            assert_eq!(sent.len(), 1, "{ruri} {route}: {sent:#?}");
+            if registrar {
+                assert_eq!((sent[0].0.as_str(), status(&sent[0].1)), (UAC, 200));
+            } else {
+                assert!(sent[0].1.starts_with("REGISTER "), "proxied: {sent:#?}");
+                assert_ne!(sent[0].0, UAC);
+            }
+        }
     }
 }
