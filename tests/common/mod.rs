@@ -1,7 +1,13 @@
 //! Shared harness of the integration tests: the real `sipedge` binary on
 //! 127.0.0.1 (port 0, discovered from its startup line), run under each
 //! I/O driver, and scripted UAs on plain UDP sockets.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
@@ -70,7 +76,7 @@ impl Proxy {
     pub fn start(args: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));
         cmd.arg("run");
-        if !args.iter().any(|a| *a == "--listen") {
+        if !args.contains(&"--listen") {
             cmd.args(["--listen", "udp:127.0.0.1:0"]);
         }
         cmd.args(args)
@@ -177,7 +183,8 @@ impl Ua {
     /// Receives one datagram (panics after 3 s).
     pub fn recv(&self) -> (String, SocketAddr) {
         let mut buf = vec![0u8; 65_536];
-        let (n, from) = recv_retrying(&self.sock, &mut buf).unwrap_or_else(|e| panic!("{} got nothing: {e}", self.addr));
+        let (n, from) = recv_retrying(&self.sock, &mut buf)
+            .unwrap_or_else(|e| panic!("{} got nothing: {e}", self.addr));
         (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
     }
 
@@ -186,9 +193,14 @@ impl Ua {
         self.sock.set_read_timeout(Some(wait)).unwrap();
         let mut buf = vec![0u8; 65_536];
         let r = recv_retrying(&self.sock, &mut buf);
-        self.sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
         if let Ok((n, from)) = r {
-            panic!("expected silence, got from {from}: {}", String::from_utf8_lossy(&buf[..n]));
+            panic!(
+                "expected silence, got from {from}: {}",
+                String::from_utf8_lossy(&buf[..n])
+            );
         }
     }
 }
@@ -245,7 +257,10 @@ impl Msg {
 
     /// The first value of a header.
     pub fn header(&self, name: HeaderName) -> Option<String> {
-        self.with(|m| m.header(name).map(|v| String::from_utf8_lossy(v).into_owned()))
+        self.with(|m| {
+            m.header(name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
     }
 
     /// The top Via's branch.
@@ -255,7 +270,12 @@ impl Msg {
 
     /// The To tag.
     pub fn to_tag(&self) -> Option<String> {
-        self.with(|m| m.to().unwrap().tag().map(|t| String::from_utf8_lossy(t).into_owned()))
+        self.with(|m| {
+            m.to()
+                .unwrap()
+                .tag()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        })
     }
 
     /// The Request-URI.
@@ -267,4 +287,356 @@ impl Msg {
     pub fn max_forwards(&self) -> Option<u8> {
         self.with(|m| m.max_forwards().unwrap())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the registrar / stateful-proxy tests (tests/edge.rs, tests/interop.rs).
+
+/// A fresh directory under the system temp dir (unique per process and
+/// call), removed with everything in it on drop.
+pub struct TempDir {
+    /// Its path.
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Creates `sipedge-<tag>-<pid>-<n>-<nanos>` under `std::env::temp_dir()`.
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "sipedge-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Writes `name` in the directory with `text`; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let p = self.path.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Proxy {
+    /// SIGKILLs the process (no signal handler, no flush, no clean-up: a
+    /// crash) and reaps it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // std sends SIGKILL
+        let st = child.wait().unwrap();
+        assert!(!st.success(), "killed by SIGKILL: {st:?}");
+    }
+
+    /// Waits (bounded) until a log line contains `needle`; returns it.
+    pub fn wait_log(&mut self, needle: &str, wait: Duration) -> Option<String> {
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            self.log.push(line.clone());
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+}
+
+impl Ua {
+    /// Receives one datagram within `wait`, or `None`.
+    pub fn recv_within(&self, wait: Duration) -> Option<(Msg, SocketAddr)> {
+        self.sock
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let r = recv_retrying(&self.sock, &mut buf);
+        self.sock
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        r.ok().map(|(n, from)| {
+            (
+                Msg::new(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                from,
+            )
+        })
+    }
+
+    /// Receives until a message satisfies `want` (within 5 s), skipping and
+    /// returning the others it saw on the way (retransmissions, 100 Trying).
+    pub fn expect(&self, what: &str, want: impl Fn(&Msg) -> bool) -> (Msg, SocketAddr, Vec<Msg>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some((m, from)) = self.recv_within(left) else {
+                let seen: Vec<&str> = skipped.iter().map(|m: &Msg| m.first_line()).collect();
+                panic!("{}: no {what} within 5 s; saw {seen:#?}", self.addr);
+            };
+            if want(&m) {
+                return (m, from, skipped);
+            }
+            skipped.push(m);
+        }
+    }
+
+    /// Waits for the request `method`, skipping other messages.
+    pub fn expect_request(&self, method: &str) -> (Msg, SocketAddr) {
+        let (m, from, _) = self.expect(method, |m| m.status().is_none() && m.method() == method);
+        (m, from)
+    }
+
+    /// Waits for a `code` response to `method`, skipping other messages.
+    pub fn expect_response(&self, code: u16, method: &str) -> Msg {
+        self.expect(&format!("{code} to {method}"), |m| {
+            m.status() == Some(code) && m.method() == method
+        })
+        .0
+    }
+
+    /// Everything received during `wait`.
+    pub fn collect(&self, wait: Duration) -> Vec<Msg> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return got;
+            }
+            match self.recv_within(left) {
+                Some((m, _)) => got.push(m),
+                None => return got,
+            }
+        }
+    }
+
+    /// Sends a response to `req` where RFC 3261 §18.2.2 / RFC 3581 say: the
+    /// top Via's received/rport, else its sent-by.
+    pub fn answer(&self, req: &Msg, resp: &str) {
+        self.send(resp, req.top_via_dest());
+    }
+}
+
+impl Msg {
+    /// The start line.
+    pub fn first_line(&self) -> &str {
+        self.text.split("\r\n").next().unwrap_or_default()
+    }
+
+    /// Where a response to this request goes: the top Via's
+    /// received (else host) and rport (else port).
+    pub fn top_via_dest(&self) -> SocketAddr {
+        let via = self.values(HeaderName::Via).into_iter().next().unwrap();
+        let mut parts = via.split(';');
+        let sent_by = parts
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let (mut host, mut port) = match sent_by.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse::<u16>().unwrap()),
+            None => (sent_by.clone(), 5060),
+        };
+        for p in parts {
+            match p.trim().split_once('=') {
+                Some(("received", v)) => host = v.to_owned(),
+                Some(("rport", v)) => port = v.parse().unwrap(),
+                _ => {}
+            }
+        }
+        format!("{host}:{port}").parse().unwrap()
+    }
+
+    /// The CSeq number.
+    pub fn cseq_number(&self) -> u32 {
+        self.header(HeaderName::CSeq)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// The body (after the blank line).
+    pub fn body(&self) -> &str {
+        self.text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+}
+
+/// A response to `req` as a UA writes it: its Vias, From, Call-ID and CSeq,
+/// its To with `to_tag` added (unless it has one), its Record-Route copied
+/// for a dialog-creating response (§12.1.1), `extra` header lines (each
+/// ending in CRLF) and `body`.
+pub fn response_to(
+    req: &Msg,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: &str,
+    body: &str,
+) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.values(HeaderName::Via) {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    if code > 100 && code < 300 {
+        for rr in req.values(HeaderName::RecordRoute) {
+            s.push_str(&format!("Record-Route: {rr}\r\n"));
+        }
+    }
+    let to = req.header(HeaderName::To).unwrap();
+    let to = if to.contains("tag=") || code == 100 {
+        to
+    } else {
+        format!("{to};tag={to_tag}")
+    };
+    s.push_str(&format!(
+        "To: {to}\r\nFrom: {}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        req.header(HeaderName::From).unwrap(),
+        req.header(HeaderName::CallId).unwrap(),
+        req.header(HeaderName::CSeq).unwrap(),
+        body.len()
+    ));
+    s
+}
+
+/// A child process (a peer program) that is killed and reaped on drop, so a
+/// failing test never leaves it running.
+pub struct Reaped {
+    child: Option<Child>,
+    /// What it is, for messages.
+    pub name: String,
+}
+
+impl Reaped {
+    /// Spawns `cmd`.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+        }
+    }
+
+    /// Spawns `cmd` with its stdout read line by line into the returned channel.
+    pub fn spawn_lines(name: &str, cmd: &mut Command) -> (Self, mpsc::Receiver<String>) {
+        let mut r = Self::spawn(name, cmd.stdout(Stdio::piped()));
+        let stdout = r.child.as_mut().unwrap().stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (r, rx)
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits up to `limit` for the exit; kills it (and returns `None`) when
+    /// it takes longer.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then up to `limit` for the exit (SIGKILL after it).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.wait_for(limit)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (for peers that must
+/// be told their port before they bind it).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// True when `python3` can import `module`; when it cannot and
+/// SIPEDGE_REQUIRE_PEERS is set (CI), the test fails instead of skipping.
+pub fn have_python_module(module: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("SIPEDGE_REQUIRE_PEERS").is_none(),
+            "python3 module {module} is required (SIPEDGE_REQUIRE_PEERS is set) but cannot be imported"
+        );
+        eprintln!("skipping: python3 cannot import {module}");
+    }
+    found
+}
+
+/// The last `n` lines of a file (for failure messages).
+pub fn tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
