@@ -1,0 +1,323 @@
+//! Real SIP clients through sipedge's registrar and stateful proxy, under
+//! each I/O driver with two shards: SIPp's REGISTER scenario for many users
+//! and its route-set aware calls to them (tools/sipp/register_domain.xml,
+//! uac_users_domain.xml and uas.xml), and two pjsua2 (PJSIP) user agents
+//! that register, call, hang up and send a MESSAGE
+//! (tests/peers/pjsua_ua.py). A missing peer skips its test, unless
+//! SIPEDGE_REQUIRE_PEERS is set (CI), which makes it a failure.
+//!
+//! Every peer process is bounded (its own timeout, and killed on drop).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::fs::File;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{
+    drivers, free_udp_port, have_peer, have_python_module, tail, Proxy, Reaped, TempDir, Ua,
+};
+use sipedge::sip::HeaderName;
+
+const DOMAIN: &str = "example.test";
+
+fn edge(driver: &str, data: &TempDir, shards: &str) -> Proxy {
+    Proxy::start(&[
+        "--io",
+        driver,
+        "--domain",
+        DOMAIN,
+        "--data-dir",
+        data.arg(),
+        "--shards",
+        shards,
+    ])
+}
+
+fn peer_file(rel: &str) -> String {
+    format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A SIPp command on 127.0.0.1:`port`, its screen output into `dir/name.out`
+/// and its errors into `dir/name.err`.
+fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
+    let mut c = Command::new("sipp");
+    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+        .args([
+            "-trace_err",
+            "-error_file",
+            &dir.path.join(format!("{name}.err")).to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(File::create(dir.path.join(format!("{name}.out"))).unwrap())
+        .stderr(Stdio::null());
+    c
+}
+
+/// What SIPp printed and logged, for a failure message.
+fn sipp_report(dir: &TempDir, name: &str) -> String {
+    format!(
+        "--- {name} screen:\n{}\n--- {name} errors:\n{}",
+        tail(&dir.path.join(format!("{name}.out")), 40),
+        tail(&dir.path.join(format!("{name}.err")), 40)
+    )
+}
+
+/// SIPp's REGISTER scenario binds 100 users of example.test to a SIPp UAS
+/// (a third-party registration: the REGISTERs come from another port than
+/// the contact); every one gets its 200, and a fetch lists the UAS as the
+/// contact. Then SIPp's route-set aware UAC makes 100 calls to those users
+/// through sipedge (INVITE by location, Record-Route, ACK and BYE along the
+/// route set) to tools/sipp/uas.xml: every call succeeds.
+#[test]
+fn sipp_register_scenario_then_calls_to_registered_users() {
+    if !have_peer("sipp") {
+        return;
+    }
+    const USERS: usize = 100;
+    const CALLS: usize = 100;
+    for d in drivers() {
+        let dir = TempDir::new("sipp");
+        let p = edge(d, &dir, "2");
+        let (uas_port, reg_port, uac_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+        let mut csv = String::from("SEQUENTIAL\n# user;password;contact host:port\n");
+        for i in 0..USERS {
+            csv.push_str(&format!("user{i:03};pw;127.0.0.1:{uas_port}\n"));
+        }
+        let users = dir.write("users.csv", &csv);
+
+        let mut reg = Reaped::spawn(
+            "sipp register",
+            sipp(&dir, "register", reg_port)
+                .args([
+                    "-sf",
+                    &peer_file("tools/sipp/register_domain.xml"),
+                    "-key",
+                    "domain",
+                    DOMAIN,
+                ])
+                .args([
+                    "-inf",
+                    &users,
+                    "-m",
+                    &USERS.to_string(),
+                    "-r",
+                    "500",
+                    "-l",
+                    "100",
+                ])
+                .args(["-timeout", "20s", "-timeout_error", "-max_retrans", "3"])
+                .arg(p.addr.to_string()),
+        );
+        let st = reg.wait_for(Duration::from_secs(30));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{d}: sipp REGISTER scenario: {st:?}\n{}",
+            sipp_report(&dir, "register")
+        );
+
+        // A fetch for one of them lists the UAS's address.
+        let ua = Ua::new();
+        ua.send(
+            &format!(
+                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKfetch;rport\r\nMax-Forwards: 70\r\n\
+To: <sip:user042@{DOMAIN}>\r\nFrom: <sip:user042@{DOMAIN}>;tag=f\r\nCall-ID: fetch-1\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+                a = ua.addr
+            ),
+            p.addr,
+        );
+        let fetch = ua.expect_response(200, "REGISTER");
+        let listed = fetch.values(HeaderName::Contact);
+        assert_eq!(listed.len(), 1, "{d}: {}", fetch.text);
+        assert!(
+            listed[0].starts_with(&format!("<sip:user042@127.0.0.1:{uas_port}>;expires=")),
+            "{d}: {listed:?}"
+        );
+
+        let mut uas = Reaped::spawn(
+            "sipp uas",
+            sipp(&dir, "uas", uas_port)
+                .args(["-sf", &peer_file("tools/sipp/uas.xml")])
+                .args(["-timeout", "40s"]),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mut uac = Reaped::spawn(
+            "sipp uac",
+            sipp(&dir, "uac", uac_port)
+                .args([
+                    "-sf",
+                    &peer_file("tools/sipp/uac_users_domain.xml"),
+                    "-key",
+                    "domain",
+                    DOMAIN,
+                ])
+                .args([
+                    "-inf",
+                    &users,
+                    "-m",
+                    &CALLS.to_string(),
+                    "-r",
+                    "100",
+                    "-l",
+                    "50",
+                ])
+                .args(["-timeout", "30s", "-timeout_error", "-recv_timeout", "5000"])
+                .arg(p.addr.to_string()),
+        );
+        let st = uac.wait_for(Duration::from_secs(40));
+        let _ = uas.terminate(Duration::from_secs(2));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{d}: sipp UAC calls: {st:?}\n{}\n{}",
+            sipp_report(&dir, "uac"),
+            sipp_report(&dir, "uas")
+        );
+        let screen = std::fs::read_to_string(dir.path.join("uac.out")).unwrap_or_default();
+        eprintln!(
+            "{d}: {}",
+            screen
+                .lines()
+                .filter(|l| l.contains("Successful call") || l.contains("Failed call"))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+}
+
+/// Waits for a line containing `want` from a peer, returning the lines seen.
+fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    want: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Two pjsua2 user agents (PJSIP 2.15, null audio device, UDP on
+/// 127.0.0.1) with sipedge as registrar and outbound proxy: bob and alice
+/// register (200), alice calls bob, bob auto-answers, both reach CONFIRMED,
+/// alice hangs up and bob sees DISCONNECTED; then alice's MESSAGE reaches
+/// bob and gets its 200.
+#[test]
+fn pjsua2_register_call_hang_up_and_message() {
+    if !have_python_module("pjsua2") {
+        return;
+    }
+    let script = peer_file("tests/peers/pjsua_ua.py");
+    for d in drivers() {
+        let dir = TempDir::new("pjsua");
+        let p = edge(d, &dir, "2");
+        let proxy = p.addr.to_string();
+        let ua = |role: &str| {
+            let mut c = Command::new("python3");
+            c.arg(&script)
+                .args([
+                    "--role",
+                    role,
+                    "--proxy",
+                    &proxy,
+                    "--domain",
+                    DOMAIN,
+                    "--timeout",
+                    "20",
+                ])
+                .arg("--log")
+                .arg(dir.path.join(format!("{role}.log")))
+                .stdin(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        };
+        let report = |role: &str, lines: &[String]| {
+            format!(
+                "--- {role} said:\n{}\n--- {role}'s PJSIP log:\n{}",
+                lines.join("\n"),
+                tail(&dir.path.join(format!("{role}.log")), 80)
+            )
+        };
+
+        let (mut bob, bob_rx) = Reaped::spawn_lines("pjsua2 bob", &mut ua("bob"));
+        let mut bob_said = Vec::new();
+        let registered = wait_line(
+            &bob_rx,
+            "bob: registration 200",
+            Duration::from_secs(15),
+            &mut bob_said,
+        );
+        assert!(
+            registered,
+            "{d}: bob did not register\n{}",
+            report("bob", &bob_said)
+        );
+
+        let (mut alice, alice_rx) = Reaped::spawn_lines("pjsua2 alice", &mut ua("alice"));
+        let alice_st = alice.wait_for(Duration::from_secs(30));
+        let alice_said: Vec<String> = alice_rx.try_iter().collect();
+        let bob_st = bob.wait_for(Duration::from_secs(10));
+        bob_said.extend(bob_rx.try_iter());
+        let both = format!(
+            "{}\n{}",
+            report("alice", &alice_said),
+            report("bob", &bob_said)
+        );
+        assert!(
+            alice_st.is_some_and(|s| s.success()),
+            "{d}: alice {alice_st:?}\n{both}"
+        );
+        assert!(
+            bob_st.is_some_and(|s| s.success()),
+            "{d}: bob {bob_st:?}\n{both}"
+        );
+        for (said, want) in [
+            (&alice_said, "alice: registration 200"),
+            (&alice_said, "alice: call CONFIRMED"),
+            (&alice_said, "alice: call DISCONNECTED"),
+            (&alice_said, "alice: MESSAGE status 200"),
+            (
+                &bob_said,
+                "bob: incoming call from <sip:alice@example.test>",
+            ),
+            (&bob_said, "bob: call CONFIRMED"),
+            (&bob_said, "bob: call DISCONNECTED"),
+            (
+                &bob_said,
+                "bob: MESSAGE from <sip:alice@example.test>: hello bob, from pjsua2",
+            ),
+        ] {
+            assert!(
+                said.iter().any(|l| l.contains(want)),
+                "{d}: no {want:?}\n{both}"
+            );
+        }
+        // The in-dialog requests followed sipedge's Record-Route.
+        let alice_log = std::fs::read_to_string(dir.path.join("alice.log")).unwrap_or_default();
+        let rr = format!("Record-Route: <sip:{proxy};lr>");
+        assert!(alice_log.contains(&rr), "{d}: the 200 carried {rr}");
+        let bye_routed = alice_log.split("BYE sip:").skip(1).any(|m| {
+            m.lines()
+                .take(12)
+                .any(|l| l == format!("Route: <sip:{proxy};lr>"))
+        });
+        assert!(
+            bye_routed,
+            "{d}: alice's BYE went through sipedge\n{}",
+            tail(&dir.path.join("alice.log"), 80)
+        );
+    }
+}
