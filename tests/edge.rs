@@ -416,7 +416,8 @@ fn message_reaches_the_registered_user() {
 
 /// Bob has two phones: the INVITE reaches both; one answers, the other is
 /// cancelled (200 to the CANCEL absorbed by sipedge, 487 ACKed by
-/// sipedge); alice sees exactly one 200 and no 487.
+/// sipedge); alice sees exactly one 200 and no 487. Then bob hangs up: his
+/// BYE follows the Record-Route back to alice.
 #[test]
 fn fork_to_two_contacts_one_answers() {
     for d in drivers() {
@@ -532,10 +533,35 @@ fn fork_to_two_contacts_one_answers() {
             "{d}: {extra:?}"
         );
 
-        alice.send(&leg.in_dialog("BYE", 2), leg.next_hop());
-        let (bye, _) = desk.expect_request("BYE");
-        desk.answer(&bye, &response_to(&bye, 200, "OK", &t_desk, "", ""));
-        alice.expect_response(200, "BYE");
+        // The callee hangs up: its BYE goes to alice's Contact along the
+        // route set it learnt from the INVITE's Record-Route (§12.1.1).
+        let routes: String = inv_desk
+            .values(HeaderName::RecordRoute)
+            .iter()
+            .map(|r| format!("Route: {r}\r\n"))
+            .collect();
+        let bye = format!(
+            "BYE sip:caller@{a} SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch={br};rport\r\nMax-Forwards: 70\r\n{routes}\
+From: {to}\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+            a = alice.addr,
+            b = desk.addr,
+            br = uniq("z9hG4bKbye"),
+            to = ok.header(HeaderName::To).unwrap(),
+            from = inv_desk.header(HeaderName::From).unwrap(),
+            cid = leg.call_id,
+        );
+        desk.send(&bye, p.addr);
+        let (bye, _) = alice.expect_request("BYE");
+        assert_eq!(
+            bye.request_uri(),
+            format!("sip:caller@{}", alice.addr),
+            "{d}"
+        );
+        assert!(bye.values(HeaderName::Route).is_empty(), "{}", bye.text);
+        assert_eq!(bye.to_tag(), Some(leg.from_tag.clone()));
+        alice.answer(&bye, &response_to(&bye, 200, "OK", "", "", ""));
+        let done = desk.expect_response(200, "BYE");
+        assert_eq!(done.values(HeaderName::Via).len(), 1, "{d}");
     }
 }
 
