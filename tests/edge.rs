@@ -743,65 +743,84 @@ fn unknown_unavailable_and_registrar_errors() {
     }
 }
 
-/// `kill -9` and restart on the same data directory: a binding answered 200
-/// before the crash still routes calls; bindings that expired — while
-/// sipedge ran, or while it was down — are not resurrected.
+/// `kill -9` and restart on the same data directory: bindings answered 200
+/// before the crash (one of them the moment before) still route requests;
+/// bindings that expired — while sipedge ran, or while it was down — are not
+/// resurrected.
 #[test]
 fn bindings_survive_kill_9_and_expired_ones_stay_gone() {
-    for d in drivers() {
-        let data = TempDir::new("restart");
-        let cfg = data.write("sipedge.toml", "[registrar]\nmin_expires = 1\n");
-        let store = TempDir::new("restart-store");
-        let args = ["--shards", "2", "--config", cfg.as_str()];
-        let mut p = edge(d, &store, &args);
-        let (alice, bob, eve, frank) = (Ua::new(), Ua::new(), Ua::new(), Ua::new());
-        register_self(&p, &bob, "bob", 3600);
-        register_self(&p, &eve, "eve", 1);
-        // Eve's binding expires while sipedge runs (its removal is logged too).
-        std::thread::sleep(Duration::from_millis(1500));
-        register_self(&p, &frank, "frank", 2);
-        p.kill9();
-        // Frank's expires while sipedge is down.
-        std::thread::sleep(Duration::from_millis(2200));
+    // The drivers run side by side: most of this test is waiting for expiries.
+    std::thread::scope(|s| {
+        for d in drivers() {
+            s.spawn(move || restart_keeps_bindings(d));
+        }
+    });
+}
 
-        let mut p = edge(d, &store, &args);
-        let loaded = p
-            .wait_log("binding(s) loaded", Duration::from_secs(5))
-            .unwrap_or_default();
+fn restart_keeps_bindings(d: &str) {
+    let data = TempDir::new("restart");
+    let cfg = data.write("sipedge.toml", "[registrar]\nmin_expires = 1\n");
+    let store = TempDir::new("restart-store");
+    let args = ["--shards", "2", "--config", cfg.as_str()];
+    let mut p = edge(d, &store, &args);
+    let (alice, bob, carol, eve, frank) = (Ua::new(), Ua::new(), Ua::new(), Ua::new(), Ua::new());
+    register_self(&p, &bob, "bob", 3600);
+    register_self(&p, &eve, "eve", 1);
+    // Eve's binding expires while sipedge runs (its removal is logged too).
+    std::thread::sleep(Duration::from_millis(1500));
+    register_self(&p, &frank, "frank", 2);
+    // Carol's 200 arrives right before the crash: it must be durable.
+    register_self(&p, &carol, "carol", 3600);
+    p.kill9();
+    // Frank's expires while sipedge is down.
+    std::thread::sleep(Duration::from_millis(2200));
+
+    let mut p = edge(d, &store, &args);
+    let loaded = p
+        .wait_log("binding(s) loaded", Duration::from_secs(5))
+        .unwrap_or_default();
+    assert!(
+        loaded.contains(" 2 binding(s) loaded"),
+        "{d}: only bob's and carol's are live: {loaded}"
+    );
+    // Bob is reached at his contact, through the restarted edge.
+    call_and_hang_up(d, &p, &alice, &bob);
+    // A fetch shows bob's binding with its remaining time.
+    bob.send(&register(&bob, "bob", &uniq("reg-"), 1, None, None), p.addr);
+    let fetch = bob.expect_response(200, "REGISTER");
+    let listed = fetch.values(HeaderName::Contact);
+    assert_eq!(listed.len(), 1, "{d}: {}", fetch.text);
+    assert!(listed[0].starts_with(&format!("<{}>", contact_of("bob", &bob))));
+    let left = expires_param(&listed[0]);
+    assert!((3590..=3600).contains(&left), "{d}: {left}");
+    // Carol, registered the moment before the kill, is reached too.
+    let leg = Leg::new(&alice, "alice", "carol");
+    alice.send(
+        &leg.initial("MESSAGE", &uniq("z9hG4bKr"), "still there?"),
+        p.addr,
+    );
+    let (m, _) = carol.expect_request("MESSAGE");
+    assert_eq!(m.request_uri(), contact_of("carol", &carol), "{d}");
+    carol.answer(&m, &response_to(&m, 200, "OK", "c", "", ""));
+    alice.expect_response(200, "MESSAGE");
+    // Eve and frank: known users without bindings (480), never reached.
+    for user in ["eve", "frank"] {
+        let leg = Leg::new(&alice, "alice", user);
+        alice.send(&leg.initial("INVITE", &uniq("z9hG4bKr"), SDP), p.addr);
+        let (r, _, _) = alice.expect("a final response", |m| m.status().is_some_and(|c| c >= 200));
         assert!(
-            loaded.contains(" 1 binding(s) loaded"),
-            "{d}: only bob's is live: {loaded}"
+            matches!(r.status(), Some(480 | 404)),
+            "{d}: {user}: {}",
+            r.text
         );
-        // Bob is reached at his contact, through the restarted edge.
-        call_and_hang_up(d, &p, &alice, &bob);
-        // A fetch shows bob's binding with its remaining time.
-        bob.send(&register(&bob, "bob", &uniq("reg-"), 1, None, None), p.addr);
-        let fetch = bob.expect_response(200, "REGISTER");
-        let listed = fetch.values(HeaderName::Contact);
-        assert_eq!(listed.len(), 1, "{d}: {}", fetch.text);
-        assert!(listed[0].starts_with(&format!("<{}>", contact_of("bob", &bob))));
-        let left = expires_param(&listed[0]);
-        assert!((3590..=3600).contains(&left), "{d}: {left}");
-        // Eve and frank: known users without bindings (480), never reached.
-        for user in ["eve", "frank"] {
-            let leg = Leg::new(&alice, "alice", user);
-            alice.send(&leg.initial("INVITE", &uniq("z9hG4bKr"), SDP), p.addr);
-            let (r, _, _) =
-                alice.expect("a final response", |m| m.status().is_some_and(|c| c >= 200));
-            assert!(
-                matches!(r.status(), Some(480 | 404)),
-                "{d}: {user}: {}",
-                r.text
-            );
-        }
-        for ua in [&eve, &frank] {
-            assert!(
-                ua.collect(Duration::from_millis(100))
-                    .iter()
-                    .all(|m| m.method() != "INVITE"),
-                "{d}: an expired binding was resurrected"
-            );
-        }
+    }
+    for ua in [&eve, &frank] {
+        assert!(
+            ua.collect(Duration::from_millis(100))
+                .iter()
+                .all(|m| m.method() != "INVITE"),
+            "{d}: an expired binding was resurrected"
+        );
     }
 }
 
