@@ -10,6 +10,8 @@
 //! |---|---|
 //! | [`sip`] | message model, zero-copy parser, URIs, typed headers, the editor |
 //! | [`proxy`] | routing: the stateless relay, loose routing, branches, local answers |
+//! | [`auth`] | digest authentication: challenges, stateless nonces, replay table, users file, throttles |
+//! | [`policy`] | access rules, per-source flood limits and bans, overload shedding |
 //! | [`transport`] | the [`transport::Outbox`] the core writes datagrams into |
 //! | [`shard`] | thread-per-core runtime: pinning, SO_REUSEPORT sockets, io_uring and mio drivers |
 //! | [`config`], [`cli`] | TOML + flags → a validated [`config::Config`]; the `sipedge` command |
@@ -31,9 +33,11 @@
 )]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod location;
+pub mod policy;
 pub mod proxy;
 pub mod registrar;
 pub mod shard;
