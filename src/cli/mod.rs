@@ -103,6 +103,7 @@ impl RunArgs {
             store: None,
             timers: None,
             proxy: None,
+            io_tuning: None,
         }
     }
 
@@ -232,9 +233,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     tracing::info!(
-        "stopped: rx={} tx={} rx_errors={} tx_errors={} tx_dropped={}",
+        "stopped: rx={} tx={} turns={} rx_errors={} tx_errors={} tx_dropped={}",
         driver_total.rx,
         driver_total.tx,
+        driver_total.turns,
         driver_total.rx_errors,
         driver_total.tx_errors,
         driver_total.tx_dropped

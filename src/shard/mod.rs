@@ -314,6 +314,8 @@ pub struct ShardPlan {
     pub locals: Vec<LocalSocket>,
     /// Mesh end and store of this shard.
     pub io: Option<ShardIo>,
+    /// io_uring completion coalescing, µs (0: off).
+    pub coalesce_us: u32,
 }
 
 /// Why the runtime could not start.
@@ -380,6 +382,7 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
             sockets,
             locals,
             io: None,
+            coalesce_us: cfg.coalesce_us,
         });
     }
     Ok(plans)
@@ -452,7 +455,13 @@ fn run_shard<S: Service>(plan: ShardPlan, driver: DriverKind, mut service: S, st
     let mut io = plan.io.unwrap_or_else(ShardIo::none);
     let stats = match driver {
         DriverKind::Mio => mio::MioDriver::new(plan.sockets, io.wake_fd())?.run(&mut service, &mut io, stop)?,
-        DriverKind::Uring => uring::UringDriver::new(plan.sockets)?.run(&mut service, &mut io, stop)?,
+        DriverKind::Uring => {
+            let mut d = uring::UringDriver::new(plan.sockets)?;
+            if !d.set_coalesce(plan.coalesce_us) {
+                tracing::warn!("io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it");
+            }
+            d.run(&mut service, &mut io, stop)?
+        }
     };
     Ok(ShardReport {
         id: shard_id,
