@@ -36,18 +36,19 @@
 #   a. CPU per call: the proxy is warmed up, then for each rate a UAC run of rate x
 #      duration calls; utime+stime of ALL the proxy's processes (/proc/PID/stat of the
 #      process and its descendants) is sampled right before and right after the run and
-#      divided by the calls completed in it (µs). Median of --repeat runs.
+#      divided by the calls completed in it (µs). Median (and min) of --repeat rounds;
+#      the proxies take turns round by round so drifting noise falls on all alike.
 #   b. max sustained calls/s with < 0.1% failed calls: the rate is stepped up
 #      (--max-step) until a step fails (failures >= 0.1%, or the run took > 110% of
 #      its nominal time: the offered rate was not carried), then bisected twice.
-#      Each step records the load generator's CPU: "LG-bound" marks a max that the
-#      load generator, not the proxy, set.
+#      "proxy-bound": the proxy used >= 85% of its CPUs at the best rate; "LG-bound":
+#      it did not, so the load generator or the machine set the limit (a lower bound).
 #   c. p50/p99 call-setup latency (INVITE -> 200, from the load generator) at 50% of
 #      Kamailio's max.
 #   d. the floor: tools/floor (a bare UDP forwarder) CPU per datagram x datagrams per call.
 #   e. sipedge --shards 2 (pinned to both CPUs; the load generator then shares them).
-# Results: a table on stdout, raw runs in benches/e2e/results/<stamp>/runs.tsv and a
-# summary in benches/e2e/results/<stamp>/summary.json (plus results/latest symlink).
+# Results: a table on stdout (and table.txt), raw runs in runs.tsv and a summary.json in
+# benches/e2e/results/<shape>-<load>-<stamp>/ (results/latest points at the last one).
 # Exit status: 0 when every proxy run completed its calls, 1 when a proxy failed to
 # complete calls (or could not be started), 2 on a usage or setup error.
 # shellcheck disable=SC2317 # functions called indirectly (lg_${LOAD}_run, traps)
@@ -64,7 +65,7 @@ STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=500
 BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# shellcheck disable/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 while (($#)); do
 	case "$1" in
@@ -508,6 +509,8 @@ cpu_round() {
 	for rate in "${RATE_LIST[@]}"; do
 		measure "$name" cpu "$rate" $((rate * DURATION)) "$round"
 		V[$name.cpu.$rate]+=" $M_CPU_US" V[$name.lg.$rate]+=" $M_LG_CORES" V[$name.other.$rate]+=" $M_OTHER"
+		# runs while the rest of the machine was (nearly) idle: the least disturbed figures
+		if awk -v o="$M_OTHER" 'BEGIN { exit !(o < 0.3) }'; then V[$name.quiet.$rate]+=" $M_CPU_US"; fi
 		if ((!M_PASS)); then
 			V[$name.fail.$rate]=1
 			[[ "$name" == floor* ]] || { FAIL=1; R[$name.status]="calls failed at $rate/s"; }
@@ -522,6 +525,8 @@ cpu_summary() {
 		R[$name.min.$rate]="$(tr ' ' '\n' <<<"${V[$name.cpu.$rate]:-}" | grep -E '^[0-9.]+$' | sort -g | head -1)"
 		R[$name.lg.$rate]="$(median <<<"${V[$name.lg.$rate]:-}")"
 		R[$name.other.$rate]="$(median <<<"${V[$name.other.$rate]:-}")"
+		local q="${V[$name.quiet.$rate]:-}"
+		R[$name.quiet.$rate]="$(median <<<"$q")($(wc -w <<<"$q"))"
 		[[ -z "${V[$name.fail.$rate]:-}" ]] || R[$name.cpu.$rate]+="!"
 	done
 	if [[ "$SHAPE" == registrar ]]; then
@@ -650,14 +655,15 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 	echo "sipedge vs Kamailio — shape $SHAPE, load $LOAD, $(date -u +%FT%TZ), $(hostname)"
 	echo "proxy pinned to CPU $PROXY_CPU, load generator (UAC+UAS) pinned to CPU $LG_CPU; sipedge2 = --shards 2 on CPUs 0-1 with the load generator sharing them"
 	echo "CPU per call = utime+stime of all the proxy's processes over a run of rate x ${DURATION}s calls / calls completed; median of $REPEAT"
-	echo "columns per rate: median us/call, min us/call, load generator cores, cores used by other processes (noise)"
+	echo "columns per rate: median and min us/call; quiet = median us/call of the runs when other processes used < 0.3 core"
+	echo "(their count in parentheses); load generator cores; cores used by other processes (median, the noise)"
 	printf '\n%-9s' proxy
-	for rate in "${RATE_LIST[@]}"; do printf ' | %-28s' "@$rate/s med  min  lg  other"; done
+	for rate in "${RATE_LIST[@]}"; do printf ' | %-37s' "@$rate/s med   min  quiet(n)  lg other"; done
 	printf ' | %7s %-11s %13s %8s %11s | %s\n' max_cps note drops@fail lat_rate p50/p99_ms status
 	for p in "${ORDER[@]}"; do
 		printf '%-9s' "$p"
 		for rate in "${RATE_LIST[@]}"; do
-			printf ' | %-28s' "$(printf '%7s %6s %5s %5s' "$(get "$p.cpu.$rate")" "$(get "$p.min.$rate")" "$(get "$p.lg.$rate")" "$(get "$p.other.$rate")")"
+			printf ' | %-37s' "$(printf '%7s %5s %9s %4s %5s' "$(get "$p.cpu.$rate")" "$(get "$p.min.$rate")" "$(get "$p.quiet.$rate")" "$(get "$p.lg.$rate")" "$(get "$p.other.$rate")")"
 		done
 		printf ' | %7s %-11s %13s %8s %11s | %s\n' "$(get "$p.max")" "$(get "$p.max_note")" "$(get "$p.max_fail_drops")" "$(get "$p.lat_rate")" \
 			"$(get "$p.p50")/$(get "$p.p99")" "$(get "$p.status")"
