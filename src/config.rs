@@ -392,6 +392,13 @@ impl FileConfig {
             .unwrap_or_else(|| vec!["localhost".to_owned()])
             .into_iter()
             .map(|d| {
+                // An address may stand for the domain of an edge with no DNS name.
+                if let Ok(ip) = d.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                    return Ok(match ip {
+                        IpAddr::V4(a) => a.to_string(),
+                        IpAddr::V6(a) => format!("[{a}]"),
+                    });
+                }
                 let ok = !d.is_empty()
                     && d.len() <= 253
                     && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');

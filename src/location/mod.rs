@@ -91,9 +91,20 @@ impl AorKey {
             return Err(AorError::Scheme);
         }
         let user = uri.user.filter(|u| !u.is_empty()).ok_or(AorError::NoUser)?;
+        // An address as domain (an edge with no DNS name) is kept in its
+        // canonical text form, so `sip:a@127.000.0.1` is not a different AoR… and
+        // `[2001:DB8::1]` equals `[2001:db8::1]`.
+        let mut ip_text = [0u8; 48];
         let host = match uri.host {
             Host::Name(n) => n.strip_suffix(b".").unwrap_or(n),
-            Host::V4(_) | Host::V6(_) => return Err(AorError::NotADomain),
+            Host::V4(a) => {
+                let n = crate::sip::emit::format_ip(core::net::IpAddr::V4(a), &mut ip_text);
+                ip_text.get(..n).unwrap_or_default()
+            }
+            Host::V6(a) => {
+                let n = crate::sip::emit::format_ip(core::net::IpAddr::V6(a), &mut ip_text);
+                ip_text.get(..n).unwrap_or_default()
+            }
         };
         let mut k = Self {
             len: 0,
@@ -206,7 +217,8 @@ mod tests {
                 Ok("+15551234;npdi@example.com"),
             ),
             ("sip:example.com", Err(AorError::NoUser)),
-            ("sip:alice@192.0.2.1", Err(AorError::NotADomain)),
+            ("sip:alice@192.0.2.1", Ok("alice@192.0.2.1")),
+            ("sip:alice@[2001:DB8:0::1]:5060", Ok("alice@[2001:db8::1]")),
             ("tel:+15551234", Err(AorError::Scheme)),
         ];
         for (uri, want) in cases {

@@ -182,14 +182,18 @@ impl Identity {
         })
     }
 
-    /// True when `host` is a domain this edge serves.
+    /// True when `host` is a domain this edge serves (a configured domain
+    /// may also be an address, for an edge with no DNS name).
     pub fn is_served_domain(&self, host: &Host<'_>) -> bool {
         match host {
             Host::Name(n) => {
                 let n = n.strip_suffix(b".").unwrap_or(n);
                 self.domains.iter().any(|d| d.eq_ignore_ascii_case(n))
             }
-            _ => false,
+            Host::V4(_) | Host::V6(_) => self.domains.iter().any(|d| {
+                d.first().is_some_and(|c| c.is_ascii_digit() || *c == b'[' || *c == b':')
+                    && Host::parse(d).is_ok_and(|h| h.matches(host))
+            }),
         }
     }
 
@@ -377,6 +381,14 @@ mod tests {
         assert!(!us("sip:alice@example.test"));
         assert!(!us("sip:other.test"));
         assert_eq!(id.egress_for("127.0.0.1:9".parse().unwrap(), SocketId(0)), SocketId(1));
+        let mut by_ip = identity();
+        by_ip.domains.push(b"192.0.2.1".to_vec().into_boxed_slice());
+        by_ip.domains.push(b"[2001:db8::1]".to_vec().into_boxed_slice());
+        let served = |s: &str| by_ip.is_served_domain(&Uri::parse(s.as_bytes()).unwrap().host);
+        assert!(served("sip:a@192.0.2.1"));
+        assert!(served("sip:a@[2001:DB8::1]"));
+        assert!(!served("sip:a@192.0.2.2"));
+        assert!(!identity().is_served_domain(&Uri::parse(b"sip:a@192.0.2.1").unwrap().host));
         assert_eq!(id.sockets[0].rr_uri(), b"sip:127.0.0.1:5060;lr");
         let v6 = LocalSocket::new("[::1]:5060".parse().unwrap(), SocketRole::Public);
         assert_eq!(v6.via_host(), b"[::1]");
