@@ -9,6 +9,7 @@
 //! | [`replay`] | the bounded nonce-count table (highest nc + a 64-count window per nonce) |
 //! | [`users`] | the users file, [`Users`], the [`UserDirectory`] trait |
 //! | here | [`Authenticator`]: [`Authenticator::check`] a request, [`Authenticator::write_challenge`] |
+//! | [`mod@gate`] | policy + authenticator in one call per new request: pass, reply (with the challenge) or drop |
 //!
 //! ```text
 //!  request ─► realm: To host (REGISTER, 401) │ From host (others, 407) ─ not served ─► Forbidden(UnknownRealm)
@@ -59,6 +60,7 @@
 )]
 
 pub mod digest;
+pub mod gate;
 pub mod nonce;
 pub mod replay;
 pub mod users;
@@ -75,6 +77,7 @@ use crate::sip::{Credentials, EmitError, HeaderName, Host, Message, Method, Uri,
 use crate::time::{Duration, Instant};
 
 pub use digest::{Algorithm, HashFn, Hex, Qop};
+pub use gate::{gate, Gate, CHALLENGE_BUF};
 pub use nonce::{NonceKeys, Secret, NONCE_LEN};
 pub use replay::{NcCheck, ReplayTable};
 pub use users::{User, UserDirectory, UserProblem, Users, UsersError};
