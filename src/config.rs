@@ -121,7 +121,9 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     /// A listen address is malformed.
-    #[error("bad listen address {0:?}: expected udp:IP:PORT, e.g. udp:127.0.0.1:5060 or udp:[::1]:5060")]
+    #[error(
+        "bad listen address {0:?}: expected udp:IP:PORT, e.g. udp:127.0.0.1:5060 or udp:[::1]:5060"
+    )]
     BadListen(String),
     /// A listen transport this build does not serve yet.
     #[error("listen address {0:?}: only udp is supported by this build")]
@@ -393,7 +395,11 @@ impl FileConfig {
             .into_iter()
             .map(|d| {
                 // An address may stand for the domain of an edge with no DNS name.
-                if let Ok(ip) = d.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                if let Ok(ip) = d
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
                     return Ok(match ip {
                         IpAddr::V4(a) => a.to_string(),
                         IpAddr::V6(a) => format!("[{a}]"),
@@ -401,7 +407,8 @@ impl FileConfig {
                 }
                 let ok = !d.is_empty()
                     && d.len() <= 253
-                    && d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    && d.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
                 if ok {
                     Ok(d.to_ascii_lowercase())
                 } else {
@@ -410,7 +417,12 @@ impl FileConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let upstream = self.upstream.as_deref().map(parse_upstream).transpose()?;
-        let io = self.io.as_deref().map(IoMode::parse).transpose()?.unwrap_or_default();
+        let io = self
+            .io
+            .as_deref()
+            .map(IoMode::parse)
+            .transpose()?
+            .unwrap_or_default();
         let p = self.parser.unwrap_or_default();
         let d = ParseConfig::default();
         let parse = ParseConfig {
@@ -424,12 +436,16 @@ impl FileConfig {
         let s = self.socket.unwrap_or_default();
         let t = self.timers.unwrap_or_default();
         let dt = crate::txn::TimerConfig::default();
-        let ms = |v: Option<u64>, d: crate::time::Duration| v.map_or(d, crate::time::Duration::from_millis);
+        let ms = |v: Option<u64>, d: crate::time::Duration| {
+            v.map_or(d, crate::time::Duration::from_millis)
+        };
         let timers = crate::txn::TimerConfig {
             t1: ms(t.t1, dt.t1),
             t2: ms(t.t2, dt.t2),
             t4: ms(t.t4, dt.t4),
-            timer_c: t.timer_c.map_or(dt.timer_c, crate::time::Duration::from_secs),
+            timer_c: t
+                .timer_c
+                .map_or(dt.timer_c, crate::time::Duration::from_secs),
         };
         if timers.t1.as_micros() == 0 || timers.t2 < timers.t1 || timers.timer_c < timers.t1x64() {
             return Err(ConfigError::BadTimers);
@@ -454,7 +470,11 @@ impl FileConfig {
             timers,
             max_transactions: proxy.max_transactions.unwrap_or(1 << 20).max(1),
             stateful_record_route: proxy.record_route.unwrap_or(true),
-            coalesce_us: self.io_tuning.and_then(|i| i.coalesce_us).unwrap_or(DEFAULT_COALESCE_US).min(100_000),
+            coalesce_us: self
+                .io_tuning
+                .and_then(|i| i.coalesce_us)
+                .unwrap_or(DEFAULT_COALESCE_US)
+                .min(100_000),
         })
     }
 }
@@ -467,7 +487,11 @@ pub fn parse_upstream(s: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(a) = rest.parse::<SocketAddr>() {
         return Ok(a);
     }
-    if let Ok(ip) = rest.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = rest
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, 5060));
     }
     let with_port = if rest.contains(':') {
@@ -519,13 +543,39 @@ mod tests {
     fn errors_are_clear() {
         assert!(FileConfig::from_toml("bogus = 1").is_err());
         let bad = |f: FileConfig| f.validate(1).unwrap_err().to_string();
-        assert!(bad(FileConfig { listen: Some(vec!["tcp:1.2.3.4:5060".into()]), ..Default::default() }).contains("only udp"));
-        assert!(bad(FileConfig { listen: Some(vec!["udp:nonsense".into()]), ..Default::default() }).contains("bad listen"));
-        assert!(bad(FileConfig { shards: Some(0), ..Default::default() }).contains("between 1 and 255"));
-        assert!(bad(FileConfig { io: Some("poll".into()), ..Default::default() }).contains("auto, uring or mio"));
-        assert!(bad(FileConfig { listen: Some(vec!["udp:0.0.0.0:5060".into()]), ..Default::default() }).contains("advertise"));
-        assert_eq!(parse_upstream("sip:127.0.0.1:15080").unwrap().to_string(), "127.0.0.1:15080");
-        assert_eq!(parse_upstream("sip:127.0.0.1").unwrap().to_string(), "127.0.0.1:5060");
+        assert!(bad(FileConfig {
+            listen: Some(vec!["tcp:1.2.3.4:5060".into()]),
+            ..Default::default()
+        })
+        .contains("only udp"));
+        assert!(bad(FileConfig {
+            listen: Some(vec!["udp:nonsense".into()]),
+            ..Default::default()
+        })
+        .contains("bad listen"));
+        assert!(bad(FileConfig {
+            shards: Some(0),
+            ..Default::default()
+        })
+        .contains("between 1 and 255"));
+        assert!(bad(FileConfig {
+            io: Some("poll".into()),
+            ..Default::default()
+        })
+        .contains("auto, uring or mio"));
+        assert!(bad(FileConfig {
+            listen: Some(vec!["udp:0.0.0.0:5060".into()]),
+            ..Default::default()
+        })
+        .contains("advertise"));
+        assert_eq!(
+            parse_upstream("sip:127.0.0.1:15080").unwrap().to_string(),
+            "127.0.0.1:15080"
+        );
+        assert_eq!(
+            parse_upstream("sip:127.0.0.1").unwrap().to_string(),
+            "127.0.0.1:5060"
+        );
         assert!(parse_upstream("sip:no-such-host.invalid:5060").is_err());
     }
 }

@@ -135,7 +135,10 @@ mod tests {
         let t = Instant::from_micros(10);
         assert_eq!(t + Duration::from_millis(1), Instant::from_micros(1_010));
         assert_eq!(Instant::ZERO - t, Duration::ZERO);
-        assert_eq!(Instant::from_micros(u64::MAX) + Duration::from_secs(1), Instant::from_micros(u64::MAX));
+        assert_eq!(
+            Instant::from_micros(u64::MAX) + Duration::from_secs(1),
+            Instant::from_micros(u64::MAX)
+        );
         assert_eq!(Duration::from_secs(2).as_millis(), 2_000);
     }
 }

@@ -138,7 +138,11 @@ impl<T> Wheel<T> {
             // simulations in src/sim.rs).
             self.jump_to(t + 1);
             if fired_any || self.earliest.is_some_and(|e| e <= t) {
-                self.earliest = if self.len == 0 { None } else { self.scan_earliest() };
+                self.earliest = if self.len == 0 {
+                    None
+                } else {
+                    self.scan_earliest()
+                };
             }
         }
         if self.len == 0 {
@@ -199,8 +203,11 @@ impl<T> Wheel<T> {
             self.level0.get((t & MASK) as usize).and_then(min_of)
         });
         let here = (self.cursor >> BITS) & MASK;
-        let l1 = (1..=SLOTS as u64)
-            .find_map(|k| self.level1.get(((here + k) & MASK) as usize).and_then(min_of));
+        let l1 = (1..=SLOTS as u64).find_map(|k| {
+            self.level1
+                .get(((here + k) & MASK) as usize)
+                .and_then(min_of)
+        });
         let ov = self.overflow.iter().map(|e| e.at).min();
         [l0, l1, ov].into_iter().flatten().min()
     }
@@ -218,7 +225,14 @@ mod tests {
     #[test]
     fn fires_in_order_across_levels() {
         let mut w = Wheel::new(Instant::ZERO);
-        for (at, id) in [(500, 1), (4_000, 2), (32_000, 3), (3_600_000, 4), (40_000_000, 5), (1, 6)] {
+        for (at, id) in [
+            (500, 1),
+            (4_000, 2),
+            (32_000, 3),
+            (3_600_000, 4),
+            (40_000_000, 5),
+            (1, 6),
+        ] {
             w.insert(ms(at), id);
         }
         assert_eq!(w.len(), 6);

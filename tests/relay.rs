@@ -39,7 +39,11 @@ fn answer(req: &Msg, code: u16, reason: &str, tag: &str) -> String {
         s.push_str(&format!("Via: {v}\r\n"));
     }
     let to = req.header(HeaderName::To).unwrap();
-    let to = if to.contains("tag=") { to } else { format!("{to};tag={tag}") };
+    let to = if to.contains("tag=") {
+        to
+    } else {
+        format!("{to};tag={tag}")
+    };
     s.push_str(&format!(
         "To: {to}\r\nFrom: {}\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
         req.header(HeaderName::From).unwrap(),
@@ -89,16 +93,26 @@ fn relays_a_whole_call_with_ack_and_bye() {
         uac.send(&invite(&uac, &uas, "z9hG4bKinv1", "call-1", 70), p.addr);
         let (req, from) = uas.recv();
         let req = Msg::new(req);
-        assert_eq!(from, p.addr, "{d}: one shard forwards from its public socket");
+        assert_eq!(
+            from, p.addr,
+            "{d}: one shard forwards from its public socket"
+        );
         assert_eq!(req.method(), "INVITE");
         assert_eq!(req.request_uri(), format!("sip:uas@{}", uas.addr));
         assert_eq!(req.max_forwards(), Some(69));
         let vias = req.values(HeaderName::Via);
         assert_eq!(vias.len(), 2);
-        assert!(vias[0].starts_with(&format!("SIP/2.0/UDP {};branch=z9hG4bKse", p.addr)), "{vias:?}");
+        assert!(
+            vias[0].starts_with(&format!("SIP/2.0/UDP {};branch=z9hG4bKse", p.addr)),
+            "{vias:?}"
+        );
         assert_eq!(
             vias[1],
-            format!("SIP/2.0/UDP {};branch=z9hG4bKinv1;received=127.0.0.1;rport={}", uac.addr, uac.addr.port()),
+            format!(
+                "SIP/2.0/UDP {};branch=z9hG4bKinv1;received=127.0.0.1;rport={}",
+                uac.addr,
+                uac.addr.port()
+            ),
             "RFC 3581: received and rport filled in"
         );
         assert!(req.text.ends_with("v=0\r\no=x\r\n"), "body intact");
@@ -111,10 +125,16 @@ fn relays_a_whole_call_with_ack_and_bye() {
             assert_eq!(r.values(HeaderName::Via).len(), 1, "our Via removed");
             assert_eq!(r.top_branch(), "z9hG4bKinv1");
         }
-        uac.send(&in_dialog("ACK", &uac, &uas, "z9hG4bKack1", 1, "call-1"), p.addr);
+        uac.send(
+            &in_dialog("ACK", &uac, &uas, "z9hG4bKack1", 1, "call-1"),
+            p.addr,
+        );
         let (ack, _) = uas.recv();
         assert_eq!(Msg::new(ack).method(), "ACK");
-        uac.send(&in_dialog("BYE", &uac, &uas, "z9hG4bKbye1", 2, "call-1"), p.addr);
+        uac.send(
+            &in_dialog("BYE", &uac, &uas, "z9hG4bKbye1", 2, "call-1"),
+            p.addr,
+        );
         let (bye, _) = uas.recv();
         let bye = Msg::new(bye);
         assert_eq!(bye.method(), "BYE");
@@ -135,7 +155,11 @@ fn retransmissions_and_cancel_take_the_same_branch() {
         let first = Msg::new(uas.recv().0);
         uac.send(&inv, p.addr);
         let again = Msg::new(uas.recv().0);
-        assert_eq!(first.top_branch(), again.top_branch(), "{d}: retransmission");
+        assert_eq!(
+            first.top_branch(),
+            again.top_branch(),
+            "{d}: retransmission"
+        );
         assert_eq!(first.text, again.text);
 
         let cancel = format!(
@@ -147,7 +171,11 @@ To: <sip:uas@{uas}>\r\nFrom: <sip:uac@{uac}>;tag=uac1\r\nCall-ID: call-2\r\nCSeq
         uac.send(&cancel, p.addr);
         let c = Msg::new(uas.recv().0);
         assert_eq!(c.method(), "CANCEL");
-        assert_eq!(c.top_branch(), first.top_branch(), "CANCEL matches the INVITE downstream");
+        assert_eq!(
+            c.top_branch(),
+            first.top_branch(),
+            "CANCEL matches the INVITE downstream"
+        );
         uas.send(&answer(&c, 200, "OK", "uas2"), p.addr);
         let r = Msg::new(uac.recv().0);
         assert_eq!((r.status(), r.method()), (Some(200), "CANCEL".to_owned()));
@@ -197,19 +225,33 @@ To: <sip:a@b>;tag=1\r\nFrom: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n
         uac.expect_silence(Duration::from_millis(150));
 
         // Malformed requests: answered precisely where a response can be routed.
-        let bad_cseq = invite(&uac, &uas, "z9hG4bKbad1", "call-4", 70).replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+        let bad_cseq = invite(&uac, &uas, "z9hG4bKbad1", "call-4", 70)
+            .replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
         uac.send(&bad_cseq, p.addr);
         let r = Msg::new(uac.recv().0);
         assert_eq!(r.status(), Some(400), "{d}");
-        assert!(r.text.starts_with("SIP/2.0 400 Bad Request (CSeq Method Does Not Match)"));
-        let bad_version = invite(&uac, &uas, "z9hG4bKbad2", "call-5", 70).replace(" SIP/2.0\r\nVia", " SIP/7.0\r\nVia");
+        assert!(r
+            .text
+            .starts_with("SIP/2.0 400 Bad Request (CSeq Method Does Not Match)"));
+        let bad_version = invite(&uac, &uas, "z9hG4bKbad2", "call-5", 70)
+            .replace(" SIP/2.0\r\nVia", " SIP/7.0\r\nVia");
         uac.send(&bad_version, p.addr);
         assert_eq!(Msg::new(uac.recv().0).status(), Some(505));
-        let bad_scheme = invite(&uac, &uas, "z9hG4bKbad3", "call-6", 70).replacen("INVITE sip:uas@", "INVITE http://uas@", 1);
+        let bad_scheme = invite(&uac, &uas, "z9hG4bKbad3", "call-6", 70).replacen(
+            "INVITE sip:uas@",
+            "INVITE http://uas@",
+            1,
+        );
         uac.send(&bad_scheme, p.addr);
         assert_eq!(Msg::new(uac.recv().0).status(), Some(416));
         // Garbage with no way to answer: dropped, the shard keeps serving.
-        for junk in [vec![0u8; 0], vec![0xffu8; 1200], b"\x16\x03\x01\x02\x00".to_vec(), vec![b'A'; 60_000], b"INVITE\r\n\r\n".to_vec()] {
+        for junk in [
+            vec![0u8; 0],
+            vec![0xffu8; 1200],
+            b"\x16\x03\x01\x02\x00".to_vec(),
+            vec![b'A'; 60_000],
+            b"INVITE\r\n\r\n".to_vec(),
+        ] {
             uac.sock.send_to(&junk, p.addr).unwrap();
         }
         uac.expect_silence(Duration::from_millis(150));
@@ -227,11 +269,23 @@ fn two_shards_relay_and_responses_find_their_shard() {
         // Several client flows: the kernel spreads them over both public sockets.
         for i in 0..8 {
             let uac = Ua::new();
-            uac.send(&invite(&uac, &uas, &format!("z9hG4bKs{i}"), &format!("call-s{i}"), 70), p.addr);
+            uac.send(
+                &invite(
+                    &uac,
+                    &uas,
+                    &format!("z9hG4bKs{i}"),
+                    &format!("call-s{i}"),
+                    70,
+                ),
+                p.addr,
+            );
             let (req, from) = uas.recv();
             let req = Msg::new(req);
             let via = &req.values(HeaderName::Via)[0];
-            assert!(via.contains(&from.to_string()), "{d}: our Via names the socket it left from: {via} vs {from}");
+            assert!(
+                via.contains(&from.to_string()),
+                "{d}: our Via names the socket it left from: {via} vs {from}"
+            );
             uas.send(&answer(&req, 200, "OK", "t"), from);
             let r = Msg::new(uac.recv().0);
             assert_eq!(r.status(), Some(200));
@@ -270,7 +324,10 @@ fn clear_errors_for_bad_config_and_busy_port() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot bind") && err.contains("in use"), "{err}");
+    assert!(
+        err.contains("cannot bind") && err.contains("in use"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -287,7 +344,15 @@ fn sipp_uac_and_uas_through_the_relay() {
         };
         let uas_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut uas = Command::new("sipp")
-            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+            .args([
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-nostdin",
+            ])
             .args(["-timeout", "30s"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -296,18 +361,45 @@ fn sipp_uac_and_uas_through_the_relay() {
         std::thread::sleep(Duration::from_millis(300));
         let p = relay(d, uas_addr, &[]);
         let out = Command::new("sipp")
-            .args(["-sn", "uac", "-i", "127.0.0.1", "-p", "0", "-m", "200", "-r", "100", "-l", "50"])
-            .args(["-timeout", "30s", "-timeout_error", "-nostdin", "-recv_timeout", "5000"])
+            .args([
+                "-sn",
+                "uac",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "-m",
+                "200",
+                "-r",
+                "100",
+                "-l",
+                "50",
+            ])
+            .args([
+                "-timeout",
+                "30s",
+                "-timeout_error",
+                "-nostdin",
+                "-recv_timeout",
+                "5000",
+            ])
             .arg(p.addr.to_string())
             .output()
             .unwrap();
-        let _ = Command::new("kill").args(["-TERM", &uas.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &uas.id().to_string()])
+            .status();
         let _ = uas.wait();
         assert!(
             out.status.success(),
             "{d}: sipp uac failed ({:?}): {}\n{}",
             out.status,
-            String::from_utf8_lossy(&out.stdout).lines().rev().take(40).collect::<Vec<_>>().join("\n"),
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n"),
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -12,13 +12,13 @@ use crate::config::{Config, FileConfig};
 use crate::location::Replica;
 use crate::proxy::location::PartitionRegistry;
 use crate::proxy::stateful::{self, Stateful};
+use crate::proxy::stateless::{self, Stateless};
+use crate::proxy::{Counters, Identity, Service};
 use crate::registrar::{Registrar, RegistrarConfig};
 use crate::shard::mesh::Mesh;
 use crate::shard::ShardIo;
-use crate::store::{LogConfig, LogStore, Store};
-use crate::proxy::stateless::{self, Stateless};
-use crate::proxy::{Counters, Identity, Service};
 use crate::shard::{self, DriverKind, DriverStats};
+use crate::store::{LogConfig, LogStore, Store};
 
 pub mod tune;
 
@@ -162,8 +162,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let cpus: Vec<String> = plans.iter().filter_map(|p| p.cpu.map(|c| c.to_string())).collect();
-    let mode = if cfg.stateless { "stateless relay" } else { "transaction-stateful proxy" };
+    let cpus: Vec<String> = plans
+        .iter()
+        .filter_map(|p| p.cpu.map(|c| c.to_string()))
+        .collect();
+    let mode = if cfg.stateless {
+        "stateless relay"
+    } else {
+        "transaction-stateful proxy"
+    };
     tracing::info!(
         "sipedge {} started: io={} shards={} (cpus {}) listen={} mode={} domains={} upstream={}",
         env!("CARGO_PKG_VERSION"),
@@ -173,7 +180,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         listen.join(","),
         mode,
         cfg.domains.join(","),
-        cfg.upstream.map_or_else(|| "none".to_owned(), |u| u.to_string()),
+        cfg.upstream
+            .map_or_else(|| "none".to_owned(), |u| u.to_string()),
     );
     if let Some(why) = fallback {
         tracing::info!("io_uring not used ({why}); running the mio driver");
@@ -187,7 +195,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             record_route: cfg.record_route,
             parse: cfg.parse.clone(),
         };
-        spawn_with(plans, driver, &cfg, secret, &stop, move |id| Stateless::new(id, relay_cfg.clone()))?
+        spawn_with(plans, driver, &cfg, secret, &stop, move |id| {
+            Stateless::new(id, relay_cfg.clone())
+        })?
     } else {
         start_stateful(plans, driver, &cfg, secret, &stop)?
     };
@@ -269,11 +279,18 @@ fn start_stateful(
         fsync: cfg.fsync,
         ..LogConfig::default()
     };
-    let mut store = LogStore::open(&log_cfg, n)
-        .with_context(|| format!("cannot open the registrar store in {}", cfg.data_dir.display()))?;
-    let states = store
-        .load(wall)
-        .with_context(|| format!("cannot load the registrar store in {}", cfg.data_dir.display()))?;
+    let mut store = LogStore::open(&log_cfg, n).with_context(|| {
+        format!(
+            "cannot open the registrar store in {}",
+            cfg.data_dir.display()
+        )
+    })?;
+    let states = store.load(wall).with_context(|| {
+        format!(
+            "cannot load the registrar store in {}",
+            cfg.data_dir.display()
+        )
+    })?;
     let bindings: usize = states.iter().map(|s| s.bindings.len()).sum();
     tracing::info!(
         "registrar store {}: {} partition(s), {bindings} binding(s) loaded",
@@ -285,19 +302,29 @@ fn start_stateful(
     }
     let mut stores: Vec<Option<LogStore>> = store.split().into_iter().map(Some).collect();
     let mut meshes: Vec<Option<Mesh<stateful::MeshMsg>>> = if n > 1 {
-        Mesh::build(usize::from(n), 65_536)?.into_iter().map(Some).collect()
+        Mesh::build(usize::from(n), 65_536)?
+            .into_iter()
+            .map(Some)
+            .collect()
     } else {
         Vec::new()
     };
     for (i, plan) in plans.iter_mut().enumerate() {
-        let store = stores.get_mut(i).and_then(Option::take).map(|s| Box::new(s) as Box<dyn Store + Send>);
+        let store = stores
+            .get_mut(i)
+            .and_then(Option::take)
+            .map(|s| Box::new(s) as Box<dyn Store + Send>);
         let mesh = meshes.get_mut(i).and_then(Option::take);
         plan.io = Some(ShardIo::new(mesh, store, plan.id));
     }
     let reg = &cfg.registrar;
     let d = RegistrarConfig::default();
     let reg_cfg = RegistrarConfig {
-        domains: cfg.domains.iter().map(|x| x.as_bytes().to_vec().into_boxed_slice()).collect(),
+        domains: cfg
+            .domains
+            .iter()
+            .map(|x| x.as_bytes().to_vec().into_boxed_slice())
+            .collect(),
         min_expires: reg.min_expires.unwrap_or(d.min_expires),
         max_expires: reg.max_expires.unwrap_or(d.max_expires),
         default_expires: reg.default_expires.unwrap_or(d.default_expires),
@@ -331,7 +358,13 @@ fn start_stateful(
                 ..Default::default()
             });
         let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
-        Stateful::new(id, proxy_cfg.clone(), replica, PartitionRegistry::new(registrar, n, me)).with_shards(n)
+        Stateful::new(
+            id,
+            proxy_cfg.clone(),
+            replica,
+            PartitionRegistry::new(registrar, n, me),
+        )
+        .with_shards(n)
     })?;
     if let Some(f) = failure {
         stop.store(true, Ordering::Relaxed);
@@ -354,7 +387,14 @@ where
     S: Service + Send + 'static,
     F: FnMut(Identity) -> S,
 {
-    Ok(shard::spawn(plans, driver, cfg, secret, stop.clone(), make)?)
+    Ok(shard::spawn(
+        plans,
+        driver,
+        cfg,
+        secret,
+        stop.clone(),
+        make,
+    )?)
 }
 
 /// A per-process secret for branch and tag hashes (not a key that protects

@@ -83,12 +83,29 @@ pub fn check(profile: &Profile, root: &Path) -> Vec<Row> {
         .iter()
         .map(|s| {
             let raw = std::fs::read_to_string(sysctl_path(root, &s.key)).ok();
-            let current = raw.as_deref().map(str::trim).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
+            let current = raw
+                .as_deref()
+                .map(str::trim)
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "));
             let value = current.as_deref().and_then(|v| v.parse::<u64>().ok());
             let (wanted, verdict) = match (s.min, s.eq, value) {
                 (_, _, None) if current.is_none() => (want_text(s), Verdict::Unknown),
-                (Some(m), _, Some(v)) => (format!(">= {m}"), if v >= m { Verdict::Ok } else { Verdict::Change(m) }),
-                (_, Some(e), Some(v)) => (format!("= {e}"), if v == e { Verdict::Ok } else { Verdict::Change(e) }),
+                (Some(m), _, Some(v)) => (
+                    format!(">= {m}"),
+                    if v >= m {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Change(m)
+                    },
+                ),
+                (_, Some(e), Some(v)) => (
+                    format!("= {e}"),
+                    if v == e {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Change(e)
+                    },
+                ),
                 _ => (want_text(s), Verdict::Info),
             };
             Row {
@@ -140,14 +157,21 @@ pub fn network_irq_cpus(proc_root: &Path, sys_root: &Path) -> Vec<(String, Strin
         }
     }
     text.lines()
-        .filter(|l| names.iter().any(|n| l.split_whitespace().last().is_some_and(|last| last.starts_with(n.as_str()))))
+        .filter(|l| {
+            names.iter().any(|n| {
+                l.split_whitespace()
+                    .last()
+                    .is_some_and(|last| last.starts_with(n.as_str()))
+            })
+        })
         .filter_map(|l| {
             let irq = l.split(':').next()?.trim().to_owned();
             irq.parse::<u32>().ok()?;
             let name = l.split_whitespace().last()?.to_owned();
-            let cpus = std::fs::read_to_string(proc_root.join("irq").join(&irq).join("smp_affinity_list"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "?".to_owned());
+            let cpus =
+                std::fs::read_to_string(proc_root.join("irq").join(&irq).join("smp_affinity_list"))
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "?".to_owned());
             Some((format!("irq {irq} {name}"), cpus))
         })
         .collect()
@@ -155,7 +179,8 @@ pub fn network_irq_cpus(proc_root: &Path, sys_root: &Path) -> Vec<(String, Strin
 
 /// Loads a profile file.
 pub fn load(path: &Path) -> Result<Profile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read profile {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read profile {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("profile {}", path.display()))
 }
 
@@ -186,7 +211,10 @@ pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
     if irqs.is_empty() {
         let _ = writeln!(out, "network interrupts: none found in /proc/interrupts");
     } else {
-        let _ = writeln!(out, "network interrupts (keep them off the shards' CPUs when you can spare one):");
+        let _ = writeln!(
+            out,
+            "network interrupts (keep them off the shards' CPUs when you can spare one):"
+        );
         for (name, cpus) in &irqs {
             let _ = writeln!(out, "  {name:<40} CPUs {cpus}");
         }
@@ -203,7 +231,11 @@ pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
             Verdict::Info => "info",
             Verdict::Unknown => "unknown",
         };
-        let _ = writeln!(out, "{:<34} {:>22} {:>14}  {mark}", r.key, r.current, r.wanted);
+        let _ = writeln!(
+            out,
+            "{:<34} {:>22} {:>14}  {mark}",
+            r.key, r.current, r.wanted
+        );
         if matches!(r.verdict, Verdict::Change(_)) {
             let _ = writeln!(out, "    why: {}", r.why);
         }
@@ -255,7 +287,11 @@ mod tests {
         std::fs::write(root.join("sys/kernel/io_uring_disabled"), "2\n").unwrap();
         std::fs::create_dir_all(root.join("self")).unwrap();
         std::fs::write(root.join("self/limits"), "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 524288               files\n").unwrap();
-        let profile: Profile = toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/edge.toml")).unwrap()).unwrap();
+        let profile: Profile = toml::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/edge.toml"))
+                .unwrap(),
+        )
+        .unwrap();
         let rows = check(&profile, &root);
         let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().verdict.clone();
         assert_eq!(get("net.core.rmem_max"), Verdict::Change(4_194_304));

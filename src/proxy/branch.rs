@@ -285,7 +285,16 @@ mod tests {
             fork: 1,
         };
         let t = Branch::transaction(r, 0x9f1c_2b7a_44d0_1e6c);
-        assert_eq!(t.as_bytes(), b"z9hG4bKse02t0000002a00001701 9f1c2b7a44d01e6c".as_slice().iter().filter(|&&c| c != b' ').copied().collect::<Vec<u8>>().as_slice());
+        assert_eq!(
+            t.as_bytes(),
+            b"z9hG4bKse02t0000002a00001701 9f1c2b7a44d01e6c"
+                .as_slice()
+                .iter()
+                .filter(|&&c| c != b' ')
+                .copied()
+                .collect::<Vec<u8>>()
+                .as_slice()
+        );
         assert_eq!(txn_ref(t.as_bytes()), Some(r));
         assert_eq!(shard_of(t.as_bytes()), Some(2));
         assert_eq!(txn_ref(b.as_bytes()), None);
@@ -313,7 +322,9 @@ To: <sip:bob@x>{to_tag}\r\nFrom: <sip:a@x>;tag=f\r\nCall-ID: c1\r\nCSeq: 7 {cseq
         assert_eq!(invite, branch_of(&req("CANCEL", "CANCEL", "")));
         assert_eq!(invite, branch_of(&req("ACK", "ACK", ";tag=t")));
         let other = req("INVITE", "INVITE", "");
-        let other = String::from_utf8(other).unwrap().replace("z9hG4bKclient1", "z9hG4bKclient2");
+        let other = String::from_utf8(other)
+            .unwrap()
+            .replace("z9hG4bKclient1", "z9hG4bKclient2");
         assert_ne!(invite, branch_of(other.as_bytes()));
     }
 

@@ -8,14 +8,22 @@ use crate::sip::{EmitError, HeaderName, Message, Method};
 
 /// Writes an ACK (with `to` taken from the final response, tag included) or
 /// a CANCEL (with the request's To) for the forwarded request `req`.
-pub fn ack_or_cancel(req: &Message<'_>, method: Method, to: Option<&[u8]>, out: &mut [u8]) -> Result<usize, EmitError> {
+pub fn ack_or_cancel(
+    req: &Message<'_>,
+    method: Method,
+    to: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<usize, EmitError> {
     let buf = req.buf();
     let mut w = Writer::new(out);
     w.put_str(method.as_str())?;
     w.put(b" ")?;
     w.put(req.request_uri_bytes())?;
     w.put(b" SIP/2.0\r\n")?;
-    let top = req.values(HeaderName::Via).next().ok_or(EmitError::MissingHeader)?;
+    let top = req
+        .values(HeaderName::Via)
+        .next()
+        .ok_or(EmitError::MissingHeader)?;
     w.put(b"Via: ")?;
     w.put(top)?;
     w.put(b"\r\n")?;
@@ -59,10 +67,16 @@ mod tests {
         assert_eq!(ack.method(), Method::Ack);
         assert_eq!(ack.request_uri_bytes(), b"sip:bob@192.0.2.4");
         assert_eq!(ack.values(HeaderName::Via).count(), 1);
-        assert_eq!(ack.top_via().unwrap().branch(), Some(&b"z9hG4bKse00tabc"[..]));
+        assert_eq!(
+            ack.top_via().unwrap().branch(),
+            Some(&b"z9hG4bKse00tabc"[..])
+        );
         assert_eq!(ack.to().unwrap().tag(), Some(&b"t9"[..]));
         assert_eq!((ack.cseq().number, ack.cseq().method), (12, Method::Ack));
-        assert_eq!(ack.header(HeaderName::Route), Some(&b"<sip:192.0.2.9;lr>"[..]));
+        assert_eq!(
+            ack.header(HeaderName::Route),
+            Some(&b"<sip:192.0.2.9;lr>"[..])
+        );
         assert_eq!(ack.body(), b"");
         let n = ack_or_cancel(&req, Method::Cancel, None, &mut out).unwrap();
         let mut idx3 = HeaderIndex::default();

@@ -29,7 +29,8 @@ impl Location for Replica {
                 for b in bindings {
                     let path = b.path();
                     let dest = if path.is_empty() {
-                        b.received().or_else(|| Uri::parse(b.contact()).ok().and_then(|u| uri_addr(&u)))
+                        b.received()
+                            .or_else(|| Uri::parse(b.contact()).ok().and_then(|u| uri_addr(&u)))
                     } else {
                         scan::CommaValues::new(path)
                             .next()
@@ -101,9 +102,16 @@ impl Registry for PartitionRegistry {
         socket: SocketId,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
-        match self.registrar.handle_register(now, wall_us, msg, src, socket, reply) {
+        match self
+            .registrar
+            .handle_register(now, wall_us, msg, src, socket, reply)
+        {
             Ok(r) => Some((r.len, r.status)),
-            Err(RegistrarError::WrongPartition { .. } | RegistrarError::NotRegister | RegistrarError::Emit(_)) => None,
+            Err(
+                RegistrarError::WrongPartition { .. }
+                | RegistrarError::NotRegister
+                | RegistrarError::Emit(_),
+            ) => None,
         }
     }
 

@@ -36,7 +36,14 @@ use crate::transport::{Outbox, SocketId};
 pub trait Service {
     /// One datagram from `src` arrived on `socket` at `now`; whatever it
     /// causes to be sent goes into `out`.
-    fn handle_datagram(&mut self, now: Instant, data: &[u8], src: SocketAddr, socket: SocketId, out: &mut Outbox);
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    );
 
     /// Time has reached `now`: fire what is due (retransmissions, expiries).
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
@@ -191,7 +198,8 @@ impl Identity {
                 self.domains.iter().any(|d| d.eq_ignore_ascii_case(n))
             }
             Host::V4(_) | Host::V6(_) => self.domains.iter().any(|d| {
-                d.first().is_some_and(|c| c.is_ascii_digit() || *c == b'[' || *c == b':')
+                d.first()
+                    .is_some_and(|c| c.is_ascii_digit() || *c == b'[' || *c == b':')
                     && Host::parse(d).is_ok_and(|h| h.matches(host))
             }),
         }
@@ -321,25 +329,52 @@ impl Counters {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
-            ("sipedge_proxy_requests_forwarded_total", self.requests_forwarded),
-            ("sipedge_proxy_responses_forwarded_total", self.responses_forwarded),
+            (
+                "sipedge_proxy_requests_forwarded_total",
+                self.requests_forwarded,
+            ),
+            (
+                "sipedge_proxy_responses_forwarded_total",
+                self.responses_forwarded,
+            ),
             ("sipedge_proxy_responses_local_total", self.responses_local),
             ("sipedge_proxy_parse_errors_total", self.parse_errors),
-            ("sipedge_proxy_dropped_malformed_total", self.dropped_malformed),
-            ("sipedge_proxy_dropped_not_ours_total", self.dropped_not_ours),
-            ("sipedge_proxy_dropped_unroutable_total", self.dropped_unroutable),
-            ("sipedge_proxy_dropped_overflow_total", self.dropped_overflow),
+            (
+                "sipedge_proxy_dropped_malformed_total",
+                self.dropped_malformed,
+            ),
+            (
+                "sipedge_proxy_dropped_not_ours_total",
+                self.dropped_not_ours,
+            ),
+            (
+                "sipedge_proxy_dropped_unroutable_total",
+                self.dropped_unroutable,
+            ),
+            (
+                "sipedge_proxy_dropped_overflow_total",
+                self.dropped_overflow,
+            ),
             ("sipedge_proxy_keepalives_total", self.keepalives),
             ("sipedge_proxy_too_many_hops_total", self.too_many_hops),
             ("sipedge_proxy_loops_total", self.loops),
             ("sipedge_proxy_overload_total", self.overload),
             ("sipedge_txn_transactions_total", self.transactions),
-            ("sipedge_txn_retransmissions_absorbed_total", self.retransmissions_absorbed),
-            ("sipedge_txn_retransmissions_sent_total", self.retransmissions_sent),
+            (
+                "sipedge_txn_retransmissions_absorbed_total",
+                self.retransmissions_absorbed,
+            ),
+            (
+                "sipedge_txn_retransmissions_sent_total",
+                self.retransmissions_sent,
+            ),
             ("sipedge_txn_acks_absorbed_total", self.acks_absorbed),
             ("sipedge_proxy_cancels_total", self.cancels),
             ("sipedge_registrar_handed_over_total", self.handed_over),
-            ("sipedge_registrar_store_failures_total", self.store_failures),
+            (
+                "sipedge_registrar_store_failures_total",
+                self.store_failures,
+            ),
             ("sipedge_location_resyncs_total", self.resyncs),
         ]
     }
@@ -380,10 +415,15 @@ mod tests {
         assert!(us("sip:EXAMPLE.test."));
         assert!(!us("sip:alice@example.test"));
         assert!(!us("sip:other.test"));
-        assert_eq!(id.egress_for("127.0.0.1:9".parse().unwrap(), SocketId(0)), SocketId(1));
+        assert_eq!(
+            id.egress_for("127.0.0.1:9".parse().unwrap(), SocketId(0)),
+            SocketId(1)
+        );
         let mut by_ip = identity();
         by_ip.domains.push(b"192.0.2.1".to_vec().into_boxed_slice());
-        by_ip.domains.push(b"[2001:db8::1]".to_vec().into_boxed_slice());
+        by_ip
+            .domains
+            .push(b"[2001:db8::1]".to_vec().into_boxed_slice());
         let served = |s: &str| by_ip.is_served_domain(&Uri::parse(s.as_bytes()).unwrap().host);
         assert!(served("sip:a@192.0.2.1"));
         assert!(served("sip:a@[2001:DB8::1]"));

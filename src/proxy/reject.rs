@@ -12,8 +12,18 @@ use crate::sip::{scan, EmitError, HeaderName, ParseError};
 
 /// Writes the error response to the malformed request in `data` into `out`;
 /// `Ok(None)` when no response may or can be built.
-pub fn error_response(data: &[u8], err: ParseError, out: &mut [u8]) -> Result<Option<usize>, EmitError> {
-    let data = data.get(data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()..).unwrap_or_default();
+pub fn error_response(
+    data: &[u8],
+    err: ParseError,
+    out: &mut [u8],
+) -> Result<Option<usize>, EmitError> {
+    let data = data
+        .get(
+            data.iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count()..,
+        )
+        .unwrap_or_default();
     let Some(first_end) = scan::find(b'\n', data) else {
         return Ok(None);
     };
@@ -23,7 +33,9 @@ pub fn error_response(data: &[u8], err: ParseError, out: &mut [u8]) -> Result<Op
     if method.is_empty()
         || start.get(method_len) != Some(&b' ')
         || method.eq_ignore_ascii_case(b"SIP/2.0")
-        || start.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+        || start
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
         || method == b"ACK"
     {
         return Ok(None);
@@ -34,7 +46,11 @@ pub fn error_response(data: &[u8], err: ParseError, out: &mut [u8]) -> Result<Op
     let mut n_vias = 0usize;
     let mut pos = first_end + 1;
     let mut current: Option<(HeaderName, usize)> = None;
-    let close = |cur: Option<(HeaderName, usize)>, end: usize, lines: &mut [Option<(usize, usize)>; 4], vias: &mut [(usize, usize); 16], n: &mut usize| {
+    let close = |cur: Option<(HeaderName, usize)>,
+                 end: usize,
+                 lines: &mut [Option<(usize, usize)>; 4],
+                 vias: &mut [(usize, usize); 16],
+                 n: &mut usize| {
         let Some((name, start)) = cur else { return };
         let slot = match name {
             HeaderName::From => 0,
@@ -113,7 +129,9 @@ mod tests {
 
     fn answer(data: &[u8], err: ParseError) -> Option<Vec<u8>> {
         let mut out = vec![0u8; 4096];
-        error_response(data, err, &mut out).unwrap().map(|n| out[..n].to_vec())
+        error_response(data, err, &mut out)
+            .unwrap()
+            .map(|n| out[..n].to_vec())
     }
 
     #[test]
@@ -124,7 +142,8 @@ mod tests {
         let m = parse(&r, &mut idx).unwrap();
         assert_eq!(m.status(), Some(400));
         assert_eq!(m.top_via().unwrap().branch(), Some(&b"z9hG4bK1"[..]));
-        assert!(String::from_utf8_lossy(&r).starts_with("SIP/2.0 400 Bad Request (CSeq Method Does Not Match)\r\n"));
+        assert!(String::from_utf8_lossy(&r)
+            .starts_with("SIP/2.0 400 Bad Request (CSeq Method Does Not Match)\r\n"));
     }
 
     #[test]

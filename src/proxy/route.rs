@@ -46,7 +46,10 @@ pub fn reply_dest(via: &Via<'_>, src: SocketAddr) -> SocketAddr {
 pub fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     let port = uri.port_or_default();
     if let Some(m) = uri.maddr() {
-        return Host::parse(m).ok()?.ip().map(|ip| SocketAddr::new(ip, port));
+        return Host::parse(m)
+            .ok()?
+            .ip()
+            .map(|ip| SocketAddr::new(ip, port));
     }
     uri.host.ip().map(|ip| SocketAddr::new(ip, port))
 }
@@ -64,7 +67,10 @@ pub struct Routing<'buf> {
 
 /// Route decisions for `msg`. A Route value that does not decode is an error
 /// the caller answers with 400.
-pub fn routing<'buf>(id: &Identity, msg: &Message<'buf>) -> Result<Routing<'buf>, crate::sip::ValueError> {
+pub fn routing<'buf>(
+    id: &Identity,
+    msg: &Message<'buf>,
+) -> Result<Routing<'buf>, crate::sip::ValueError> {
     let mut routes = msg.values(HeaderName::Route);
     let Some(first) = routes.next() else {
         return Ok(Routing {
@@ -104,13 +110,28 @@ mod tests {
         let d = |s| response_dest(&via(s)).map(|a| a.to_string());
         assert_eq!(d("SIP/2.0/UDP 10.0.0.1"), Some("10.0.0.1:5060".into()));
         assert_eq!(d("SIP/2.0/UDP 10.0.0.1:5070"), Some("10.0.0.1:5070".into()));
-        assert_eq!(d("SIP/2.0/UDP host.example;received=10.0.0.2"), Some("10.0.0.2:5060".into()));
-        assert_eq!(d("SIP/2.0/UDP 10.0.0.1:5070;received=10.0.0.2;rport=6000"), Some("10.0.0.2:6000".into()));
-        assert_eq!(d("SIP/2.0/UDP host.example:5070;received=[2001:db8::1]"), Some("[2001:db8::1]:5070".into()));
+        assert_eq!(
+            d("SIP/2.0/UDP host.example;received=10.0.0.2"),
+            Some("10.0.0.2:5060".into())
+        );
+        assert_eq!(
+            d("SIP/2.0/UDP 10.0.0.1:5070;received=10.0.0.2;rport=6000"),
+            Some("10.0.0.2:6000".into())
+        );
+        assert_eq!(
+            d("SIP/2.0/UDP host.example:5070;received=[2001:db8::1]"),
+            Some("[2001:db8::1]:5070".into())
+        );
         assert_eq!(d("SIP/2.0/UDP host.example"), None);
         let src: SocketAddr = "192.0.2.7:40000".parse().unwrap();
-        assert_eq!(reply_dest(&via("SIP/2.0/UDP 10.0.0.1:5070;rport"), src), src);
-        assert_eq!(reply_dest(&via("SIP/2.0/UDP 10.0.0.1:5070"), src).to_string(), "192.0.2.7:5070");
+        assert_eq!(
+            reply_dest(&via("SIP/2.0/UDP 10.0.0.1:5070;rport"), src),
+            src
+        );
+        assert_eq!(
+            reply_dest(&via("SIP/2.0/UDP 10.0.0.1:5070"), src).to_string(),
+            "192.0.2.7:5070"
+        );
     }
 
     #[test]
@@ -121,7 +142,10 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.20:5062;lr>\r\nTo: <sip:b@x>\r\nFro
         let msg = parse(m, &mut idx).unwrap();
         let r = routing(&identity(), &msg).unwrap();
         assert!(r.pop_route);
-        assert_eq!(uri_addr(&r.next_route.unwrap()).unwrap().to_string(), "192.0.2.20:5062");
+        assert_eq!(
+            uri_addr(&r.next_route.unwrap()).unwrap().to_string(),
+            "192.0.2.20:5062"
+        );
         let m2 = String::from_utf8_lossy(m).replace("<sip:127.0.0.1:5060;lr>, ", "");
         let mut idx = HeaderIndex::default();
         let msg = parse(m2.as_bytes(), &mut idx).unwrap();
@@ -130,7 +154,12 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.20:5062;lr>\r\nTo: <sip:b@x>\r\nFro
         assert!(r.next_route.is_some());
         let u = Uri::parse(b"sip:bob@192.0.2.9;maddr=192.0.2.10").unwrap();
         assert_eq!(uri_addr(&u).unwrap().to_string(), "192.0.2.10:5060");
-        assert_eq!(uri_addr(&Uri::parse(b"sips:bob@[::1]").unwrap()).unwrap().to_string(), "[::1]:5061");
+        assert_eq!(
+            uri_addr(&Uri::parse(b"sips:bob@[::1]").unwrap())
+                .unwrap()
+                .to_string(),
+            "[::1]:5061"
+        );
         assert_eq!(uri_addr(&Uri::parse(b"sip:bob@example.com").unwrap()), None);
     }
 }

@@ -38,8 +38,8 @@ use std::sync::Arc;
 
 use crate::location::{PartitionState, Record};
 use crate::sip::{
-    self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia, ParseConfig, Received,
-    ResponseSpec, Via,
+    self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia,
+    ParseConfig, Received, ResponseSpec, Via,
 };
 use crate::time::Instant;
 use crate::transport::{Outbox, SocketId};
@@ -535,7 +535,14 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
     }
 
-    fn on_request(&mut self, now: Instant, msg: &Message<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         let ess = match msg.essentials() {
             Ok(e) => e,
             Err(e) => {
@@ -559,7 +566,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
         // §16.3 request validation, and OPTIONS to us (§11).
         let has_route = msg.values(HeaderName::Route).next().is_some();
-        if msg.method() == Method::Options && uri.user.is_none() && self.id.is_us(&uri) && !has_route {
+        if msg.method() == Method::Options
+            && uri.user.is_none()
+            && self.id.is_us(&uri)
+            && !has_route
+        {
             self.reply(msg, src, socket, 200, "OK", OPTIONS_EXTRA, out);
             return;
         }
@@ -578,7 +589,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             let mut w = sip::Writer::new(&mut extra);
             let ok = w.put(b"Unsupported: ").is_ok() && w.put(pr).is_ok() && w.put(b"\r\n").is_ok();
             let n = if ok { w.len() } else { 0 };
-            self.reply(msg, src, socket, 420, "Bad Extension", extra.get(..n).unwrap_or_default(), out);
+            self.reply(
+                msg,
+                src,
+                socket,
+                420,
+                "Bad Extension",
+                extra.get(..n).unwrap_or_default(),
+                out,
+            );
             return;
         }
         let to_tag = ess.to.tag().is_some();
@@ -596,7 +615,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                         self.counters.handed_over += 1;
                     } else {
                         self.counters.overload += 1;
-                        self.reply(msg, src, socket, 503, "Service Unavailable", b"Retry-After: 1\r\n", out);
+                        self.reply(
+                            msg,
+                            src,
+                            socket,
+                            503,
+                            "Service Unavailable",
+                            b"Retry-After: 1\r\n",
+                            out,
+                        );
                     }
                     return;
                 }
@@ -606,7 +633,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
         // Targets (§16.5).
         let Ok(routing) = route::routing(&self.id, msg) else {
-            self.reply(msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
+            self.reply(
+                msg,
+                src,
+                socket,
+                400,
+                "Bad Request (Malformed Route)",
+                b"",
+                out,
+            );
             return;
         };
         self.targets.clear();
@@ -615,7 +650,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 Some(d) => self.targets.push(b"", b"", Some(d), 1000),
                 None => {
                     self.counters.dropped_unroutable += 1;
-                    self.reply(msg, src, socket, 480, "Temporarily Unavailable (No Route)", b"", out);
+                    self.reply(
+                        msg,
+                        src,
+                        socket,
+                        480,
+                        "Temporarily Unavailable (No Route)",
+                        b"",
+                        out,
+                    );
                     return;
                 }
             }
@@ -668,7 +711,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 && w.put_u64(u64::from(self.cfg.retry_after)).is_ok()
                 && w.put(b"\r\n").is_ok();
             let n = if ok { w.len() } else { 0 };
-            self.reply(msg, src, socket, 503, "Service Unavailable", extra.get(..n).unwrap_or_default(), out);
+            self.reply(
+                msg,
+                src,
+                socket,
+                503,
+                "Service Unavailable",
+                extra.get(..n).unwrap_or_default(),
+                out,
+            );
             return;
         }
 
@@ -713,9 +764,13 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         let rr = if self.cfg.record_route
             && !to_tag
-            && matches!(msg.method(), Method::Invite | Method::Subscribe | Method::Refer)
-        {
-            self.id.public_for(src.ip(), socket).map(|s| s.rr_uri().to_vec())
+            && matches!(
+                msg.method(),
+                Method::Invite | Method::Subscribe | Method::Refer
+            ) {
+            self.id
+                .public_for(src.ip(), socket)
+                .map(|s| s.rr_uri().to_vec())
         } else {
             None
         };
@@ -750,7 +805,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 0
             } else {
                 let mut w = sip::Writer::new(&mut route_line);
-                let ok = w.put(b"Route: ").is_ok() && w.put(&t.route).is_ok() && w.put(b"\r\n").is_ok();
+                let ok =
+                    w.put(b"Route: ").is_ok() && w.put(&t.route).is_ok() && w.put(b"\r\n").is_ok();
                 if ok {
                     w.len()
                 } else {
@@ -823,7 +879,12 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     /// is ours to remove first (§16.4), not a reason to proxy the REGISTER:
     /// that sent pjsua2's REGISTERs (outbound proxy = registrar) to the
     /// upstream, which answered 404 without one (found by tests/interop.rs).
-    fn is_for_registrar(&self, msg: &Message<'_>, uri: &sip::Uri<'_>, to: &sip::NameAddr<'_>) -> bool {
+    fn is_for_registrar(
+        &self,
+        msg: &Message<'_>,
+        uri: &sip::Uri<'_>,
+        to: &sip::NameAddr<'_>,
+    ) -> bool {
         let ours = self.id.is_served_domain(&uri.host)
             || (self.id.is_us(uri) && to.uri().is_ok_and(|t| self.id.is_served_domain(&t.host)));
         ours && route::routing(&self.id, msg).is_ok_and(|r| r.next_route.is_none())
@@ -849,15 +910,32 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     /// retransmissions are absorbed or answered again, never re-applied), the
     /// registrar's answer held until its records are durable.
     #[allow(clippy::too_many_arguments)]
-    fn register_here(&mut self, _now: Instant, msg: &Message<'_>, key: u64, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn register_here(
+        &mut self,
+        _now: Instant,
+        msg: &Message<'_>,
+        key: u64,
+        via: &Via<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         if self.live >= self.cfg.max_transactions {
             self.counters.overload += 1;
-            self.reply(msg, src, socket, 503, "Service Unavailable", b"Retry-After: 5\r\n", out);
+            self.reply(
+                msg,
+                src,
+                socket,
+                503,
+                "Service Unavailable",
+                b"Retry-After: 5\r\n",
+                out,
+            );
             return;
         }
-        let Some((n, code)) = self
-            .registry
-            .handle_register(_now, self.wall_us, msg, src, socket, &mut self.scratch)
+        let Some((n, code)) =
+            self.registry
+                .handle_register(_now, self.wall_us, msg, src, socket, &mut self.scratch)
         else {
             self.counters.dropped_overflow += 1;
             return;
@@ -881,7 +959,12 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             cancelled: false,
         };
         self.put(slot, txn);
-        self.held.push((slot, gen, code, self.scratch.get(..n).unwrap_or_default().into()));
+        self.held.push((
+            slot,
+            gen,
+            code,
+            self.scratch.get(..n).unwrap_or_default().into(),
+        ));
     }
 
     /// The shard persisted (or failed to persist) the records it took with
@@ -893,7 +976,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             if self.gens.get(slot as usize).copied() != Some(gen) {
                 continue;
             }
-            let Some(mut txn) = self.take(slot) else { continue };
+            let Some(mut txn) = self.take(slot) else {
+                continue;
+            };
             let (bytes, code) = if ok {
                 (Some(bytes), code)
             } else {
@@ -920,7 +1005,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             }
             for to in 0..usize::from(self.shards) {
                 if to != usize::from(self.id.shard_id) {
-                    self.mesh_out.push_back((to, MeshMsg::Feed(records.clone())));
+                    self.mesh_out
+                        .push_back((to, MeshMsg::Feed(records.clone())));
                 }
             }
         }
@@ -955,7 +1041,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
     }
 
-    fn on_ack(&mut self, now: Instant, msg: &Message<'_>, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
         if let Some(&slot) = self.by_key.get(&key) {
             let gen = self.gens.get(slot as usize).copied().unwrap_or(0);
@@ -973,19 +1067,45 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             }
         }
         // The ACK of a 2xx is a transaction of its own: relay it statelessly.
-        stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, socket, out);
+        stateless::relay_request(
+            &self.id,
+            &self.relay,
+            &mut self.counters,
+            msg,
+            src,
+            socket,
+            out,
+        );
     }
 
-    fn on_cancel(&mut self, now: Instant, msg: &Message<'_>, via: &Via<'_>, src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn on_cancel(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
         let Some(&slot) = self.by_key.get(&key) else {
             // §16.10: no context: forward the CANCEL statelessly.
-            stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, socket, out);
+            stateless::relay_request(
+                &self.id,
+                &self.relay,
+                &mut self.counters,
+                msg,
+                src,
+                socket,
+                out,
+            );
             return;
         };
         self.reply(msg, src, socket, 200, "OK", b"", out);
         self.counters.cancels += 1;
-        let Some(mut txn) = self.take(slot) else { return };
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
         if !txn.final_sent && txn.method == Method::Invite {
             txn.cancelled = true;
             for i in 0..txn.forks.len() {
@@ -1000,16 +1120,25 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     /// or notes that one is wanted when it does (§9.1, §16.10).
     fn cancel_fork(&mut self, now: Instant, slot: u32, txn: &mut Txn, i: usize, out: &mut Outbox) {
         let gen = txn.gen;
-        let Some(fork) = txn.forks.get_mut(i) else { return };
-        if fork.final_code.is_some() || fork.cancel.is_some() || !matches!(fork.client, Client::Invite(_)) {
+        let Some(fork) = txn.forks.get_mut(i) else {
+            return;
+        };
+        if fork.final_code.is_some()
+            || fork.cancel.is_some()
+            || !matches!(fork.client, Client::Invite(_))
+        {
             return;
         }
         if !fork.provisional {
             fork.cancel_wanted = true;
             return;
         }
-        let Some(req) = fork.bytes.as_deref() else { return };
-        let Some(mut idx) = self.index2.take() else { return };
+        let Some(req) = fork.bytes.as_deref() else {
+            return;
+        };
+        let Some(mut idx) = self.index2.take() else {
+            return;
+        };
         let built = match sip::parse(req, &mut idx) {
             Ok(m) => super::build::ack_or_cancel(&m, Method::Cancel, None, &mut self.scratch).ok(),
             Err(_) => None,
@@ -1050,7 +1179,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         };
         let slot = r.slot;
         let fork_i = usize::from(r.fork);
-        let Some(mut txn) = self.take(slot) else { return };
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
         if fork_i >= txn.forks.len() {
             self.put(slot, txn);
             self.counters.dropped_not_ours += 1;
@@ -1073,7 +1204,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         };
         self.arm(slot, txn.gen, TimerTarget::Fork(fork_i as u8), arm);
         let ended = txn.forks.get(fork_i).is_some_and(|f| f.client.terminated());
-        if action == Action::None && ended && txn.method == Method::Invite && (200..300).contains(&code) {
+        if action == Action::None
+            && ended
+            && txn.method == Method::Invite
+            && (200..300).contains(&code)
+        {
             // §16.7 step 5: every 2xx to an INVITE goes up, also on a branch
             // whose client transaction is over (Timer B, its CANCEL's Timer F,
             // or Timer M): dropping it left the callee retransmitting an
@@ -1097,12 +1232,18 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
     /// Sends (or re-sends) the ACK of the non-2xx final response `msg` on fork `i`.
     fn send_ack(&mut self, txn: &mut Txn, i: usize, msg: &Message<'_>, out: &mut Outbox) {
-        let Some(fork) = txn.forks.get_mut(i) else { return };
+        let Some(fork) = txn.forks.get_mut(i) else {
+            return;
+        };
         let is_ack = fork.final_code.is_some();
         if !is_ack {
             // First final: build the ACK from the forwarded request and keep it instead.
-            let Some(req) = fork.bytes.as_deref() else { return };
-            let Some(mut idx) = self.index2.take() else { return };
+            let Some(req) = fork.bytes.as_deref() else {
+                return;
+            };
+            let Some(mut idx) = self.index2.take() else {
+                return;
+            };
             let to = msg.header(HeaderName::To);
             let built = match sip::parse(req, &mut idx) {
                 Ok(m) => super::build::ack_or_cancel(&m, Method::Ack, to, &mut self.scratch).ok(),
@@ -1120,7 +1261,16 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
     /// §16.7: what the response context does with a response a fork passed up.
     #[allow(clippy::too_many_arguments)]
-    fn pass_response(&mut self, now: Instant, slot: u32, txn: &mut Txn, i: usize, code: u16, msg: &Message<'_>, out: &mut Outbox) {
+    fn pass_response(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        txn: &mut Txn,
+        i: usize,
+        code: u16,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
         let invite = txn.method == Method::Invite;
         let gen = txn.gen;
         match code {
@@ -1128,7 +1278,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 // 100 Trying is a provisional response too: a CANCEL waiting
                 // for one goes now (§9.1). It is neither forwarded (§16.7
                 // step 5) nor resets Timer C (§16.7 step 2: 101–199 only).
-                if invite && code > 100 && txn.forks.get(i).is_some_and(|f| f.final_code.is_none()) {
+                if invite && code > 100 && txn.forks.get(i).is_some_and(|f| f.final_code.is_none())
+                {
                     let c = self.arm_timer_c(now, slot, gen, i);
                     if let Some(f) = txn.forks.get_mut(i) {
                         f.timer_c = Some(c);
@@ -1222,7 +1373,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
     /// When every fork is final and nothing was sent up yet: send the best (§16.7 step 6).
     fn finish(&mut self, now: Instant, slot: u32, out: &mut Outbox) {
-        let Some(mut txn) = self.take(slot) else { return };
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
         let all_final = txn.forks.iter().all(|f| f.final_code.is_some());
         if !txn.final_sent && all_final {
             let (code, local) = match &txn.best {
@@ -1289,7 +1442,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         let slot = item.slot;
-        let Some(mut txn) = self.take(slot) else { return };
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
         match item.target {
             TimerTarget::Server => {
                 let (action, arm) = match &mut txn.server {
@@ -1366,7 +1521,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     if let Some((c, bytes)) = &mut f.cancel {
                         let (action, arm) = c.on_timer(now, item.name, item.at);
                         match action {
-                            Action::RetransmitRequest => resend = Some((f.dest, f.egress, bytes.clone())),
+                            Action::RetransmitRequest => {
+                                resend = Some((f.dest, f.egress, bytes.clone()))
+                            }
                             Action::Timeout => gave_up = true,
                             _ => {}
                         }
@@ -1401,11 +1558,23 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
     /// A local response to `msg` (no transaction), sent where §18.2.2 says.
     #[allow(clippy::too_many_arguments)]
-    fn reply(&mut self, msg: &Message<'_>, src: SocketAddr, socket: SocketId, code: u16, reason: &str, extra: &[u8], out: &mut Outbox) {
+    fn reply(
+        &mut self,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        code: u16,
+        reason: &str,
+        extra: &[u8],
+        out: &mut Outbox,
+    ) {
         if msg.method() == Method::Ack {
             return;
         }
-        let dest = msg.top_via().map(|v| route::reply_dest(&v, src)).unwrap_or(src);
+        let dest = msg
+            .top_via()
+            .map(|v| route::reply_dest(&v, src))
+            .unwrap_or(src);
         let tag = local_tag(&self.id, msg);
         let spec = ResponseSpec {
             to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
@@ -1453,15 +1622,23 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     /// Frees the context once its server transaction and every client
     /// transaction (and CANCEL) are over.
     fn maybe_free(&mut self, slot: u32) {
-        let done = self.txns.get(slot as usize).and_then(Option::as_ref).is_some_and(|t| {
-            t.server.terminated()
-                && t.forks.iter().all(|f| {
-                    f.client.terminated()
-                        && f.cancel.as_ref().is_none_or(|(c, _)| {
-                            matches!(c.state(), NonInviteClientState::Completed | NonInviteClientState::Terminated)
-                        })
-                })
-        });
+        let done = self
+            .txns
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|t| {
+                t.server.terminated()
+                    && t.forks.iter().all(|f| {
+                        f.client.terminated()
+                            && f.cancel.as_ref().is_none_or(|(c, _)| {
+                                matches!(
+                                    c.state(),
+                                    NonInviteClientState::Completed
+                                        | NonInviteClientState::Terminated
+                                )
+                            })
+                    })
+            });
         if !done {
             return;
         }
@@ -1523,12 +1700,21 @@ fn local_tag(id: &Identity, msg: &Message<'_>) -> Branch {
 const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: path\r\n";
 
 impl<L: Location, R: Registry> Service for Stateful<L, R> {
-    fn handle_datagram(&mut self, now: Instant, data: &[u8], src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             self.counters.keepalives += 1;
             return;
         }
-        let Some(mut idx) = self.index.take() else { return };
+        let Some(mut idx) = self.index.take() else {
+            return;
+        };
         match sip::parse(data, &mut idx) {
             Ok(msg) if msg.is_request() => {
                 self.counters.requests += 1;
@@ -1586,10 +1772,14 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
 
     fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
         match msg {
-            MeshMsg::Request { bytes, src, socket } => self.handle_datagram(now, &bytes, src, socket, out),
+            MeshMsg::Request { bytes, src, socket } => {
+                self.handle_datagram(now, &bytes, src, socket, out)
+            }
             MeshMsg::Feed(records) => {
                 for r in records.iter() {
-                    let _ = self.lag.record(self.wall_us.saturating_sub(r.commit).max(1));
+                    let _ = self
+                        .lag
+                        .record(self.wall_us.saturating_sub(r.commit).max(1));
                     if let Err(p) = self.location.apply(r) {
                         self.request_resync(p);
                         break;
@@ -1598,7 +1788,8 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
             }
             MeshMsg::Resync { partition, to } => {
                 if let Some(state) = self.registry.state().filter(|s| s.partition == partition) {
-                    self.mesh_out.push_back((usize::from(to), MeshMsg::State(Arc::new(state))));
+                    self.mesh_out
+                        .push_back((usize::from(to), MeshMsg::State(Arc::new(state))));
                 }
             }
             MeshMsg::State(state) => self.location.install(&state),
@@ -1677,8 +1868,13 @@ mod tests {
 
         fn feed(&mut self, data: &str, src: &str) -> Vec<(String, String)> {
             self.out.clear();
-            self.p
-                .handle_datagram(self.now, data.as_bytes(), src.parse().unwrap(), SocketId(0), &mut self.out);
+            self.p.handle_datagram(
+                self.now,
+                data.as_bytes(),
+                src.parse().unwrap(),
+                SocketId(0),
+                &mut self.out,
+            );
             self.drain()
         }
 
@@ -1693,7 +1889,12 @@ mod tests {
             self.out
                 .items()
                 .iter()
-                .map(|t| (t.dest.to_string(), String::from_utf8_lossy(self.out.bytes(t)).into_owned()))
+                .map(|t| {
+                    (
+                        t.dest.to_string(),
+                        String::from_utf8_lossy(self.out.bytes(t)).into_owned(),
+                    )
+                })
                 .collect()
         }
     }
@@ -1719,7 +1920,15 @@ mod tests {
         let mut idx = HeaderIndex::default();
         let m = parse(req.as_bytes(), &mut idx).unwrap();
         let mut out = vec![0u8; 4096];
-        let n = sip::response(&m, &ResponseSpec { to_tag: Some(tag.as_bytes()), ..ResponseSpec::new(code, "X") }, &mut out).unwrap();
+        let n = sip::response(
+            &m,
+            &ResponseSpec {
+                to_tag: Some(tag.as_bytes()),
+                ..ResponseSpec::new(code, "X")
+            },
+            &mut out,
+        )
+        .unwrap();
         String::from_utf8(out[..n].to_vec()).unwrap()
     }
 
@@ -1732,7 +1941,10 @@ mod tests {
         assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 100));
         let (dest, fwd) = (&out[1].0, out[1].1.clone());
         assert_eq!(dest, "192.0.2.4:5060");
-        assert!(fwd.starts_with("INVITE sip:bob@192.0.2.4:5060 SIP/2.0\r\n"), "{fwd}");
+        assert!(
+            fwd.starts_with("INVITE sip:bob@192.0.2.4:5060 SIP/2.0\r\n"),
+            "{fwd}"
+        );
         assert!(fwd.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"));
         // The INVITE again: the 100 is replayed; nothing goes downstream.
         let out = h.feed(&inv, UAC);
@@ -1760,10 +1972,17 @@ mod tests {
         let busy = respond(&fwd, 486, "b2");
         let out = h.feed(&busy, "192.0.2.4:5060");
         assert_eq!(out.len(), 2, "{out:#?}");
-        assert_eq!((out[0].0.as_str(), method(&out[0].1)), ("192.0.2.4:5060", "ACK".to_owned()));
+        assert_eq!(
+            (out[0].0.as_str(), method(&out[0].1)),
+            ("192.0.2.4:5060", "ACK".to_owned())
+        );
         assert_eq!((out[1].0.as_str(), status(&out[1].1)), (UAC, 486));
         let out = h.feed(&busy, "192.0.2.4:5060");
-        assert_eq!(out.len(), 1, "a retransmitted final is ACKed again, not forwarded");
+        assert_eq!(
+            out.len(),
+            1,
+            "a retransmitted final is ACKed again, not forwarded"
+        );
         assert_eq!(method(&out[0].1), "ACK");
         // Upstream never ACKs: Timer G retransmits the 486.
         let out = h.advance(Duration::from_millis(500));
@@ -1794,7 +2013,12 @@ mod tests {
         let mut h = H::new(&["192.0.2.4:5060"]);
         let inv = invite("sip:bob@example.test", "z9hG4bKc4");
         let fwd = h.feed(&inv, UAC)[1].1.clone();
-        let cancel = inv.replace("INVITE sip:bob@example.test SIP/2.0", "CANCEL sip:bob@example.test SIP/2.0").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        let cancel = inv
+            .replace(
+                "INVITE sip:bob@example.test SIP/2.0",
+                "CANCEL sip:bob@example.test SIP/2.0",
+            )
+            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
         // Before any provisional: 200 to the CANCEL; the downstream CANCEL waits for a 1xx (§9.1).
         let out = h.feed(&cancel, UAC);
         assert_eq!(out.len(), 1);
@@ -1803,10 +2027,23 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(method(&out[0].1), "CANCEL");
         let down_cancel = out[0].1.clone();
-        assert!(h.feed(&respond(&down_cancel, 200, "b4"), "192.0.2.4:5060").is_empty(), "200 to our CANCEL absorbed");
+        assert!(
+            h.feed(&respond(&down_cancel, 200, "b4"), "192.0.2.4:5060")
+                .is_empty(),
+            "200 to our CANCEL absorbed"
+        );
         let out = h.feed(&respond(&fwd, 487, "b4"), "192.0.2.4:5060");
-        let codes: Vec<String> = out.iter().map(|(_, m)| m.lines().next().unwrap().to_owned()).collect();
-        assert_eq!(codes, vec!["ACK sip:bob@192.0.2.4:5060 SIP/2.0".to_owned(), "SIP/2.0 487 X".to_owned()]);
+        let codes: Vec<String> = out
+            .iter()
+            .map(|(_, m)| m.lines().next().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                "ACK sip:bob@192.0.2.4:5060 SIP/2.0".to_owned(),
+                "SIP/2.0 487 X".to_owned()
+            ]
+        );
     }
 
     /// Regression (found by the simulations): a branch that only ever
@@ -1817,15 +2054,30 @@ mod tests {
         let mut h = H::new(&["192.0.2.4:5060"]);
         let inv = invite("sip:bob@example.test", "z9hG4bKc11");
         let fwd = h.feed(&inv, UAC)[1].1.clone();
-        assert!(h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060").is_empty(), "100 is not forwarded");
-        let cancel = inv.replace("INVITE sip:bob@example.test SIP/2.0", "CANCEL sip:bob@example.test SIP/2.0").replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+        assert!(
+            h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060")
+                .is_empty(),
+            "100 is not forwarded"
+        );
+        let cancel = inv
+            .replace(
+                "INVITE sip:bob@example.test SIP/2.0",
+                "CANCEL sip:bob@example.test SIP/2.0",
+            )
+            .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
         let out = h.feed(&cancel, UAC);
         let lines: Vec<&str> = out.iter().map(|(_, m)| m.lines().next().unwrap()).collect();
-        assert_eq!(lines, vec!["SIP/2.0 200 OK", "CANCEL sip:bob@192.0.2.4:5060 SIP/2.0"], "100 is a provisional response (§9.1)");
+        assert_eq!(
+            lines,
+            vec!["SIP/2.0 200 OK", "CANCEL sip:bob@192.0.2.4:5060 SIP/2.0"],
+            "100 is a provisional response (§9.1)"
+        );
 
         // Nobody cancels: Timer C (from the forward, §16.6 step 11) does.
         let mut h = H::new(&["192.0.2.4:5060"]);
-        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc12"), UAC)[1].1.clone();
+        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc12"), UAC)[1]
+            .1
+            .clone();
         h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060");
         assert!(h.advance(Duration::from_secs(179)).is_empty());
         let out = h.advance(Duration::from_secs(2));
@@ -1839,11 +2091,18 @@ mod tests {
         h.feed(&invite("sip:bob@example.test", "z9hG4bKc13"), UAC);
         let mut sent = Vec::new();
         for _ in 0..66 {
-            sent.extend(h.advance(Duration::from_millis(500)).into_iter().map(|(_, m)| m.lines().next().unwrap().to_owned()));
+            sent.extend(
+                h.advance(Duration::from_millis(500))
+                    .into_iter()
+                    .map(|(_, m)| m.lines().next().unwrap().to_owned()),
+            );
         }
         assert!(!sent.iter().any(|l| l.starts_with("CANCEL")), "{sent:?}");
         let finals: Vec<&String> = sent.iter().filter(|l| l.starts_with("SIP/2.0")).collect();
-        assert!(!finals.is_empty() && finals.iter().all(|l| *l == "SIP/2.0 408 Request Timeout"), "{finals:?} (Timer G resends it)");
+        assert!(
+            !finals.is_empty() && finals.iter().all(|l| *l == "SIP/2.0 408 Request Timeout"),
+            "{finals:?} (Timer G resends it)"
+        );
     }
 
     /// Regression (found by the simulations): a 2xx on a branch whose client
@@ -1852,13 +2111,18 @@ mod tests {
     #[test]
     fn a_2xx_after_the_branch_timed_out_is_forwarded() {
         let mut h = H::new(&["192.0.2.4:5060"]);
-        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc14"), UAC)[1].1.clone();
+        let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc14"), UAC)[1]
+            .1
+            .clone();
         let out: Vec<u16> = (0..65)
             .flat_map(|_| h.advance(Duration::from_millis(500)))
             .filter(|(_, m)| m.starts_with("SIP/2.0"))
             .map(|(_, m)| status(&m))
             .collect();
-        assert!(!out.is_empty() && out.iter().all(|&c| c == 408), "{out:?} (Timer G resends it)");
+        assert!(
+            !out.is_empty() && out.iter().all(|&c| c == 408),
+            "{out:?} (Timer G resends it)"
+        );
         assert_eq!(h.p.live_transactions(), 1, "waiting for the ACK of the 408");
         let out = h.feed(&respond(&fwd, 200, "late"), "192.0.2.4:5060");
         assert_eq!(out.len(), 1, "{out:#?}");
@@ -1872,8 +2136,17 @@ mod tests {
         assert_eq!(out.len(), 4, "100 + three forks");
         let forks: Vec<String> = out[1..].iter().map(|(_, m)| m.clone()).collect();
         // 404, 486: held. 302 is best (lowest class) once all are final.
-        assert_eq!(h.feed(&respond(&forks[0], 404, "x"), "192.0.2.4:5060").len(), 1, "just the ACK");
-        assert_eq!(h.feed(&respond(&forks[1], 486, "y"), "192.0.2.5:5060").len(), 1);
+        assert_eq!(
+            h.feed(&respond(&forks[0], 404, "x"), "192.0.2.4:5060")
+                .len(),
+            1,
+            "just the ACK"
+        );
+        assert_eq!(
+            h.feed(&respond(&forks[1], 486, "y"), "192.0.2.5:5060")
+                .len(),
+            1
+        );
         let out = h.feed(&respond(&forks[2], 302, "z"), "192.0.2.6:5060");
         assert_eq!(out.len(), 2);
         assert_eq!(status(&out[1].1), 302);
@@ -1926,7 +2199,9 @@ mod tests {
             reply: &mut [u8],
         ) -> Option<(usize, u16)> {
             self.0 += 1;
-            sip::response(msg, &ResponseSpec::new(200, "OK"), reply).ok().map(|n| (n, 200))
+            sip::response(msg, &ResponseSpec::new(200, "OK"), reply)
+                .ok()
+                .map(|n| (n, 200))
         }
     }
 
@@ -1938,10 +2213,25 @@ mod tests {
     fn register_for_us_reaches_the_registrar_also_through_our_route() {
         let cases = [
             ("sip:example.test", "", "alice@example.test", true),
-            ("sip:example.test", "Route: <sip:127.0.0.1:5060;lr>\r\n", "alice@example.test", true),
+            (
+                "sip:example.test",
+                "Route: <sip:127.0.0.1:5060;lr>\r\n",
+                "alice@example.test",
+                true,
+            ),
             ("sip:127.0.0.1:5060", "", "alice@example.test", true),
-            ("sip:127.0.0.1", "Route: <sip:127.0.0.1;lr>\r\n", "alice@example.test", true),
-            ("sip:example.test", "Route: <sip:192.0.2.30:5060;lr>\r\n", "alice@example.test", false),
+            (
+                "sip:127.0.0.1",
+                "Route: <sip:127.0.0.1;lr>\r\n",
+                "alice@example.test",
+                true,
+            ),
+            (
+                "sip:example.test",
+                "Route: <sip:192.0.2.30:5060;lr>\r\n",
+                "alice@example.test",
+                false,
+            ),
             (
                 "sip:example.test",
                 "Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.30:5060;lr>\r\n",
@@ -1956,21 +2246,41 @@ mod tests {
                 upstream: Some(UPSTREAM.parse().unwrap()),
                 ..Config::default()
             };
-            let mut p = Stateful::new(identity(), cfg, FixedLocation(Vec::new()), CountingRegistry::default());
+            let mut p = Stateful::new(
+                identity(),
+                cfg,
+                FixedLocation(Vec::new()),
+                CountingRegistry::default(),
+            );
             let mut out = Outbox::new(1 << 20, 64);
             let reg = format!(
                 "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKreg{i}\r\n{route}Max-Forwards: 70\r\n\
 To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag=r\r\nCall-ID: reg{i}\r\nCSeq: 1 REGISTER\r\n\
 Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
             );
-            p.handle_datagram(Instant::ZERO, reg.as_bytes(), UAC.parse().unwrap(), SocketId(0), &mut out);
+            p.handle_datagram(
+                Instant::ZERO,
+                reg.as_bytes(),
+                UAC.parse().unwrap(),
+                SocketId(0),
+                &mut out,
+            );
             p.persisted(Instant::ZERO, true, &mut out);
             let sent: Vec<(String, String)> = out
                 .items()
                 .iter()
-                .map(|t| (t.dest.to_string(), String::from_utf8_lossy(out.bytes(t)).into_owned()))
+                .map(|t| {
+                    (
+                        t.dest.to_string(),
+                        String::from_utf8_lossy(out.bytes(t)).into_owned(),
+                    )
+                })
                 .collect();
-            assert_eq!(p.registry.0, usize::from(registrar), "{ruri} {route} {aor}: {sent:#?}");
+            assert_eq!(
+                p.registry.0,
+                usize::from(registrar),
+                "{ruri} {route} {aor}: {sent:#?}"
+            );
             assert_eq!(sent.len(), 1, "{ruri} {route}: {sent:#?}");
             if registrar {
                 assert_eq!((sent[0].0.as_str(), status(&sent[0].1)), (UAC, 200));

@@ -20,8 +20,8 @@
 use core::net::SocketAddr;
 
 use crate::sip::{
-    self, emit, Edits, HeaderIndex, MaxForwardsEdit, Message, Method, NewVia, ParseConfig, ParseError,
-    Received, ResponseSpec,
+    self, emit, Edits, HeaderIndex, MaxForwardsEdit, Message, Method, NewVia, ParseConfig,
+    ParseError, Received, ResponseSpec,
 };
 use crate::time::Instant;
 use crate::transport::{Outbox, PushError, SocketId};
@@ -73,7 +73,14 @@ impl Stateless {
 }
 
 impl Service for Stateless {
-    fn handle_datagram(&mut self, _now: Instant, data: &[u8], src: SocketAddr, socket: SocketId, out: &mut Outbox) {
+    fn handle_datagram(
+        &mut self,
+        _now: Instant,
+        data: &[u8],
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) {
         let Self {
             id,
             cfg,
@@ -172,7 +179,17 @@ pub(crate) fn relay_request(
         Ok(e) => e,
         Err(e) => {
             counters.parse_errors += 1;
-            respond(id, counters, msg, src, socket, e.status(), e.reason(), b"", out);
+            respond(
+                id,
+                counters,
+                msg,
+                src,
+                socket,
+                e.status(),
+                e.reason(),
+                b"",
+                out,
+            );
             return;
         }
     };
@@ -181,24 +198,68 @@ pub(crate) fn relay_request(
     };
 
     // OPTIONS addressed to us: the probe load balancers send (§11).
-    if msg.method() == Method::Options && uri.user.is_none() && id.is_us(&uri) && msg.values(sip::HeaderName::Route).next().is_none() {
-        respond(id, counters, msg, src, socket, 200, "OK", OPTIONS_EXTRA, out);
+    if msg.method() == Method::Options
+        && uri.user.is_none()
+        && id.is_us(&uri)
+        && msg.values(sip::HeaderName::Route).next().is_none()
+    {
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            200,
+            "OK",
+            OPTIONS_EXTRA,
+            out,
+        );
         return;
     }
     // §16.3 step 3 and §16.6 step 3.
     if ess.max_forwards == Some(0) {
         counters.too_many_hops += 1;
-        respond(id, counters, msg, src, socket, 483, "Too Many Hops", b"", out);
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            483,
+            "Too Many Hops",
+            b"",
+            out,
+        );
         return;
     }
     // §16.3 step 4.
     if branch::is_loop(id, msg) {
         counters.loops += 1;
-        respond(id, counters, msg, src, socket, 482, "Loop Detected", b"", out);
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            482,
+            "Loop Detected",
+            b"",
+            out,
+        );
         return;
     }
     let Ok(routing) = route::routing(id, msg) else {
-        respond(id, counters, msg, src, socket, 400, "Bad Request (Malformed Route)", b"", out);
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            400,
+            "Bad Request (Malformed Route)",
+            b"",
+            out,
+        );
         return;
     };
     // Next hop: first Route left, else the Request-URI if it is an address
@@ -210,12 +271,36 @@ pub(crate) fn relay_request(
     };
     let Some(dest) = dest else {
         counters.dropped_unroutable += 1;
-        respond(id, counters, msg, src, socket, 480, "Temporarily Unavailable (No Route)", b"", out);
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            480,
+            "Temporarily Unavailable (No Route)",
+            b"",
+            out,
+        );
         return;
     };
-    if id.sockets.iter().any(|s| s.addr == dest || s.advertised == dest) {
+    if id
+        .sockets
+        .iter()
+        .any(|s| s.addr == dest || s.advertised == dest)
+    {
         counters.loops += 1;
-        respond(id, counters, msg, src, socket, 482, "Loop Detected", b"", out);
+        respond(
+            id,
+            counters,
+            msg,
+            src,
+            socket,
+            482,
+            "Loop Detected",
+            b"",
+            out,
+        );
         return;
     }
 
@@ -252,7 +337,17 @@ pub(crate) fn relay_request(
         Ok(()) => counters.requests_forwarded += 1,
         Err(PushError::Emit(_)) => {
             counters.dropped_overflow += 1;
-            respond(id, counters, msg, src, socket, ParseError::MessageTooLarge.status(), "Message Too Large", b"", out);
+            respond(
+                id,
+                counters,
+                msg,
+                src,
+                socket,
+                ParseError::MessageTooLarge.status(),
+                "Message Too Large",
+                b"",
+                out,
+            );
         }
         Err(PushError::Full(_)) => counters.dropped_overflow += 1,
     }
@@ -261,7 +356,13 @@ pub(crate) fn relay_request(
 /// Headers of our 200 to OPTIONS.
 const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: \r\n";
 
-pub(crate) fn relay_response(id: &Identity, counters: &mut Counters, msg: &Message<'_>, socket: SocketId, out: &mut Outbox) {
+pub(crate) fn relay_response(
+    id: &Identity,
+    counters: &mut Counters,
+    msg: &Message<'_>,
+    socket: SocketId,
+    out: &mut Outbox,
+) {
     let mut vias = msg.values(sip::HeaderName::Via);
     let top = vias.next().and_then(|v| sip::Via::parse(v).ok());
     let Some(top) = top else {
@@ -327,8 +428,13 @@ mod tests {
         /// Feeds one datagram; returns what went out as (dest, socket, bytes).
         fn feed(&mut self, data: &[u8], src: &str) -> Vec<(SocketAddr, SocketId, Vec<u8>)> {
             self.out.clear();
-            self.relay
-                .handle_datagram(Instant::ZERO, data, src.parse().unwrap(), SocketId(0), &mut self.out);
+            self.relay.handle_datagram(
+                Instant::ZERO,
+                data,
+                src.parse().unwrap(),
+                SocketId(0),
+                &mut self.out,
+            );
             self.out
                 .items()
                 .iter()
@@ -362,7 +468,10 @@ mod tests {
         let fwd = parse(bytes, &mut idx).unwrap();
         let vias: Vec<&[u8]> = fwd.values(HeaderName::Via).collect();
         assert!(vias[0].starts_with(b"SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKse01l"));
-        assert_eq!(vias[1], b"SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKc1;received=10.0.0.1;rport=40000");
+        assert_eq!(
+            vias[1],
+            b"SIP/2.0/UDP 10.0.0.1:5062;branch=z9hG4bKc1;received=10.0.0.1;rport=40000"
+        );
         assert_eq!(fwd.max_forwards(), Ok(Some(69)));
         // The retransmission takes the same branch.
         let again = h.feed(&invite("Max-Forwards: 70\r\n"), "10.0.0.1:40000");
@@ -377,7 +486,11 @@ mod tests {
         let back = h.feed(resp.as_bytes(), "192.0.2.9:5080");
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].0.to_string(), "10.0.0.1:40000");
-        assert_eq!(back[0].1, SocketId(0), "responses leave from the public socket");
+        assert_eq!(
+            back[0].1,
+            SocketId(0),
+            "responses leave from the public socket"
+        );
         let mut idx = HeaderIndex::default();
         let r = parse(&back[0].2, &mut idx).unwrap();
         assert_eq!(r.values(HeaderName::Via).count(), 1);
@@ -395,14 +508,18 @@ mod tests {
         assert!(h.feed(resp, "10.9.9.9:5060").is_empty());
         assert_eq!(h.relay.counters().dropped_not_ours, 1);
         // Malformed: a precise 400 to the source.
-        let bad = String::from_utf8(invite("Max-Forwards: 70\r\n")).unwrap().replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+        let bad = String::from_utf8(invite("Max-Forwards: 70\r\n"))
+            .unwrap()
+            .replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
         let sent = h.feed(bad.as_bytes(), "10.0.0.1:40000");
         assert_eq!(status_of(&sent[0].2), 400);
         // Garbage: dropped and counted.
         assert!(h.feed(b"\x16\x03\x01garbage", "10.0.0.1:40000").is_empty());
         assert_eq!(h.relay.counters().dropped_malformed, 1);
         // A hostname we cannot resolve and no upstream: 480.
-        let host = String::from_utf8(invite("")).unwrap().replace("192.0.2.9:5080", "elsewhere.example");
+        let host = String::from_utf8(invite(""))
+            .unwrap()
+            .replace("192.0.2.9:5080", "elsewhere.example");
         let sent = h.feed(host.as_bytes(), "10.0.0.1:40000");
         assert_eq!(status_of(&sent[0].2), 480);
         // Keep-alives are counted, not answered.
@@ -435,13 +552,17 @@ mod tests {
         let m = parse(&sent[0].2, &mut idx).unwrap();
         let routes: Vec<&[u8]> = m.values(HeaderName::Route).collect();
         assert_eq!(routes, vec![&b"<sip:192.0.2.77:5090;lr>"[..]]);
-        let served = String::from_utf8(invite("")).unwrap().replace("192.0.2.9:5080", "example.test");
+        let served = String::from_utf8(invite(""))
+            .unwrap()
+            .replace("192.0.2.9:5080", "example.test");
         let sent = h.feed(served.as_bytes(), "10.0.0.1:40000");
         assert_eq!(sent[0].0.to_string(), "192.0.2.50:5060");
         assert_eq!(sent[0].0.to_string(), "192.0.2.50:5060");
         // A request aimed at ourselves with no upstream left to send it to would loop.
         let mut h = Harness::new(None);
-        let me = String::from_utf8(invite("")).unwrap().replace("192.0.2.9:5080", "127.0.0.1:5060");
+        let me = String::from_utf8(invite(""))
+            .unwrap()
+            .replace("192.0.2.9:5080", "127.0.0.1:5060");
         let sent = h.feed(me.as_bytes(), "10.0.0.1:40000");
         assert_eq!(status_of(&sent[0].2), 480);
     }

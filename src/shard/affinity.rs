@@ -17,13 +17,18 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     }
     let max = 8 * size_of::<libc::cpu_set_t>();
     // SAFETY: CPU_ISSET reads bit `cpu` of `set`; every cpu < max is within the set.
-    Ok((0..max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// Pins the calling thread to `cpu`.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= 8 * size_of::<libc::cpu_set_t>() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu index out of range",
+        ));
     }
     // SAFETY: all-zero is a valid empty cpu_set_t.
     let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };

@@ -70,7 +70,10 @@ impl BufRing {
     /// given to the kernel.
     pub fn new(entries: u16, buf_size: u32) -> io::Result<Self> {
         if !entries.is_power_of_two() || entries > 32_768 || (buf_size as usize) <= RECV_OVERHEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad buffer ring geometry"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad buffer ring geometry",
+            ));
         }
         let page = 4096usize;
         let ring_len = (usize::from(entries) * size_of::<BufRingEntry>()).div_ceil(page) * page;
@@ -129,7 +132,12 @@ impl BufRing {
         // buffer before posting the CQE and will not touch it until `recycle`
         // puts it back, which needs `&mut self` and so cannot run while the
         // returned slice lives.
-        Some(unsafe { core::slice::from_raw_parts(self.data.add(usize::from(bid) * self.buf_size as usize), len) })
+        Some(unsafe {
+            core::slice::from_raw_parts(
+                self.data.add(usize::from(bid) * self.buf_size as usize),
+                len,
+            )
+        })
     }
 
     /// Writes buffer `bid` into the next ring slot (visible after [`BufRing::commit`]).

@@ -133,6 +133,12 @@ mod tests {
         a.send(1, 8).unwrap();
         assert_eq!(a.send(1, 9), Err(9), "bounded");
         assert_eq!((b.recv(), b.recv(), b.recv()), (Some(7), Some(8), None));
-        assert!(!{ a.send(1, 1).unwrap(); b.prepare_sleep() }, "stays awake with mail waiting");
+        assert!(
+            !{
+                a.send(1, 1).unwrap();
+                b.prepare_sleep()
+            },
+            "stays awake with mail waiting"
+        );
     }
 }

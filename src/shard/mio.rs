@@ -46,11 +46,15 @@ impl MioDriver {
     pub fn new(sockets: Vec<UdpSocket>, wake: Option<RawFd>) -> io::Result<Self> {
         let poll = Poll::new()?;
         for (i, s) in sockets.iter().enumerate() {
-            poll.registry()
-                .register(&mut SourceFd(&s.as_raw_fd()), Token(i), Interest::READABLE)?;
+            poll.registry().register(
+                &mut SourceFd(&s.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
         }
         if let Some(fd) = wake {
-            poll.registry().register(&mut SourceFd(&fd), WAKE, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut SourceFd(&fd), WAKE, Interest::READABLE)?;
         }
         Ok(Self {
             poll,
@@ -65,7 +69,12 @@ impl MioDriver {
     }
 
     /// Runs the shard loop until `stop` is set.
-    pub fn run<S: Service>(&mut self, service: &mut S, io: &mut ShardIo, stop: &AtomicBool) -> io::Result<DriverStats> {
+    pub fn run<S: Service>(
+        &mut self,
+        service: &mut S,
+        io: &mut ShardIo,
+        stop: &AtomicBool,
+    ) -> io::Result<DriverStats> {
         let clock = Clock::new();
         while !stop.load(Ordering::Relaxed) {
             let now = clock.now();
@@ -173,7 +182,11 @@ impl MioDriver {
                 .iter()
                 .take_while(|t| t.socket == sock)
                 .count();
-            match self.sockets.get(usize::from(sock.0)).map(AsRawFd::as_raw_fd) {
+            match self
+                .sockets
+                .get(usize::from(sock.0))
+                .map(AsRawFd::as_raw_fd)
+            {
                 Some(fd) => self.send_run(fd, start, run),
                 None => self.stats.tx_errors += run as u64,
             }

@@ -177,7 +177,11 @@ impl ShardIo {
     }
 
     /// A shard's I/O: its end of the mesh and its partition's store.
-    pub fn new(mesh: Option<mesh::Mesh<MeshMsg>>, store: Option<Box<dyn Store + Send>>, partition: u16) -> Self {
+    pub fn new(
+        mesh: Option<mesh::Mesh<MeshMsg>>,
+        store: Option<Box<dyn Store + Send>>,
+        partition: u16,
+    ) -> Self {
         Self {
             mesh,
             store,
@@ -353,8 +357,14 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
         let mut locals = Vec::new();
         for addr in listen_addrs.iter_mut() {
             let (sock, granted) = socket::bind_udp(*addr, true, cfg.recv_buffer, cfg.send_buffer)
-                .map_err(|source| StartError::Bind { addr: *addr, source })?;
-            let bound = socket::local_addr(&sock).map_err(|source| StartError::Bind { addr: *addr, source })?;
+                .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let bound = socket::local_addr(&sock).map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
             *addr = bound;
             if id == 0 && granted.recv < cfg.recv_buffer {
                 warnings.push(format!(
@@ -364,13 +374,18 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
                 ));
             }
             let advertised = SocketAddr::new(cfg.advertise.unwrap_or(bound.ip()), bound.port());
-            locals.push(LocalSocket::advertised(bound, SocketRole::Public, advertised));
+            locals.push(LocalSocket::advertised(
+                bound,
+                SocketRole::Public,
+                advertised,
+            ));
             sockets.push(sock);
             if cfg.shards > 1 {
                 let own = SocketAddr::new(bound.ip(), 0);
                 let (s2, _) = socket::bind_udp(own, false, cfg.recv_buffer, cfg.send_buffer)
                     .map_err(|source| StartError::Bind { addr: own, source })?;
-                let b2 = socket::local_addr(&s2).map_err(|source| StartError::Bind { addr: own, source })?;
+                let b2 = socket::local_addr(&s2)
+                    .map_err(|source| StartError::Bind { addr: own, source })?;
                 let adv2 = SocketAddr::new(cfg.advertise.unwrap_or(b2.ip()), b2.port());
                 locals.push(LocalSocket::advertised(b2, SocketRole::Shard, adv2));
                 sockets.push(s2);
@@ -445,7 +460,12 @@ where
     Ok(handles)
 }
 
-fn run_shard<S: Service>(plan: ShardPlan, driver: DriverKind, mut service: S, stop: &AtomicBool) -> io::Result<ShardReport> {
+fn run_shard<S: Service>(
+    plan: ShardPlan,
+    driver: DriverKind,
+    mut service: S,
+    stop: &AtomicBool,
+) -> io::Result<ShardReport> {
     if let Some(cpu) = plan.cpu {
         if let Err(e) = affinity::pin_current_thread(cpu) {
             tracing::warn!(shard = plan.id, cpu, "cannot pin shard: {e}");
@@ -454,11 +474,15 @@ fn run_shard<S: Service>(plan: ShardPlan, driver: DriverKind, mut service: S, st
     let shard_id = plan.id;
     let mut io = plan.io.unwrap_or_else(ShardIo::none);
     let stats = match driver {
-        DriverKind::Mio => mio::MioDriver::new(plan.sockets, io.wake_fd())?.run(&mut service, &mut io, stop)?,
+        DriverKind::Mio => {
+            mio::MioDriver::new(plan.sockets, io.wake_fd())?.run(&mut service, &mut io, stop)?
+        }
         DriverKind::Uring => {
             let mut d = uring::UringDriver::new(plan.sockets)?;
             if !d.set_coalesce(plan.coalesce_us) {
-                tracing::warn!("io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it");
+                tracing::warn!(
+                    "io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it"
+                );
             }
             d.run(&mut service, &mut io, stop)?
         }
@@ -480,7 +504,13 @@ mod tests {
     fn waits_no_longer_than_the_next_timer() {
         let now = Instant::from_micros(1_000);
         assert_eq!(wait_for(None, now), std::time::Duration::from_millis(100));
-        assert_eq!(wait_for(Some(Instant::from_micros(3_000)), now), std::time::Duration::from_millis(2));
-        assert_eq!(wait_for(Some(Instant::ZERO), now), std::time::Duration::ZERO);
+        assert_eq!(
+            wait_for(Some(Instant::from_micros(3_000)), now),
+            std::time::Duration::from_millis(2)
+        );
+        assert_eq!(
+            wait_for(Some(Instant::ZERO), now),
+            std::time::Duration::ZERO
+        );
     }
 }

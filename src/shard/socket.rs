@@ -17,8 +17,17 @@ pub struct Granted {
 }
 
 /// Binds a nonblocking UDP socket on `addr`; `reuse_port` for the shared public port.
-pub fn bind_udp(addr: SocketAddr, reuse_port: bool, recv_buf: usize, send_buf: usize) -> io::Result<(UdpSocket, Granted)> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+pub fn bind_udp(
+    addr: SocketAddr,
+    reuse_port: bool,
+    recv_buf: usize,
+    send_buf: usize,
+) -> io::Result<(UdpSocket, Granted)> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;

@@ -20,7 +20,8 @@ pub fn from_storage(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
         libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family is AF_INET and the kernel wrote at least a
             // sockaddr_in; sockaddr_storage is large and aligned enough for it.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
                 u16::from_be(sin.sin_port),
@@ -28,7 +29,8 @@ pub fn from_storage(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
         }
         libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for AF_INET6 and sockaddr_in6.
-            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                 u16::from_be(sin6.sin6_port),
@@ -53,7 +55,12 @@ pub fn to_storage(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { core::ptr::write((ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(), sin) };
+            unsafe {
+                core::ptr::write(
+                    (ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
+                    sin,
+                )
+            };
             size_of::<libc::sockaddr_in>() as libc::socklen_t
         }
         SocketAddr::V6(a) => {
@@ -67,7 +74,12 @@ pub fn to_storage(addr: &SocketAddr, ss: &mut libc::sockaddr_storage) -> libc::s
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { core::ptr::write((ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(), sin6) };
+            unsafe {
+                core::ptr::write(
+                    (ss as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(),
+                    sin6,
+                )
+            };
             size_of::<libc::sockaddr_in6>() as libc::socklen_t
         }
     }
@@ -156,7 +168,8 @@ impl RecvBatch {
         let n = n.max(1);
         let mut bufs = vec![0u8; n * size].into_boxed_slice();
         // SAFETY: all-zero is a valid sockaddr_storage.
-        let mut addrs: Box<[libc::sockaddr_storage]> = (0..n).map(|_| unsafe { core::mem::zeroed() }).collect();
+        let mut addrs: Box<[libc::sockaddr_storage]> =
+            (0..n).map(|_| unsafe { core::mem::zeroed() }).collect();
         let base = bufs.as_mut_ptr();
         let mut iovs: Box<[libc::iovec]> = (0..n)
             .map(|i| libc::iovec {
@@ -199,7 +212,15 @@ impl RecvBatch {
         let n = self.hdrs.len() as libc::c_uint;
         // SAFETY: hdrs holds n valid mmsghdrs whose iovecs and names point into
         // buffers owned by self (INVARIANT above), writable for their stated lengths.
-        let rc = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), n, libc::MSG_DONTWAIT, core::ptr::null_mut()) };
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n,
+                libc::MSG_DONTWAIT,
+                core::ptr::null_mut(),
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -246,7 +267,11 @@ impl SendBatch {
         let n = items.len().min(self.hdrs.len());
         let arena = outbox.arena();
         for (i, t) in items.iter().take(n).enumerate() {
-            let (Some(ss), Some(iov), Some(h)) = (self.addrs.get_mut(i), self.iovs.get_mut(i), self.hdrs.get_mut(i)) else {
+            let (Some(ss), Some(iov), Some(h)) = (
+                self.addrs.get_mut(i),
+                self.iovs.get_mut(i),
+                self.hdrs.get_mut(i),
+            ) else {
                 break;
             };
             let namelen = to_storage(&t.dest, ss);
@@ -266,7 +291,14 @@ impl SendBatch {
         // SAFETY: the first n mmsghdrs point at addresses and iovecs owned by
         // self and at bytes of `outbox`, which the borrow keeps alive and
         // unchanged for the duration of the call; the kernel only reads them.
-        let rc = unsafe { libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), n as libc::c_uint, libc::MSG_DONTWAIT) };
+        let rc = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -316,7 +348,9 @@ mod tests {
                         got.push(d.to_vec());
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(std::time::Duration::from_millis(1)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
                 Err(e) => panic!("{e}"),
             }
             if got.len() == 5 {

@@ -112,7 +112,10 @@ fn send_hdrs() -> Box<[SendHdr]> {
 
 fn build_ring(entries: u32, cq: u32) -> io::Result<IoUring> {
     let mut b = IoUring::builder();
-    b.setup_cqsize(cq).setup_clamp().setup_single_issuer().setup_defer_taskrun();
+    b.setup_cqsize(cq)
+        .setup_clamp()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
     match b.build(entries) {
         Ok(r) => Ok(r),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -144,8 +147,12 @@ impl UringDriver {
         // SAFETY: the ring memory is a page-aligned mapping of `buffers` entries
         // that outlives the registration (Drop unregisters before `bufs` goes).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BGID, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.ring_addr(),
+                bufs.entries(),
+                BGID,
+                0,
+            )?;
         }
         // SAFETY: all-zero is a valid msghdr.
         let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { core::mem::zeroed() });
@@ -156,7 +163,10 @@ impl UringDriver {
             sockets,
             bufs,
             recv_hdr,
-            outboxes: [Outbox::new(OUTBOX_BYTES, OUTBOX_ITEMS), Outbox::new(OUTBOX_BYTES, OUTBOX_ITEMS)],
+            outboxes: [
+                Outbox::new(OUTBOX_BYTES, OUTBOX_ITEMS),
+                Outbox::new(OUTBOX_BYTES, OUTBOX_ITEMS),
+            ],
             hdrs: [send_hdrs(), send_hdrs()],
             inflight: [0, 0],
             cur: 0,
@@ -181,7 +191,8 @@ impl UringDriver {
         }
         self.ring.submit()?;
         // SAFETY: forwarded to the caller.
-        unsafe { self.ring.submission().push(sqe) }.map_err(|_| io::Error::other("submission queue full"))
+        unsafe { self.ring.submission().push(sqe) }
+            .map_err(|_| io::Error::other("submission queue full"))
     }
 
     fn arm(&mut self) -> io::Result<()> {
@@ -240,11 +251,19 @@ impl UringDriver {
 
     /// Submits what is queued and waits for at least one more completion or `wait`.
     fn enter(&mut self, wait: std::time::Duration) -> io::Result<()> {
-        let batch = if self.coalesce_us > 0 && !wait.is_zero() { COALESCE_BATCH } else { 1 };
+        let batch = if self.coalesce_us > 0 && !wait.is_zero() {
+            COALESCE_BATCH
+        } else {
+            1
+        };
         let want = batch + self.queued as usize;
         self.queued = 0;
         let ts = Timespec::from(wait);
-        let args = SubmitArgs::new().timespec(&ts).min_wait_usec(if batch > 1 { self.coalesce_us } else { 0 });
+        let args = SubmitArgs::new().timespec(&ts).min_wait_usec(if batch > 1 {
+            self.coalesce_us
+        } else {
+            0
+        });
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -314,12 +333,20 @@ impl UringDriver {
         for i in 0..n {
             let sqe = {
                 let Self {
-                    outboxes, hdrs, sockets, ..
+                    outboxes,
+                    hdrs,
+                    sockets,
+                    ..
                 } = &mut *self;
-                let (Some(outbox), Some(h)) = (outboxes.get(ob), hdrs.get_mut(ob).and_then(|h| h.get_mut(i))) else {
+                let (Some(outbox), Some(h)) = (
+                    outboxes.get(ob),
+                    hdrs.get_mut(ob).and_then(|h| h.get_mut(i)),
+                ) else {
                     continue;
                 };
-                let Some(t) = outbox.items().get(i) else { continue };
+                let Some(t) = outbox.items().get(i) else {
+                    continue;
+                };
                 let Some(fd) = sockets.get(usize::from(t.socket.0)).map(AsRawFd::as_raw_fd) else {
                     continue;
                 };
@@ -443,7 +470,9 @@ impl UringDriver {
                     let src = parse_name(msg.name_data());
                     match src {
                         Some(_) if msg.is_payload_truncated() => stats.rx_truncated += 1,
-                        Some(src) => service.handle_datagram(now, msg.payload_data(), src, socket, out),
+                        Some(src) => {
+                            service.handle_datagram(now, msg.payload_data(), src, socket, out)
+                        }
                         None => stats.rx_errors += 1,
                     }
                 }
@@ -455,7 +484,12 @@ impl UringDriver {
     }
 
     /// Runs the shard loop until `stop` is set.
-    pub fn run<S: Service>(&mut self, service: &mut S, io: &mut ShardIo, stop: &AtomicBool) -> io::Result<DriverStats> {
+    pub fn run<S: Service>(
+        &mut self,
+        service: &mut S,
+        io: &mut ShardIo,
+        stop: &AtomicBool,
+    ) -> io::Result<DriverStats> {
         let clock = Clock::new();
         self.wake_fd = io.wake_fd();
         while !stop.load(Ordering::Relaxed) {
@@ -478,7 +512,11 @@ fn parse_name(name: &[u8]) -> Option<std::net::SocketAddr> {
     // SAFETY: copies n ≤ size_of(sockaddr_storage) bytes from a live slice into
     // our own aligned storage; the regions do not overlap.
     unsafe {
-        core::ptr::copy_nonoverlapping(name.as_ptr(), (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(), n);
+        core::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        );
     }
     from_storage(&ss, n as libc::socklen_t)
 }
@@ -495,10 +533,15 @@ impl Drop for UringDriver {
             .register_sync_cancel(Some(Timespec::new().sec(1)), CancelBuilder::any());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let ts = Timespec::new().nsec(10_000_000);
-        while (self.armed.iter().any(|&a| a) || self.wake_armed || self.inflight.iter().any(|&n| n > 0))
+        while (self.armed.iter().any(|&a| a)
+            || self.wake_armed
+            || self.inflight.iter().any(|&n| n > 0))
             && std::time::Instant::now() < deadline
         {
-            let _ = self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts));
+            let _ = self
+                .ring
+                .submitter()
+                .submit_with_args(1, &SubmitArgs::new().timespec(&ts));
             self.reap();
             self.backlog.clear();
         }
@@ -517,7 +560,10 @@ pub fn probe() -> Result<(), String> {
     ring.submitter()
         .register_probe(&mut p)
         .map_err(|e| format!("probe: {e}"))?;
-    for (code, name) in [(opcode::RecvMsg::CODE, "RECVMSG"), (opcode::SendMsg::CODE, "SENDMSG")] {
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+    ] {
         if !p.is_supported(code) {
             return Err(format!("opcode {name} unsupported"));
         }
@@ -532,7 +578,8 @@ pub fn probe() -> Result<(), String> {
     let mut d = UringDriver::with_buffers(vec![sock], 4).map_err(|e| format!("driver: {e}"))?;
     let peer = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let peer_addr = peer.local_addr().map_err(|e| e.to_string())?;
-    peer.send_to(b"sipedge-probe", addr).map_err(|e| e.to_string())?;
+    peer.send_to(b"sipedge-probe", addr)
+        .map_err(|e| e.to_string())?;
     let mut seen = Seen {
         ok: false,
         want: peer_addr,
@@ -540,8 +587,13 @@ pub fn probe() -> Result<(), String> {
     };
     let clock = Clock::new();
     for _ in 0..20 {
-        d.turn(&mut seen, &mut ShardIo::none(), &clock, std::time::Duration::from_millis(50))
-            .map_err(|e| format!("multishot recvmsg: {e}"))?;
+        d.turn(
+            &mut seen,
+            &mut ShardIo::none(),
+            &clock,
+            std::time::Duration::from_millis(50),
+        )
+        .map_err(|e| format!("multishot recvmsg: {e}"))?;
         if seen.ok {
             return Ok(());
         }
@@ -557,7 +609,14 @@ struct Seen {
 }
 
 impl Service for Seen {
-    fn handle_datagram(&mut self, _: Instant, data: &[u8], src: std::net::SocketAddr, _: SocketId, _: &mut Outbox) {
+    fn handle_datagram(
+        &mut self,
+        _: Instant,
+        data: &[u8],
+        src: std::net::SocketAddr,
+        _: SocketId,
+        _: &mut Outbox,
+    ) {
         self.ok |= data == b"sipedge-probe" && src == self.want;
     }
 
@@ -575,7 +634,14 @@ mod tests {
     struct Echo(Counters);
 
     impl Service for Echo {
-        fn handle_datagram(&mut self, _: Instant, data: &[u8], src: std::net::SocketAddr, s: SocketId, out: &mut Outbox) {
+        fn handle_datagram(
+            &mut self,
+            _: Instant,
+            data: &[u8],
+            src: std::net::SocketAddr,
+            s: SocketId,
+            out: &mut Outbox,
+        ) {
             let _ = out.push(src, s, data);
         }
         fn counters(&self) -> &Counters {
@@ -605,7 +671,9 @@ mod tests {
             d.run(&mut echo, &mut ShardIo::none(), &stop2).unwrap()
         });
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let mut got = 0usize;
         let total = 600usize;
         let mut buf = vec![0u8; 70_000];

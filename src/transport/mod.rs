@@ -83,7 +83,10 @@ impl Outbox {
             return Err(PushError::Full(OutboxFull));
         }
         let end = (self.used + MAX_DATAGRAM).min(self.arena.len());
-        let space = self.arena.get_mut(self.used..end).ok_or(PushError::Full(OutboxFull))?;
+        let space = self
+            .arena
+            .get_mut(self.used..end)
+            .ok_or(PushError::Full(OutboxFull))?;
         let len = write(space).map_err(PushError::Emit)?;
         if len > space_len(self.used, end) {
             return Err(PushError::Emit(EmitError::BufferFull));
@@ -99,7 +102,12 @@ impl Outbox {
     }
 
     /// Queues a copy of `bytes`.
-    pub fn push(&mut self, dest: SocketAddr, socket: SocketId, bytes: &[u8]) -> Result<(), PushError> {
+    pub fn push(
+        &mut self,
+        dest: SocketAddr,
+        socket: SocketId,
+        bytes: &[u8],
+    ) -> Result<(), PushError> {
         self.push_with(dest, socket, |out| {
             let dst = out.get_mut(..bytes.len()).ok_or(EmitError::BufferFull)?;
             dst.copy_from_slice(bytes);
@@ -177,7 +185,10 @@ mod tests {
         o.push(a, SocketId(0), b"hello").unwrap();
         o.push(a, SocketId(1), b"world").unwrap();
         assert!(!o.has_room());
-        assert_eq!(o.push(a, SocketId(0), b"x"), Err(PushError::Full(OutboxFull)));
+        assert_eq!(
+            o.push(a, SocketId(0), b"x"),
+            Err(PushError::Full(OutboxFull))
+        );
         let items: Vec<&[u8]> = o.items().iter().map(|t| o.bytes(t)).collect();
         assert_eq!(items, vec![&b"hello"[..], &b"world"[..]]);
         o.consume(1);

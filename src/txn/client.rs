@@ -97,7 +97,9 @@ impl NonInviteClient {
     pub fn on_timer(&mut self, now: Instant, name: TimerName, at: Instant) -> (Action, Arm) {
         use NonInviteClientState as S;
         match name {
-            TimerName::E if matches!(self.state, S::Trying | S::Proceeding) && is_armed(self.e_at, at) => {
+            TimerName::E
+                if matches!(self.state, S::Trying | S::Proceeding) && is_armed(self.e_at, at) =>
+            {
                 // §17.1.2.2: doubling up to T2 while Trying; every T2 once Proceeding.
                 self.e_interval = if self.state == S::Trying {
                     self.e_interval.saturating_mul(2).min(self.cfg.t2)
@@ -108,7 +110,9 @@ impl NonInviteClient {
                 self.e_at = Some(next);
                 (Action::RetransmitRequest, Arm::one(TimerName::E, next))
             }
-            TimerName::F if matches!(self.state, S::Trying | S::Proceeding) && is_armed(self.f_at, at) => {
+            TimerName::F
+                if matches!(self.state, S::Trying | S::Proceeding) && is_armed(self.f_at, at) =>
+            {
                 self.terminate();
                 (Action::Timeout, Arm::NONE)
             }
@@ -153,7 +157,10 @@ mod tests {
             arm = next;
         }
         assert_eq!(&sends[..6], &[500, 1_500, 3_500, 7_500, 11_500, 15_500]);
-        assert_eq!(t.on_timer(s(32_000), TimerName::F, s(32_000)).0, Action::Timeout);
+        assert_eq!(
+            t.on_timer(s(32_000), TimerName::F, s(32_000)).0,
+            Action::Timeout
+        );
     }
 
     #[test]
@@ -164,9 +171,19 @@ mod tests {
         assert_eq!(a, Action::RetransmitRequest);
         assert_eq!(arm, Arm::one(TimerName::E, s(4_500)));
         let (a, arm) = t.on_response(s(600), 200);
-        assert_eq!((a, arm), (Action::PassResponse, Arm::one(TimerName::K, s(5_600))));
+        assert_eq!(
+            (a, arm),
+            (Action::PassResponse, Arm::one(TimerName::K, s(5_600)))
+        );
         assert_eq!(t.on_response(s(700), 200).0, Action::None, "absorbed");
-        assert_eq!(t.on_timer(s(4_500), TimerName::E, s(4_500)).0, Action::None, "stale E");
-        assert_eq!(t.on_timer(s(5_600), TimerName::K, s(5_600)).0, Action::Terminate);
+        assert_eq!(
+            t.on_timer(s(4_500), TimerName::E, s(4_500)).0,
+            Action::None,
+            "stale E"
+        );
+        assert_eq!(
+            t.on_timer(s(5_600), TimerName::K, s(5_600)).0,
+            Action::Terminate
+        );
     }
 }

@@ -158,7 +158,10 @@ mod tests {
     fn retransmits_with_doubling_then_times_out() {
         let cfg = TimerConfig::default();
         let (mut t, arm) = InviteClient::start(s(0), cfg, false);
-        assert_eq!(arm, Arm::two((TimerName::A, s(500)), (TimerName::B, s(32_000))));
+        assert_eq!(
+            arm,
+            Arm::two((TimerName::A, s(500)), (TimerName::B, s(32_000)))
+        );
         let mut at = s(500);
         let mut sends = Vec::new();
         // A fires at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s: six retransmissions before B (§17.1.1.2).
@@ -169,7 +172,10 @@ mod tests {
             at = arm.iter().next().unwrap().1;
         }
         assert_eq!(sends, vec![500, 1_500, 3_500, 7_500, 15_500, 31_500]);
-        assert_eq!(t.on_timer(s(32_000), TimerName::B, s(32_000)).0, Action::Timeout);
+        assert_eq!(
+            t.on_timer(s(32_000), TimerName::B, s(32_000)).0,
+            Action::Timeout
+        );
         assert_eq!(t.state(), InviteClientState::Terminated);
     }
 
@@ -182,20 +188,41 @@ mod tests {
         let (a, arm) = t.on_response(s(20), 486);
         assert_eq!(a, Action::AckAndPass);
         assert_eq!(arm, Arm::one(TimerName::D, s(32_020)));
-        assert_eq!(t.on_response(s(30), 486).0, Action::Ack, "retransmitted final: ACK again, not passed");
-        assert_eq!(t.on_timer(s(32_000), TimerName::B, s(32_000)).0, Action::None, "stale B");
-        assert_eq!(t.on_timer(s(32_020), TimerName::D, s(32_020)).0, Action::Terminate);
+        assert_eq!(
+            t.on_response(s(30), 486).0,
+            Action::Ack,
+            "retransmitted final: ACK again, not passed"
+        );
+        assert_eq!(
+            t.on_timer(s(32_000), TimerName::B, s(32_000)).0,
+            Action::None,
+            "stale B"
+        );
+        assert_eq!(
+            t.on_timer(s(32_020), TimerName::D, s(32_020)).0,
+            Action::Terminate
+        );
     }
 
     #[test]
     fn every_2xx_is_passed_up_in_accepted() {
         let (mut t, _) = InviteClient::start(s(0), TimerConfig::default(), false);
         let (a, arm) = t.on_response(s(5), 200);
-        assert_eq!((a, t.state()), (Action::PassResponse, InviteClientState::Accepted));
+        assert_eq!(
+            (a, t.state()),
+            (Action::PassResponse, InviteClientState::Accepted)
+        );
         assert_eq!(arm, Arm::one(TimerName::M, s(32_005)));
-        assert_eq!(t.on_response(s(600), 200).0, Action::PassResponse, "2xx retransmission passed (RFC 6026)");
+        assert_eq!(
+            t.on_response(s(600), 200).0,
+            Action::PassResponse,
+            "2xx retransmission passed (RFC 6026)"
+        );
         assert_eq!(t.on_response(s(700), 486).0, Action::None);
-        assert_eq!(t.on_timer(s(32_005), TimerName::M, s(32_005)).0, Action::Terminate);
+        assert_eq!(
+            t.on_timer(s(32_005), TimerName::M, s(32_005)).0,
+            Action::Terminate
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ impl InviteServer {
     /// A retransmission of the INVITE arrived.
     pub fn on_request(&mut self) -> Action {
         match self.state {
-            InviteServerState::Proceeding | InviteServerState::Completed => Action::RetransmitResponse,
+            InviteServerState::Proceeding | InviteServerState::Completed => {
+                Action::RetransmitResponse
+            }
             _ => Action::None,
         }
     }
@@ -179,23 +181,43 @@ mod tests {
         let mut t = InviteServer::start(TimerConfig::default(), false);
         assert_eq!(t.on_request(), Action::RetransmitResponse, "resend the 100");
         let arm = t.on_send(s(0), 486);
-        assert_eq!(arm, Arm::two((TimerName::G, s(500)), (TimerName::H, s(32_000))));
+        assert_eq!(
+            arm,
+            Arm::two((TimerName::G, s(500)), (TimerName::H, s(32_000)))
+        );
         let (a, arm) = t.on_timer(s(500), TimerName::G, s(500));
-        assert_eq!((a, arm), (Action::RetransmitResponse, Arm::one(TimerName::G, s(1_500))));
+        assert_eq!(
+            (a, arm),
+            (Action::RetransmitResponse, Arm::one(TimerName::G, s(1_500)))
+        );
         assert_eq!(t.on_request(), Action::RetransmitResponse);
         let (a, arm) = t.on_ack(s(1_000));
         assert_eq!((a, t.state()), (Action::None, InviteServerState::Confirmed));
         assert_eq!(arm, Arm::one(TimerName::I, s(6_000)));
-        assert_eq!(t.on_timer(s(1_500), TimerName::G, s(1_500)).0, Action::None, "G stops after ACK");
-        assert_eq!(t.on_ack(s(1_100)).0, Action::None, "ACK retransmission absorbed");
-        assert_eq!(t.on_timer(s(6_000), TimerName::I, s(6_000)).0, Action::Terminate);
+        assert_eq!(
+            t.on_timer(s(1_500), TimerName::G, s(1_500)).0,
+            Action::None,
+            "G stops after ACK"
+        );
+        assert_eq!(
+            t.on_ack(s(1_100)).0,
+            Action::None,
+            "ACK retransmission absorbed"
+        );
+        assert_eq!(
+            t.on_timer(s(6_000), TimerName::I, s(6_000)).0,
+            Action::Terminate
+        );
     }
 
     #[test]
     fn gives_up_without_ack() {
         let mut t = InviteServer::start(TimerConfig::default(), false);
         t.on_send(s(0), 603);
-        assert_eq!(t.on_timer(s(32_000), TimerName::H, s(32_000)).0, Action::AckTimeout);
+        assert_eq!(
+            t.on_timer(s(32_000), TimerName::H, s(32_000)).0,
+            Action::AckTimeout
+        );
         assert_eq!(t.state(), InviteServerState::Terminated);
     }
 
@@ -205,9 +227,16 @@ mod tests {
         t.on_send(s(0), 180);
         assert!(t.can_send(200));
         assert_eq!(t.on_send(s(1), 200), Arm::one(TimerName::L, s(32_001)));
-        assert_eq!(t.on_request(), Action::None, "RFC 6026: INVITE retransmission absorbed");
+        assert_eq!(
+            t.on_request(),
+            Action::None,
+            "RFC 6026: INVITE retransmission absorbed"
+        );
         assert!(t.can_send(200), "another fork's 2xx goes up too");
         assert!(!t.can_send(486));
-        assert_eq!(t.on_timer(s(32_001), TimerName::L, s(32_001)).0, Action::Terminate);
+        assert_eq!(
+            t.on_timer(s(32_001), TimerName::L, s(32_001)).0,
+            Action::Terminate
+        );
     }
 }

@@ -89,10 +89,23 @@ mod tests {
     #[test]
     fn ack_matches_invite_and_cancel_is_its_own() {
         let inv = key_of(&req("INVITE", "z9hG4bK1", ""), KeyMethod::Invite);
-        assert_eq!(inv, key_of(&req("ACK", "z9hG4bK1", ";tag=x"), KeyMethod::Invite));
-        assert_eq!(inv, key_of(&req("CANCEL", "z9hG4bK1", ""), KeyMethod::Invite), "CANCEL finds its INVITE");
-        assert_ne!(inv, key_of(&req("CANCEL", "z9hG4bK1", ""), KeyMethod::Cancel));
-        assert_ne!(inv, key_of(&req("INVITE", "z9hG4bK2", ""), KeyMethod::Invite));
+        assert_eq!(
+            inv,
+            key_of(&req("ACK", "z9hG4bK1", ";tag=x"), KeyMethod::Invite)
+        );
+        assert_eq!(
+            inv,
+            key_of(&req("CANCEL", "z9hG4bK1", ""), KeyMethod::Invite),
+            "CANCEL finds its INVITE"
+        );
+        assert_ne!(
+            inv,
+            key_of(&req("CANCEL", "z9hG4bK1", ""), KeyMethod::Cancel)
+        );
+        assert_ne!(
+            inv,
+            key_of(&req("INVITE", "z9hG4bK2", ""), KeyMethod::Invite)
+        );
         assert_ne!(
             key_of(&req("BYE", "z9hG4bK1", ";tag=x"), KeyMethod::Other),
             key_of(&req("INFO", "z9hG4bK1", ";tag=x"), KeyMethod::Other)

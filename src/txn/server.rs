@@ -55,7 +55,10 @@ impl NonInviteServer {
 
     /// True while a response may still be sent.
     pub fn can_send(&self) -> bool {
-        matches!(self.state, NonInviteServerState::Trying | NonInviteServerState::Proceeding)
+        matches!(
+            self.state,
+            NonInviteServerState::Trying | NonInviteServerState::Proceeding
+        )
     }
 
     /// The user sends a response with status `code` at `now`.
@@ -84,14 +87,19 @@ impl NonInviteServer {
     /// A retransmission of the request arrived.
     pub fn on_request(&mut self) -> Action {
         match self.state {
-            NonInviteServerState::Proceeding | NonInviteServerState::Completed => Action::RetransmitResponse,
+            NonInviteServerState::Proceeding | NonInviteServerState::Completed => {
+                Action::RetransmitResponse
+            }
             _ => Action::None,
         }
     }
 
     /// Timer `name`, armed for `at`, fired.
     pub fn on_timer(&mut self, name: TimerName, at: Instant) -> Action {
-        if name == TimerName::J && self.state == NonInviteServerState::Completed && is_armed(self.j_at, at) {
+        if name == TimerName::J
+            && self.state == NonInviteServerState::Completed
+            && is_armed(self.j_at, at)
+        {
             self.terminate();
             return Action::Terminate;
         }
@@ -122,7 +130,11 @@ mod tests {
         assert_eq!(t.on_send(s(1), 200), Arm::one(TimerName::J, s(32_001)));
         assert!(!t.can_send());
         assert_eq!(t.on_request(), Action::RetransmitResponse);
-        assert_eq!(t.on_timer(TimerName::J, s(32_000)), Action::None, "not the armed deadline");
+        assert_eq!(
+            t.on_timer(TimerName::J, s(32_000)),
+            Action::None,
+            "not the armed deadline"
+        );
         assert_eq!(t.on_timer(TimerName::J, s(32_001)), Action::Terminate);
     }
 }
