@@ -193,6 +193,17 @@ pub struct FileConfig {
     /// `[uring]` settings.
     #[serde(rename = "uring")]
     pub io_tuning: Option<IoSection>,
+    /// `users = "users.toml"`: the users file; when given, served domains
+    /// require digest authentication.
+    pub users: Option<std::path::PathBuf>,
+    /// `[auth]`: digest authentication.
+    pub auth: Option<crate::auth::AuthSection>,
+    /// `[policy]`: access rules.
+    pub policy: Option<crate::policy::PolicySection>,
+    /// `[flood]`: per-source rate limits.
+    pub flood: Option<crate::policy::flood::FloodSection>,
+    /// `[overload]`: admission of new work.
+    pub overload: Option<crate::policy::overload::OverloadSection>,
 }
 
 /// `[uring]`: io_uring driver tuning.
@@ -280,7 +291,7 @@ pub struct SocketSection {
 }
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Listen addresses.
     pub listen: Vec<Listen>,
@@ -320,6 +331,18 @@ pub struct Config {
     pub stateful_record_route: bool,
     /// io_uring completion coalescing, µs.
     pub coalesce_us: u32,
+    /// The users file, if any.
+    pub users: Option<std::path::PathBuf>,
+    /// `[auth]` as written.
+    pub auth: crate::auth::AuthSection,
+    /// `[policy]` as written (compiled at start and on SIGHUP).
+    pub policy: crate::policy::PolicySection,
+    /// `[flood]`, if given (off without it).
+    pub flood: Option<crate::policy::flood::FloodSection>,
+    /// `[overload]` as written (on, with defaults, without it).
+    pub overload: crate::policy::overload::OverloadSection,
+    /// The config file, for SIGHUP reloads.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl FileConfig {
@@ -366,6 +389,11 @@ impl FileConfig {
             timers: over.timers.or(self.timers),
             proxy: over.proxy.or(self.proxy),
             io_tuning: over.io_tuning.or(self.io_tuning),
+            users: over.users.or(self.users),
+            auth: over.auth.or(self.auth),
+            policy: over.policy.or(self.policy),
+            flood: over.flood.or(self.flood),
+            overload: over.overload.or(self.overload),
         }
     }
 
@@ -475,6 +503,12 @@ impl FileConfig {
                 .and_then(|i| i.coalesce_us)
                 .unwrap_or(DEFAULT_COALESCE_US)
                 .min(100_000),
+            users: self.users,
+            auth: self.auth.unwrap_or_default(),
+            policy: self.policy.unwrap_or_default(),
+            flood: self.flood,
+            overload: self.overload.unwrap_or_default(),
+            config_file: None,
         })
     }
 }

@@ -676,8 +676,7 @@ impl<P: Service> Sim<P> {
         self.now = self.now.max(t);
         let now = self.now;
         let after = if node == NodeId::PROXY {
-            self.proxy
-                .handle_wall_clock(WALL_EPOCH_US + now.as_micros());
+            self.proxy.handle_turn(now, WALL_EPOCH_US + now.as_micros());
             self.proxy.handle_timeout(now, &mut self.outbox);
             self.flush_proxy();
             self.proxy.poll_timeout()
@@ -718,8 +717,7 @@ impl<P: Service> Sim<P> {
         });
         match self.addrs.get(&p.to).copied() {
             Some(Endpoint::Proxy(sock)) => {
-                self.proxy
-                    .handle_wall_clock(WALL_EPOCH_US + now.as_micros());
+                self.proxy.handle_turn(now, WALL_EPOCH_US + now.as_micros());
                 self.proxy
                     .handle_datagram(now, &p.bytes, p.from, sock, &mut self.outbox);
                 self.flush_proxy();

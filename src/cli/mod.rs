@@ -8,8 +8,11 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::{self, Authenticator, Secret, SeededEntropy, Users};
 use crate::config::{Config, FileConfig};
 use crate::location::Replica;
+use crate::policy::{flood, overload, Policy};
+use crate::proxy::guard::{Guard, Shared};
 use crate::proxy::location::PartitionRegistry;
 use crate::proxy::stateful::{self, Stateful};
 use crate::proxy::stateless::{self, Stateless};
@@ -33,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the edge (the default when no subcommand is given).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check this host against a tuning profile (socket buffers, backlog,
     /// io_uring, IRQ placement, open files); `--apply` writes the sysctls.
     Tune {
@@ -82,6 +85,10 @@ pub struct RunArgs {
     /// Directory of the registrar's durable store (default ./sipedge-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Users file (TOML `[[user]]` name, domain, password or ha1_*): served
+    /// domains then require digest authentication. Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -104,6 +111,11 @@ impl RunArgs {
             timers: None,
             proxy: None,
             io_tuning: None,
+            users: self.users.clone(),
+            auth: None,
+            policy: None,
+            flood: None,
+            overload: None,
         }
     }
 
@@ -116,7 +128,9 @@ impl RunArgs {
         let cpus = shard::affinity::allowed_cpus()
             .map(|c| c.len())
             .unwrap_or(1);
-        Ok(file.overridden_by(self.as_file_config()).validate(cpus)?)
+        let mut cfg = file.overridden_by(self.as_file_config()).validate(cpus)?;
+        cfg.config_file = self.config.clone();
+        Ok(cfg)
     }
 }
 
@@ -189,6 +203,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    let mut shared: Option<Arc<Shared>> = None;
     let handles = if cfg.stateless {
         let relay_cfg = stateless::Config {
             upstream: cfg.upstream,
@@ -199,8 +214,29 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Stateless::new(id, relay_cfg.clone())
         })?
     } else {
-        start_stateful(plans, driver, &cfg, secret, &stop)?
+        let (h, s) = start_stateful(plans, driver, &cfg, secret, &stop)?;
+        shared = Some(s);
+        h
     };
+    // Wait for the shards; reload users and policy on SIGHUP meanwhile.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("cannot install the SIGHUP handler")?;
+    while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        if hup.swap(false, Ordering::Relaxed) {
+            match (&shared, reload(args)) {
+                (Some(s), Ok((users, policy))) => {
+                    s.publish(users, policy);
+                    tracing::info!("SIGHUP: users and policy reloaded");
+                }
+                (Some(_), Err(e)) => tracing::error!(
+                    "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
+                ),
+                (None, _) => tracing::info!("SIGHUP: nothing to reload in stateless mode"),
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut driver_total = DriverStats::default();
     let mut counters = Counters::default();
     let mut failed = false;
@@ -271,7 +307,7 @@ fn start_stateful(
     cfg: &Config,
     secret: u64,
     stop: &Arc<AtomicBool>,
-) -> Result<Handles> {
+) -> Result<(Handles, Arc<Shared>)> {
     let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
     let wall = shard::Clock::new().wall_us();
     let log_cfg = LogConfig {
@@ -333,6 +369,7 @@ fn start_stateful(
         tag_secret: secret,
         ..d
     };
+    let sec = Security::load(cfg)?;
     let proxy_cfg = stateful::Config {
         upstream: cfg.upstream,
         record_route: cfg.stateful_record_route,
@@ -358,6 +395,7 @@ fn start_stateful(
                 ..Default::default()
             });
         let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
+        let guard = sec.guard(me, &cfg.domains);
         Stateful::new(
             id,
             proxy_cfg.clone(),
@@ -365,12 +403,111 @@ fn start_stateful(
             PartitionRegistry::new(registrar, n, me),
         )
         .with_shards(n)
+        .with_guard(guard)
     })?;
     if let Some(f) = failure {
         stop.store(true, Ordering::Relaxed);
         return Err(anyhow!("cannot start: {f}"));
     }
-    Ok(handles)
+    Ok((handles, sec.shared.clone()))
+}
+
+/// SIGHUP: reads the configuration again and builds new users and policy.
+fn reload(args: &RunArgs) -> Result<(Option<Arc<Users>>, Arc<Policy>)> {
+    let cfg = args.config()?;
+    users_and_policy(&cfg)
+}
+
+/// The security set-up shared by the shards: users, policy, the nonce
+/// secret, and the settings each shard builds its checks from.
+struct Security {
+    users: Option<Arc<Users>>,
+    policy: Arc<Policy>,
+    secret: Secret,
+    auth: auth::Config,
+    flood: Option<flood::Config>,
+    overload: overload::Config,
+    shared: Arc<Shared>,
+}
+
+/// 64 random bits from the OS (seeds and secrets are not hot-path values).
+fn os_random() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_err()
+    {
+        return startup_secret();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Reads the users file and compiles the policy (at start and on SIGHUP).
+fn users_and_policy(cfg: &Config) -> Result<(Option<Arc<Users>>, Arc<Policy>)> {
+    let users = match &cfg.users {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read users file {}", path.display()))?;
+            let users = Users::from_toml(&text)
+                .with_context(|| format!("users file {}", path.display()))?;
+            Some(Arc::new(users))
+        }
+        None => None,
+    };
+    let policy = Policy::compile(&cfg.policy, &cfg.domains, users.is_some()).context("[policy]")?;
+    Ok((users, Arc::new(policy)))
+}
+
+impl Security {
+    fn load(cfg: &Config) -> Result<Self> {
+        let (users, policy) = users_and_policy(cfg)?;
+        let auth = auth::Config::from_section(&cfg.auth).context("[auth]")?;
+        let secret = match auth.secret.clone() {
+            Some(s) => s,
+            None => {
+                let mut seed = SeededEntropy::new(os_random());
+                Secret::generate(&mut seed)
+            }
+        };
+        let flood = match &cfg.flood {
+            Some(f) => Some(flood::Config::from_section(f, policy.networks()).context("[flood]")?),
+            None => None,
+        };
+        let overload = overload::Config::from_section(&cfg.overload).context("[overload]")?;
+        if let Some(u) = &users {
+            tracing::info!("digest authentication on: {} user(s)", u.len());
+        }
+        Ok(Self {
+            shared: Arc::new(Shared::new(users.clone(), policy.clone())),
+            users,
+            policy,
+            secret,
+            auth,
+            flood,
+            overload,
+        })
+    }
+
+    /// The checks of shard `me`.
+    fn guard(&self, me: u16, domains: &[String]) -> Guard {
+        let auth = self.users.as_ref().map(|u| {
+            let cfg = auth::Config {
+                issuer: me,
+                ..self.auth.clone()
+            };
+            let mut entropy = SeededEntropy::new(os_random());
+            Authenticator::new(cfg, domains, u.clone(), &self.secret, &mut entropy)
+        });
+        Guard::new(
+            self.policy.clone(),
+            auth,
+            self.flood
+                .as_ref()
+                .map(|f| flood::Flood::new(f, os_random())),
+            Some(overload::Overload::new(self.overload.clone(), os_random())),
+            Some(self.shared.clone()),
+        )
+    }
 }
 
 type Handles = Vec<std::thread::JoinHandle<std::io::Result<shard::ShardReport>>>;

@@ -52,8 +52,8 @@
 //! When a users file is given and `default` is not set, two rules are
 //! appended after the configured ones: REGISTER for a served domain
 //! requires authentication, and so does any request whose From is in a
-//! served domain; everything else is allowed (calls from other domains to
-//! our users).
+//! served domain (initial requests: in-dialog ones follow the route set);
+//! everything else is allowed (calls from other domains to our users).
 //!
 //! Reloading: compile a new [`Policy`] and swap the `Arc` the shards hold;
 //! a policy is immutable.
@@ -581,6 +581,9 @@ fn implicit_rules() -> [RuleSection; 2] {
         RuleSection {
             name: Some("requests from served domains are authenticated".into()),
             from_domain: list(&["$served"]),
+            // Initial requests only: in-dialog ones follow the route set we
+            // recorded (Kamailio's reference config does the same).
+            in_dialog: Some(false),
             action: "require-auth".into(),
             ..RuleSection::default()
         },

@@ -18,6 +18,7 @@
 
 pub mod branch;
 pub mod build;
+pub mod guard;
 pub mod location;
 pub mod reject;
 pub mod route;
@@ -50,10 +51,10 @@ pub trait Service {
         let _ = (now, out);
     }
 
-    /// The wall clock (µs since the Unix epoch), given once per loop turn,
-    /// for what must survive a restart (binding expiry, nonce age).
-    fn handle_wall_clock(&mut self, wall_us: u64) {
-        let _ = wall_us;
+    /// A loop turn starts at `now`, with the wall clock (µs since the Unix
+    /// epoch) for what must survive a restart (binding expiry, nonce age).
+    fn handle_turn(&mut self, now: Instant, wall_us: u64) {
+        let _ = (now, wall_us);
     }
 
     /// When [`Service::handle_timeout`] next has something to do.
@@ -295,6 +296,14 @@ pub struct Counters {
     pub store_failures: u64,
     /// Replica resyncs requested after a gap in a feed.
     pub resyncs: u64,
+    /// Datagrams dropped before parsing because their source is banned (flood).
+    pub flood_dropped: u64,
+    /// 401/407 challenges sent.
+    pub auth_challenges: u64,
+    /// Requests dropped by failed-authentication throttling.
+    pub auth_throttled: u64,
+    /// Requests refused by the policy (or a failed identity check).
+    pub policy_denied: u64,
 }
 
 impl Counters {
@@ -322,10 +331,14 @@ impl Counters {
         self.handed_over += other.handed_over;
         self.store_failures += other.store_failures;
         self.resyncs += other.resyncs;
+        self.flood_dropped += other.flood_dropped;
+        self.auth_challenges += other.auth_challenges;
+        self.auth_throttled += other.auth_throttled;
+        self.policy_denied += other.policy_denied;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 22] {
+    pub fn pairs(&self) -> [(&'static str, u64); 26] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -376,6 +389,10 @@ impl Counters {
                 self.store_failures,
             ),
             ("sipedge_location_resyncs_total", self.resyncs),
+            ("sipedge_flood_dropped_total", self.flood_dropped),
+            ("sipedge_auth_challenges_total", self.auth_challenges),
+            ("sipedge_auth_throttled_total", self.auth_throttled),
+            ("sipedge_policy_denied_total", self.policy_denied),
         ]
     }
 }

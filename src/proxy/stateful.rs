@@ -51,7 +51,10 @@ use crate::txn::{
 use crate::wheel::Wheel;
 
 use super::branch::{self, Branch, TxnRef};
+use super::guard::Guard;
 use super::{reject, route, stateless, Counters, Identity, Service};
+use crate::auth::gate::{gate, Gate, CHALLENGE_BUF};
+use crate::policy::overload::{Admission, Load};
 
 /// Settings of the stateful proxy.
 #[derive(Debug, Clone)]
@@ -452,6 +455,8 @@ pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
     mesh_out: VecDeque<(usize, MeshMsg)>,
     /// Replication lag of the records applied from other shards, µs.
     lag: hdrhistogram::Histogram<u64>,
+    /// Policy, authentication, flood and overload checks.
+    pub guard: Guard,
 }
 
 /// A histogram of µs from 1 µs to 60 s at 2 significant digits.
@@ -495,8 +500,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             persisting: Vec::new(),
             mesh_out: VecDeque::new(),
             lag: lag_histogram(),
+            guard: Guard::open(),
             cfg,
         }
+    }
+
+    /// Sets the checks (policy, authentication, flood, overload).
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// Sets the number of shards (partitions) the feed goes to.
@@ -601,8 +613,38 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         let to_tag = ess.to.tag().is_some();
-        if msg.method() == Method::Register && self.is_for_registrar(msg, &uri, &ess.to) {
-            match self.registry.owner(msg) {
+        // New work: overload admission, then (below) policy and authentication.
+        if let Some(o) = &mut self.guard.overload {
+            if let Admission::Reject { retry_after } = o.admit(now, msg.method(), to_tag) {
+                self.counters.overload += 1;
+                let mut extra = [0u8; 40];
+                let mut w = sip::Writer::new(&mut extra);
+                let ok = w.put(b"Retry-After: ").is_ok()
+                    && w.put_u64(u64::from(retry_after)).is_ok()
+                    && w.put(b"\r\n").is_ok();
+                let n = if ok { w.len() } else { 0 };
+                let extra = extra.get(..n).unwrap_or_default();
+                self.reply(msg, src, socket, 503, "Service Unavailable", extra, out);
+                return;
+            }
+        }
+        let register =
+            msg.method() == Method::Register && self.is_for_registrar(msg, &uri, &ess.to);
+        let owner = if register {
+            self.registry.owner(msg)
+        } else {
+            Owner::Nobody
+        };
+        // The owner of a REGISTER's AoR authenticates it (its nonces, its throttles).
+        let mut authenticated = false;
+        if !matches!(owner, Owner::Shard(_)) {
+            match self.gate(now, msg, src, socket, out) {
+                Some(a) => authenticated = a,
+                None => return,
+            }
+        }
+        if register {
+            match owner {
                 Owner::Here => return self.register_here(now, msg, key, &via, src, socket, out),
                 Owner::Shard(to) => {
                     let m = MeshMsg::Request {
@@ -670,6 +712,12 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             };
             match self.location.lookup(aor, self.wall_us, &mut self.targets) {
                 Found::Unknown => {
+                    self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                    return;
+                }
+                // With authentication on, an unauthenticated caller learns
+                // nothing about which users exist: offline and unknown look alike.
+                Found::NoBindings if self.guard.auth.is_some() && !authenticated => {
                     self.reply(msg, src, socket, 404, "Not Found", b"", out);
                     return;
                 }
@@ -1024,6 +1072,64 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         ));
     }
 
+    /// Policy and authentication of a new request. `Some(authenticated)`
+    /// to go on; `None` when it was answered (403, 401/407) or dropped.
+    fn gate(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        socket: SocketId,
+        out: &mut Outbox,
+    ) -> Option<bool> {
+        let mut extra = [0u8; CHALLENGE_BUF];
+        let g = gate(
+            now,
+            self.wall_us,
+            &self.guard.policy,
+            self.guard.auth.as_mut(),
+            msg,
+            src,
+            crate::policy::Transport::Udp,
+            &mut extra,
+        );
+        match g {
+            Gate::Pass { user, .. } => Some(user.is_some()),
+            Gate::Drop => {
+                self.counters.auth_throttled += 1;
+                None
+            }
+            Gate::Reply {
+                status,
+                reason,
+                extra: n,
+            } => {
+                // The reason borrows the policy inside `self`: copy it to the stack.
+                let mut rbuf = [0u8; 128];
+                let len = reason.len().min(rbuf.len());
+                if let (Some(d), Some(s)) = (rbuf.get_mut(..len), reason.as_bytes().get(..len)) {
+                    d.copy_from_slice(s);
+                }
+                let reason = core::str::from_utf8(rbuf.get(..len).unwrap_or_default())
+                    .unwrap_or("Forbidden");
+                match status {
+                    401 | 407 => self.counters.auth_challenges += 1,
+                    _ => self.counters.policy_denied += 1,
+                }
+                self.reply(
+                    msg,
+                    src,
+                    socket,
+                    status,
+                    reason,
+                    extra.get(..n).unwrap_or_default(),
+                    out,
+                );
+                None
+            }
+        }
+    }
+
     fn on_retransmission(&mut self, slot: u32, out: &mut Outbox) {
         let Some(txn) = self.txns.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
@@ -1065,6 +1171,18 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     return;
                 }
             }
+        }
+        // The ACK of a final response we sent without a transaction (a 401,
+        // 407, 403, 404, 480, 483…) carries our local To tag: absorb it.
+        let ours = msg.to().ok().and_then(|t| t.tag()).is_some_and(|t| {
+            local_tag(&self.id, msg)
+                .as_bytes()
+                .get(branch::PREFIX.len()..)
+                == Some(t)
+        });
+        if ours {
+            self.counters.acks_absorbed += 1;
+            return;
         }
         // The ACK of a 2xx is a transaction of its own: relay it statelessly.
         stateless::relay_request(
@@ -1712,6 +1830,12 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
             self.counters.keepalives += 1;
             return;
         }
+        if let Some(f) = &mut self.guard.flood {
+            if f.admit(now, src.ip()) == crate::policy::flood::Admit::Banned {
+                self.counters.flood_dropped += 1;
+                return;
+            }
+        }
         let Some(mut idx) = self.index.take() else {
             return;
         };
@@ -1804,8 +1928,18 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
         self.registry.state()
     }
 
-    fn handle_wall_clock(&mut self, wall_us: u64) {
+    fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
+        self.guard.refresh();
+        if let Some(o) = &mut self.guard.overload {
+            o.handle_turn(
+                now,
+                Load {
+                    queue_depth: 0,
+                    live_transactions: self.live,
+                },
+            );
+        }
     }
 
     fn counters(&self) -> &Counters {

@@ -102,7 +102,7 @@ impl MioDriver {
             }
             io.woke(woken);
             let now = clock.now();
-            service.handle_wall_clock(clock.wall_us());
+            service.handle_turn(now, clock.wall_us());
             io.begin(now, service, &mut self.outbox);
             for i in 0..self.sockets.len() {
                 self.drain(i, service, now);

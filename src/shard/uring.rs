@@ -413,7 +413,7 @@ impl UringDriver {
         self.reap();
         io.woke(core::mem::take(&mut self.woken));
         let now = clock.now();
-        service.handle_wall_clock(clock.wall_us());
+        service.handle_turn(now, clock.wall_us());
         if let Some(o) = self.outboxes.get_mut(self.cur) {
             io.begin(now, service, o);
         }

@@ -1,0 +1,128 @@
+//! What a shard checks before it works for a request (RFC 3261 §22,
+//! RFC 7616; the issue's access policy, flood and overload protection):
+//!
+//! ```text
+//! datagram ─► flood: source banned? ── yes ─► drop (counted), before parsing
+//!    │ no
+//!    ▼ parse, §16.3 checks, retransmission?
+//! new request ─► overload: new INVITE/REGISTER over budget? ── yes ─► 503 Retry-After
+//!    │ no
+//!    ▼
+//! policy ─► allow ─────────────────────────────► route
+//!        ├► deny ──────────────────────────────► 403 (the rule's reason)
+//!        └► require-auth ─► digest check ─ ok ─► policy again ─► route
+//!                                 ├ no/stale credentials ─► 401/407 challenge
+//!                                 ├ identity ≠ From/To ───► 403
+//!                                 └ throttled ────────────► drop (or challenge)
+//! ```
+//!
+//! The users file and the policy are shared, immutable and swapped whole on
+//! SIGHUP: each shard checks a generation counter once per loop turn (one
+//! uncontended load) and picks up the new `Arc`s when it moved. The nonce
+//! secret is kept across reloads, so outstanding challenges stay valid.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::auth::{Authenticator, Users};
+use crate::policy::flood::Flood;
+use crate::policy::overload::Overload;
+use crate::policy::Policy;
+
+/// The reloadable part, shared by every shard.
+#[derive(Debug)]
+pub struct Shared {
+    gen: AtomicU64,
+    current: Mutex<(Option<Arc<Users>>, Arc<Policy>)>,
+}
+
+impl Shared {
+    /// The first users and policy.
+    pub fn new(users: Option<Arc<Users>>, policy: Arc<Policy>) -> Self {
+        Self {
+            gen: AtomicU64::new(1),
+            current: Mutex::new((users, policy)),
+        }
+    }
+
+    /// Publishes new users and policy (SIGHUP); shards take them at their next turn.
+    pub fn publish(&self, users: Option<Arc<Users>>, policy: Arc<Policy>) {
+        if let Ok(mut c) = self.current.lock() {
+            *c = (users, policy);
+        }
+        self.gen.fetch_add(1, Ordering::Release);
+    }
+
+    fn snapshot(&self) -> Option<(Option<Arc<Users>>, Arc<Policy>)> {
+        self.current.lock().ok().map(|c| c.clone())
+    }
+}
+
+/// A shard's checks.
+#[derive(Debug)]
+pub struct Guard {
+    /// The access policy.
+    pub policy: Arc<Policy>,
+    /// Digest authentication, when a users file is configured.
+    pub auth: Option<Authenticator<Users>>,
+    /// Per-source rate limits.
+    pub flood: Option<Flood>,
+    /// New-work admission.
+    pub overload: Option<Overload>,
+    shared: Option<Arc<Shared>>,
+    seen: u64,
+}
+
+impl Guard {
+    /// No checks: every request is allowed (the default without `[policy]`,
+    /// users, `[flood]` or `[overload]`).
+    pub fn open() -> Self {
+        Self {
+            policy: Arc::new(Policy::default()),
+            auth: None,
+            flood: None,
+            overload: None,
+            shared: None,
+            seen: 0,
+        }
+    }
+
+    /// Checks built at start, following `shared` for reloads.
+    pub fn new(
+        policy: Arc<Policy>,
+        auth: Option<Authenticator<Users>>,
+        flood: Option<Flood>,
+        overload: Option<Overload>,
+        shared: Option<Arc<Shared>>,
+    ) -> Self {
+        let seen = shared.as_ref().map_or(0, |s| s.gen.load(Ordering::Acquire));
+        Self {
+            policy,
+            auth,
+            flood,
+            overload,
+            shared,
+            seen,
+        }
+    }
+
+    /// Once per loop turn: takes reloaded users and policy, if any.
+    pub fn refresh(&mut self) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let gen = shared.gen.load(Ordering::Acquire);
+        if gen == self.seen {
+            return false;
+        }
+        self.seen = gen;
+        let Some((users, policy)) = shared.snapshot() else {
+            return false;
+        };
+        self.policy = policy;
+        if let (Some(a), Some(u)) = (&mut self.auth, users) {
+            a.set_users(u);
+        }
+        true
+    }
+}
