@@ -12,7 +12,8 @@
 #   --duration S         seconds per CPU-per-call run (default 20; quick 3)
 #   --repeat N           repeats per rate; the table shows the median (default 3; quick 1)
 #   --max-start R --max-step R --max-limit R --step-duration S
-#                        rate search for max calls/s (defaults 4000, 2000, 30000, 10 s)
+#                        rate search for max calls/s (defaults 4000, 2000, 30000, 10 s;
+#                        with --load sipload step 4000, limit 80000)
 #   --latency-rate R     rate for p50/p99 (default: 50% of Kamailio's max)
 #   --skip-max           no rate search (latency then runs at --latency-rate or rates[0]/2)
 #   --skip-latency
@@ -60,7 +61,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 
 # ---------------------------------------------------------------- options
 SHAPE=stateless LOAD=sipp PROXIES="kamailio,sipedge,sipedge2,floor" QUICK=0
-RATES="4000 5000" DURATION="" MAX_LIMIT_SET=0 REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
+RATES="4000 5000" DURATION="" MAX_LIMIT_SET=0 MAX_STEP_SET=0 REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
 STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=5000
 BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
@@ -77,7 +78,7 @@ while (($#)); do
 	--duration) DURATION="$2"; shift ;;
 	--repeat) REPEAT="$2"; shift ;;
 	--max-start) MAX_START="$2"; shift ;;
-	--max-step) MAX_STEP="$2"; shift ;;
+	--max-step) MAX_STEP="$2" MAX_STEP_SET=1; shift ;;
 	--max-limit) MAX_LIMIT="$2" MAX_LIMIT_SET=1; shift ;;
 	--step-duration) STEP_DURATION="$2"; shift ;;
 	--latency-rate) LATENCY_RATE="$2"; shift ;;
@@ -101,6 +102,10 @@ while (($#)); do
 done
 case "$SHAPE" in stateless | stateful | registrar) ;; *) die "--shape stateless|stateful|registrar" ;; esac
 case "$LOAD" in sipp | sipload) ;; *) die "--load sipp|sipload" ;; esac
+if [[ "$LOAD" == sipload ]]; then # it goes much further than SIPp
+	((MAX_STEP_SET)) || MAX_STEP=4000
+	((MAX_LIMIT_SET)) || MAX_LIMIT=80000
+fi
 if ((QUICK)); then
 	: "${DURATION:=3}" "${REPEAT:=1}" "${STEP_DURATION:=3}" "${USERS:=5000}" "${QUIET_WAIT:=0}"
 	((MAX_LIMIT_SET)) || MAX_LIMIT=$((MAX_START + 2 * MAX_STEP))
@@ -608,6 +613,8 @@ max_search() {
 		note=">=limit"
 	elif awk -v c="$coreb" -v n="$cap" 'BEGIN { exit !(c >= 0.85 * n) }'; then
 		note=proxy-bound
+	elif awk -v d="$fdrops" 'BEGIN { split(d, x, "/"); exit !(x[1] > 0 && x[1] >= x[2]) }'; then
+		note=proxy-drops # the proxy's socket overflowed first: the proxy did not keep up
 	fi
 	R[$name.${key}_note]="$note"
 	R[$name.${key}_fail_drops]="${fdrops:--}"
@@ -685,7 +692,7 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 			"sipedge2/sipedge $(ratio "$(get "sipedge2.cpu.$rate")" "$(get "sipedge.cpu.$rate")")"
 	done
 	echo "max calls/s: sipedge/Kamailio $(ratio "$(get sipedge.max)" "$(get kamailio.max)"), sipedge2/sipedge $(ratio "$(get sipedge2.max)" "$(get sipedge.max)")" \
-		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; LG-bound: it did not, so the load generator or the machine set the limit and the figure is a lower bound; drops@fail: UDP receive-buffer drops proxy/UAS socket in the first failing step)"
+		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; proxy-drops: its socket overflowed first in the failing step; LG-bound: neither, so the load generator or the machine set the limit and the figure is a lower bound; drops@fail: UDP receive-buffer drops proxy/UAS socket in the first failing step)"
 	echo "! = a run at that rate had failed calls or did not carry the rate; runs: $RUNS"
 } | tee "$OUT/table.txt"
 
