@@ -207,6 +207,7 @@ if has_proxy sipedge || has_proxy sipedge2; then
 	[[ -n "$SIPEDGE_STATUS" || -x "$SIPEDGE" ]] || SIPEDGE_STATUS="$SIPEDGE not found"
 	# a private copy: a rebuild of target/release during the bench must not change what runs
 	if [[ -z "$SIPEDGE_STATUS" ]]; then cp "$SIPEDGE" "$OUT/sipedge" && SIPEDGE="$OUT/sipedge"; fi
+	SIPEDGE_REV="$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
 fi
 
 # load generator
@@ -331,7 +332,11 @@ start_proxy() {
 		return 1
 	fi
 	sleep 0.5 # let Kamailio finish forking its children
+	if [[ "$name" == sipedge* ]]; then # its startup line names the I/O driver and shards
+		STARTED[$name]="$(grep -m1 -o 'started: .*' "$logf" || true)"
+	fi
 }
+declare -A STARTED
 
 # ---------------------------------------------------------------- load generator: sipp
 UAS_PID=""
@@ -693,6 +698,8 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 	done
 	echo "max calls/s: sipedge/Kamailio $(ratio "$(get sipedge.max)" "$(get kamailio.max)"), sipedge2/sipedge $(ratio "$(get sipedge2.max)" "$(get sipedge.max)")" \
 		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; proxy-drops: its socket overflowed first in the failing step; LG-bound: neither, so the load generator or the machine set the limit and the figure is a lower bound; drops@fail: UDP receive-buffer drops proxy/UAS socket in the first failing step)"
+	for p in "${!STARTED[@]}"; do echo "$p: ${STARTED[$p]}"; done
+	[[ -z "${STARTED[sipedge]:-}" ]] || echo "sipedge tree when the bench started: ${SIPEDGE_REV:-?} (binary $( ((BUILD)) && echo 'built then' || echo 'not rebuilt: --no-build'))"
 	echo "! = a run at that rate had failed calls or did not carry the rate; runs: $RUNS"
 } | tee "$OUT/table.txt"
 
