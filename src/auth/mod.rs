@@ -667,8 +667,10 @@ impl<D: UserDirectory> Authenticator<D> {
 
     /// The realm of a served domain `host`.
     pub fn realm_of(&self, host: &Host<'_>) -> Option<RealmId> {
-        let Host::Name(n) = host else { return None };
-        let n = n.strip_suffix(b".").unwrap_or(n);
+        // A served domain may be an address (an edge with no DNS name): its
+        // realm is the address in canonical form, as config and location keep it.
+        let mut text = [0u8; 48];
+        let n = host_text(host, &mut text);
         let i = self
             .realms
             .iter()
@@ -1000,14 +1002,21 @@ fn identity_matches(msg: &Message<'_>, kind: Kind, user: &[u8], realm: &[u8]) ->
     let Ok(uri) = who.and_then(|n| n.uri().map_err(|_| crate::sip::ParseError::HeaderValue)) else {
         return false;
     };
-    let host_ok = match uri.host {
-        Host::Name(n) => n
-            .strip_suffix(b".")
-            .unwrap_or(n)
-            .eq_ignore_ascii_case(realm),
-        _ => false,
-    };
+    let mut text = [0u8; 48];
+    let host_ok = host_text(&uri.host, &mut text).eq_ignore_ascii_case(realm);
     host_ok && uri.user_eq(user)
+}
+
+/// A host as a realm compares: a name without its trailing dot, an address
+/// in canonical text (`127.0.0.1`, `[2001:db8::1]`), as served domains are kept.
+fn host_text<'a>(host: &Host<'a>, buf: &'a mut [u8; 48]) -> &'a [u8] {
+    let ip = match *host {
+        Host::Name(n) => return n.strip_suffix(b".").unwrap_or(n),
+        Host::V4(a) => IpAddr::V4(a),
+        Host::V6(a) => IpAddr::V6(a),
+    };
+    let n = crate::sip::emit::format_ip(ip, buf);
+    buf.get(..n).unwrap_or_default()
 }
 
 fn hex_into(raw: &[u8], out: &mut [u8]) {

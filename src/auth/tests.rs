@@ -547,6 +547,45 @@ fn identity_must_match_from_or_to() {
     );
 }
 
+/// A served domain may be an address (an edge with no DNS name: SIPp's
+/// register_auth.xml registers `sip:user@[remote_ip]`). Its realm is the
+/// address in canonical text, and its users authenticate like any others
+/// (before the fix, an address host had no realm: 403 UnknownRealm).
+#[test]
+fn address_domain_is_a_realm() {
+    let users = Users::from_toml(
+        "[[user]]\nname = \"alice\"\ndomain = \"127.0.0.1\"\npassword = \"pw\"\n\n\
+         [[user]]\nname = \"bob\"\ndomain = \"[2001:db8::1]\"\npassword = \"pw\"\n",
+    )
+    .unwrap();
+    let mut a = Authenticator::new(
+        Config::default(),
+        &["127.0.0.1", "[2001:db8::1]"],
+        Arc::new(users),
+        &Secret::new([42; 32]),
+        &mut SeededEntropy::new(1),
+    );
+    for (user, host, realm) in [
+        ("alice", "127.0.0.1", RealmId(0)),
+        ("bob", "[2001:DB8:0::1]", RealmId(1)),
+    ] {
+        let aor = format!("{user}@{host}");
+        let ruri = format!("sip:{host}");
+        let bytes = request("REGISTER", &ruri, &aor, &aor, "");
+        assert_eq!(check(&mut a, &bytes), "challenge stale=false", "{aor}");
+        let mut buf = [0u8; 1024];
+        let n = a
+            .challenge(T0, Kind::Www, realm, false, src(), &mut buf)
+            .unwrap();
+        let ch = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let cred = answer(&ch, Kind::Www, &Answer::new(user, "pw", "REGISTER", &ruri));
+        let bytes = request("REGISTER", &ruri, &aor, &aor, &cred);
+        let want = format!("ok {user}@{}", String::from_utf8_lossy(a.realm_name(realm)));
+        assert_eq!(check(&mut a, &bytes), want, "{aor}");
+    }
+    assert_eq!(a.realm_name(RealmId(1)), b"[2001:db8::1]");
+}
+
 #[test]
 fn unknown_user_and_wrong_password_look_the_same() {
     let mut a = auth();

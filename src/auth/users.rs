@@ -48,8 +48,8 @@ pub enum UserProblem {
     /// `name` is empty, too long, or holds `"`, `\`, `@`, `:` or a control character.
     #[error("bad name (empty, longer than 128 bytes, or holding '\"', '\\', '@', ':', space or a control character)")]
     BadName,
-    /// `domain` is empty or not a hostname.
-    #[error("bad domain (not a hostname)")]
+    /// `domain` is empty, or neither a hostname nor an address.
+    #[error("bad domain (not a hostname or an address)")]
     BadDomain,
     /// None of `password`, `ha1_md5`, `ha1_sha256`, `ha1_sha512_256`.
     #[error("no password and no ha1_*")]
@@ -196,10 +196,9 @@ impl Users {
             if !valid_name(&name) {
                 return Err(fail(UserProblem::BadName));
             }
-            let domain = e.domain.to_ascii_lowercase();
-            if !valid_domain(&domain) {
+            let Some(domain) = canonical_domain(&e.domain) else {
                 return Err(fail(UserProblem::BadDomain));
-            }
+            };
             let any_ha1 =
                 e.ha1_md5.is_some() || e.ha1_sha256.is_some() || e.ha1_sha512_256.is_some();
             let user = match (e.password, any_ha1) {
@@ -327,13 +326,29 @@ fn valid_name(n: &str) -> bool {
             .all(|b| b > b' ' && b != 0x7f && !matches!(b, b'"' | b'\\' | b'@' | b':'))
 }
 
-fn valid_domain(d: &str) -> bool {
-    !d.is_empty()
-        && d.len() <= MAX_DOMAIN
-        && matches!(
-            crate::sip::Host::parse(d.as_bytes()),
-            Ok(crate::sip::Host::Name(_))
-        )
+/// A hostname in lower case, or an address (a served domain may be one,
+/// for an edge with no DNS name) in the canonical text config and the
+/// authenticator's realms use: `127.0.0.1`, `[2001:db8::1]`.
+fn canonical_domain(d: &str) -> Option<String> {
+    if d.is_empty() || d.len() > MAX_DOMAIN {
+        return None;
+    }
+    if let Ok(ip) = d
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<core::net::IpAddr>()
+    {
+        return Some(match ip {
+            core::net::IpAddr::V4(a) => a.to_string(),
+            core::net::IpAddr::V6(a) => format!("[{a}]"),
+        });
+    }
+    let d = d.to_ascii_lowercase();
+    matches!(
+        crate::sip::Host::parse(d.as_bytes()),
+        Ok(crate::sip::Host::Name(_))
+    )
+    .then_some(d)
 }
 
 /// 1-based line of byte `offset` of `text`.
@@ -411,7 +426,7 @@ ha1_sha512_256 = "00000000000000000000000000000000000000000000000000000000000000
             (one("name = \"\"\ndomain = \"x.test\"\npassword = \"p\""), "line 4 (user #1): bad name"),
             (one("name = \"a b\"\ndomain = \"x.test\"\npassword = \"p\""), "line 4 (user #1): bad name"),
             (one("name = \"a\"\ndomain = \"x!y\"\npassword = \"p\""), "line 4 (user #1): bad domain"),
-            (one("name = \"a\"\ndomain = \"1.2.3.4\"\npassword = \"p\""), "bad domain"),
+            (one("name = \"a\"\ndomain = \"1.2.3\"\npassword = \"p\""), "bad domain"),
             (one("name = \"a\"\ndomain = \"x.test\""), "line 4 (user #1): no password"),
             (
                 one("name = \"a\"\ndomain = \"x.test\"\npassword = \"p\"\nha1_md5 = \"00\""),
@@ -442,6 +457,27 @@ ha1_sha512_256 = "00000000000000000000000000000000000000000000000000000000000000
         assert!(e.contains("line 4") && e.contains("pasword"), "{e}");
         let e = err("[[user]]\nname = \"a\"\npassword = \"p\"\n");
         assert!(e.contains("domain"), "{e}");
+    }
+
+    /// A served domain may be an address (an edge with no DNS name, e.g.
+    /// SIPp's `sip:user@[remote_ip]`): its users are kept under the
+    /// address's canonical text, which is the realm the authenticator uses.
+    #[test]
+    fn address_domains_in_canonical_form() {
+        let text = "[[user]]\nname = \"a\"\ndomain = \"127.0.0.1\"\npassword = \"p\"\n\n\
+                    [[user]]\nname = \"b\"\ndomain = \"2001:DB8:0::1\"\npassword = \"p\"\n\n\
+                    [[user]]\nname = \"c\"\ndomain = \"[::1]\"\npassword = \"p\"\n";
+        let u = Users::from_toml(text).unwrap();
+        assert_eq!(u.get(b"a", b"127.0.0.1").unwrap().domain(), "127.0.0.1");
+        assert_eq!(
+            u.get(b"b", b"[2001:db8::1]").unwrap().domain(),
+            "[2001:db8::1]"
+        );
+        assert_eq!(u.get(b"c", b"[::1]").unwrap().domain(), "[::1]");
+        assert_eq!(
+            u.ha1(b"a", b"127.0.0.1", HashFn::Md5),
+            Some(digest::ha1(HashFn::Md5, b"a", b"127.0.0.1", b"p"))
+        );
     }
 
     #[test]
