@@ -616,6 +616,8 @@ proptest! {
             },
             record_route: es.record_route.then_some(&b"sip:192.0.2.1:5060;lr"[..]),
             pop_route: es.pop_route && !spec.routes.is_empty(),
+            pop_second_route: false,
+            pop_last_route: false,
             append: if es.append { b"X-Edited: yes\r\n" } else { b"" },
         };
         let mut out = vec![0u8; bytes.len() + 1024];

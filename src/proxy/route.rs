@@ -54,14 +54,23 @@ pub fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     uri.host.ip().map(|ip| SocketAddr::new(ip, port))
 }
 
-/// Route processing of one request (§16.4): whether its first Route names us
-/// (and must go), and the URI it must be sent to next (the first Route left,
-/// or the Request-URI).
-#[derive(Debug, Clone, Copy)]
+/// Route processing of one request (§16.4, §16.6 steps 6–7): which Route
+/// values go, whether the Request-URI changes, and where the request goes.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Routing<'buf> {
-    /// The first Route value names this proxy: remove it.
+    /// Remove the first Route value (it names us, or it is a strict next hop).
     pub pop_route: bool,
-    /// The first Route value after that, if any: the next hop (§16.6 step 7).
+    /// Remove the second Route value too (a strict next hop after ours).
+    pub pop_second_route: bool,
+    /// Remove the last Route value (strict-route fix-up, §16.4).
+    pub pop_last_route: bool,
+    /// The new Request-URI: the last Route value after a strict router put our
+    /// Record-Route URI in the Request-URI (§16.4), or a strict next hop's URI
+    /// (§16.6 step 6).
+    pub request_uri: Option<&'buf [u8]>,
+    /// The Request-URI to add as the last Route value (strict next hop).
+    pub append_route: Option<&'buf [u8]>,
+    /// The next hop named by the Route set, if any.
     pub next_route: Option<Uri<'buf>>,
 }
 
@@ -71,28 +80,63 @@ pub fn routing<'buf>(
     id: &Identity,
     msg: &Message<'buf>,
 ) -> Result<Routing<'buf>, crate::sip::ValueError> {
-    let mut routes = msg.values(HeaderName::Route);
-    let Some(first) = routes.next() else {
-        return Ok(Routing {
-            pop_route: false,
-            next_route: None,
-        });
-    };
-    let first = NameAddr::parse(first)?.uri()?;
-    if !id.is_us(&first) {
-        return Ok(Routing {
-            pop_route: false,
-            next_route: Some(first),
-        });
+    let mut r = Routing::default();
+    let n = msg.values(HeaderName::Route).count();
+    if n == 0 {
+        return Ok(r);
     }
-    let next_route = match routes.next() {
-        Some(v) => Some(NameAddr::parse(v)?.uri()?),
-        None => None,
+    let mut usable = n;
+    // §16.4: a strict router before us put our Record-Route URI in the
+    // Request-URI; the real one is the last Route value.
+    let ruri_is_us = msg
+        .request_uri()
+        .is_ok_and(|u| u.user.is_none() && id.is_local_addr(&u.host, u.port));
+    if ruri_is_us {
+        if let Some(last) = msg.values(HeaderName::Route).nth(n - 1) {
+            let na = NameAddr::parse(last)?;
+            // A last Route naming us is an outbound-proxy Route, not a strict
+            // router's leftover: nothing to fix up.
+            if !id.is_us(&na.uri()?) {
+                r.request_uri = Some(na.uri_bytes);
+                r.pop_last_route = true;
+                usable = n - 1;
+            }
+        }
+    }
+    let mut values = msg.values(HeaderName::Route).take(usable);
+    let mut next = values.next();
+    if let Some(first) = next {
+        if id.is_us(&NameAddr::parse(first)?.uri()?) {
+            r.pop_route = true;
+            next = values.next();
+        }
+    }
+    let Some(next) = next else {
+        return Ok(r);
     };
-    Ok(Routing {
-        pop_route: true,
-        next_route,
-    })
+    let na = NameAddr::parse(next)?;
+    let uri = na.uri()?;
+    if !uri.is_loose_router() {
+        // §16.6 step 6: a strict router gets the request with its URI as the
+        // Request-URI; the Request-URI moves to the end of the Route set.
+        r.append_route = Some(r.request_uri.unwrap_or(msg.request_uri_bytes()));
+        r.request_uri = Some(na.uri_bytes);
+        if r.pop_route {
+            r.pop_second_route = true;
+        } else {
+            r.pop_route = true;
+        }
+    }
+    r.next_route = Some(uri);
+    Ok(r)
+}
+
+/// Writes `Route: <uri>\r\n` into `buf`; returns the line (empty if it does not fit).
+pub fn route_line<'a>(uri: &[u8], buf: &'a mut [u8]) -> &'a [u8] {
+    let mut w = crate::sip::Writer::new(buf);
+    let ok = w.put(b"Route: <").is_ok() && w.put(uri).is_ok() && w.put(b">\r\n").is_ok();
+    let n = if ok { w.len() } else { 0 };
+    buf.get(..n).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -152,6 +196,27 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.20:5062;lr>\r\nTo: <sip:b@x>\r\nFro
         let r = routing(&identity(), &msg).unwrap();
         assert!(!r.pop_route);
         assert!(r.next_route.is_some());
+        // §16.4: a strict router put our RR URI in the Request-URI.
+        let fix = b"BYE sip:127.0.0.1:5060;lr SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+Route: <sip:192.0.2.30;lr>, <sip:bob@192.0.2.4:5062>\r\nTo: <sip:b@x>;tag=9\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n\r\n";
+        let mut idx = HeaderIndex::default();
+        let msg = parse(fix, &mut idx).unwrap();
+        let r = routing(&identity(), &msg).unwrap();
+        assert_eq!(r.request_uri, Some(&b"sip:bob@192.0.2.4:5062"[..]));
+        assert!(r.pop_last_route && !r.pop_route);
+        assert_eq!(
+            uri_addr(&r.next_route.unwrap()).unwrap().to_string(),
+            "192.0.2.30:5060"
+        );
+        // §16.6 step 6: the next hop after us is a strict router.
+        let strict = b"BYE sip:bob@192.0.2.4:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31>\r\nTo: <sip:b@x>;tag=9\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 2 BYE\r\n\r\n";
+        let mut idx = HeaderIndex::default();
+        let msg = parse(strict, &mut idx).unwrap();
+        let r = routing(&identity(), &msg).unwrap();
+        assert!(r.pop_route && r.pop_second_route);
+        assert_eq!(r.request_uri, Some(&b"sip:192.0.2.31"[..]));
+        assert_eq!(r.append_route, Some(&b"sip:bob@192.0.2.4:5062"[..]));
         let u = Uri::parse(b"sip:bob@192.0.2.9;maddr=192.0.2.10").unwrap();
         assert_eq!(uri_addr(&u).unwrap().to_string(), "192.0.2.10:5060");
         assert_eq!(

@@ -686,6 +686,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             );
             return;
         };
+        // After a strict-route fix-up the Request-URI is the one the Route set carried.
+        let uri = match routing.request_uri.map(sip::Uri::parse) {
+            Some(Ok(u)) => u,
+            Some(Err(_)) | None => uri,
+        };
         self.targets.clear();
         if let Some(r) = &routing.next_route {
             match route::uri_addr(r).or(self.cfg.upstream) {
@@ -861,8 +866,20 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     0
                 }
             };
+            let mut strict_line = [0u8; 1024];
+            let strict = routing
+                .append_route
+                .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
+            let append_len = route_len + strict.len();
+            if let Some(d) = route_line.get_mut(route_len..append_len) {
+                d.copy_from_slice(strict);
+            }
             let edits = Edits {
-                request_uri: (!t.uri.is_empty()).then_some(t.uri.as_slice()),
+                request_uri: if t.uri.is_empty() {
+                    routing.request_uri
+                } else {
+                    Some(t.uri.as_slice())
+                },
                 push_via: Some(NewVia {
                     transport: "UDP",
                     host: egress_sock.via_host(),
@@ -874,7 +891,9 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 max_forwards: MaxForwardsEdit::Decrement,
                 record_route: rr.as_deref(),
                 pop_route: routing.pop_route,
-                append: route_line.get(..route_len).unwrap_or_default(),
+                pop_second_route: routing.pop_second_route,
+                pop_last_route: routing.pop_last_route,
+                append: route_line.get(..append_len).unwrap_or_default(),
                 ..Edits::default()
             };
             let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
@@ -2297,6 +2316,43 @@ mod tests {
         assert_eq!(methods, vec!["ACK", "CANCEL"]);
         let out = h.feed(&respond(&f1, 487, "y"), "192.0.2.5:5060");
         assert_eq!(status(&out[1].1), 603);
+    }
+
+    #[test]
+    fn strict_routers_are_handled_both_ways() {
+        let mut h = H::new(&[]);
+        // §16.4: a strict router before us put our Record-Route URI in the
+        // Request-URI; the real target is the last Route value.
+        let bye = format!(
+            "BYE sip:127.0.0.1:5060;lr SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKs1\r\nMax-Forwards: 70\r\n\
+Route: <sip:bob@192.0.2.4:5062>\r\nTo: <sip:bob@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\nCall-ID: s1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let out = h.feed(&bye, UAC);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].0, "192.0.2.4:5062");
+        assert!(
+            out[0]
+                .1
+                .starts_with("BYE sip:bob@192.0.2.4:5062 SIP/2.0\r\n"),
+            "{}",
+            out[0].1
+        );
+        assert!(
+            !out[0].1.contains("\r\nRoute:"),
+            "the last Route value became the Request-URI"
+        );
+        // §16.6 step 6: the next hop after us is a strict router (no lr).
+        let bye = format!(
+            "BYE sip:bob@192.0.2.4:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKs2\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31:5070>\r\nTo: <sip:bob@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\nCall-ID: s2\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        let out = h.feed(&bye, UAC);
+        assert_eq!(out[0].0, "192.0.2.31:5070");
+        let mut idx = HeaderIndex::default();
+        let m = parse(out[0].1.as_bytes(), &mut idx).unwrap();
+        assert_eq!(m.request_uri_bytes(), b"sip:192.0.2.31:5070");
+        let routes: Vec<&[u8]> = m.values(HeaderName::Route).collect();
+        assert_eq!(routes, vec![&b"<sip:bob@192.0.2.4:5062>"[..]]);
     }
 
     #[test]

@@ -264,6 +264,11 @@ pub(crate) fn relay_request(
     };
     // Next hop: first Route left, else the Request-URI if it is an address
     // (and not us), else the upstream.
+    // After a strict-route fix-up the Request-URI is the one the Route set carried.
+    let uri = match routing.request_uri.map(sip::Uri::parse) {
+        Some(Ok(u)) => u,
+        Some(Err(_)) | None => uri,
+    };
     let dest = match &routing.next_route {
         Some(r) => route::uri_addr(r).or(cfg.upstream),
         None if id.is_us(&uri) || id.is_served_domain(&uri.host) => cfg.upstream,
@@ -319,6 +324,7 @@ pub(crate) fn relay_request(
     } else {
         None
     };
+    let mut append_buf = [0u8; 1024];
     let edits = Edits {
         push_via: Some(NewVia {
             transport: "UDP",
@@ -330,6 +336,12 @@ pub(crate) fn relay_request(
         received,
         max_forwards: MaxForwardsEdit::Decrement,
         pop_route: routing.pop_route,
+        pop_second_route: routing.pop_second_route,
+        pop_last_route: routing.pop_last_route,
+        request_uri: routing.request_uri,
+        append: routing
+            .append_route
+            .map_or(&b""[..], |u| route::route_line(u, &mut append_buf)),
         record_route: rr,
         ..Edits::default()
     };

@@ -179,6 +179,11 @@ pub struct Edits<'a> {
     pub record_route: Option<&'a [u8]>,
     /// Remove the first Route value (§16.4, §16.12).
     pub pop_route: bool,
+    /// Also remove the Route value after the first (a strict next hop that
+    /// follows our own Route, §16.6 step 6).
+    pub pop_second_route: bool,
+    /// Remove the last Route value (strict-route fix-up, §16.4).
+    pub pop_last_route: bool,
     /// Extra header lines, each ending in CRLF, added after the others.
     pub append: &'a [u8],
 }
@@ -217,10 +222,10 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
     }
     let idx = msg.index();
     let first_via = idx.named(HeaderName::Via).next().map(|e| e.line);
-    // The first Route *value*: an empty `Route:` line before it is copied as is.
-    let first_route = idx
+    let last_route = idx
         .named(HeaderName::Route)
-        .find(|e| scan::CommaValues::new(e.value.of(buf)).next().is_some())
+        .filter(|e| scan::CommaValues::new(e.value.of(buf)).next().is_some())
+        .last()
         .map(|e| e.line);
     let first_mf = idx.named(HeaderName::MaxForwards).next().map(|e| e.line);
     if edits.max_forwards == MaxForwardsEdit::Decrement && first_mf.is_none() && msg.is_request() {
@@ -229,6 +234,8 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
     if edits.pop_via && first_via.is_none() {
         return Err(EmitError::MissingHeader);
     }
+    // Leading Route values still to remove (they may span several lines).
+    let mut front = usize::from(edits.pop_route) + usize::from(edits.pop_second_route);
 
     for e in msg.headers() {
         let line = Some(e.line);
@@ -238,8 +245,17 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
             } else if let Some(r) = &edits.received {
                 put_via_received(&mut w, buf, e, r)?;
             }
-        } else if line == first_route && edits.pop_route {
-            put_without_first_value(&mut w, buf, e)?;
+        } else if e.name == HeaderName::Route
+            && (front > 0 || (line == last_route && edits.pop_last_route))
+            && scan::CommaValues::new(e.value.of(buf)).next().is_some()
+        {
+            // (An empty `Route:` line is copied as is, below.)
+            let count = scan::CommaValues::new(e.value.of(buf)).count();
+            let skip_front = front.min(count);
+            front -= skip_front;
+            let skip_last =
+                usize::from(line == last_route && edits.pop_last_route && count > skip_front);
+            put_values_range(&mut w, buf, e, skip_front, count - skip_last)?;
         } else if line == first_mf
             && edits.max_forwards == MaxForwardsEdit::Decrement
             && msg.is_request()
@@ -303,6 +319,36 @@ fn put_without_first_value(
     )?;
     w.put(value.get(from..).unwrap_or_default())?;
     let _ = first;
+    w.put(b"\r\n")
+}
+
+/// Writes a list header line keeping only its values `keep_from..keep_to`;
+/// drops the line when nothing is left.
+fn put_values_range(
+    w: &mut Writer<'_>,
+    buf: &[u8],
+    e: &HeaderEntry,
+    keep_from: usize,
+    keep_to: usize,
+) -> Result<(), EmitError> {
+    let value = e.value.of(buf);
+    if keep_from >= keep_to {
+        return Ok(());
+    }
+    w.put(
+        buf.get(e.line.start as usize..e.value.start as usize)
+            .unwrap_or_default(),
+    )?;
+    for (i, v) in scan::CommaValues::new(value)
+        .enumerate()
+        .skip(keep_from)
+        .take(keep_to - keep_from)
+    {
+        if i > keep_from {
+            w.put(b", ")?;
+        }
+        w.put(v)?;
+    }
     w.put(b"\r\n")
 }
 
