@@ -204,6 +204,19 @@ pub struct FileConfig {
     pub flood: Option<crate::policy::flood::FloodSection>,
     /// `[overload]`: admission of new work.
     pub overload: Option<crate::policy::overload::OverloadSection>,
+    /// `[metrics]`: the Prometheus textfile export.
+    pub metrics: Option<MetricsSection>,
+}
+
+/// `[metrics]`: counters, latencies and replication lag written as a
+/// Prometheus textfile (for node_exporter's textfile collector, or `cat`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// The file to write (atomically replaced).
+    pub file: Option<std::path::PathBuf>,
+    /// Seconds between writes (default 10).
+    pub interval: Option<u64>,
 }
 
 /// `[uring]`: io_uring driver tuning.
@@ -343,6 +356,8 @@ pub struct Config {
     pub overload: crate::policy::overload::OverloadSection,
     /// The config file, for SIGHUP reloads.
     pub config_file: Option<std::path::PathBuf>,
+    /// The metrics file and its interval.
+    pub metrics: Option<(std::path::PathBuf, std::time::Duration)>,
 }
 
 impl FileConfig {
@@ -394,6 +409,7 @@ impl FileConfig {
             policy: over.policy.or(self.policy),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
+            metrics: over.metrics.or(self.metrics),
         }
     }
 
@@ -509,6 +525,10 @@ impl FileConfig {
             flood: self.flood,
             overload: self.overload.unwrap_or_default(),
             config_file: None,
+            metrics: self.metrics.and_then(|m| {
+                let every = std::time::Duration::from_secs(m.interval.unwrap_or(10).max(1));
+                m.file.map(|f| (f, every))
+            }),
         })
     }
 }

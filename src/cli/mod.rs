@@ -85,6 +85,10 @@ pub struct RunArgs {
     /// Directory of the registrar's durable store (default ./sipedge-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Write counters, latencies and replication lag to this Prometheus
+    /// textfile every 10 s (`[metrics] file`, `interval`).
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Users file (TOML `[[user]]` name, domain, password or ha1_*): served
     /// domains then require digest authentication. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -116,6 +120,13 @@ impl RunArgs {
             policy: None,
             flood: None,
             overload: None,
+            metrics: self
+                .metrics_file
+                .as_ref()
+                .map(|f| crate::config::MetricsSection {
+                    file: Some(f.clone()),
+                    interval: None,
+                }),
         }
     }
 
@@ -203,6 +214,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    let slots: Vec<Arc<std::sync::Mutex<shard::ShardReport>>> =
+        plans.iter().map(|_| Arc::default()).collect();
+    let mut plans = plans;
+    for (p, s) in plans.iter_mut().zip(&slots) {
+        p.io.get_or_insert_with(ShardIo::none).metrics = Some(s.clone());
+    }
     let mut shared: Option<Arc<Shared>> = None;
     let handles = if cfg.stateless {
         let relay_cfg = stateless::Config {
@@ -222,7 +239,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("cannot install the SIGHUP handler")?;
+    let mut last_metrics = std::time::Instant::now();
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        if let Some((file, every)) = &cfg.metrics {
+            if last_metrics.elapsed() >= *every {
+                last_metrics = std::time::Instant::now();
+                if let Err(e) = write_metrics(file, &slots) {
+                    tracing::warn!("cannot write metrics to {}: {e}", file.display());
+                }
+            }
+        }
         if hup.swap(false, Ordering::Relaxed) {
             match (&shared, reload(args)) {
                 (Some(s), Ok((users, policy))) => {
@@ -351,7 +377,10 @@ fn start_stateful(
             .and_then(Option::take)
             .map(|s| Box::new(s) as Box<dyn Store + Send>);
         let mesh = meshes.get_mut(i).and_then(Option::take);
-        plan.io = Some(ShardIo::new(mesh, store, plan.id));
+        let metrics = plan.io.take().and_then(|io| io.metrics);
+        let mut io = ShardIo::new(mesh, store, plan.id);
+        io.metrics = metrics;
+        plan.io = Some(io);
     }
     let reg = &cfg.registrar;
     let d = RegistrarConfig::default();
@@ -410,6 +439,72 @@ fn start_stateful(
         return Err(anyhow!("cannot start: {f}"));
     }
     Ok((handles, sec.shared.clone()))
+}
+
+/// Sums the shards' last snapshots and writes them as a Prometheus textfile
+/// (a temporary file renamed over the old one, so readers never see half).
+fn write_metrics(
+    file: &std::path::Path,
+    slots: &[Arc<std::sync::Mutex<shard::ShardReport>>],
+) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut counters = Counters::default();
+    let mut driver = DriverStats::default();
+    let mut lag: Option<hdrhistogram::Histogram<u64>> = None;
+    let mut io = shard::IoStats::default();
+    for s in slots {
+        let Ok(r) = s.lock() else { continue };
+        counters.add(&r.service);
+        driver.add(&r.driver);
+        io.records += r.io.records;
+        io.store_errors += r.io.store_errors;
+        io.compactions += r.io.compactions;
+        io.mesh_sent += r.io.mesh_sent;
+        io.mesh_dropped += r.io.mesh_dropped;
+        if let Some(l) = &r.lag {
+            match &mut lag {
+                Some(t) => {
+                    let _ = t.add(l);
+                }
+                None => lag = Some(l.clone()),
+            }
+        }
+    }
+    let mut text = String::new();
+    for (name, v) in counters.pairs() {
+        let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
+    }
+    for (name, v) in [
+        ("sipedge_shard_datagrams_received_total", driver.rx),
+        ("sipedge_shard_datagrams_sent_total", driver.tx),
+        ("sipedge_shard_receive_errors_total", driver.rx_errors),
+        ("sipedge_shard_send_errors_total", driver.tx_errors),
+        ("sipedge_shard_send_dropped_total", driver.tx_dropped),
+        ("sipedge_shard_loop_turns_total", driver.turns),
+        ("sipedge_store_records_total", io.records),
+        ("sipedge_store_errors_total", io.store_errors),
+        ("sipedge_store_compactions_total", io.compactions),
+        ("sipedge_mesh_sent_total", io.mesh_sent),
+        ("sipedge_mesh_dropped_total", io.mesh_dropped),
+    ] {
+        let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
+    }
+    if let Some(l) = lag.filter(|l| !l.is_empty()) {
+        let name = "sipedge_location_replication_lag_seconds";
+        let _ = writeln!(text, "# TYPE {name} summary");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                text,
+                "{name}{{quantile=\"{q}\"}} {:.6}",
+                l.value_at_quantile(q) as f64 / 1e6
+            );
+        }
+        let _ = writeln!(text, "{name}_count {}", l.len());
+    }
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }
 
 /// SIGHUP: reads the configuration again and builds new users and policy.

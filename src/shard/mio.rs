@@ -118,6 +118,7 @@ impl MioDriver {
             }
             io.end(now, service, &mut self.outbox);
             self.flush();
+            io.publish(now, service, &self.stats);
         }
         self.flush();
         Ok(self.stats)

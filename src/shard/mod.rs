@@ -146,6 +146,9 @@ impl core::fmt::Debug for ShardIo {
 /// shards. Both drivers call [`ShardIo::begin`] before the datagrams of a
 /// turn and [`ShardIo::end`] before flushing the outbox.
 pub struct ShardIo {
+    /// Where this shard publishes its counters about once a second.
+    pub metrics: Option<Arc<std::sync::Mutex<ShardReport>>>,
+    last_publish: Instant,
     mesh: Option<mesh::Mesh<MeshMsg>>,
     store: Option<Box<dyn Store + Send>>,
     partition: u16,
@@ -183,6 +186,8 @@ impl ShardIo {
         partition: u16,
     ) -> Self {
         Self {
+            metrics: None,
+            last_publish: Instant::ZERO,
             mesh,
             store,
             partition,
@@ -219,6 +224,31 @@ impl ShardIo {
             match m.recv() {
                 Some(msg) => service.handle_mesh(now, msg, out),
                 None => break,
+            }
+        }
+    }
+
+    /// About once a second: copies the counters where the main thread reads
+    /// them (the one lock a shard takes, off the datagram path).
+    pub fn publish<S: Service>(&mut self, now: Instant, service: &S, driver: &DriverStats) {
+        let Some(m) = &self.metrics else { return };
+        if now.saturating_since(self.last_publish) < Duration::from_secs(1) {
+            return;
+        }
+        self.last_publish = now;
+        if let Ok(mut r) = m.lock() {
+            r.id = self.partition;
+            r.driver = *driver;
+            r.service = service.counters().clone();
+            r.io = self.stats;
+            if let Some(lag) = service.replication_lag() {
+                match &mut r.lag {
+                    Some(h) => {
+                        h.reset();
+                        let _ = h.add(lag);
+                    }
+                    None => r.lag = Some(lag.clone()),
+                }
             }
         }
     }

@@ -437,6 +437,7 @@ impl UringDriver {
         if let Some(o) = self.outboxes.get_mut(self.cur) {
             io.end(now, service, o);
         }
+        io.publish(now, service, &self.stats);
         self.flush()
     }
 
