@@ -14,6 +14,10 @@ at sipedge, which is also its outbound proxy (as a phone configured with
                 --hold seconds; when DISCONNECTED send a MESSAGE to bob; exit
                 0 when it got its 200.
 
+With --password the account answers digest challenges (401 to its REGISTER,
+407 to its INVITE and MESSAGE) with that password, for any realm
+(tests/security.rs); without it, it sends no credentials.
+
 Prints one line per event on stdout ("<role>: <event>"); PJSIP's own log
 (with every SIP message) goes to --log. Exits 1 on any failure and 2 when
 --timeout seconds pass first.
@@ -28,6 +32,17 @@ import pjsua2 as pj
 
 def say(role, what):
     print(f"{role}: {what}", flush=True)
+
+
+class FileLog(pj.LogWriter):
+    """PJSIP's log (decorated lines, SIP messages included) into a file."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.f = open(path, "w")
+
+    def write(self, entry):
+        self.f.write(entry.msg)
 
 
 class Call(pj.Call):
@@ -100,6 +115,7 @@ def main():
     ap.add_argument("--log", default="")
     ap.add_argument("--hold", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--password", default=None, help="digest password of the account")
     args = ap.parse_args()
 
     ua = Ua(args)
@@ -112,8 +128,15 @@ def main():
     epc.logConfig.consoleLevel = 0
     epc.logConfig.level = 5 if args.log else 0
     epc.logConfig.msgLogging = bool(args.log)
+    log = None
     if args.log:
-        epc.logConfig.filename = args.log
+        # Through our own writer, not logConfig.filename: PJSIP buffers its
+        # log file and never flushes it, and we leave with os._exit, which
+        # would lose the last messages (those the tests look for).
+        # (A writer gets what passes consoleLevel, in place of the console.)
+        log = FileLog(args.log)
+        epc.logConfig.writer = log
+        epc.logConfig.consoleLevel = 5
     epc.medConfig.noVad = True
     ep.libInit(epc)
     tc = pj.TransportConfig()
@@ -131,6 +154,9 @@ def main():
     acfg.regConfig.timeoutSec = 300
     acfg.sipConfig.proxies.append(f"sip:{args.proxy};lr")
     acfg.sipConfig.transportId = tid
+    if args.password is not None:
+        # Plain-text password (data type 0), any realm.
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.role, 0, args.password))
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
     acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
     acfg.natConfig.iceEnabled = False
@@ -192,6 +218,8 @@ def main():
     # Leave without the graceful shutdown (unregistration, a second of
     # waiting): the test is over, and sipedge keeps the binding on purpose.
     sys.stdout.flush()
+    if log is not None:
+        log.f.flush()
     del buddy
     import os
 
