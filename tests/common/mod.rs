@@ -640,3 +640,58 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+// ---------------------------------------------------------------------------
+// Helpers of the security tests (tests/security.rs).
+
+impl Proxy {
+    /// The process id (`None` once it was stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends signal `sig` (a kill(1) name, e.g. "HUP") to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("sipedge is running").to_string();
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig} {pid}: {st:?}");
+    }
+
+    /// Its resident set size in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("sipedge is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    }
+
+    /// The value of counter `name` in the log (its stop line `name N`), or 0.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|l| {
+                let rest = l.split(&format!("{name} ")).nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Ua {
+    /// A UA on `ip` (any of 127.0.0.0/8: Linux routes the whole block over
+    /// lo), so that tests can have sources with distinct addresses.
+    pub fn on(ip: &str) -> Self {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        Self { sock, addr }
+    }
+}
