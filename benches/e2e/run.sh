@@ -62,7 +62,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 # ---------------------------------------------------------------- options
 SHAPE=stateless LOAD=sipp PROXIES="kamailio,sipedge,sipedge2,floor" QUICK=0
 RATES="4000 5000" DURATION="" MAX_LIMIT_SET=0 MAX_STEP_SET=0 REPEAT="" MAX_START=4000 MAX_STEP=2000 MAX_LIMIT=30000
-STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=5000
+STEP_DURATION="" LATENCY_RATE="" SKIP_MAX=0 SKIP_LATENCY=0 USERS="" REG_RATE=5000 AUTH=0
 BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
 
@@ -86,6 +86,7 @@ while (($#)); do
 	--skip-latency) SKIP_LATENCY=1 ;;
 	--users) USERS="$2"; shift ;;
 	--reg-rate) REG_RATE="$2"; shift ;;
+	--auth) AUTH=1 ;;
 	--no-build) BUILD=0 ;;
 	--sipedge) SIPEDGE="$2"; shift ;;
 	--sipload) SIPLOAD="$2"; shift ;;
@@ -194,6 +195,11 @@ stateless) KAM_CFG=kam_stateless.cfg ;;
 stateful) KAM_CFG=kam_stateful.cfg ;;
 registrar) KAM_CFG=kam_registrar.cfg ;;
 esac
+# --auth (registrar shape): REGISTERs are challenged (digest, password pw-<user>)
+if ((AUTH)); then
+	[[ "$SHAPE" == registrar ]] || die "--auth goes with --shape registrar"
+	KAM_CFG=kam_registrar_auth.cfg
+fi
 
 # sipedge
 SIPEDGE_STATUS=""
@@ -222,6 +228,11 @@ registrar)
 		for (i = 0; i < n; i++) { u = sprintf("user%06d", i);
 			printf "%s;pw-%s;%s;[authentication username=%s password=pw-%s]\n", u, u, c, u, u } }' >"$USERS_REG"
 	sed '1s/.*/RANDOM/' "$USERS_REG" >"$USERS_CALL"
+	if ((AUTH)); then
+		awk -v n="$USERS" 'BEGIN { for (i = 0; i < n; i++) { u = sprintf("user%06d", i);
+			printf "[[user]]\nname = \"%s\"\ndomain = \"127.0.0.1\"\npassword = \"pw-%s\"\n", u, u } }' >"$OUT/sipedge-users.toml"
+		printf '[auth]\nalgorithms = ["MD5", "SHA-256"]\n' >"$OUT/sipedge-auth.toml"
+	fi
 	UAC_INF=(-inf "$USERS_CALL")
 	;;
 esac
@@ -315,6 +326,14 @@ start_proxy() {
 		stateful) args+=(--upstream "sip:127.0.0.1:$UAS_PORT") ;;
 		registrar) args+=(--domain 127.0.0.1) ;;
 		esac
+		# a fresh binding store per run (the default ./sipedge-data would carry bindings over)
+		rm -rf "$OUT/$name-data"
+		args+=(--data-dir "$OUT/$name-data")
+		if ((AUTH)); then
+			# the same users and passwords as Kamailio's auth config; MD5 first: SIPp 3.6 answers
+			# only the first challenge and speaks MD5 only
+			args+=(--users "$OUT/sipedge-users.toml" --config "$OUT/sipedge-auth.toml")
+		fi
 		# shellcheck disable=SC2206 # SIPEDGE_ARGS is a word list on purpose
 		args+=(${SIPEDGE_ARGS:-})
 		echo "$SIPEDGE ${args[*]}" >"$OUT/$name.cmd"
@@ -380,6 +399,7 @@ lg_sipp_run() {
 lg_sipp_register() { # lg_sipp_register TAG RATE COUNT: REGISTER run through the proxy, same output
 	local saved_uac=("${SIPP_SF_UAC[@]}") saved_inf=("${UAC_INF[@]}")
 	SIPP_SF_UAC=(-sf "$ROOT/tools/sipp/register.xml") UAC_INF=(-inf "$USERS_REG")
+	((AUTH)) && SIPP_SF_UAC=(-sf "$ROOT/tools/sipp/register_auth.xml")
 	lg_sipp_run "$@"
 	SIPP_SF_UAC=("${saved_uac[@]}") UAC_INF=("${saved_inf[@]}")
 }

@@ -206,6 +206,17 @@ impl Identity {
         }
     }
 
+    /// True when `uri` is in a domain this edge serves. A domain that is an
+    /// address matches only with no port or one of ours: `sip:127.0.0.1:5080`
+    /// is a UA at that address, not our domain.
+    pub fn is_served_uri(&self, uri: &Uri<'_>) -> bool {
+        self.is_served_domain(&uri.host)
+            && (matches!(uri.host, Host::Name(_))
+                || uri
+                    .port
+                    .is_none_or(|p| self.sockets.iter().any(|s| s.advertised.port() == p)))
+    }
+
     /// True when `uri` designates this proxy itself (our address, or a served
     /// domain with no user part and no port, or a port of ours), as §16.4 asks
     /// of a Route value or a Request-URI after strict routing.
@@ -445,6 +456,16 @@ mod tests {
         assert!(served("sip:a@192.0.2.1"));
         assert!(served("sip:a@[2001:DB8::1]"));
         assert!(!served("sip:a@192.0.2.2"));
+        let served_uri = |s: &str| by_ip.is_served_uri(&Uri::parse(s.as_bytes()).unwrap());
+        assert!(served_uri("sip:a@192.0.2.1:5060"));
+        assert!(
+            !served_uri("sip:192.0.2.1:5080"),
+            "a UA at our domain's address"
+        );
+        assert!(
+            served_uri("sip:a@example.test:5080"),
+            "names match whatever the port"
+        );
         assert!(!identity().is_served_domain(&Uri::parse(b"sip:a@192.0.2.1").unwrap().host));
         assert_eq!(id.sockets[0].rr_uri(), b"sip:127.0.0.1:5060;lr");
         let v6 = LocalSocket::new("[::1]:5060".parse().unwrap(), SocketRole::Public);

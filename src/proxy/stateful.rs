@@ -709,7 +709,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     return;
                 }
             }
-        } else if self.id.is_served_domain(&uri.host) && uri.user.is_some() {
+        } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
             let mut aor = [0u8; 512];
             let Some(aor) = aor_key(&uri, &mut aor) else {
                 self.reply(msg, src, socket, 404, "Not Found", b"", out);
@@ -733,7 +733,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 Found::Contacts => {}
             }
         } else {
-            let dest = if self.id.is_us(&uri) || self.id.is_served_domain(&uri.host) {
+            let dest = if self.id.is_us(&uri) || self.id.is_served_uri(&uri) {
                 self.cfg.upstream
             } else {
                 route::uri_addr(&uri).or(self.cfg.upstream)
@@ -952,8 +952,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         uri: &sip::Uri<'_>,
         to: &sip::NameAddr<'_>,
     ) -> bool {
-        let ours = self.id.is_served_domain(&uri.host)
-            || (self.id.is_us(uri) && to.uri().is_ok_and(|t| self.id.is_served_domain(&t.host)));
+        let ours = self.id.is_served_uri(uri)
+            || (self.id.is_us(uri) && to.uri().is_ok_and(|t| self.id.is_served_uri(&t)));
         ours && route::routing(&self.id, msg).is_ok_and(|r| r.next_route.is_none())
     }
 

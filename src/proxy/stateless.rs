@@ -271,7 +271,7 @@ pub(crate) fn relay_request(
     };
     let dest = match &routing.next_route {
         Some(r) => route::uri_addr(r).or(cfg.upstream),
-        None if id.is_us(&uri) || id.is_served_domain(&uri.host) => cfg.upstream,
+        None if id.is_us(&uri) || id.is_served_uri(&uri) => cfg.upstream,
         None => route::uri_addr(&uri).or(cfg.upstream),
     };
     let Some(dest) = dest else {
