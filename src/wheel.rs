@@ -7,6 +7,14 @@
 //! overflow: anything later, re-examined once per level-1 lap
 //! ```
 //!
+//! Finding the next deadline is O(1) in the number of timers: a bitmap per
+//! level says which slots hold anything, a level-1 slot stands for its lap
+//! start (a lower bound) once it holds more than a few entries, and the overflow's least deadline is kept aside.
+//! An earlier version took the exact least deadline of the first non-empty
+//! level-1 slot after every tick that fired: with 32 s transaction timers at
+//! 10,000 a second that slot holds ~40,000 entries, scanned every
+//! millisecond — ~10 µs of CPU per call at 5,000 calls/s.
+//!
 //! Why here and not in `shard/`: the wheel is pure data driven by the `now`
 //! the core is given, so the transaction and registrar layers (sans-IO) own
 //! one each and tests run them on virtual time.
@@ -21,6 +29,10 @@ use crate::time::{Duration, Instant};
 const BITS: u32 = 12;
 const SLOTS: usize = 1 << BITS;
 const MASK: u64 = (SLOTS as u64) - 1;
+const WORDS: usize = SLOTS / 64;
+/// Level-1 slots up to this size report their exact least deadline; larger
+/// ones their lap start.
+const EXACT_SCAN: usize = 64;
 /// Resolution of level 0.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -36,6 +48,11 @@ pub struct Wheel<T> {
     level0: Vec<Vec<Entry<T>>>,
     level1: Vec<Vec<Entry<T>>>,
     overflow: Vec<Entry<T>>,
+    /// Which level-0 / level-1 slots are non-empty, one bit per slot.
+    used0: Box<[u64; WORDS]>,
+    used1: Box<[u64; WORDS]>,
+    /// The least deadline in `overflow`.
+    overflow_min: Option<u64>,
     /// Every tick before this one has been fired.
     cursor: u64,
     len: usize,
@@ -54,6 +71,9 @@ impl<T> Wheel<T> {
             level0: (0..SLOTS).map(|_| Vec::new()).collect(),
             level1: (0..SLOTS).map(|_| Vec::new()).collect(),
             overflow: Vec::new(),
+            used0: Box::new([0; WORDS]),
+            used1: Box::new([0; WORDS]),
+            overflow_min: None,
             cursor: ticks(now),
             len: 0,
             earliest: None,
@@ -82,14 +102,19 @@ impl<T> Wheel<T> {
     fn place(&mut self, e: Entry<T>) {
         let delta = e.at.saturating_sub(self.cursor);
         if delta < SLOTS as u64 {
-            if let Some(s) = self.level0.get_mut((e.at & MASK) as usize) {
+            let i = (e.at & MASK) as usize;
+            if let Some(s) = self.level0.get_mut(i) {
                 s.push(e);
+                set(&mut self.used0, i);
             }
         } else if delta < (SLOTS as u64) << BITS {
-            if let Some(s) = self.level1.get_mut(((e.at >> BITS) & MASK) as usize) {
+            let i = ((e.at >> BITS) & MASK) as usize;
+            if let Some(s) = self.level1.get_mut(i) {
                 s.push(e);
+                set(&mut self.used1, i);
             }
         } else {
+            self.overflow_min = Some(self.overflow_min.map_or(e.at, |m| m.min(e.at)));
             self.overflow.push(e);
         }
     }
@@ -116,17 +141,21 @@ impl<T> Wheel<T> {
                 self.cascade(t);
             }
             let mut fired_any = false;
-            if let Some(s) = self.level0.get_mut((t & MASK) as usize) {
-                let mut i = 0;
-                while i < s.len() {
-                    if s.get(i).is_some_and(|e| e.at <= t) {
-                        let e = s.swap_remove(i);
+            let i = (t & MASK) as usize;
+            if let Some(s) = self.level0.get_mut(i) {
+                let mut k = 0;
+                while k < s.len() {
+                    if s.get(k).is_some_and(|e| e.at <= t) {
+                        let e = s.swap_remove(k);
                         self.len -= 1;
                         fired_any = true;
                         fire(Instant::from_micros(e.at * TICK.as_micros()), e.item);
                     } else {
-                        i += 1;
+                        k += 1;
                     }
+                }
+                if s.is_empty() {
+                    clear(&mut self.used0, i);
                 }
             }
             // Through jump_to, not `cursor = t + 1`: when t + 1 is a level-0
@@ -173,6 +202,7 @@ impl<T> Wheel<T> {
         let idx = ((t >> BITS) & MASK) as usize;
         if idx == 0 && !self.overflow.is_empty() {
             let over = core::mem::take(&mut self.overflow);
+            self.overflow_min = None;
             for e in over {
                 self.place(e);
             }
@@ -180,6 +210,7 @@ impl<T> Wheel<T> {
         if let Some(s) = self.level1.get_mut(idx) {
             if !s.is_empty() {
                 let moved = core::mem::take(s);
+                clear(&mut self.used1, idx);
                 for e in moved {
                     self.place(e);
                 }
@@ -187,30 +218,71 @@ impl<T> Wheel<T> {
         }
     }
 
-    /// The exact earliest pending deadline: the least of the first non-empty
-    /// level-0 slot from the cursor, the first non-empty level-1 slot from
-    /// the cursor's, and the overflow.
+    /// The earliest pending deadline, or a lower bound of it: the least of
+    /// the first non-empty level-0 slot from the cursor (exact), the first
+    /// non-empty level-1 slot after the cursor's (exact when it holds at most
+    /// [`EXACT_SCAN`] entries, else its lap start: a lower bound — waking
+    /// there cascades the slot, and the next scan is exact), and the
+    /// overflow's least deadline.
     ///
-    /// Why all three and not level 0 first: level 0 spans the next 4096
+    /// Why level 1 too and not level 0 first: level 0 spans the next 4096
     /// ticks, which reach into the next lap, while a level-1 slot of that
     /// lap can hold a deadline inserted when it was more than a lap away and
     /// due before anything in level 0. Taking level 0 alone reported such a
     /// timer, and fired it, up to a lap late.
     fn scan_earliest(&self) -> Option<u64> {
-        let min_of = |s: &Vec<Entry<T>>| s.iter().map(|e| e.at).min();
-        let l0 = (0..SLOTS as u64).find_map(|k| {
-            let t = self.cursor + k;
-            self.level0.get((t & MASK) as usize).and_then(min_of)
+        let l0 = next_set(&self.used0, (self.cursor & MASK) as usize).and_then(|k| {
+            let t = self.cursor + k as u64;
+            self.level0
+                .get((t & MASK) as usize)
+                .and_then(|s| s.iter().map(|e| e.at).min())
         });
-        let here = (self.cursor >> BITS) & MASK;
-        let l1 = (1..=SLOTS as u64).find_map(|k| {
-            self.level1
-                .get(((here + k) & MASK) as usize)
-                .and_then(min_of)
+        let here = self.cursor >> BITS;
+        let first = ((here + 1) & MASK) as usize;
+        let l1 = next_set(&self.used1, first).map(|k| {
+            let lap = here + 1 + k as u64;
+            match self.level1.get((lap & MASK) as usize) {
+                // Small slots: the exact least deadline, cheaply.
+                Some(s) if s.len() <= EXACT_SCAN => {
+                    s.iter().map(|e| e.at).min().unwrap_or(lap << BITS)
+                }
+                _ => lap << BITS,
+            }
         });
-        let ov = self.overflow.iter().map(|e| e.at).min();
-        [l0, l1, ov].into_iter().flatten().min()
+        [l0, l1, self.overflow_min].into_iter().flatten().min()
     }
+}
+
+fn set(bits: &mut [u64; WORDS], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w |= 1 << (i % 64);
+    }
+}
+
+fn clear(bits: &mut [u64; WORDS], i: usize) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        *w &= !(1 << (i % 64));
+    }
+}
+
+/// The distance `k` in `0..SLOTS` of the first set bit at `(from + k) % SLOTS`.
+fn next_set(bits: &[u64; WORDS], from: usize) -> Option<usize> {
+    let (w0, b0) = (from / 64, from % 64);
+    for step in 0..=WORDS {
+        let w = (w0 + step) % WORDS;
+        let mut word = bits.get(w).copied().unwrap_or(0);
+        if step == 0 {
+            word &= !0u64 << b0;
+        } else if step == WORDS {
+            // Back at the first word: only the bits before `from`.
+            word &= !(!0u64 << b0);
+        }
+        if word != 0 {
+            let pos = w * 64 + word.trailing_zeros() as usize;
+            return Some((pos + SLOTS - from) % SLOTS);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -264,6 +336,37 @@ mod tests {
         assert_eq!(fired, vec![1]);
         w.expire(ms(5_000), |_, i| fired.push(i));
         assert_eq!(fired, vec![1, 2]);
+        assert!(w.is_empty());
+    }
+
+    /// A crowded level-1 slot (more than EXACT_SCAN entries) reports its lap
+    /// start as a lower bound; its timers still fire in order, none early.
+    #[test]
+    fn a_crowded_level1_slot_fires_in_order_and_never_early() {
+        let mut w = Wheel::new(Instant::ZERO);
+        // 500 timers in the lap starting at 32,768 ms, inserted in reverse.
+        for i in (0..500u64).rev() {
+            w.insert(ms(33_000 + i * 7), i);
+        }
+        w.insert(ms(100), 1_000);
+        let bound = w.next_deadline();
+        assert_eq!(bound, Some(ms(100)));
+        let mut fired = Vec::new();
+        let mut now = 0;
+        while now < 40_000 {
+            let before = fired.len();
+            w.expire(ms(now), |at, i| fired.push((at, i)));
+            for &(at, _) in &fired[before..] {
+                assert!(at <= ms(now), "fired early: {at:?} at {now} ms");
+            }
+            let next = w.next_deadline().map_or(40_000, |d| d.as_micros() / 1_000);
+            assert!(next > now, "the deadline must move forward");
+            now = next;
+        }
+        let order: Vec<u64> = fired.iter().map(|&(_, i)| i).collect();
+        let mut want = vec![1_000];
+        want.extend(0..500);
+        assert_eq!(order, want);
         assert!(w.is_empty());
     }
 
