@@ -351,7 +351,14 @@ start_proxy() {
 		return 1
 	fi
 	sleep 0.5 # let Kamailio finish forking its children
-	if [[ "$name" == sipedge* ]]; then # its startup line names the I/O driver and shards
+	if [[ "$name" == sipedge* ]]; then
+		# Its startup line comes once the store and users file are loaded
+		# (the port is bound before), and names the I/O driver and shards.
+		local waited=0
+		while ! grep -q 'started: ' "$logf" && ((waited < 600)) && kill -0 "$PROXY_PID" 2>/dev/null; do
+			sleep 0.1
+			waited=$((waited + 1))
+		done
 		STARTED[$name]="$(grep -m1 -o 'started: .*' "$logf" || true)"
 	fi
 }

@@ -196,7 +196,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         "transaction-stateful proxy"
     };
-    tracing::info!(
+    // Logged once the shards run (after the store and users file are loaded).
+    let started = format!(
         "sipedge {} started: io={} shards={} (cpus {}) listen={} mode={} domains={} upstream={}",
         env!("CARGO_PKG_VERSION"),
         driver.name(),
@@ -235,6 +236,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         shared = Some(s);
         h
     };
+    tracing::info!("{started}");
     // Wait for the shards; reload users and policy on SIGHUP meanwhile.
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
