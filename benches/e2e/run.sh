@@ -231,7 +231,9 @@ registrar)
 	if ((AUTH)); then
 		awk -v n="$USERS" 'BEGIN { for (i = 0; i < n; i++) { u = sprintf("user%06d", i);
 			printf "[[user]]\nname = \"%s\"\ndomain = \"127.0.0.1\"\npassword = \"pw-%s\"\n", u, u } }' >"$OUT/sipedge-users.toml"
-		printf '[auth]\nalgorithms = ["MD5", "SHA-256"]\n' >"$OUT/sipedge-auth.toml"
+		# Calls are not authenticated, as in kam_registrar_auth.cfg: the call
+		# bench measures routing; REGISTER is what this shape authenticates.
+		printf '[auth]\nalgorithms = ["MD5", "SHA-256"]\n\n[[policy.rule]]\nmethod = ["INVITE"]\naction = "allow"\n' >"$OUT/sipedge-auth.toml"
 	fi
 	UAC_INF=(-inf "$USERS_CALL")
 	;;

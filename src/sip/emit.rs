@@ -116,16 +116,40 @@ impl<'o> Writer<'o> {
 }
 
 /// Formats `ip` (bracketed if IPv6) into `out`, returning the length.
+///
+/// IPv4 by hand: it goes into every `received=` and Via, and `core::fmt`
+/// cost ~0.3 µs a message there.
 pub fn format_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
-    use std::io::Write as _;
-    let mut cur = std::io::Cursor::new(out.as_mut_slice());
-    let r = match ip {
-        IpAddr::V4(a) => write!(cur, "{a}"),
-        IpAddr::V6(a) => write!(cur, "[{a}]"),
-    };
-    // An IPv6 reference is at most 47 bytes: the write cannot fail.
-    debug_assert!(r.is_ok());
-    cur.position() as usize
+    match ip {
+        IpAddr::V4(a) => {
+            let mut n = 0;
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    if let Some(b) = out.get_mut(n) {
+                        *b = b'.';
+                    }
+                    n += 1;
+                }
+                let digits = [o / 100, o / 10 % 10, o % 10];
+                let skip = if o >= 100 { 0 } else if o >= 10 { 1 } else { 2 };
+                for d in digits.iter().skip(skip) {
+                    if let Some(b) = out.get_mut(n) {
+                        *b = b'0' + d;
+                    }
+                    n += 1;
+                }
+            }
+            n
+        }
+        IpAddr::V6(a) => {
+            use std::io::Write as _;
+            let mut cur = std::io::Cursor::new(out.as_mut_slice());
+            // An IPv6 reference is at most 47 bytes: the write cannot fail.
+            let r = write!(cur, "[{a}]");
+            debug_assert!(r.is_ok());
+            cur.position() as usize
+        }
+    }
 }
 
 /// The Via a proxy adds on top when it forwards a request (§16.6 step 8).
@@ -496,6 +520,26 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_addresses_as_core_fmt_does() {
+        let mut buf = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.1.9",
+            "255.255.255.255",
+            "8.99.100.101",
+        ] {
+            let a: IpAddr = ip.parse().unwrap();
+            let n = format_ip(a, &mut buf);
+            assert_eq!(&buf[..n], ip.as_bytes());
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let n = format_ip(v6, &mut buf);
+        assert_eq!(&buf[..n], b"[2001:db8::1]");
+    }
     use crate::sip::{parse, HeaderIndex};
 
     const REQ: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
