@@ -131,7 +131,13 @@ pub fn format_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
                     n += 1;
                 }
                 let digits = [o / 100, o / 10 % 10, o % 10];
-                let skip = if o >= 100 { 0 } else if o >= 10 { 1 } else { 2 };
+                let skip = if o >= 100 {
+                    0
+                } else if o >= 10 {
+                    1
+                } else {
+                    2
+                };
                 for d in digits.iter().skip(skip) {
                     if let Some(b) = out.get_mut(n) {
                         *b = b'0' + d;
