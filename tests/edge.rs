@@ -367,6 +367,20 @@ fn register_two_users_and_call() {
                     "{d}: some REGISTERs crossed shards: {:#?}",
                     p.log
                 );
+                // Each one was taken in by its owner, and counted once as a request.
+                let metric = |name: &str| {
+                    p.log
+                        .iter()
+                        .find_map(|l| l.split(name).nth(1))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                assert_eq!(
+                    metric("sipedge_registrar_handed_in_total "),
+                    handed,
+                    "{d}: {:#?}",
+                    p.log
+                );
             }
         }
     }

@@ -303,6 +303,8 @@ pub struct Counters {
     pub cancels: u64,
     /// REGISTERs handed to the shard owning their AoR.
     pub handed_over: u64,
+    /// REGISTERs taken over from another shard (counted there in `requests`).
+    pub handed_in: u64,
     /// Registrar answers turned into 500 because the store write failed.
     pub store_failures: u64,
     /// Replica resyncs requested after a gap in a feed.
@@ -340,6 +342,7 @@ impl Counters {
         self.acks_absorbed += other.acks_absorbed;
         self.cancels += other.cancels;
         self.handed_over += other.handed_over;
+        self.handed_in += other.handed_in;
         self.store_failures += other.store_failures;
         self.resyncs += other.resyncs;
         self.flood_dropped += other.flood_dropped;
@@ -349,7 +352,7 @@ impl Counters {
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 26] {
+    pub fn pairs(&self) -> [(&'static str, u64); 27] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -395,6 +398,7 @@ impl Counters {
             ("sipedge_txn_acks_absorbed_total", self.acks_absorbed),
             ("sipedge_proxy_cancels_total", self.cancels),
             ("sipedge_registrar_handed_over_total", self.handed_over),
+            ("sipedge_registrar_handed_in_total", self.handed_in),
             (
                 "sipedge_registrar_store_failures_total",
                 self.store_failures,

@@ -1916,7 +1916,17 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
         match msg {
             MeshMsg::Request { bytes, src, socket } => {
-                self.handle_datagram(now, &bytes, src, socket, out)
+                // Already admitted (flood) and counted by the shard that received it.
+                let Some(mut idx) = self.index.take() else {
+                    return;
+                };
+                if let Ok(msg) = sip::parse(&bytes, &mut idx) {
+                    if msg.is_request() {
+                        self.counters.handed_in += 1;
+                        self.on_request(now, &msg, src, socket, out);
+                    }
+                }
+                self.index = Some(idx);
             }
             MeshMsg::Feed(records) => {
                 for r in records.iter() {
