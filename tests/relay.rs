@@ -7,9 +7,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{drivers, have_peer, Msg, Proxy, Ua};
+use common::{drivers, have_peer, Msg, Proxy, TempDir, Ua};
 use sipedge::sip::HeaderName;
 
 fn relay(driver: &str, upstream: SocketAddr, extra: &[&str]) -> Proxy {
@@ -82,6 +82,59 @@ fn answers_options_addressed_to_itself() {
         assert!(r.header(HeaderName::Allow).unwrap().contains("INVITE"));
         assert!(r.text.contains("\r\nSupported:"));
         uas.expect_silence(Duration::from_millis(100));
+    }
+}
+
+/// `[flood]` applies to the relay too: a source probing at 10× its rate
+/// (1,000 OPTIONS in 2 s against 50/s, burst 100) gets about its burst
+/// answered and is then banned, counted as dropped; another source is
+/// still answered.
+#[test]
+fn flood_limits_apply_to_the_relay() {
+    for d in drivers() {
+        let uas = Ua::new();
+        let dir = TempDir::new("relay-flood");
+        let cfg = dir.write(
+            "sipedge.toml",
+            "[flood]\nrate = 50\nburst = 100\nban = 10\n",
+        );
+        let mut p = relay(d, uas.addr, &["--config", &cfg]);
+        let edge = p.addr;
+        let probe = |ua: &Ua, n: u32| {
+            format!(
+                "OPTIONS sip:{edge} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKfl{n}\r\n\
+Max-Forwards: 70\r\nTo: <sip:{edge}>\r\nFrom: <sip:f@x.test>;tag=f{n}\r\nCall-ID: fl{n}\r\n\
+CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                ua.addr
+            )
+        };
+        let flooder = Ua::on("127.0.0.2");
+        let start = Instant::now();
+        for n in 0..1000u32 {
+            flooder.send(&probe(&flooder, n), edge);
+            if n % 50 == 49 {
+                // 50 every 100 ms: 500/s.
+                let next = start + Duration::from_millis(u64::from(n + 1) * 2);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        }
+        let answered = flooder.collect(Duration::from_millis(500)).len();
+        let other = Ua::on("127.0.0.3");
+        other.send(&probe(&other, 5000), edge);
+        let ok = other.expect_response(200, "OPTIONS");
+        assert_eq!(ok.status(), Some(200));
+        p.terminate();
+        let dropped = p.counter("sipedge_flood_dropped_total");
+        assert!(
+            (50..=250).contains(&answered),
+            "{d}: {answered} of 1000 probes answered: {:#?}",
+            p.log
+        );
+        assert!(
+            dropped + answered as u64 >= 1000 - 10,
+            "{d}: answered {answered}, dropped {dropped}"
+        );
+        uas.expect_silence(Duration::from_millis(50));
     }
 }
 

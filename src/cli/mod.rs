@@ -228,8 +228,22 @@ pub fn run(args: &RunArgs) -> Result<()> {
             record_route: cfg.record_route,
             parse: cfg.parse.clone(),
         };
+        // `[flood]` applies to the relay too (the other checks need the
+        // stateful proxy: answering 401/403 is a transaction's job).
+        let flood_cfg = match &cfg.flood {
+            Some(f) => {
+                let policy =
+                    Policy::compile(&cfg.policy, &cfg.domains, false).context("[policy]")?;
+                Some(flood::Config::from_section(f, policy.networks()).context("[flood]")?)
+            }
+            None => None,
+        };
         spawn_with(plans, driver, &cfg, secret, &stop, move |id| {
-            Stateless::new(id, relay_cfg.clone())
+            let relay = Stateless::new(id, relay_cfg.clone());
+            match &flood_cfg {
+                Some(f) => relay.with_flood(flood::Flood::new(f, os_random())),
+                None => relay,
+            }
         })?
     } else {
         let (h, s) = start_stateful(plans, driver, &cfg, secret, &stop)?;

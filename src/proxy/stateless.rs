@@ -19,6 +19,7 @@
 
 use core::net::SocketAddr;
 
+use crate::policy::flood::{Admit, Flood};
 use crate::sip::{
     self, emit, Edits, HeaderIndex, MaxForwardsEdit, Message, Method, NewVia, ParseConfig,
     ParseError, Received, ResponseSpec,
@@ -53,6 +54,8 @@ pub struct Stateless {
     cfg: Config,
     index: HeaderIndex,
     counters: Counters,
+    /// Per-source rate limits and bans (`[flood]`), checked before parsing.
+    flood: Option<Flood>,
 }
 
 impl Stateless {
@@ -63,7 +66,15 @@ impl Stateless {
             id,
             cfg,
             counters: Counters::default(),
+            flood: None,
         }
+    }
+
+    /// With per-source flood limits: a banned source's datagrams are
+    /// dropped and counted before they are parsed.
+    pub fn with_flood(mut self, flood: Flood) -> Self {
+        self.flood = Some(flood);
+        self
     }
 
     /// Who this relay is.
@@ -75,7 +86,7 @@ impl Stateless {
 impl Service for Stateless {
     fn handle_datagram(
         &mut self,
-        _now: Instant,
+        now: Instant,
         data: &[u8],
         src: SocketAddr,
         socket: SocketId,
@@ -86,10 +97,17 @@ impl Service for Stateless {
             cfg,
             index,
             counters,
+            flood,
         } = self;
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             counters.keepalives += 1;
             return;
+        }
+        if let Some(f) = flood {
+            if f.admit(now, src.ip()) == Admit::Banned {
+                counters.flood_dropped += 1;
+                return;
+            }
         }
         match sip::parse(data, index) {
             Ok(msg) if msg.is_request() => {
