@@ -209,10 +209,18 @@ impl<T> Wheel<T> {
         }
         if let Some(s) = self.level1.get_mut(idx) {
             if !s.is_empty() {
-                let moved = core::mem::take(s);
+                let mut moved = core::mem::take(s);
                 clear(&mut self.used1, idx);
-                for e in moved {
+                for e in moved.drain(..) {
                     self.place(e);
+                }
+                // Everything went to level 0 (it is due within this lap):
+                // give the slot its capacity back, so the steady state
+                // does not allocate.
+                if let Some(s) = self.level1.get_mut(idx) {
+                    if s.is_empty() {
+                        *s = moved;
+                    }
                 }
             }
         }
