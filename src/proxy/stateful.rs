@@ -1446,6 +1446,10 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 if invite {
                     // Every 2xx goes up, at once (§16.7 step 5).
                     self.forward_up(msg, txn, out);
+                    // Accepted (RFC 6026) absorbs INVITE retransmissions
+                    // without answering them: the last 1xx is not needed
+                    // for the 32 s the transaction lingers.
+                    txn.last_response = None;
                     if !txn.final_sent {
                         txn.final_sent = true;
                         txn.request = None;
@@ -1471,6 +1475,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 if let Some(f) = txn.forks.get_mut(i) {
                     f.final_code = Some(code);
                     f.timer_c = None;
+                    if !invite {
+                        // Completed (Timer K) only absorbs retransmitted
+                        // responses: the forwarded request is done with.
+                        f.bytes = None;
+                    }
                 }
                 let better = txn.best.as_ref().is_none_or(|(b, _)| rank(code) < rank(*b));
                 if better && !txn.final_sent {
