@@ -362,7 +362,9 @@ struct Fork {
     final_code: Option<u16>,
     provisional: bool,
     cancel_wanted: bool,
-    cancel: Option<(NonInviteClient, Box<[u8]>)>,
+    /// Boxed: most forks never send a CANCEL, and every fork of a
+    /// transaction lingers 32 s after the call is set up.
+    cancel: Option<Box<(NonInviteClient, Box<[u8]>)>>,
     timer_c: Option<Instant>,
 }
 
@@ -1285,7 +1287,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
         let (dest, egress) = (fork.dest, fork.egress);
         let (c, arm) = NonInviteClient::start(now, self.cfg.timers, false);
-        fork.cancel = Some((c, bytes.clone()));
+        fork.cancel = Some(Box::new((c, bytes.clone())));
         fork.cancel_wanted = false;
         self.send(out, dest, egress, &bytes);
         self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
@@ -1326,7 +1328,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         if msg.cseq().method == Method::Cancel {
             if let Some(f) = txn.forks.get_mut(fork_i) {
-                if let Some((c, _)) = &mut f.cancel {
+                if let Some((c, _)) = f.cancel.as_deref_mut() {
                     let (_, arm) = c.on_response(now, code);
                     self.arm(slot, txn.gen, TimerTarget::Cancel(fork_i as u8), arm);
                 }
@@ -1645,7 +1647,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                                 f.final_code = Some(408);
                                 f.bytes = None;
                                 f.timer_c = None;
-                                if let Some((c, _)) = &mut f.cancel {
+                                if let Some((c, _)) = f.cancel.as_deref_mut() {
                                     c.terminate();
                                 }
                             }
@@ -1664,7 +1666,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 let mut resend = None;
                 let mut gave_up = false;
                 if let Some(f) = txn.forks.get_mut(i) {
-                    if let Some((c, bytes)) = &mut f.cancel {
+                    if let Some((c, bytes)) = f.cancel.as_deref_mut() {
                         let (action, arm) = c.on_timer(now, item.name, item.at);
                         match action {
                             Action::RetransmitRequest => {
@@ -1776,7 +1778,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 t.server.terminated()
                     && t.forks.iter().all(|f| {
                         f.client.terminated()
-                            && f.cancel.as_ref().is_none_or(|(c, _)| {
+                            && f.cancel.as_deref().is_none_or(|(c, _)| {
                                 matches!(
                                     c.state(),
                                     NonInviteClientState::Completed
