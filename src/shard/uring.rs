@@ -256,6 +256,26 @@ impl UringDriver {
         } else {
             1
         };
+        if batch > 1 && self.queued > 0 {
+            // Send first, then wait. A coalescing wait that also submits
+            // sends finds their completions (posted inline, before it
+            // sleeps) in the ring when its minimum expires, and returns
+            // for them alone: a timer wake-up with nothing to do, one per
+            // turn that sent anything (~3 µs per REGISTER at 5,000/s).
+            // Settled here, they cannot end the wait.
+            match self.ring.submitter().submit() {
+                Ok(_) => {}
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                    _ => return Err(e),
+                },
+            }
+            self.queued = 0;
+            self.reap();
+            if !self.backlog.is_empty() {
+                return Ok(());
+            }
+        }
         let want = batch + self.queued as usize;
         self.queued = 0;
         let ts = Timespec::from(wait);
