@@ -2,7 +2,9 @@
 //! into a shared provided-buffer ring ([`super::bufring`]), one SENDMSG per
 //! outgoing datagram pointing straight into the outbox arena, and one
 //! `io_uring_enter` per loop turn that both submits the turn's sends and
-//! waits for the next datagram or timer (EXT_ARG timeout).
+//! waits for the next datagram or timer (EXT_ARG timeout) — two when the
+//! wait coalesces (`[uring] coalesce_us`): the sends are submitted and
+//! settled first, so that their completions do not end the wait.
 //!
 //! ```text
 //! turn: arm recvs ─► enter(submit sends, wait ≥ 1 + sends, timeout = next timer)
@@ -261,7 +263,8 @@ impl UringDriver {
             // sends finds their completions (posted inline, before it
             // sleeps) in the ring when its minimum expires, and returns
             // for them alone: a timer wake-up with nothing to do, one per
-            // turn that sent anything (~3 µs per REGISTER at 5,000/s).
+            // turn that sent anything (measured: 1–1.5 µs per REGISTER at
+            // 5,000/s, 1.2 µs per call).
             // Settled here, they cannot end the wait.
             match self.ring.submitter().submit() {
                 Ok(_) => {}
