@@ -11,13 +11,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, tail, Proxy, Reaped, TempDir, Ua,
+    drivers, free_udp_port, have_peer, have_python_module, sipp, sipp_report, tail, Proxy, Reaped,
+    TempDir, Ua,
 };
 use sipedge::sip::HeaderName;
 
@@ -38,31 +38,6 @@ fn edge(driver: &str, data: &TempDir, shards: &str) -> Proxy {
 
 fn peer_file(rel: &str) -> String {
     format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A SIPp command on 127.0.0.1:`port`, its screen output into `dir/name.out`
-/// and its errors into `dir/name.err`.
-fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
-    let mut c = Command::new("sipp");
-    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
-        .args([
-            "-trace_err",
-            "-error_file",
-            &dir.path.join(format!("{name}.err")).to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(File::create(dir.path.join(format!("{name}.out"))).unwrap())
-        .stderr(Stdio::null());
-    c
-}
-
-/// What SIPp printed and logged, for a failure message.
-fn sipp_report(dir: &TempDir, name: &str) -> String {
-    format!(
-        "--- {name} screen:\n{}\n--- {name} errors:\n{}",
-        tail(&dir.path.join(format!("{name}.out")), 40),
-        tail(&dir.path.join(format!("{name}.err")), 40)
-    )
 }
 
 /// SIPp's REGISTER scenario binds 100 users of example.test to a SIPp UAS

@@ -35,8 +35,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, response_to, tail, Msg, Proxy, Reaped,
-    TempDir, Ua,
+    drivers, free_udp_port, have_peer, have_python_module, response_to, sipp, sipp_report, tail,
+    Msg, Proxy, Reaped, TempDir, Ua,
 };
 use sipedge::auth::{digest, Algorithm, Qop};
 use sipedge::sip::{Credentials, HeaderName};
@@ -334,30 +334,6 @@ fn shape(text: &str, user: &str, ua: &Ua) -> String {
 
 // ---------------------------------------------------------------------------
 // SIPp
-
-/// A SIPp command on 127.0.0.1:`port`, its screen into `dir/name.out` and
-/// its errors into `dir/name.err`.
-fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
-    let mut c = Command::new("sipp");
-    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
-        .args([
-            "-trace_err",
-            "-error_file",
-            &dir.path.join(format!("{name}.err")).to_string_lossy(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(File::create(dir.path.join(format!("{name}.out"))).unwrap())
-        .stderr(Stdio::null());
-    c
-}
-
-fn sipp_report(dir: &TempDir, name: &str) -> String {
-    format!(
-        "--- {name} screen:\n{}\n--- {name} errors:\n{}",
-        tail(&dir.path.join(format!("{name}.out")), 40),
-        tail(&dir.path.join(format!("{name}.err")), 40)
-    )
-}
 
 /// SIPp's digest REGISTER scenario (tools/sipp/register_auth.xml: REGISTER
 /// → 401 → REGISTER with `[authentication]` → 200) for 20 users of a users

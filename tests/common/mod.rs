@@ -641,6 +641,31 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A SIPp command on 127.0.0.1:`port`, its screen output into `dir/name.out`
+/// and its errors into `dir/name.err`.
+pub fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
+    let mut c = Command::new("sipp");
+    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+        .args([
+            "-trace_err",
+            "-error_file",
+            &dir.path.join(format!("{name}.err")).to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.path.join(format!("{name}.out"))).unwrap())
+        .stderr(Stdio::null());
+    c
+}
+
+/// What SIPp printed and logged, for a failure message.
+pub fn sipp_report(dir: &TempDir, name: &str) -> String {
+    format!(
+        "--- {name} screen:\n{}\n--- {name} errors:\n{}",
+        tail(&dir.path.join(format!("{name}.out")), 40),
+        tail(&dir.path.join(format!("{name}.err")), 40)
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Helpers of the security tests (tests/security.rs).
 
