@@ -36,7 +36,7 @@ use io_uring::types::{CancelBuilder, RecvMsgOut, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::proxy::{Counters, Service};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::transport::{Outbox, SocketId};
 
 use super::bufring::{BufRing, BUF_SIZE, NAME_LEN};
@@ -94,8 +94,23 @@ pub struct UringDriver {
     /// Completion coalescing: the kernel returns once this long has passed
     /// with at least one completion, or when a batch is full (0: off).
     coalesce_us: u32,
+    /// The receive rate estimate that gates coalescing: datagrams since
+    /// `rate_since`, and whether the last window's rate made it worth it.
+    rate_since: Instant,
+    rate_rx: u64,
+    coalescing: bool,
     stats: DriverStats,
 }
+
+/// How often the receive rate that gates coalescing is re-estimated.
+const RATE_WINDOW: Duration = Duration::from_millis(10);
+/// Coalesce only when the rate says a wait of `coalesce_us` gathers at
+/// least this many more datagrams. Below it, the wait gathers about one: it
+/// costs a timer wake-up and latency and saves nothing (measured with SIPp
+/// REGISTERs at 5,000/s — one datagram per 200 µs — 9.5/11.5 µs per REGISTER
+/// coalesced, 7.6/8.8 not; calls at 5,000/s bring ~6 datagrams per 200 µs,
+/// where coalescing saves a third).
+const COALESCE_MIN_EXPECTED: u64 = 2;
 
 fn send_hdrs() -> Box<[SendHdr]> {
     (0..OUTBOX_ITEMS)
@@ -178,6 +193,9 @@ impl UringDriver {
             wake_armed: false,
             woken: false,
             coalesce_us: 0,
+            rate_since: Instant::ZERO,
+            rate_rx: 0,
+            coalescing: false,
             stats: DriverStats::default(),
         })
     }
@@ -251,9 +269,25 @@ impl UringDriver {
         true
     }
 
+    /// Counts this turn's datagrams; once a window has passed, decides
+    /// whether the next waits coalesce: when `rate × coalesce_us` is at
+    /// least [`COALESCE_MIN_EXPECTED`] datagrams.
+    fn estimate_rate(&mut self, now: Instant) {
+        self.rate_rx += self.backlog.len() as u64;
+        let span = now.saturating_since(self.rate_since);
+        if span < RATE_WINDOW {
+            return;
+        }
+        let expected_x_span = self.rate_rx * u64::from(self.coalesce_us);
+        self.coalescing = self.coalesce_us > 0
+            && expected_x_span >= COALESCE_MIN_EXPECTED * span.as_micros().max(1);
+        self.rate_since = now;
+        self.rate_rx = 0;
+    }
+
     /// Submits what is queued and waits for at least one more completion or `wait`.
     fn enter(&mut self, wait: std::time::Duration) -> io::Result<()> {
-        let batch = if self.coalesce_us > 0 && !wait.is_zero() {
+        let batch = if self.coalescing && !wait.is_zero() {
             COALESCE_BATCH
         } else {
             1
@@ -436,6 +470,7 @@ impl UringDriver {
         self.reap();
         io.woke(core::mem::take(&mut self.woken));
         let now = clock.now();
+        self.estimate_rate(now);
         service.handle_turn(now, clock.wall_us());
         if let Some(o) = self.outboxes.get_mut(self.cur) {
             io.begin(now, service, o);
