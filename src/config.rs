@@ -33,7 +33,8 @@
 //! max_transactions = 1048576
 //!
 //! [uring]                # io_uring completion coalescing: fewer wake-ups
-//! coalesce_us = 200      # at moderate load for ≤ this much added latency (0: off)
+//! coalesce_us = 200      # for ≤ this much added latency, when the receive rate
+//!                        # brings ≥ 2 datagrams per wait (0: off)
 //! ```
 
 use core::net::{IpAddr, SocketAddr};

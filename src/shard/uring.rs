@@ -3,8 +3,9 @@
 //! outgoing datagram pointing straight into the outbox arena, and one
 //! `io_uring_enter` per loop turn that both submits the turn's sends and
 //! waits for the next datagram or timer (EXT_ARG timeout) — two when the
-//! wait coalesces (`[uring] coalesce_us`): the sends are submitted and
-//! settled first, so that their completions do not end the wait.
+//! wait coalesces (`[uring] coalesce_us`, while the receive rate brings at
+//! least two datagrams per wait): the sends are submitted and settled
+//! first, so that their completions do not end the wait.
 //!
 //! ```text
 //! turn: arm recvs ─► enter(submit sends, wait ≥ 1 + sends, timeout = next timer)
