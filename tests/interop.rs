@@ -12,12 +12,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, sipp, sipp_report, tail, Proxy, Reaped,
-    TempDir, Ua,
+    drivers, free_udp_port, have_peer, have_python_module, sipp, sipp_report, tail, wait_line,
+    Proxy, Reaped, TempDir, Ua,
 };
 use sipedge::sip::HeaderName;
 
@@ -159,29 +158,6 @@ To: <sip:user042@{DOMAIN}>\r\nFrom: <sip:user042@{DOMAIN}>;tag=f\r\nCall-ID: fet
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-    }
-}
-
-/// Waits for a line containing `want` from a peer, returning the lines seen.
-fn wait_line(
-    rx: &mpsc::Receiver<String>,
-    want: &str,
-    limit: Duration,
-    seen: &mut Vec<String>,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let hit = l.contains(want);
-                seen.push(l);
-                if hit {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
     }
 }
 

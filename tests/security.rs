@@ -31,12 +31,12 @@ use std::fs::File;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
     drivers, free_udp_port, have_peer, have_python_module, response_to, sipp, sipp_report, tail,
-    Msg, Proxy, Reaped, TempDir, Ua,
+    wait_line, Msg, Proxy, Reaped, TempDir, Ua,
 };
 use sipedge::auth::{digest, Algorithm, Qop};
 use sipedge::sip::{Credentials, HeaderName};
@@ -439,29 +439,6 @@ fn sipp_register_with_digest_authentication() {
 
 // ---------------------------------------------------------------------------
 // pjsua2
-
-/// Waits for a line containing `want` from a peer, keeping the lines seen.
-fn wait_line(
-    rx: &mpsc::Receiver<String>,
-    want: &str,
-    limit: Duration,
-    seen: &mut Vec<String>,
-) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                let hit = l.contains(want);
-                seen.push(l);
-                if hit {
-                    return true;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-}
 
 /// Two pjsua2 (PJSIP) user agents with passwords, sipedge with a users file
 /// (its default challenge, SHA-256 then MD5): bob and alice register (401,

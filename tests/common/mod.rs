@@ -657,6 +657,30 @@ pub fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
     c
 }
 
+/// Waits up to `limit` for a line containing `want` from a peer, keeping
+/// every line seen (for failure messages).
+pub fn wait_line(
+    rx: &mpsc::Receiver<String>,
+    want: &str,
+    limit: Duration,
+    seen: &mut Vec<String>,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let hit = l.contains(want);
+                seen.push(l);
+                if hit {
+                    return true;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// What SIPp printed and logged, for a failure message.
 pub fn sipp_report(dir: &TempDir, name: &str) -> String {
     format!(
