@@ -22,7 +22,7 @@ use sipedge::registrar::{Registrar, RegistrarConfig};
 use sipedge::sip::{parse, HeaderIndex};
 use sipedge::store::{LogConfig, LogStore, Store};
 use sipedge::time::Instant;
-use sipedge::transport::SocketId;
+use sipedge::transport::{Peer, SocketId};
 
 const SEED: u64 = 0x5eed_1234_abcd_0001;
 const BATCH: usize = 1024;
@@ -397,7 +397,9 @@ fn bench_registrar(c: &mut Criterion<CpuTime>) {
         let mut ok = 0;
         for m in msgs {
             let Ok(msg) = parse(m, idx) else { continue };
-            if let Ok(r) = reg.handle_register(Instant::ZERO, wall, &msg, src, SocketId(0), out) {
+            if let Ok(r) =
+                reg.handle_register(Instant::ZERO, wall, &msg, &Peer::udp(src, SocketId(0)), out)
+            {
                 ok += usize::from(r.status == 200);
             }
             reg.drain_records().for_each(drop);

@@ -44,13 +44,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::sip::ParseConfig;
-
-/// Transport of a listen address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// UDP (the only one this build serves; TCP, TLS and WS come later).
-    Udp,
-}
+pub use crate::transport::Transport;
 
 /// One `--listen` address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +56,13 @@ pub struct Listen {
 }
 
 impl Listen {
-    /// Parses `udp:IP:PORT` (IPv6 as `udp:[::1]:5060`); a bare `IP:PORT` means UDP.
+    /// Parses `udp:IP:PORT`, `tcp:`, `tls:`, `ws:`, `wss:` (IPv6 as `udp:[::1]:5060`); a bare `IP:PORT` means UDP.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let (transport, rest) = match s.split_once(':') {
-            Some(("udp", rest)) => (Transport::Udp, rest),
-            Some(("tcp" | "tls" | "ws" | "wss", _)) => {
+            Some((t, rest)) if Transport::from_token(t).is_some() => {
+                (Transport::from_token(t).unwrap_or_default(), rest)
+            }
+            Some((t, _)) if !t.is_empty() && t.bytes().all(|c| c.is_ascii_alphabetic()) => {
                 return Err(ConfigError::UnsupportedTransport(s.to_owned()))
             }
             _ => (Transport::Udp, s),
@@ -127,7 +123,7 @@ pub enum ConfigError {
     )]
     BadListen(String),
     /// A listen transport this build does not serve yet.
-    #[error("listen address {0:?}: only udp is supported by this build")]
+    #[error("listen address {0:?}: unknown transport (udp, tcp, tls, ws or wss)")]
     UnsupportedTransport(String),
     /// The upstream is malformed or does not resolve.
     #[error("bad upstream {0:?}: expected sip:HOST:PORT")]
@@ -599,10 +595,10 @@ mod tests {
         assert!(FileConfig::from_toml("bogus = 1").is_err());
         let bad = |f: FileConfig| f.validate(1).unwrap_err().to_string();
         assert!(bad(FileConfig {
-            listen: Some(vec!["tcp:1.2.3.4:5060".into()]),
+            listen: Some(vec!["sctp:1.2.3.4:5060".into()]),
             ..Default::default()
         })
-        .contains("only udp"));
+        .contains("unknown transport"));
         assert!(bad(FileConfig {
             listen: Some(vec!["udp:nonsense".into()]),
             ..Default::default()

@@ -64,7 +64,7 @@ use crate::sip::{
     self, HeaderIndex, HeaderName, Message, Method, NameAddr, Received, ResponseSpec, Uri,
 };
 use crate::time::{Duration, Instant};
-use crate::transport::{Outbox, SocketId};
+use crate::transport::{Outbox, Peer, SocketId};
 use crate::txn::{
     Action, Arm, InviteClient, InviteServer, InviteServerState, NonInviteClient, NonInviteServer,
     TimerConfig, TimerName,
@@ -718,8 +718,12 @@ impl<P: Service> Sim<P> {
         match self.addrs.get(&p.to).copied() {
             Some(Endpoint::Proxy(sock)) => {
                 self.proxy.handle_turn(now, WALL_EPOCH_US + now.as_micros());
-                self.proxy
-                    .handle_datagram(now, &p.bytes, p.from, sock, &mut self.outbox);
+                self.proxy.handle_message(
+                    now,
+                    &p.bytes,
+                    &Peer::udp(p.from, sock),
+                    &mut self.outbox,
+                );
                 self.flush_proxy();
             }
             Some(Endpoint::Agent(i)) => {
@@ -740,11 +744,11 @@ impl<P: Service> Sim<P> {
             .map(|t| {
                 let src = *self
                     .proxy_addrs
-                    .get(usize::from(t.socket.0))
+                    .get(usize::from(t.peer.local.0))
                     .unwrap_or_else(|| {
-                        panic!("sim: the proxy sent from unknown socket {:?}", t.socket)
+                        panic!("sim: the proxy sent from unknown socket {:?}", t.peer.local)
                     });
-                (src, t.dest, self.outbox.bytes(t).to_vec())
+                (src, t.peer.remote, self.outbox.bytes(t).to_vec())
             })
             .collect();
         self.outbox.clear();

@@ -18,7 +18,7 @@ use sipedge::registrar::{Registrar, RegistrarConfig};
 use sipedge::sip::{parse, HeaderIndex};
 use sipedge::store::{LogConfig, LogStore, Store};
 use sipedge::time::{Duration, Instant};
-use sipedge::transport::SocketId;
+use sipedge::transport::{Peer, SocketId};
 
 const PARTITIONS: u16 = 3;
 const WALL0: u64 = 1_700_000_000_000_000;
@@ -116,8 +116,7 @@ To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag=t\r\nCall-ID: call{call}-{user}\r\nCSeq
             self.now,
             self.wall,
             &msg,
-            "192.0.2.1:5060".parse().unwrap(),
-            SocketId(0),
+            &Peer::udp("192.0.2.1:5060".parse().unwrap(), SocketId(0)),
             &mut self.buf,
         )
         .expect("answered");

@@ -615,6 +615,7 @@ proptest! {
                 MaxForwardsEdit::Decrement
             },
             record_route: es.record_route.then_some(&b"sip:192.0.2.1:5060;lr"[..]),
+            record_route2: None,
             pop_route: es.pop_route && !spec.routes.is_empty(),
             pop_second_route: false,
             pop_last_route: false,

@@ -81,38 +81,7 @@ use crate::sip::{scan, Message, Method, Uri};
 
 pub use net::{BadNetwork, NetSet};
 
-/// The transport a request arrived over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// TLS over TCP.
-    Tls,
-    /// UDP.
-    Udp,
-    /// WebSocket (RFC 7118).
-    Ws,
-    /// Secure WebSocket.
-    Wss,
-}
-
-impl Transport {
-    /// Reads `udp`, `tcp`, `tls`, `ws`, `wss` (case-insensitive).
-    pub fn from_token(t: &str) -> Option<Self> {
-        Some(match t.to_ascii_lowercase().as_str() {
-            "tcp" => Self::Tcp,
-            "tls" => Self::Tls,
-            "udp" => Self::Udp,
-            "ws" => Self::Ws,
-            "wss" => Self::Wss,
-            _ => return None,
-        })
-    }
-
-    const fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
+pub use crate::transport::Transport;
 
 /// Whether the request's sender is authenticated, as far as the caller knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,13 +9,11 @@
 //! address), else to the contact's own address (a direct or third-party
 //! registration; see the registrar's module doc).
 
-use core::net::SocketAddr;
-
 use crate::location::{Lookup, PartitionState, Record, Replica};
 use crate::registrar::{register_partition, Registrar, RegistrarError};
 use crate::sip::{scan, Message, NameAddr, Uri};
 use crate::time::Instant;
-use crate::transport::SocketId;
+use crate::transport::{FlowId, Peer, Transport};
 
 use super::route::uri_addr;
 use super::stateful::{Found, Location, Owner, Registry, Targets};
@@ -38,7 +36,21 @@ impl Location for Replica {
                             .and_then(|na| na.uri().ok())
                             .and_then(|u| uri_addr(&u))
                     };
-                    out.push(b.contact(), path, dest, b.q());
+                    if path.is_empty() {
+                        // Reached where its REGISTER came from: the listener
+                        // (and so the transport) and the connection it used.
+                        out.push_over(
+                            b.contact(),
+                            path,
+                            dest,
+                            b.q(),
+                            Transport::Udp,
+                            Some(b.socket()),
+                            FlowId(b.flow()),
+                        );
+                    } else {
+                        out.push(b.contact(), path, dest, b.q());
+                    }
                 }
                 if out.is_empty() {
                     Found::NoBindings
@@ -98,13 +110,12 @@ impl Registry for PartitionRegistry {
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
         match self
             .registrar
-            .handle_register(now, wall_us, msg, src, socket, reply)
+            .handle_register(now, wall_us, msg, src, reply)
         {
             Ok(r) => Some((r.len, r.status)),
             Err(

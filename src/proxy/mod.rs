@@ -18,6 +18,7 @@
 
 pub mod branch;
 pub mod build;
+pub mod flow;
 pub mod guard;
 pub mod location;
 pub mod reject;
@@ -30,21 +31,19 @@ use core::net::{IpAddr, SocketAddr};
 use crate::sip::emit::format_ip;
 use crate::sip::{Host, Uri};
 use crate::time::Instant;
-use crate::transport::{Outbox, SocketId};
+use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
 
-/// What a shard runs: the sans-IO service that turns datagrams and time into
-/// datagrams to send. The shard loop calls it; it calls nothing back.
+/// What a shard runs: the sans-IO service that turns messages and time into
+/// messages to send. The shard loop calls it; it calls nothing back.
 pub trait Service {
-    /// One datagram from `src` arrived on `socket` at `now`; whatever it
-    /// causes to be sent goes into `out`.
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        src: SocketAddr,
-        socket: SocketId,
-        out: &mut Outbox,
-    );
+    /// One message (a datagram, or one framed out of a stream) from `peer`
+    /// arrived at `now`; whatever it causes to be sent goes into `out`.
+    fn handle_message(&mut self, now: Instant, data: &[u8], peer: &Peer, out: &mut Outbox);
+
+    /// The connection `flow` closed (or failed): forget what depends on it.
+    fn handle_flow_closed(&mut self, now: Instant, flow: FlowId) {
+        let _ = (now, flow);
+    }
 
     /// Time has reached `now`: fire what is due (retransmissions, expiries).
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
@@ -108,42 +107,65 @@ pub enum SocketRole {
     Shard,
 }
 
-/// One socket of a shard, as the core knows it.
+/// One socket of a shard (a UDP socket or a stream listener), as the core knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalSocket {
     /// The bound address.
     pub addr: SocketAddr,
+    /// Its transport.
+    pub transport: Transport,
     /// Its role.
     pub role: SocketRole,
     /// The address advertised in Via/Record-Route (the bound one unless configured).
     pub advertised: SocketAddr,
     /// `host` of the advertised address as it goes in a Via (`[…]` for IPv6).
     via_host: Box<[u8]>,
-    /// The Record-Route URI of this socket, e.g. `sip:192.0.2.1:5060;lr`.
+    /// The Record-Route URI of this socket, e.g. `sip:192.0.2.1:5060;lr`
+    /// (with `;transport=tcp` and so on for stream listeners).
     rr_uri: Box<[u8]>,
 }
 
 impl LocalSocket {
-    /// A socket bound to `addr`, advertised as itself.
+    /// A UDP socket bound to `addr`, advertised as itself.
     pub fn new(addr: SocketAddr, role: SocketRole) -> Self {
         Self::advertised(addr, role, addr)
     }
 
-    /// A socket bound to `addr` and advertised as `advertised` (NAT, 0.0.0.0 binds).
+    /// A UDP socket bound to `addr` and advertised as `advertised` (NAT, 0.0.0.0 binds).
     pub fn advertised(addr: SocketAddr, role: SocketRole, advertised: SocketAddr) -> Self {
+        Self::listener(Transport::Udp, addr, role, advertised)
+    }
+
+    /// A socket of `transport` bound to `addr` and advertised as `advertised`.
+    pub fn listener(
+        transport: Transport,
+        addr: SocketAddr,
+        role: SocketRole,
+        advertised: SocketAddr,
+    ) -> Self {
         let mut tmp = [0u8; 48];
         let n = format_ip(advertised.ip(), &mut tmp);
         let host = tmp.get(..n).unwrap_or_default();
         let mut rr = b"sip:".to_vec();
         rr.extend_from_slice(host);
         rr.extend_from_slice(format!(":{};lr", advertised.port()).as_bytes());
+        if transport != Transport::Udp {
+            rr.extend_from_slice(b";transport=");
+            rr.extend_from_slice(transport.param().as_bytes());
+        }
         Self {
             addr,
+            transport,
             role,
             advertised,
             via_host: host.into(),
             rr_uri: rr.into_boxed_slice(),
         }
+    }
+
+    /// The host of the advertised address as it goes in a URI.
+    pub fn uri_host(&self) -> &[u8] {
+        &self.via_host
     }
 
     /// The host as it goes in a Via sent-by.
@@ -231,14 +253,21 @@ impl Identity {
                 .is_none_or(|p| self.sockets.iter().any(|s| s.advertised.port() == p))
     }
 
-    /// The socket to send to `dest` from: the shard socket of the same
-    /// address family (so responses come back to this shard), else a public one.
+    /// The socket to send to `dest` over UDP from: the shard socket of the
+    /// same address family (so responses come back to this shard), else a public one.
     pub fn egress_for(&self, dest: SocketAddr, arrived: SocketId) -> SocketId {
+        self.egress(Transport::Udp, dest, arrived)
+    }
+
+    /// The socket to send to `dest` over `transport` from (for streams: the
+    /// listener named in our Via and Record-Route; the connection itself
+    /// comes from an ephemeral port or is the one the peer opened).
+    pub fn egress(&self, transport: Transport, dest: SocketAddr, arrived: SocketId) -> SocketId {
         let family = |a: &SocketAddr| a.is_ipv4();
         let pick = |role: SocketRole| {
-            self.sockets
-                .iter()
-                .position(|s| s.role == role && family(&s.addr) == family(&dest))
+            self.sockets.iter().position(|s| {
+                s.role == role && s.transport == transport && family(&s.addr) == family(&dest)
+            })
         };
         let i = pick(SocketRole::Shard)
             .or_else(|| pick(SocketRole::Public))
@@ -252,10 +281,34 @@ impl Identity {
         if let Some(s) = arrived_sock.filter(|s| s.role == SocketRole::Public) {
             return Some(s);
         }
+        let transport = arrived_sock.map_or(Transport::Udp, |s| s.transport);
         self.sockets
             .iter()
-            .find(|s| s.role == SocketRole::Public && s.addr.is_ipv4() == ip.is_ipv4())
+            .find(|s| {
+                s.role == SocketRole::Public
+                    && s.transport == transport
+                    && s.addr.is_ipv4() == ip.is_ipv4()
+            })
             .or(arrived_sock)
+    }
+
+    /// The public listener of `transport` in the family of `ip`.
+    pub fn public_of(&self, transport: Transport, ip: IpAddr) -> Option<&LocalSocket> {
+        self.sockets.iter().find(|s| {
+            s.role == SocketRole::Public
+                && s.transport == transport
+                && s.addr.is_ipv4() == ip.is_ipv4()
+        })
+    }
+
+    /// True when this shard has a listener of `transport`.
+    pub fn serves(&self, transport: Transport) -> bool {
+        self.sockets.iter().any(|s| s.transport == transport)
+    }
+
+    /// The transport of socket `id` (UDP if unknown).
+    pub fn transport_of(&self, id: SocketId) -> Transport {
+        self.socket(id).map_or(Transport::Udp, |s| s.transport)
     }
 }
 
@@ -317,6 +370,8 @@ pub struct Counters {
     pub auth_throttled: u64,
     /// Requests refused by the policy (or a failed identity check).
     pub policy_denied: u64,
+    /// Requests sent over UDP because we have no listener of the transport their target asked for.
+    pub transport_fallbacks: u64,
 }
 
 impl Counters {
@@ -349,10 +404,11 @@ impl Counters {
         self.auth_challenges += other.auth_challenges;
         self.auth_throttled += other.auth_throttled;
         self.policy_denied += other.policy_denied;
+        self.transport_fallbacks += other.transport_fallbacks;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 27] {
+    pub fn pairs(&self) -> [(&'static str, u64); 28] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -408,6 +464,10 @@ impl Counters {
             ("sipedge_auth_challenges_total", self.auth_challenges),
             ("sipedge_auth_throttled_total", self.auth_throttled),
             ("sipedge_policy_denied_total", self.policy_denied),
+            (
+                "sipedge_proxy_transport_fallbacks_total",
+                self.transport_fallbacks,
+            ),
         ]
     }
 }

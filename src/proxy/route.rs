@@ -8,9 +8,56 @@
 
 use core::net::SocketAddr;
 
-use crate::sip::{HeaderName, Host, Message, NameAddr, Uri, Via};
+use crate::sip::{HeaderName, Host, Message, NameAddr, Scheme, Uri, Via};
+use crate::transport::{FlowId, Peer, Transport};
 
-use super::Identity;
+use super::{flow, Identity};
+
+/// The transport a URI asks for (RFC 3261 §19.1.4, §26.2): its
+/// `transport=` parameter, else TLS for `sips:`, else UDP. `sips:` with
+/// `transport=tcp` means TLS; with `transport=ws`, WSS.
+pub fn uri_transport(uri: &Uri<'_>) -> Transport {
+    let secure = uri.scheme == Scheme::Sips;
+    match uri.transport().and_then(Transport::from_bytes) {
+        Some(Transport::Tcp | Transport::Tls) if secure => Transport::Tls,
+        Some(Transport::Ws | Transport::Wss) if secure => Transport::Wss,
+        Some(t) => t,
+        None if secure => Transport::Tls,
+        None => Transport::Udp,
+    }
+}
+
+/// Where our own response to a request from `src` goes (§18.2.2): over a
+/// stream, back on the connection it came in on; over UDP, as the Via says
+/// ([`reply_dest`]).
+pub fn reply_peer(via: &Via<'_>, src: &Peer) -> Peer {
+    if src.transport.is_stream() {
+        return *src;
+    }
+    Peer::udp(reply_dest(via, src.remote), src.local)
+}
+
+/// Where a response relayed by the Via `next` (the one below ours) goes:
+/// for a stream transport, a connection to the address the request came
+/// from (§18.2.2: `received`/`rport` stamped on that Via); for UDP, as
+/// [`response_dest`] says. `local`: the listener to send from.
+pub fn response_peer(
+    next: &Via<'_>,
+    id: &Identity,
+    local: crate::transport::SocketId,
+) -> Option<Peer> {
+    let dest = response_dest(next)?;
+    let transport = Transport::from_bytes(next.transport).unwrap_or(Transport::Udp);
+    if !transport.is_stream() {
+        return Some(Peer::udp(dest, local));
+    }
+    Some(Peer {
+        transport,
+        remote: dest,
+        local: id.egress(transport, dest, local),
+        flow: FlowId::NONE,
+    })
+}
 
 /// Where a response goes (§18.2.2, unreliable transport): to `received` if
 /// present (with `rport` if filled in, else the sent-by port), else to
@@ -72,6 +119,9 @@ pub struct Routing<'buf> {
     pub append_route: Option<&'buf [u8]>,
     /// The next hop named by the Route set, if any.
     pub next_route: Option<Uri<'buf>>,
+    /// Flow tokens (RFC 5626 §5.3) in the Route values of ours that go: a
+    /// request that did not arrive on such a flow is sent down it.
+    pub flows: [(FlowId, Transport); 2],
 }
 
 /// Route decisions for `msg`. A Route value that does not decode is an error
@@ -106,9 +156,21 @@ pub fn routing<'buf>(
     let mut values = msg.values(HeaderName::Route).take(usable);
     let mut next = values.next();
     if let Some(first) = next {
-        if id.is_us(&NameAddr::parse(first)?.uri()?) {
+        let u = NameAddr::parse(first)?.uri()?;
+        if id.is_us(&u) {
             r.pop_route = true;
+            r.flows[0] = (flow::from_uri(id, &u), uri_transport(&u));
             next = values.next();
+            // RFC 5658: a double Record-Route of ours (one per transport or
+            // flow) comes back as two Route values naming us.
+            if let Some(second) = next {
+                let u2 = NameAddr::parse(second)?.uri()?;
+                if id.is_us(&u2) {
+                    r.pop_second_route = true;
+                    r.flows[1] = (flow::from_uri(id, &u2), uri_transport(&u2));
+                    next = values.next();
+                }
+            }
         }
     }
     let Some(next) = next else {
@@ -116,7 +178,7 @@ pub fn routing<'buf>(
     };
     let na = NameAddr::parse(next)?;
     let uri = na.uri()?;
-    if !uri.is_loose_router() {
+    if !uri.is_loose_router() && !r.pop_second_route {
         // §16.6 step 6: a strict router gets the request with its URI as the
         // Request-URI; the Request-URI moves to the end of the Route set.
         r.append_route = Some(r.request_uri.unwrap_or(msg.request_uri_bytes()));

@@ -42,7 +42,7 @@ use crate::sip::{
     ParseConfig, Received, ResponseSpec, Via,
 };
 use crate::time::Instant;
-use crate::transport::{Outbox, SocketId};
+use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
 use crate::txn::key::{server_key, KeyMethod};
 use crate::txn::{
     Action, Arm, InviteClient, InviteClientState, InviteServer, InviteServerState, NonInviteClient,
@@ -52,7 +52,12 @@ use crate::wheel::Wheel;
 
 use super::branch::{self, Branch, TxnRef};
 use super::guard::Guard;
-use super::{reject, route, stateless, Counters, Identity, Service};
+use super::{flow, reject, route, stateless, Counters, Identity, Service};
+
+/// A placeholder remote for a send down a flow whose peer has no address
+/// we know (a browser's `.invalid` contact): the flow names the connection.
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED), 0);
 use crate::auth::gate::{gate, Gate, CHALLENGE_BUF};
 use crate::policy::overload::{Admission, Load};
 
@@ -154,8 +159,7 @@ pub trait Registry {
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)>;
 
@@ -194,8 +198,7 @@ impl Registry for NoRegistry {
         _: Instant,
         _: u64,
         _: &Message<'_>,
-        _: SocketAddr,
-        _: SocketId,
+        _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {
         None
@@ -207,12 +210,18 @@ impl Registry for NoRegistry {
 pub enum MeshMsg {
     /// A request for a partition the receiver owns, as it reached the sender.
     Request {
-        /// The datagram.
+        /// The message.
         bytes: Box<[u8]>,
-        /// Its source.
-        src: SocketAddr,
-        /// The socket it came in on (the same index on every shard).
-        socket: SocketId,
+        /// Where it came from (socket ids are the same on every shard).
+        src: Peer,
+    },
+    /// A message to send on a connection the receiver owns (the sender
+    /// found its flow in a binding or a flow token).
+    Transmit {
+        /// Where it goes.
+        peer: Peer,
+        /// The bytes.
+        bytes: Box<[u8]>,
     },
     /// Change records a partition owner committed, in order.
     Feed(Arc<[Record]>),
@@ -238,6 +247,13 @@ pub struct Target {
     pub dest: Option<SocketAddr>,
     /// q value in thousandths.
     pub q: u16,
+    /// The transport to send over (from the URI; for a registered
+    /// contact, that of `socket`).
+    pub transport: Transport,
+    /// The listener a registered contact's REGISTER arrived on.
+    pub socket: Option<SocketId>,
+    /// The connection a registered contact is reached over (RFC 5626).
+    pub flow: FlowId,
 }
 
 /// A reusable list of targets (its buffers keep their capacity).
@@ -255,6 +271,22 @@ impl Targets {
 
     /// Adds a target.
     pub fn push(&mut self, uri: &[u8], route: &[u8], dest: Option<SocketAddr>, q: u16) {
+        self.push_over(uri, route, dest, q, Transport::Udp, None, FlowId::NONE);
+    }
+
+    /// Adds a target reached over `transport` (a registered contact: the
+    /// listener its REGISTER came in on and its connection).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_over(
+        &mut self,
+        uri: &[u8],
+        route: &[u8],
+        dest: Option<SocketAddr>,
+        q: u16,
+        transport: Transport,
+        socket: Option<SocketId>,
+        flow: FlowId,
+    ) {
         if self.items.len() <= self.len {
             self.items.push(Target::default());
         }
@@ -265,6 +297,9 @@ impl Targets {
             t.route.extend_from_slice(route);
             t.dest = dest;
             t.q = q;
+            t.transport = transport;
+            t.socket = socket;
+            t.flow = flow;
             self.len += 1;
         }
     }
@@ -357,8 +392,7 @@ struct Fork {
     /// The forwarded request while it may be retransmitted or cancelled; then
     /// the ACK of its non-2xx final response, for retransmitted finals.
     bytes: Option<Box<[u8]>>,
-    dest: SocketAddr,
-    egress: SocketId,
+    to: Peer,
     final_code: Option<u16>,
     provisional: bool,
     cancel_wanted: bool,
@@ -377,9 +411,8 @@ struct Txn {
     server: Server,
     /// The request as received, until a final response has been sent.
     request: Option<Box<[u8]>>,
-    src: SocketAddr,
-    reply_to: SocketAddr,
-    socket: SocketId,
+    src: Peer,
+    reply_to: Peer,
     /// The last response sent upstream, replayed on retransmissions.
     last_response: Option<Box<[u8]>>,
     forks: Vec<Fork>,
@@ -549,26 +582,19 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
     }
 
-    fn on_request(
-        &mut self,
-        now: Instant,
-        msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
-        out: &mut Outbox,
-    ) {
+    fn on_request(&mut self, now: Instant, msg: &Message<'_>, src: Peer, out: &mut Outbox) {
         let ess = match msg.essentials() {
             Ok(e) => e,
             Err(e) => {
                 self.counters.parse_errors += 1;
-                self.reply(msg, src, socket, e.status(), e.reason(), b"", out);
+                self.reply(msg, src, e.status(), e.reason(), b"", out);
                 return;
             }
         };
         let via = ess.top_via;
         match msg.method() {
-            Method::Ack => return self.on_ack(now, msg, &via, src, socket, out),
-            Method::Cancel => return self.on_cancel(now, msg, &via, src, socket, out),
+            Method::Ack => return self.on_ack(now, msg, &via, src, out),
+            Method::Cancel => return self.on_cancel(now, msg, &via, src, out),
             _ => {}
         }
         let key = server_key(self.id.secret, msg, &via, KeyMethod::of(msg.method()));
@@ -585,17 +611,17 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             && self.id.is_us(&uri)
             && !has_route
         {
-            self.reply(msg, src, socket, 200, "OK", OPTIONS_EXTRA, out);
+            self.reply(msg, src, 200, "OK", OPTIONS_EXTRA, out);
             return;
         }
         if ess.max_forwards == Some(0) {
             self.counters.too_many_hops += 1;
-            self.reply(msg, src, socket, 483, "Too Many Hops", b"", out);
+            self.reply(msg, src, 483, "Too Many Hops", b"", out);
             return;
         }
         if branch::is_loop(&self.id, msg) {
             self.counters.loops += 1;
-            self.reply(msg, src, socket, 482, "Loop Detected", b"", out);
+            self.reply(msg, src, 482, "Loop Detected", b"", out);
             return;
         }
         if let Some(pr) = msg.header(HeaderName::ProxyRequire) {
@@ -606,7 +632,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             self.reply(
                 msg,
                 src,
-                socket,
                 420,
                 "Bad Extension",
                 extra.get(..n).unwrap_or_default(),
@@ -626,7 +651,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     && w.put(b"\r\n").is_ok();
                 let n = if ok { w.len() } else { 0 };
                 let extra = extra.get(..n).unwrap_or_default();
-                self.reply(msg, src, socket, 503, "Service Unavailable", extra, out);
+                self.reply(msg, src, 503, "Service Unavailable", extra, out);
                 return;
             }
         }
@@ -640,19 +665,18 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         // The owner of a REGISTER's AoR authenticates it (its nonces, its throttles).
         let mut authenticated = false;
         if !matches!(owner, Owner::Shard(_)) {
-            match self.gate(now, msg, src, socket, out) {
+            match self.gate(now, msg, src, out) {
                 Some(a) => authenticated = a,
                 None => return,
             }
         }
         if register {
             match owner {
-                Owner::Here => return self.register_here(now, msg, key, &via, src, socket, out),
+                Owner::Here => return self.register_here(now, msg, key, &via, src, out),
                 Owner::Shard(to) => {
                     let m = MeshMsg::Request {
                         bytes: msg.as_bytes().into(),
                         src,
-                        socket,
                     };
                     if self.mesh_out.len() < MESH_OUT_MAX {
                         self.mesh_out.push_back((usize::from(to), m));
@@ -662,7 +686,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                         self.reply(
                             msg,
                             src,
-                            socket,
                             503,
                             "Service Unavailable",
                             b"Retry-After: 1\r\n",
@@ -677,15 +700,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
         // Targets (§16.5).
         let Ok(routing) = route::routing(&self.id, msg) else {
-            self.reply(
-                msg,
-                src,
-                socket,
-                400,
-                "Bad Request (Malformed Route)",
-                b"",
-                out,
-            );
+            self.reply(msg, src, 400, "Bad Request (Malformed Route)", b"", out);
             return;
         };
         // After a strict-route fix-up the Request-URI is the one the Route set carried.
@@ -694,15 +709,36 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             Some(Err(_)) | None => uri,
         };
         self.targets.clear();
-        if let Some(r) = &routing.next_route {
-            match route::uri_addr(r).or(self.cfg.upstream) {
-                Some(d) => self.targets.push(b"", b"", Some(d), 1000),
+        // RFC 5626 §5.3: a flow token of ours in the Route set sends the
+        // request down that flow, unless it came from there.
+        let token = routing
+            .flows
+            .iter()
+            .find(|(f, _)| !f.is_none() && *f != src.flow)
+            .copied();
+        if let Some((flow, transport)) = token {
+            let dest = route::uri_addr(&uri).unwrap_or(UNSPECIFIED);
+            self.targets
+                .push_over(b"", b"", Some(dest), 1000, transport, None, flow);
+        } else if let Some(r) = &routing.next_route {
+            match route::uri_addr(r) {
+                Some(d) => self.targets.push_over(
+                    b"",
+                    b"",
+                    Some(d),
+                    1000,
+                    route::uri_transport(r),
+                    None,
+                    FlowId::NONE,
+                ),
+                None if self.cfg.upstream.is_some() => {
+                    self.targets.push(b"", b"", self.cfg.upstream, 1000)
+                }
                 None => {
                     self.counters.dropped_unroutable += 1;
                     self.reply(
                         msg,
                         src,
-                        socket,
                         480,
                         "Temporarily Unavailable (No Route)",
                         b"",
@@ -714,34 +750,40 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
             let mut aor = [0u8; 512];
             let Some(aor) = aor_key(&uri, &mut aor) else {
-                self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                self.reply(msg, src, 404, "Not Found", b"", out);
                 return;
             };
             match self.location.lookup(aor, self.wall_us, &mut self.targets) {
                 Found::Unknown => {
-                    self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                    self.reply(msg, src, 404, "Not Found", b"", out);
                     return;
                 }
                 // With authentication on, an unauthenticated caller learns
                 // nothing about which users exist: offline and unknown look alike.
                 Found::NoBindings if self.guard.auth.is_some() && !authenticated => {
-                    self.reply(msg, src, socket, 404, "Not Found", b"", out);
+                    self.reply(msg, src, 404, "Not Found", b"", out);
                     return;
                 }
                 Found::NoBindings => {
-                    self.reply(msg, src, socket, 480, "Temporarily Unavailable", b"", out);
+                    self.reply(msg, src, 480, "Temporarily Unavailable", b"", out);
                     return;
                 }
                 Found::Contacts => {}
             }
         } else {
-            let dest = if self.id.is_us(&uri) || self.id.is_served_uri(&uri) {
-                self.cfg.upstream
+            let (dest, transport) = if self.id.is_us(&uri) || self.id.is_served_uri(&uri) {
+                (self.cfg.upstream, Transport::Udp)
             } else {
-                route::uri_addr(&uri).or(self.cfg.upstream)
+                match route::uri_addr(&uri) {
+                    Some(a) => (Some(a), route::uri_transport(&uri)),
+                    None => (self.cfg.upstream, Transport::Udp),
+                }
             };
             match dest {
-                Some(d) => self.targets.push(b"", b"", Some(d), 1000),
+                Some(d) => {
+                    self.targets
+                        .push_over(b"", b"", Some(d), 1000, transport, None, FlowId::NONE)
+                }
                 None => {
                     self.counters.dropped_unroutable += 1;
                     let (code, reason) = if self.id.is_us(&uri) {
@@ -749,13 +791,13 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     } else {
                         (480, "Temporarily Unavailable (No Route)")
                     };
-                    self.reply(msg, src, socket, code, reason, b"", out);
+                    self.reply(msg, src, code, reason, b"", out);
                     return;
                 }
             }
         }
         if self.targets.is_empty() {
-            self.reply(msg, src, socket, 480, "Temporarily Unavailable", b"", out);
+            self.reply(msg, src, 480, "Temporarily Unavailable", b"", out);
             return;
         }
         if self.live >= self.cfg.max_transactions {
@@ -769,7 +811,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             self.reply(
                 msg,
                 src,
-                socket,
                 503,
                 "Service Unavailable",
                 extra.get(..n).unwrap_or_default(),
@@ -780,7 +821,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
 
         // A new response context.
         let invite = msg.method() == Method::Invite;
-        let reply_to = route::reply_dest(&via, src);
+        let reply_to = route::reply_peer(&via, &src);
         let (slot, gen) = self.alloc();
         let mut txn = Txn {
             gen,
@@ -794,7 +835,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             request: Some(msg.as_bytes().into()),
             src,
             reply_to,
-            socket,
             last_response: None,
             forks: Vec::with_capacity(self.targets.len().min(self.cfg.max_forks)),
             best: None,
@@ -806,33 +846,28 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         if invite {
             let spec = ResponseSpec {
                 received: Some(Received {
-                    ip: src.ip(),
-                    port: src.port(),
+                    ip: src.remote.ip(),
+                    port: src.remote.port(),
                 }),
                 ..ResponseSpec::new(100, "Trying")
             };
             if let Ok(n) = sip::response(msg, &spec, &mut self.scratch) {
                 let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
-                self.send(out, reply_to, socket, &bytes);
+                self.send(out, reply_to, &bytes);
                 txn.last_response = Some(bytes);
             }
         }
-        let rr = if self.cfg.record_route
+        let record_route = self.cfg.record_route
             && !to_tag
             && matches!(
                 msg.method(),
                 Method::Invite | Method::Subscribe | Method::Refer
-            ) {
-            self.id
-                .public_for(src.ip(), socket)
-                .map(|s| s.rr_uri().to_vec())
-        } else {
-            None
-        };
+            );
+        let ingress = self.id.public_for(src.remote.ip(), src.local).cloned();
         let loop_hash = branch::loop_hash(self.id.secret, msg, &via);
-        let received = emit::needs_received(&via, src.ip()).then_some(Received {
-            ip: src.ip(),
-            port: src.port(),
+        let received = emit::needs_received(&via, src.remote.ip()).then_some(Received {
+            ip: src.remote.ip(),
+            port: src.remote.port(),
         });
         let n_targets = self.targets.len().min(self.cfg.max_forks);
         for i in 0..n_targets {
@@ -842,9 +877,43 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             let Some(dest) = t.dest.or(self.cfg.upstream) else {
                 continue;
             };
-            let egress = self.id.egress_for(dest, socket);
-            let Some(egress_sock) = self.id.socket(egress) else {
+            let mut transport = t.socket.map_or(t.transport, |s| self.id.transport_of(s));
+            if !self.id.serves(transport) {
+                // No listener of that transport to name in our Via: the
+                // best we can do is UDP (counted, as a carrier wants to see it).
+                self.counters.transport_fallbacks += 1;
+                transport = Transport::Udp;
+            }
+            let egress = self.id.egress(transport, dest, src.local);
+            let Some(egress_sock) = self.id.socket(egress).cloned() else {
                 continue;
+            };
+            let to = Peer {
+                transport,
+                remote: dest,
+                local: egress,
+                flow: t.flow,
+            };
+            // RFC 5658: where the transport changes, or a flow must be
+            // named (RFC 5626 §5.3), Record-Route twice: the first value
+            // faces the next hop, the second the previous one.
+            let mut rr1 = [0u8; 256];
+            let mut rr2 = [0u8; 256];
+            let (rr, rr_in) = match &ingress {
+                Some(ing) if record_route => {
+                    if transport == Transport::Udp && src.transport == Transport::Udp {
+                        (Some(ing.rr_uri()), None)
+                    } else {
+                        let out_sock = self
+                            .id
+                            .public_of(transport, dest.ip())
+                            .unwrap_or(&egress_sock);
+                        let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
+                        let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
+                        (Some(a), Some(b))
+                    }
+                }
+                _ => (None, None),
             };
             let br = Branch::transaction(
                 TxnRef {
@@ -883,7 +952,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     Some(t.uri.as_slice())
                 },
                 push_via: Some(NewVia {
-                    transport: "UDP",
+                    transport: transport.via_token(),
                     host: egress_sock.via_host(),
                     port: egress_sock.advertised.port(),
                     branch: br.as_bytes(),
@@ -891,7 +960,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 }),
                 received,
                 max_forwards: MaxForwardsEdit::Decrement,
-                record_route: rr.as_deref(),
+                record_route: rr,
+                record_route2: rr_in,
                 pop_route: routing.pop_route,
                 pop_second_route: routing.pop_second_route,
                 pop_last_route: routing.pop_last_route,
@@ -903,7 +973,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 continue;
             };
             let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
-            self.send(out, dest, egress, &bytes);
+            self.send(out, to, &bytes);
             self.counters.requests_forwarded += 1;
             let (client, arm) = if invite {
                 let (c, a) = InviteClient::start(now, self.cfg.timers, false);
@@ -921,8 +991,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             txn.forks.push(Fork {
                 client,
                 bytes: Some(bytes),
-                dest,
-                egress,
+                to,
                 final_code: None,
                 provisional: false,
                 cancel_wanted: false,
@@ -985,8 +1054,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         msg: &Message<'_>,
         key: u64,
         via: &Via<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: Peer,
         out: &mut Outbox,
     ) {
         if self.live >= self.cfg.max_transactions {
@@ -994,7 +1062,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             self.reply(
                 msg,
                 src,
-                socket,
                 503,
                 "Service Unavailable",
                 b"Retry-After: 5\r\n",
@@ -1004,7 +1071,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         let Some((n, code)) =
             self.registry
-                .handle_register(_now, self.wall_us, msg, src, socket, &mut self.scratch)
+                .handle_register(_now, self.wall_us, msg, &src, &mut self.scratch)
         else {
             self.counters.dropped_overflow += 1;
             return;
@@ -1019,8 +1086,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             server: Server::NonInvite(NonInviteServer::start(self.cfg.timers, false)),
             request: Some(msg.as_bytes().into()),
             src,
-            reply_to: route::reply_dest(via, src),
-            socket,
+            reply_to: route::reply_peer(via, &src),
             last_response: None,
             forks: Vec::new(),
             best: None,
@@ -1055,7 +1121,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 (self.local_final(&txn, 500), 500)
             };
             if let Some(b) = bytes {
-                self.send(out, txn.reply_to, txn.socket, &b);
+                self.send(out, txn.reply_to, &b);
                 self.counters.responses_local += 1;
                 txn.last_response = Some(b);
             }
@@ -1099,8 +1165,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         &mut self,
         now: Instant,
         msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: Peer,
         out: &mut Outbox,
     ) -> Option<bool> {
         let mut extra = [0u8; CHALLENGE_BUF];
@@ -1110,8 +1175,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             &self.guard.policy,
             self.guard.auth.as_mut(),
             msg,
-            src,
-            crate::policy::Transport::Udp,
+            src.remote,
+            src.transport,
             &mut extra,
         );
         match g {
@@ -1140,7 +1205,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 self.reply(
                     msg,
                     src,
-                    socket,
                     status,
                     reason,
                     extra.get(..n).unwrap_or_default(),
@@ -1162,8 +1226,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         };
         if action == Action::RetransmitResponse {
             if let Some(r) = txn.last_response.clone() {
-                let (dest, sock) = (txn.reply_to, txn.socket);
-                self.send(out, dest, sock, &r);
+                let to = txn.reply_to;
+                self.send(out, to, &r);
             }
         }
     }
@@ -1173,8 +1237,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         now: Instant,
         msg: &Message<'_>,
         via: &Via<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: Peer,
         out: &mut Outbox,
     ) {
         let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
@@ -1206,15 +1269,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             return;
         }
         // The ACK of a 2xx is a transaction of its own: relay it statelessly.
-        stateless::relay_request(
-            &self.id,
-            &self.relay,
-            &mut self.counters,
-            msg,
-            src,
-            socket,
-            out,
-        );
+        stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, out);
     }
 
     fn on_cancel(
@@ -1222,25 +1277,16 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         now: Instant,
         msg: &Message<'_>,
         via: &Via<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: Peer,
         out: &mut Outbox,
     ) {
         let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
         let Some(&slot) = self.by_key.get(&key) else {
             // §16.10: no context: forward the CANCEL statelessly.
-            stateless::relay_request(
-                &self.id,
-                &self.relay,
-                &mut self.counters,
-                msg,
-                src,
-                socket,
-                out,
-            );
+            stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, out);
             return;
         };
-        self.reply(msg, src, socket, 200, "OK", b"", out);
+        self.reply(msg, src, 200, "OK", b"", out);
         self.counters.cancels += 1;
         let Some(mut txn) = self.take(slot) else {
             return;
@@ -1285,15 +1331,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         self.index2 = Some(idx);
         let Some(n) = built else { return };
         let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
-        let (dest, egress) = (fork.dest, fork.egress);
+        let to = fork.to;
         let (c, arm) = NonInviteClient::start(now, self.cfg.timers, false);
         fork.cancel = Some(Box::new((c, bytes.clone())));
         fork.cancel_wanted = false;
-        self.send(out, dest, egress, &bytes);
+        self.send(out, to, &bytes);
         self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
     }
 
-    fn on_response(&mut self, now: Instant, msg: &Message<'_>, socket: SocketId, out: &mut Outbox) {
+    fn on_response(&mut self, now: Instant, msg: &Message<'_>, src: Peer, out: &mut Outbox) {
         let Ok(via) = msg.top_via() else {
             self.counters.dropped_malformed += 1;
             return;
@@ -1313,7 +1359,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 return;
             }
             // §16.7: no response context: forward statelessly (or drop if not ours).
-            stateless::relay_response(&self.id, &mut self.counters, msg, socket, out);
+            stateless::relay_response(&self.id, &mut self.counters, msg, src.local, out);
             return;
         };
         let slot = r.slot;
@@ -1393,8 +1439,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             fork.bytes = Some(self.scratch.get(..n).unwrap_or_default().into());
         }
         if let Some(ack) = fork.bytes.clone() {
-            let (dest, egress) = (fork.dest, fork.egress);
-            self.send(out, dest, egress, &ack);
+            let to = fork.to;
+            self.send(out, to, &ack);
         }
     }
 
@@ -1514,7 +1560,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         };
         let n = sip::edit(msg, &edits, &mut self.scratch).ok()?;
         let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
-        self.send(out, txn.reply_to, txn.socket, &bytes);
+        self.send(out, txn.reply_to, &bytes);
         self.counters.responses_forwarded += 1;
         Some(bytes)
     }
@@ -1538,7 +1584,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 txn.best.take().map(|(_, b)| b)
             };
             if let Some(b) = bytes {
-                self.send(out, txn.reply_to, txn.socket, &b);
+                self.send(out, txn.reply_to, &b);
                 if local {
                     self.counters.responses_local += 1;
                 } else {
@@ -1572,8 +1618,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 let spec = ResponseSpec {
                     to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
                     received: Some(Received {
-                        ip: txn.src.ip(),
-                        port: txn.src.port(),
+                        ip: txn.src.remote.ip(),
+                        port: txn.src.remote.port(),
                     }),
                     ..ResponseSpec::new(code, reason)
                 };
@@ -1602,7 +1648,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 self.arm(slot, txn.gen, TimerTarget::Server, arm);
                 if action == Action::RetransmitResponse {
                     if let Some(r) = txn.last_response.clone() {
-                        self.send(out, txn.reply_to, txn.socket, &r);
+                        self.send(out, txn.reply_to, &r);
                     }
                 }
                 if txn.server.terminated() {
@@ -1638,7 +1684,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                             if let Some(f) = txn.forks.get(i) {
                                 if let Some(b) = f.bytes.clone() {
                                     self.counters.retransmissions_sent += 1;
-                                    self.send(out, f.dest, f.egress, &b);
+                                    self.send(out, f.to, &b);
                                 }
                             }
                         }
@@ -1669,9 +1715,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     if let Some((c, bytes)) = f.cancel.as_deref_mut() {
                         let (action, arm) = c.on_timer(now, item.name, item.at);
                         match action {
-                            Action::RetransmitRequest => {
-                                resend = Some((f.dest, f.egress, bytes.clone()))
-                            }
+                            Action::RetransmitRequest => resend = Some((f.to, bytes.clone())),
                             Action::Timeout => gave_up = true,
                             _ => {}
                         }
@@ -1695,8 +1739,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                         f.bytes = None;
                     }
                 }
-                if let Some((d, e, b)) = resend {
-                    self.send(out, d, e, &b);
+                if let Some((to, b)) = resend {
+                    self.send(out, to, &b);
                 }
             }
         }
@@ -1709,8 +1753,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     fn reply(
         &mut self,
         msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: Peer,
         code: u16,
         reason: &str,
         extra: &[u8],
@@ -1721,26 +1764,26 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         let dest = msg
             .top_via()
-            .map(|v| route::reply_dest(&v, src))
+            .map(|v| route::reply_peer(&v, &src))
             .unwrap_or(src);
         let tag = local_tag(&self.id, msg);
         let spec = ResponseSpec {
             to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
             received: Some(Received {
-                ip: src.ip(),
-                port: src.port(),
+                ip: src.remote.ip(),
+                port: src.remote.port(),
             }),
             extra,
             ..ResponseSpec::new(code, reason)
         };
-        match out.push_with(dest, socket, |buf| sip::response(msg, &spec, buf)) {
+        match out.push_with(dest, |buf| sip::response(msg, &spec, buf)) {
             Ok(()) => self.counters.responses_local += 1,
             Err(_) => self.counters.dropped_overflow += 1,
         }
     }
 
-    fn send(&mut self, out: &mut Outbox, dest: SocketAddr, socket: SocketId, bytes: &[u8]) {
-        if out.push(dest, socket, bytes).is_err() {
+    fn send(&mut self, out: &mut Outbox, to: Peer, bytes: &[u8]) {
+        if out.push(to, bytes).is_err() {
             self.counters.dropped_overflow += 1;
         }
     }
@@ -1848,20 +1891,14 @@ fn local_tag(id: &Identity, msg: &Message<'_>) -> Branch {
 const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: path\r\n";
 
 impl<L: Location, R: Registry> Service for Stateful<L, R> {
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        src: SocketAddr,
-        socket: SocketId,
-        out: &mut Outbox,
-    ) {
+    fn handle_message(&mut self, now: Instant, data: &[u8], src: &Peer, out: &mut Outbox) {
+        let src = *src;
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             self.counters.keepalives += 1;
             return;
         }
         if let Some(f) = &mut self.guard.flood {
-            if f.admit(now, src.ip()) == crate::policy::flood::Admit::Banned {
+            if f.admit(now, src.remote.ip()) == crate::policy::flood::Admit::Banned {
                 self.counters.flood_dropped += 1;
                 return;
             }
@@ -1872,15 +1909,15 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
         match sip::parse(data, &mut idx) {
             Ok(msg) if msg.is_request() => {
                 self.counters.requests += 1;
-                self.on_request(now, &msg, src, socket, out);
+                self.on_request(now, &msg, src, out);
             }
             Ok(msg) => {
                 self.counters.responses += 1;
-                self.on_response(now, &msg, socket, out);
+                self.on_response(now, &msg, src, out);
             }
             Err(e) => {
                 self.counters.parse_errors += 1;
-                let sent = out.push_with(src, socket, |buf| {
+                let sent = out.push_with(src, |buf| {
                     reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
                 });
                 match sent {
@@ -1926,7 +1963,7 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
 
     fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
         match msg {
-            MeshMsg::Request { bytes, src, socket } => {
+            MeshMsg::Request { bytes, src } => {
                 // Already admitted (flood) and counted by the shard that received it.
                 let Some(mut idx) = self.index.take() else {
                     return;
@@ -1934,7 +1971,7 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
                 if let Ok(msg) = sip::parse(&bytes, &mut idx) {
                     if msg.is_request() {
                         self.counters.handed_in += 1;
-                        self.on_request(now, &msg, src, socket, out);
+                        self.on_request(now, &msg, src, out);
                     }
                 }
                 self.index = Some(idx);
@@ -1957,6 +1994,9 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
                 }
             }
             MeshMsg::State(state) => self.location.install(&state),
+            // A send on a connection this shard owns: the shard loop takes
+            // stream transmits from the outbox to their connections.
+            MeshMsg::Transmit { peer, bytes } => self.send(out, peer, &bytes),
         }
     }
 
@@ -2042,11 +2082,10 @@ mod tests {
 
         fn feed(&mut self, data: &str, src: &str) -> Vec<(String, String)> {
             self.out.clear();
-            self.p.handle_datagram(
+            self.p.handle_message(
                 self.now,
                 data.as_bytes(),
-                src.parse().unwrap(),
-                SocketId(0),
+                &Peer::udp(src.parse().unwrap(), SocketId(0)),
                 &mut self.out,
             );
             self.drain()
@@ -2065,7 +2104,7 @@ mod tests {
                 .iter()
                 .map(|t| {
                     (
-                        t.dest.to_string(),
+                        t.peer.remote.to_string(),
                         String::from_utf8_lossy(self.out.bytes(t)).into_owned(),
                     )
                 })
@@ -2405,8 +2444,7 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31:5070>\r\nTo: <sip:bob@x>;tag=b\r
             _: Instant,
             _: u64,
             msg: &Message<'_>,
-            _: SocketAddr,
-            _: SocketId,
+            _: &Peer,
             reply: &mut [u8],
         ) -> Option<(usize, u16)> {
             self.0 += 1;
@@ -2469,11 +2507,10 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31:5070>\r\nTo: <sip:bob@x>;tag=b\r
 To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag=r\r\nCall-ID: reg{i}\r\nCSeq: 1 REGISTER\r\n\
 Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
             );
-            p.handle_datagram(
+            p.handle_message(
                 Instant::ZERO,
                 reg.as_bytes(),
-                UAC.parse().unwrap(),
-                SocketId(0),
+                &Peer::udp(UAC.parse().unwrap(), SocketId(0)),
                 &mut out,
             );
             p.persisted(Instant::ZERO, true, &mut out);
@@ -2482,7 +2519,7 @@ Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
                 .iter()
                 .map(|t| {
                     (
-                        t.dest.to_string(),
+                        t.peer.remote.to_string(),
                         String::from_utf8_lossy(out.bytes(t)).into_owned(),
                     )
                 })

@@ -25,7 +25,7 @@ use crate::sip::{
     ParseError, Received, ResponseSpec,
 };
 use crate::time::Instant;
-use crate::transport::{Outbox, PushError, SocketId};
+use crate::transport::{FlowId, Outbox, Peer, PushError, SocketId, Transport};
 
 use super::branch::{self, Hasher};
 use super::{reject, route, Counters, Identity, Service};
@@ -84,14 +84,8 @@ impl Stateless {
 }
 
 impl Service for Stateless {
-    fn handle_datagram(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        src: SocketAddr,
-        socket: SocketId,
-        out: &mut Outbox,
-    ) {
+    fn handle_message(&mut self, now: Instant, data: &[u8], src: &Peer, out: &mut Outbox) {
+        let src = *src;
         let Self {
             id,
             cfg,
@@ -104,7 +98,7 @@ impl Service for Stateless {
             return;
         }
         if let Some(f) = flood {
-            if f.admit(now, src.ip()) == Admit::Banned {
+            if f.admit(now, src.remote.ip()) == Admit::Banned {
                 counters.flood_dropped += 1;
                 return;
             }
@@ -112,15 +106,15 @@ impl Service for Stateless {
         match sip::parse(data, index) {
             Ok(msg) if msg.is_request() => {
                 counters.requests += 1;
-                relay_request(id, cfg, counters, &msg, src, socket, out);
+                relay_request(id, cfg, counters, &msg, src, out);
             }
             Ok(msg) => {
                 counters.responses += 1;
-                relay_response(id, counters, &msg, socket, out);
+                relay_response(id, counters, &msg, src.local, out);
             }
             Err(e) => {
                 counters.parse_errors += 1;
-                let sent = out.push_with(src, socket, |buf| {
+                let sent = out.push_with(src, |buf| {
                     reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
                 });
                 match sent {
@@ -142,8 +136,7 @@ fn respond(
     id: &Identity,
     counters: &mut Counters,
     msg: &Message<'_>,
-    src: SocketAddr,
-    socket: SocketId,
+    src: Peer,
     code: u16,
     reason: &str,
     extra: &[u8],
@@ -155,19 +148,19 @@ fn respond(
     }
     let dest = msg
         .top_via()
-        .map(|v| route::reply_dest(&v, src))
+        .map(|v| route::reply_peer(&v, &src))
         .unwrap_or(src);
     let tag = local_tag(id, msg);
     let spec = ResponseSpec {
         to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
         received: Some(Received {
-            ip: src.ip(),
-            port: src.port(),
+            ip: src.remote.ip(),
+            port: src.remote.port(),
         }),
         extra,
         ..ResponseSpec::new(code, reason)
     };
-    match out.push_with(dest, socket, |buf| sip::response(msg, &spec, buf)) {
+    match out.push_with(dest, |buf| sip::response(msg, &spec, buf)) {
         Ok(()) => counters.responses_local += 1,
         Err(_) => counters.dropped_overflow += 1,
     }
@@ -189,25 +182,14 @@ pub(crate) fn relay_request(
     cfg: &Config,
     counters: &mut Counters,
     msg: &Message<'_>,
-    src: SocketAddr,
-    socket: SocketId,
+    src: Peer,
     out: &mut Outbox,
 ) {
     let ess = match msg.essentials() {
         Ok(e) => e,
         Err(e) => {
             counters.parse_errors += 1;
-            respond(
-                id,
-                counters,
-                msg,
-                src,
-                socket,
-                e.status(),
-                e.reason(),
-                b"",
-                out,
-            );
+            respond(id, counters, msg, src, e.status(), e.reason(), b"", out);
             return;
         }
     };
@@ -221,49 +203,19 @@ pub(crate) fn relay_request(
         && id.is_us(&uri)
         && msg.values(sip::HeaderName::Route).next().is_none()
     {
-        respond(
-            id,
-            counters,
-            msg,
-            src,
-            socket,
-            200,
-            "OK",
-            OPTIONS_EXTRA,
-            out,
-        );
+        respond(id, counters, msg, src, 200, "OK", OPTIONS_EXTRA, out);
         return;
     }
     // §16.3 step 3 and §16.6 step 3.
     if ess.max_forwards == Some(0) {
         counters.too_many_hops += 1;
-        respond(
-            id,
-            counters,
-            msg,
-            src,
-            socket,
-            483,
-            "Too Many Hops",
-            b"",
-            out,
-        );
+        respond(id, counters, msg, src, 483, "Too Many Hops", b"", out);
         return;
     }
     // §16.3 step 4.
     if branch::is_loop(id, msg) {
         counters.loops += 1;
-        respond(
-            id,
-            counters,
-            msg,
-            src,
-            socket,
-            482,
-            "Loop Detected",
-            b"",
-            out,
-        );
+        respond(id, counters, msg, src, 482, "Loop Detected", b"", out);
         return;
     }
     let Ok(routing) = route::routing(id, msg) else {
@@ -272,7 +224,6 @@ pub(crate) fn relay_request(
             counters,
             msg,
             src,
-            socket,
             400,
             "Bad Request (Malformed Route)",
             b"",
@@ -287,10 +238,15 @@ pub(crate) fn relay_request(
         Some(Ok(u)) => u,
         Some(Err(_)) | None => uri,
     };
-    let dest = match &routing.next_route {
-        Some(r) => route::uri_addr(r).or(cfg.upstream),
-        None if id.is_us(&uri) || id.is_served_uri(&uri) => cfg.upstream,
-        None => route::uri_addr(&uri).or(cfg.upstream),
+    let hop = match &routing.next_route {
+        Some(r) => route::uri_addr(r).map(|a| (route::uri_transport(r), a)),
+        None if id.is_us(&uri) || id.is_served_uri(&uri) => None,
+        None => route::uri_addr(&uri).map(|a| (route::uri_transport(&uri), a)),
+    };
+    let (transport, dest) = match hop {
+        Some((t, a)) if id.serves(t) => (t, Some(a)),
+        Some((_, a)) => (Transport::Udp, Some(a)),
+        None => (Transport::Udp, cfg.upstream),
     };
     let Some(dest) = dest else {
         counters.dropped_unroutable += 1;
@@ -299,7 +255,6 @@ pub(crate) fn relay_request(
             counters,
             msg,
             src,
-            socket,
             480,
             "Temporarily Unavailable (No Route)",
             b"",
@@ -313,39 +268,35 @@ pub(crate) fn relay_request(
         .any(|s| s.addr == dest || s.advertised == dest)
     {
         counters.loops += 1;
-        respond(
-            id,
-            counters,
-            msg,
-            src,
-            socket,
-            482,
-            "Loop Detected",
-            b"",
-            out,
-        );
+        respond(id, counters, msg, src, 482, "Loop Detected", b"", out);
         return;
     }
 
-    let egress = id.egress_for(dest, socket);
+    let egress = id.egress(transport, dest, src.local);
     let Some(egress_sock) = id.socket(egress) else {
         counters.dropped_unroutable += 1;
         return;
     };
+    let to = Peer {
+        transport,
+        remote: dest,
+        local: egress,
+        flow: FlowId::NONE,
+    };
     let br = branch::stateless(id, msg, &ess.top_via);
-    let received = emit::needs_received(&ess.top_via, src.ip()).then_some(Received {
-        ip: src.ip(),
-        port: src.port(),
+    let received = emit::needs_received(&ess.top_via, src.remote.ip()).then_some(Received {
+        ip: src.remote.ip(),
+        port: src.remote.port(),
     });
     let rr = if cfg.record_route {
-        id.public_for(dest.ip(), socket).map(|s| s.rr_uri())
+        id.public_for(dest.ip(), src.local).map(|s| s.rr_uri())
     } else {
         None
     };
     let mut append_buf = [0u8; 1024];
     let edits = Edits {
         push_via: Some(NewVia {
-            transport: "UDP",
+            transport: transport.via_token(),
             host: egress_sock.via_host(),
             port: egress_sock.advertised.port(),
             branch: br.as_bytes(),
@@ -363,7 +314,7 @@ pub(crate) fn relay_request(
         record_route: rr,
         ..Edits::default()
     };
-    match out.push_with(dest, egress, |buf| sip::edit(msg, &edits, buf)) {
+    match out.push_with(to, |buf| sip::edit(msg, &edits, buf)) {
         Ok(()) => counters.requests_forwarded += 1,
         Err(PushError::Emit(_)) => {
             counters.dropped_overflow += 1;
@@ -372,7 +323,6 @@ pub(crate) fn relay_request(
                 counters,
                 msg,
                 src,
-                socket,
                 ParseError::MessageTooLarge.status(),
                 "Message Too Large",
                 b"",
@@ -410,21 +360,23 @@ pub(crate) fn relay_response(
         counters.dropped_not_ours += 1;
         return;
     };
-    let Some(dest) = route::response_dest(&next) else {
+    let Some(mut to) = route::response_peer(&next, id, socket) else {
         counters.dropped_unroutable += 1;
         return;
     };
-    let egress = id
-        .public_for(dest.ip(), socket)
-        .and_then(|s| id.sockets.iter().position(|x| x == s))
-        .and_then(|i| u8::try_from(i).ok())
-        .map_or(socket, SocketId);
+    if !to.transport.is_stream() {
+        to.local = id
+            .public_for(to.remote.ip(), socket)
+            .and_then(|s| id.sockets.iter().position(|x| x == s))
+            .and_then(|i| u8::try_from(i).ok())
+            .map_or(socket, SocketId);
+    }
     let edits = Edits {
         pop_via: true,
         max_forwards: MaxForwardsEdit::Keep,
         ..Edits::default()
     };
-    match out.push_with(dest, egress, |buf| sip::edit(msg, &edits, buf)) {
+    match out.push_with(to, |buf| sip::edit(msg, &edits, buf)) {
         Ok(()) => counters.responses_forwarded += 1,
         Err(_) => counters.dropped_overflow += 1,
     }
@@ -458,17 +410,16 @@ mod tests {
         /// Feeds one datagram; returns what went out as (dest, socket, bytes).
         fn feed(&mut self, data: &[u8], src: &str) -> Vec<(SocketAddr, SocketId, Vec<u8>)> {
             self.out.clear();
-            self.relay.handle_datagram(
+            self.relay.handle_message(
                 Instant::ZERO,
                 data,
-                src.parse().unwrap(),
-                SocketId(0),
+                &Peer::udp(src.parse().unwrap(), SocketId(0)),
                 &mut self.out,
             );
             self.out
                 .items()
                 .iter()
-                .map(|t| (t.dest, t.socket, self.out.bytes(t).to_vec()))
+                .map(|t| (t.peer.remote, t.peer.local, self.out.bytes(t).to_vec()))
                 .collect()
         }
     }

@@ -83,7 +83,7 @@ use crate::sip::emit::{self, EmitError, Received, ResponseSpec};
 use crate::sip::header::parse_delta_seconds;
 use crate::sip::{scan, Contact, HeaderName, Message, Method, NameAddr, Scheme, Uri, ValueError};
 use crate::time::{Duration, Instant};
-use crate::transport::SocketId;
+use crate::transport::Peer;
 use crate::wheel::Wheel;
 
 /// Longest User-Agent kept with a binding (bytes); longer ones are cut.
@@ -504,8 +504,7 @@ impl Registrar {
         now: Instant,
         wall: u64,
         msg: &Message<'_>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: &Peer,
         reply: &mut [u8],
     ) -> Result<Reply, RegistrarError> {
         if msg.method() != Method::Register {
@@ -514,7 +513,7 @@ impl Registrar {
         self.counters.requests += 1;
         let mut extra = core::mem::take(&mut self.extra);
         extra.clear();
-        let outcome = self.process(now, wall, msg, src, socket, &mut extra);
+        let outcome = self.process(now, wall, msg, src, &mut extra);
         let (code, reason) = match outcome {
             Ok(()) => {
                 self.counters.accepted += 1;
@@ -536,8 +535,8 @@ impl Registrar {
         let spec = ResponseSpec {
             to_tag: Some(&tag),
             received: Some(Received {
-                ip: src.ip(),
-                port: src.port(),
+                ip: src.remote.ip(),
+                port: src.remote.port(),
             }),
             extra: &extra,
             ..ResponseSpec::new(code, reason)
@@ -573,8 +572,7 @@ impl Registrar {
         now: Instant,
         wall: u64,
         msg: &Message<'m>,
-        src: SocketAddr,
-        socket: SocketId,
+        src: &Peer,
         extra: &mut Vec<u8>,
     ) -> Result<(), Reject<'m>> {
         // §10.3 step 2: extensions the UA requires.
@@ -879,9 +877,15 @@ impl Registrar {
                 q: r.q,
                 call_id,
                 cseq,
-                received: reach_at(msg, &r.uri, src),
-                socket,
-                flow: 0,
+                // Over a stream the UA is reached on its connection (§18.2.2,
+                // RFC 5626): its source, whatever its Contact says.
+                received: if src.transport.is_stream() {
+                    Some(src.remote)
+                } else {
+                    reach_at(msg, &r.uri, src.remote)
+                },
+                socket: src.local,
+                flow: src.flow.0,
                 path: &self.path,
                 instance: r.instance,
                 reg_id: r.reg_id,

@@ -5,6 +5,7 @@
 use super::*;
 use crate::location::{Lookup, Replica};
 use crate::sip::{parse, HeaderIndex};
+use crate::transport::{Peer, SocketId};
 
 const WALL0: u64 = 1_700_000_000_000_000;
 const SRC: &str = "198.51.100.7:40000";
@@ -81,8 +82,7 @@ CSeq: {cseq} REGISTER\r\n\
             self.now,
             self.wall,
             &msg,
-            SRC.parse().unwrap(),
-            SocketId(1),
+            &Peer::udp(SRC.parse().unwrap(), SocketId(1)),
             &mut self.buf,
         )?;
         self.records.extend(self.reg.drain_records());
@@ -675,8 +675,7 @@ fn malformed_requests_get_precise_answers() {
             h.now,
             h.wall,
             &msg,
-            SRC.parse().unwrap(),
-            SocketId(0),
+            &Peer::udp(SRC.parse().unwrap(), SocketId(0)),
             &mut tiny
         ),
         Err(RegistrarError::Emit(EmitError::BufferFull))
@@ -702,8 +701,7 @@ fn aor_of_another_partition_is_handed_back() {
             Instant::ZERO,
             WALL0,
             &msg,
-            SRC.parse().unwrap(),
-            SocketId(0),
+            &Peer::udp(SRC.parse().unwrap(), SocketId(0)),
             &mut buf
         ),
         Err(RegistrarError::WrongPartition { owner })

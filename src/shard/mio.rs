@@ -18,7 +18,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::proxy::Service;
-use crate::transport::{Outbox, SocketId};
+use crate::transport::{Outbox, Peer, SocketId};
 
 use super::sys::{self, RecvBatch, SendBatch};
 use super::{Clock, DriverStats, ShardIo, OUTBOX_BYTES, OUTBOX_ITEMS, RECV_BATCH, RECV_BUF};
@@ -157,7 +157,9 @@ impl MioDriver {
                 self.stats.rx += 1;
                 match src {
                     Some(_) if truncated => self.stats.rx_truncated += 1,
-                    Some(src) => service.handle_datagram(now, data, src, id, &mut self.outbox),
+                    Some(src) => {
+                        service.handle_message(now, data, &Peer::udp(src, id), &mut self.outbox)
+                    }
                     None => self.stats.rx_errors += 1,
                 }
             }
@@ -176,12 +178,12 @@ impl MioDriver {
         loop {
             let items = self.outbox.items();
             let Some(first) = items.get(start) else { break };
-            let sock = first.socket;
+            let sock = first.peer.local;
             let run = items
                 .get(start..)
                 .unwrap_or_default()
                 .iter()
-                .take_while(|t| t.socket == sock)
+                .take_while(|t| t.peer.local == sock)
                 .count();
             match self
                 .sockets

@@ -274,7 +274,7 @@ impl SendBatch {
             ) else {
                 break;
             };
-            let namelen = to_storage(&t.dest, ss);
+            let namelen = to_storage(&t.peer.remote, ss);
             let bytes = arena
                 .get(t.offset as usize..t.offset as usize + t.len as usize)
                 .unwrap_or_default();
@@ -332,7 +332,8 @@ mod tests {
         let dest = rx.local_addr().unwrap();
         let mut out = Outbox::new(1 << 17, 8);
         for i in 0..5u8 {
-            out.push(dest, SocketId(0), &[i; 10]).unwrap();
+            out.push(crate::transport::Peer::udp(dest, SocketId(0)), &[i; 10])
+                .unwrap();
         }
         let mut sb = SendBatch::new(8);
         assert_eq!(sb.send(tx.as_raw_fd(), &out, out.items()).unwrap(), 5);

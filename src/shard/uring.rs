@@ -38,7 +38,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::proxy::{Counters, Service};
 use crate::time::{Duration, Instant};
-use crate::transport::{Outbox, SocketId};
+use crate::transport::{Outbox, Peer, SocketId};
 
 use super::bufring::{BufRing, BUF_SIZE, NAME_LEN};
 use super::sys::{from_storage, to_storage};
@@ -405,11 +405,14 @@ impl UringDriver {
                 let Some(t) = outbox.items().get(i) else {
                     continue;
                 };
-                let Some(fd) = sockets.get(usize::from(t.socket.0)).map(AsRawFd::as_raw_fd) else {
+                let Some(fd) = sockets
+                    .get(usize::from(t.peer.local.0))
+                    .map(AsRawFd::as_raw_fd)
+                else {
                     continue;
                 };
                 let bytes = outbox.bytes(t);
-                let namelen = to_storage(&t.dest, &mut h.addr);
+                let namelen = to_storage(&t.peer.remote, &mut h.addr);
                 h.iov = libc::iovec {
                     iov_base: bytes.as_ptr() as *mut libc::c_void,
                     iov_len: bytes.len(),
@@ -530,9 +533,12 @@ impl UringDriver {
                     let src = parse_name(msg.name_data());
                     match src {
                         Some(_) if msg.is_payload_truncated() => stats.rx_truncated += 1,
-                        Some(src) => {
-                            service.handle_datagram(now, msg.payload_data(), src, socket, out)
-                        }
+                        Some(src) => service.handle_message(
+                            now,
+                            msg.payload_data(),
+                            &Peer::udp(src, socket),
+                            out,
+                        ),
                         None => stats.rx_errors += 1,
                     }
                 }
@@ -669,15 +675,8 @@ struct Seen {
 }
 
 impl Service for Seen {
-    fn handle_datagram(
-        &mut self,
-        _: Instant,
-        data: &[u8],
-        src: std::net::SocketAddr,
-        _: SocketId,
-        _: &mut Outbox,
-    ) {
-        self.ok |= data == b"sipedge-probe" && src == self.want;
+    fn handle_message(&mut self, _: Instant, data: &[u8], src: &Peer, _: &mut Outbox) {
+        self.ok |= data == b"sipedge-probe" && src.remote == self.want;
     }
 
     fn counters(&self) -> &Counters {
@@ -694,15 +693,8 @@ mod tests {
     struct Echo(Counters);
 
     impl Service for Echo {
-        fn handle_datagram(
-            &mut self,
-            _: Instant,
-            data: &[u8],
-            src: std::net::SocketAddr,
-            s: SocketId,
-            out: &mut Outbox,
-        ) {
-            let _ = out.push(src, s, data);
+        fn handle_message(&mut self, _: Instant, data: &[u8], src: &Peer, out: &mut Outbox) {
+            let _ = out.push(*src, data);
         }
         fn counters(&self) -> &Counters {
             &self.0

@@ -207,6 +207,9 @@ pub struct Edits<'a> {
     pub max_forwards: MaxForwardsEdit,
     /// A Record-Route URI to add on top (§16.6 step 4), e.g. `sip:192.0.2.1:5060;lr`.
     pub record_route: Option<&'a [u8]>,
+    /// A second Record-Route URI, below the first (RFC 5658 double
+    /// Record-Route: the first faces the next hop, this one the previous).
+    pub record_route2: Option<&'a [u8]>,
     /// Remove the first Route value (§16.4, §16.12).
     pub pop_route: bool,
     /// Also remove the Route value after the first (a strict next hop that
@@ -246,6 +249,11 @@ pub fn edit(msg: &Message<'_>, edits: &Edits<'_>, out: &mut [u8]) -> Result<usiz
         put_via(&mut w, v)?;
     }
     if let Some(rr) = edits.record_route {
+        w.put(b"Record-Route: <")?;
+        w.put(rr)?;
+        w.put(b">\r\n")?;
+    }
+    if let Some(rr) = edits.record_route2 {
         w.put(b"Record-Route: <")?;
         w.put(rr)?;
         w.put(b">\r\n")?;
