@@ -134,6 +134,14 @@ pub enum ConfigError {
     /// Zero shards, or more than 255.
     #[error("shards must be between 1 and 255, got {0}")]
     BadShards(usize),
+    /// A `tls:` or `wss:` listener without `--tls-cert` and `--tls-key`.
+    #[error(
+        "listen address {0} needs a certificate: set --tls-cert and --tls-key (or [tls] cert, key)"
+    )]
+    NoCertificate(SocketAddr),
+    /// `[tls] verify_client` is not none, optional or required.
+    #[error("[tls] verify_client = {0:?}: expected \"none\", \"optional\" or \"required\"")]
+    BadVerifyClient(String),
     /// No listen address.
     #[error("no listen address")]
     NoListen,
@@ -203,6 +211,10 @@ pub struct FileConfig {
     pub overload: Option<crate::policy::overload::OverloadSection>,
     /// `[metrics]`: the Prometheus textfile export.
     pub metrics: Option<MetricsSection>,
+    /// `[tls]`: certificates.
+    pub tls: Option<TlsSection>,
+    /// `[tcp]`: connection limits.
+    pub tcp: Option<TcpSection>,
 }
 
 /// `[metrics]`: counters, latencies and replication lag written as a
@@ -214,6 +226,55 @@ pub struct MetricsSection {
     pub file: Option<std::path::PathBuf>,
     /// Seconds between writes (default 10).
     pub interval: Option<u64>,
+}
+
+/// `[tls]`: certificates for `tls:` and `wss:` listeners and for outbound TLS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain (`--tls-cert`).
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key (`--tls-key`).
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: client certificates are checked against them,
+    /// and so are the servers we connect to.
+    pub ca: Option<std::path::PathBuf>,
+    /// `none`, `optional` or `required` (default none).
+    pub verify_client: Option<String>,
+    /// Check the certificates of servers we connect to (default true; with
+    /// no `ca`, nothing is trusted and outbound TLS fails).
+    pub verify_server: Option<bool>,
+    /// A certificate per served domain, chosen by SNI.
+    #[serde(default)]
+    pub sni: Vec<SniSection>,
+}
+
+/// One `[[tls.sni]]` entry.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SniSection {
+    /// The domain (as the client names it in SNI).
+    pub domain: String,
+    /// Its PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its PEM private key.
+    pub key: std::path::PathBuf,
+}
+
+/// `[tcp]`: limits of stream connections (TCP, TLS, WS, WSS).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSection {
+    /// Connections per shard at most (default 200000).
+    pub max_connections: Option<usize>,
+    /// Connections from one IP address per shard at most (default 1024).
+    pub max_per_ip: Option<u32>,
+    /// Seconds without traffic before a connection is closed (default 600).
+    pub idle_timeout: Option<u64>,
+    /// Seconds a header block may take to arrive (slowloris; default 10).
+    pub header_timeout: Option<u64>,
+    /// Bytes queued for a peer that does not read before it is cut off (default 262144).
+    pub max_write_queue: Option<usize>,
 }
 
 /// `[uring]`: io_uring driver tuning.
@@ -355,6 +416,10 @@ pub struct Config {
     pub config_file: Option<std::path::PathBuf>,
     /// The metrics file and its interval.
     pub metrics: Option<(std::path::PathBuf, std::time::Duration)>,
+    /// `[tls]` as written (files read at start and on SIGHUP).
+    pub tls: TlsSection,
+    /// Stream connection limits.
+    pub conn: crate::transport::conn::ConnLimits,
 }
 
 impl FileConfig {
@@ -407,6 +472,15 @@ impl FileConfig {
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
             metrics: over.metrics.or(self.metrics),
+            tls: match (over.tls, self.tls) {
+                (Some(o), Some(f)) => Some(TlsSection {
+                    cert: o.cert.or(f.cert),
+                    key: o.key.or(f.key),
+                    ..f
+                }),
+                (o, f) => o.or(f),
+            },
+            tcp: over.tcp.or(self.tcp),
         }
     }
 
@@ -426,7 +500,21 @@ impl FileConfig {
                 return Err(ConfigError::WildcardWithoutAdvertise(l.addr));
             }
         }
+        let tls_section = self.tls.clone().unwrap_or_default();
+        if let Some(l) = listen.iter().find(|l| l.transport.is_secure()) {
+            if tls_section.cert.is_none() || tls_section.key.is_none() {
+                return Err(ConfigError::NoCertificate(l.addr));
+            }
+        }
+        if let Some(v) = &tls_section.verify_client {
+            if !matches!(v.as_str(), "none" | "optional" | "required") {
+                return Err(ConfigError::BadVerifyClient(v.clone()));
+            }
+        }
         let shards = self.shards.unwrap_or(cpus.max(1));
+        if shards > usize::from(crate::transport::FlowId::MAX_SHARDS) {
+            return Err(ConfigError::BadShards(shards));
+        }
         if !(1..=255).contains(&shards) {
             return Err(ConfigError::BadShards(shards));
         }
@@ -526,6 +614,23 @@ impl FileConfig {
                 let every = std::time::Duration::from_secs(m.interval.unwrap_or(10).max(1));
                 m.file.map(|f| (f, every))
             }),
+            conn: {
+                let t = self.tcp.unwrap_or_default();
+                let d = crate::transport::conn::ConnLimits::default();
+                crate::transport::conn::ConnLimits {
+                    max_connections: t.max_connections.unwrap_or(d.max_connections),
+                    max_per_ip: t.max_per_ip.unwrap_or(d.max_per_ip),
+                    idle_timeout: t
+                        .idle_timeout
+                        .map_or(d.idle_timeout, crate::time::Duration::from_secs),
+                    header_timeout: t
+                        .header_timeout
+                        .map_or(d.header_timeout, crate::time::Duration::from_secs),
+                    max_write_queue: t.max_write_queue.unwrap_or(d.max_write_queue),
+                    max_message: d.max_message,
+                }
+            },
+            tls: tls_section,
         })
     }
 }

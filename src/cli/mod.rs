@@ -52,7 +52,8 @@ enum Command {
 /// Flags of `sipedge run`; a `--config` file takes the same keys, flags win.
 #[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
-    /// Listen address, `udp:IP:PORT` (repeatable). Default udp:127.0.0.1:5060.
+    /// Listen address, `udp:IP:PORT`, `tcp:…`, `tls:…`, `ws:…` or `wss:…`
+    /// (repeatable). Default udp:127.0.0.1:5060.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// Number of shards (threads, one per CPU). Default: one per allowed CPU.
@@ -93,6 +94,12 @@ pub struct RunArgs {
     /// domains then require digest authentication. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
+    /// PEM certificate chain for `tls:` and `wss:` listeners (`[tls] cert`). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (`[tls] key`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -127,6 +134,14 @@ impl RunArgs {
                     file: Some(f.clone()),
                     interval: None,
                 }),
+            tls: (self.tls_cert.is_some() || self.tls_key.is_some()).then(|| {
+                crate::config::TlsSection {
+                    cert: self.tls_cert.clone(),
+                    key: self.tls_key.clone(),
+                    ..Default::default()
+                }
+            }),
+            tcp: None,
         }
     }
 
@@ -183,7 +198,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             p.locals
                 .iter()
                 .filter(|l| l.role == crate::proxy::SocketRole::Public)
-                .map(|l| format!("udp:{}", l.addr))
+                .map(|l| format!("{}:{}", l.transport.param(), l.addr))
                 .collect()
         })
         .unwrap_or_default();
@@ -221,6 +236,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for (p, s) in plans.iter_mut().zip(&slots) {
         p.io.get_or_insert_with(ShardIo::none).metrics = Some(s.clone());
     }
+    let tls = if cfg.listen.iter().any(|l| l.transport.is_stream()) {
+        let (server, client) = load_tls(&cfg.tls)?;
+        let t = shard::streams::TlsReload::new(server, client);
+        for p in plans.iter_mut() {
+            p.tls = Some(t.clone());
+        }
+        Some(t)
+    } else {
+        None
+    };
     let mut shared: Option<Arc<Shared>> = None;
     let handles = if cfg.stateless {
         let relay_cfg = stateless::Config {
@@ -275,6 +300,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
                 ),
                 (None, _) => tracing::info!("SIGHUP: nothing to reload in stateless mode"),
+            }
+            if let Some(t) = &tls {
+                match args.config().and_then(|c| load_tls(&c.tls)) {
+                    Ok((server, client)) => {
+                        t.set(server, client);
+                        tracing::info!("SIGHUP: TLS certificates reloaded");
+                    }
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS reload failed, keeping the old certificates: {e:#}"
+                    ),
+                }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -521,6 +557,55 @@ fn write_metrics(
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, file)?;
     Ok(())
+}
+
+/// Reads the `[tls]` files: the server configuration (when a certificate is
+/// set) and the client one for outbound TLS.
+fn load_tls(
+    t: &crate::config::TlsSection,
+) -> Result<(
+    Option<crate::transport::tls::ServerTls>,
+    Option<crate::transport::tls::ClientTls>,
+)> {
+    use crate::transport::tls::{ClientTls, ClientVerify, ServerSettings, ServerTls, SniCert};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let ca = t.ca.as_deref().map(read).transpose()?;
+    let server = match (&t.cert, &t.key) {
+        (Some(c), Some(k)) => {
+            let cert = read(c)?;
+            let key = read(k)?;
+            let sni_files = t
+                .sni
+                .iter()
+                .map(|s| Ok((s.domain.clone(), read(&s.cert)?, read(&s.key)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let settings = ServerSettings {
+                cert_pem: &cert,
+                key_pem: &key,
+                ca_pem: ca.as_deref(),
+                verify_client: match t.verify_client.as_deref() {
+                    Some("required") => ClientVerify::Required,
+                    Some("optional") => ClientVerify::Optional,
+                    _ => ClientVerify::None,
+                },
+                sni: sni_files
+                    .iter()
+                    .map(|(d, c, k)| SniCert {
+                        domain: d,
+                        cert_pem: c,
+                        key_pem: k,
+                    })
+                    .collect(),
+            };
+            Some(ServerTls::new(&settings).context("[tls]")?)
+        }
+        _ => None,
+    };
+    let client = ClientTls::new(ca.as_deref(), t.verify_server.unwrap_or(true), None)
+        .context("[tls] client")?;
+    Ok((server, Some(client)))
 }
 
 /// SIGHUP: reads the configuration again and builds new users and policy.

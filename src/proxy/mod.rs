@@ -40,6 +40,23 @@ pub trait Service {
     /// arrived at `now`; whatever it causes to be sent goes into `out`.
     fn handle_message(&mut self, now: Instant, data: &[u8], peer: &Peer, out: &mut Outbox);
 
+    /// The header block of a message a stream could not frame (no
+    /// Content-Length, too large…) with the parse error: answer it (the
+    /// connection closes after). By default: the status of `error`.
+    fn handle_malformed(
+        &mut self,
+        now: Instant,
+        head: &[u8],
+        error: crate::sip::ParseError,
+        peer: &Peer,
+        out: &mut Outbox,
+    ) {
+        let _ = now;
+        let _ = out.push_with(*peer, |buf| {
+            reject::error_response(head, error, buf)?.ok_or(crate::sip::EmitError::MissingHeader)
+        });
+    }
+
     /// The connection `flow` closed (or failed): forget what depends on it.
     fn handle_flow_closed(&mut self, now: Instant, flow: FlowId) {
         let _ = (now, flow);

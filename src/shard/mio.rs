@@ -2,11 +2,17 @@
 //! `sendmmsg` batches out. Used where io_uring is missing or refused, and
 //! run by the same integration tests as the io_uring driver.
 //!
+//! Stream listeners and connections are mio sources too: accepts, reads
+//! and writes go through [`super::streams::Streams`], which the io_uring
+//! driver shares.
+//!
 //! One loop turn:
 //! ```text
 //! poll(timeout = next timer, ≤ 100 ms) ─► for each readable socket: recvmmsg (≤ BUDGET batches)
-//!   └► service.handle_datagram(now, …) per datagram (flush early if the outbox fills)
-//! service.handle_timeout(now) when due ─► sendmmsg the outbox, grouped by socket
+//!   └► service.handle_message(now, …) per datagram (flush early if the outbox fills)
+//!   accepts ─► conns.accept · readable connections ─► read ≤ READ_CHUNK ─► Streams::input
+//! service.handle_timeout(now) when due ─► flush: stream transmits into their connections,
+//!   sendmmsg the UDP ones grouped by socket ─► connect / close / write the connections
 //! ```
 
 use std::io;
@@ -14,19 +20,42 @@ use std::net::UdpSocket;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::io::{Read as _, Write as _};
+
+use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::proxy::Service;
-use crate::transport::{Outbox, Peer, SocketId};
+use crate::time::Instant;
+use crate::transport::conn::Event;
+use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
 
+use super::streams::{Streams, READ_CHUNK};
 use super::sys::{self, RecvBatch, SendBatch};
-use super::{Clock, DriverStats, ShardIo, OUTBOX_BYTES, OUTBOX_ITEMS, RECV_BATCH, RECV_BUF};
+use super::{
+    Clock, DriverStats, Listener, ShardIo, OUTBOX_BYTES, OUTBOX_ITEMS, RECV_BATCH, RECV_BUF,
+};
 
 /// Receive batches per socket per turn before the others get a go.
 const BUDGET: usize = 8;
+/// Reads per connection per turn.
+const STREAM_BUDGET: usize = 4;
 /// The token of the mesh wake-up eventfd.
 const WAKE: Token = Token(usize::MAX);
+/// Tokens of stream listeners start here, those of connections above.
+const LISTENER_BASE: usize = 1 << 30;
+const CONN_BASE: usize = 1 << 31;
+
+/// One stream socket of the driver.
+struct StreamSock {
+    flow: FlowId,
+    sock: TcpStream,
+    readable: bool,
+    /// Waiting for writability (a write would block, or a connect is under way).
+    blocked: bool,
+    connecting: bool,
+}
 
 /// The mio driver of one shard.
 pub struct MioDriver {
@@ -38,13 +67,38 @@ pub struct MioDriver {
     send: SendBatch,
     outbox: Outbox,
     stats: DriverStats,
+    listeners: Vec<(SocketId, Transport, TcpListener)>,
+    /// By connection slot.
+    streams: Vec<Option<StreamSock>>,
+    /// Slots with bytes to read.
+    ready: Vec<u32>,
+    rbuf: Box<[u8]>,
+    streams_state: Option<Streams>,
 }
 
 impl MioDriver {
     /// A driver over `sockets` (already bound and nonblocking); socket `i` is [`SocketId`]`(i)`.
     /// `wake` is the mesh eventfd to watch, if the shard has a mesh.
     pub fn new(sockets: Vec<UdpSocket>, wake: Option<RawFd>) -> io::Result<Self> {
+        Self::with_streams(sockets, Vec::new(), None, wake)
+    }
+
+    /// A driver over UDP `sockets` and stream `listeners`, whose connections
+    /// `streams` keeps.
+    pub fn with_streams(
+        sockets: Vec<UdpSocket>,
+        listeners: Vec<Listener>,
+        streams: Option<Streams>,
+        wake: Option<RawFd>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
+        let mut ls = Vec::with_capacity(listeners.len());
+        for (i, l) in listeners.into_iter().enumerate() {
+            let mut tl = TcpListener::from_std(l.socket);
+            poll.registry()
+                .register(&mut tl, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            ls.push((l.id, l.transport, tl));
+        }
         for (i, s) in sockets.iter().enumerate() {
             poll.registry().register(
                 &mut SourceFd(&s.as_raw_fd()),
@@ -65,6 +119,11 @@ impl MioDriver {
             send: SendBatch::new(OUTBOX_ITEMS),
             outbox: Outbox::new(OUTBOX_BYTES, OUTBOX_ITEMS),
             stats: DriverStats::default(),
+            listeners: ls,
+            streams: Vec::new(),
+            ready: Vec::new(),
+            rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            streams_state: streams,
         })
     }
 
@@ -93,39 +152,329 @@ impl MioDriver {
             }
             self.stats.turns += 1;
             let mut woken = false;
+            let mut accepts = Vec::new();
             for ev in self.events.iter() {
+                let t = ev.token().0;
                 if ev.token() == WAKE {
                     woken = true;
-                } else if let Some(r) = self.readable.get_mut(ev.token().0) {
+                } else if t >= CONN_BASE {
+                    let slot = (t - CONN_BASE) as u32;
+                    if let Some(Some(s)) = self.streams.get_mut(slot as usize) {
+                        if (ev.is_readable() || ev.is_read_closed() || ev.is_error()) && !s.readable
+                        {
+                            s.readable = true;
+                            self.ready.push(slot);
+                        }
+                        if ev.is_writable() || ev.is_error() {
+                            s.blocked = false;
+                        }
+                    }
+                } else if t >= LISTENER_BASE {
+                    accepts.push(t - LISTENER_BASE);
+                } else if let Some(r) = self.readable.get_mut(t) {
                     *r = true;
                 }
             }
             io.woke(woken);
             let now = clock.now();
             service.handle_turn(now, clock.wall_us());
+            if let Some(st) = &mut self.streams_state {
+                st.refresh();
+            }
             io.begin(now, service, &mut self.outbox);
             for i in 0..self.sockets.len() {
-                self.drain(i, service, now);
+                self.drain(i, service, io, now);
             }
+            for l in accepts {
+                self.accept(l, now);
+            }
+            self.read_streams(service, io, now);
+            self.connecting_done(now);
             if service.poll_timeout().is_some_and(|t| t <= now) {
                 if !self.outbox.has_room() {
-                    self.flush();
+                    self.flush(now, io);
                 }
                 service.handle_timeout(now, &mut self.outbox);
             }
             if !self.outbox.has_room() {
-                self.flush();
+                self.flush(now, io);
             }
             io.end(now, service, &mut self.outbox);
-            self.flush();
+            self.flush(now, io);
+            if let Some(st) = &mut self.streams_state {
+                st.settle(now, service);
+            }
+            self.stream_io();
             io.publish(now, service, &self.stats);
         }
-        self.flush();
+        self.flush(clock.now(), io);
+        self.stream_io();
         Ok(self.stats)
     }
 
+    /// Accepts what listener `l` has waiting (each refused one is closed at once).
+    fn accept(&mut self, l: usize, now: Instant) {
+        for _ in 0..256 {
+            let Some((id, transport, listener)) = self.listeners.get(l) else {
+                return;
+            };
+            let (sock, remote) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.stats.rx_errors += 1;
+                    }
+                    return;
+                }
+            };
+            let (id, transport) = (*id, *transport);
+            let Some(st) = &mut self.streams_state else {
+                continue;
+            };
+            let Ok(flow) = st.conns.accept(now, id, transport, remote) else {
+                continue;
+            };
+            let _ = sock.set_nodelay(true);
+            self.adopt(flow, sock, false);
+            // Data may have come with the connection.
+            let slot = flow.slot();
+            if let Some(Some(s)) = self.streams.get_mut(slot as usize) {
+                s.readable = true;
+                self.ready.push(slot);
+            }
+        }
+    }
+
+    /// Registers `sock` as the socket of `flow`.
+    fn adopt(&mut self, flow: FlowId, mut sock: TcpStream, connecting: bool) {
+        let slot = flow.slot() as usize;
+        let token = Token(CONN_BASE + slot);
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            if let Some(st) = &mut self.streams_state {
+                st.conns.handle_eof(flow);
+            }
+            return;
+        }
+        if self.streams.len() <= slot {
+            self.streams.resize_with(slot + 1, || None);
+        }
+        if let Some(s) = self.streams.get_mut(slot) {
+            *s = Some(StreamSock {
+                flow,
+                sock,
+                readable: false,
+                blocked: connecting,
+                connecting,
+            });
+        }
+    }
+
+    /// Reads every ready connection (a few chunks each), messages to the service.
+    fn read_streams<S: Service>(&mut self, service: &mut S, io: &mut ShardIo, now: Instant) {
+        let ready = core::mem::take(&mut self.ready);
+        let mut again = Vec::new();
+        for slot in ready {
+            let mut eof = false;
+            let mut more = false;
+            for n in 0..STREAM_BUDGET {
+                if !self.outbox.has_room() {
+                    self.flush(now, io);
+                }
+                let Some(Some(s)) = self.streams.get_mut(slot as usize) else {
+                    break;
+                };
+                if s.connecting {
+                    break;
+                }
+                let flow = s.flow;
+                match s.sock.read(&mut self.rbuf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(k) => {
+                        self.stats.rx += 1;
+                        if let (Some(st), Some(data)) =
+                            (&mut self.streams_state, self.rbuf.get(..k))
+                        {
+                            st.input(now, flow, data, service, &mut self.outbox);
+                        }
+                        if k < self.rbuf.len() {
+                            break;
+                        }
+                        more = n + 1 == STREAM_BUDGET;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        eof = true;
+                        break;
+                    }
+                }
+            }
+            let Some(Some(s)) = self.streams.get_mut(slot as usize) else {
+                continue;
+            };
+            if eof {
+                let flow = s.flow;
+                self.drop_stream(slot);
+                if let Some(st) = &mut self.streams_state {
+                    st.conns.handle_eof(flow);
+                }
+            } else if more {
+                again.push(slot);
+            } else {
+                s.readable = false;
+            }
+        }
+        self.ready = again;
+    }
+
+    /// Connects that finished (writable) become open, or failed.
+    fn connecting_done(&mut self, now: Instant) {
+        for slot in 0..self.streams.len() {
+            let Some(Some(s)) = self.streams.get_mut(slot) else {
+                continue;
+            };
+            if !s.connecting || s.blocked {
+                continue;
+            }
+            let flow = s.flow;
+            match s.sock.take_error() {
+                Ok(None) if s.sock.peer_addr().is_ok() => {
+                    s.connecting = false;
+                    if let Some(st) = &mut self.streams_state {
+                        st.conns.connected(now, flow);
+                    }
+                }
+                Ok(None) => {
+                    // Not yet: wait for the next writable event.
+                    s.blocked = true;
+                }
+                _ => {
+                    self.drop_stream(slot as u32);
+                    if let Some(st) = &mut self.streams_state {
+                        st.conns.connect_failed(flow);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_stream(&mut self, slot: u32) {
+        if let Some(s) = self.streams.get_mut(slot as usize) {
+            if let Some(mut ss) = s.take() {
+                let _ = self.poll.registry().deregister(&mut ss.sock);
+            }
+        }
+    }
+
+    /// Acts on the connections' requests (connect, close) and writes what they have queued.
+    fn stream_io(&mut self) {
+        self.apply_events();
+        self.write_streams();
+        self.apply_events();
+    }
+
+    /// Connects and closes the connection table asked for.
+    fn apply_events(&mut self) {
+        loop {
+            let Some(st) = &mut self.streams_state else {
+                return;
+            };
+            let Some(ev) = st.conns.poll_event() else {
+                break;
+            };
+            match ev {
+                Event::Connect { flow, remote } => match TcpStream::connect(remote) {
+                    Ok(sock) => {
+                        let _ = sock.set_nodelay(true);
+                        self.adopt(flow, sock, true);
+                    }
+                    Err(_) => st.conns.connect_failed(flow),
+                },
+                Event::Close(flow) => {
+                    if self
+                        .streams
+                        .get(flow.slot() as usize)
+                        .is_some_and(|s| s.as_ref().is_some_and(|s| s.flow == flow))
+                    {
+                        self.drop_stream(flow.slot());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes what the connections have queued, until a socket would block.
+    fn write_streams(&mut self) {
+        let Some(st) = &mut self.streams_state else {
+            return;
+        };
+        let mut blocked = Vec::new();
+        while let Some(flow) = st.conns.poll_write() {
+            let Some(Some(s)) = self.streams.get_mut(flow.slot() as usize) else {
+                continue;
+            };
+            if s.flow != flow || s.connecting {
+                continue;
+            }
+            if s.blocked {
+                blocked.push(flow);
+                continue;
+            }
+            let mut failed = false;
+            loop {
+                let data = st.conns.output(flow);
+                if data.is_empty() {
+                    break;
+                }
+                match s.sock.write(data) {
+                    Ok(n) => {
+                        self.stats.tx += 1;
+                        st.conns.wrote(flow, n);
+                        if st.conns.peer(flow).is_none() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        s.blocked = true;
+                        blocked.push(flow);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                self.stats.tx_errors += 1;
+                if let Some(mut ss) = self
+                    .streams
+                    .get_mut(flow.slot() as usize)
+                    .and_then(Option::take)
+                {
+                    let _ = self.poll.registry().deregister(&mut ss.sock);
+                }
+                st.conns.handle_eof(flow);
+            }
+        }
+        // Still to write once writable: back on the list for the next turns.
+        for f in blocked {
+            st.conns.requeue(f);
+        }
+    }
+
     /// Receives from socket `i` until it would block or the budget is spent.
-    fn drain<S: Service>(&mut self, i: usize, service: &mut S, now: crate::time::Instant) {
+    fn drain<S: Service>(&mut self, i: usize, service: &mut S, io: &mut ShardIo, now: Instant) {
         if !self.readable.get(i).copied().unwrap_or(false) {
             return;
         }
@@ -149,7 +498,7 @@ impl MioDriver {
             };
             for j in 0..n {
                 if !self.outbox.has_room() {
-                    self.flush();
+                    self.flush(now, io);
                 }
                 let Some((data, src, truncated)) = self.recv.get(j) else {
                     continue;
@@ -172,18 +521,26 @@ impl MioDriver {
         }
     }
 
-    /// Sends everything queued, in order, one `sendmmsg` per run of the same socket.
-    fn flush(&mut self) {
+    /// Sends everything queued, in order: stream transmits into their
+    /// connections, then one `sendmmsg` per run of UDP datagrams from the same socket.
+    fn flush(&mut self, now: Instant, io: &mut ShardIo) {
+        if let Some(st) = &mut self.streams_state {
+            st.take_transmits(now, &self.outbox, io);
+        }
         let mut start = 0;
         loop {
             let items = self.outbox.items();
             let Some(first) = items.get(start) else { break };
+            if first.peer.transport.is_stream() {
+                start += 1;
+                continue;
+            }
             let sock = first.peer.local;
             let run = items
                 .get(start..)
                 .unwrap_or_default()
                 .iter()
-                .take_while(|t| t.peer.local == sock)
+                .take_while(|t| t.peer.local == sock && !t.peer.transport.is_stream())
                 .count();
             match self
                 .sockets

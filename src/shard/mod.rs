@@ -25,6 +25,7 @@ pub mod bufring;
 pub mod mesh;
 pub mod mio;
 pub mod socket;
+pub mod streams;
 pub mod sys;
 pub mod uring;
 
@@ -253,6 +254,18 @@ impl ShardIo {
         }
     }
 
+    /// Queues a message for shard `to` (sent at the end of the turn, with
+    /// the service's own).
+    pub fn hand_over(&mut self, to: usize, msg: MeshMsg) {
+        if self.mesh.is_none() {
+            self.stats.mesh_dropped += 1;
+        } else if self.pending.len() < PENDING_MAX {
+            self.pending.push_back((to, msg));
+        } else {
+            self.stats.mesh_dropped += 1;
+        }
+    }
+
     /// Persists what the service must persist, lets it release what waited
     /// for that, compacts the store when due, and sends its mesh messages.
     pub fn end<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
@@ -342,14 +355,31 @@ pub struct ShardPlan {
     pub id: u16,
     /// CPU to pin to.
     pub cpu: Option<usize>,
-    /// Bound sockets; index = [`crate::transport::SocketId`].
+    /// Bound UDP sockets; index = [`crate::transport::SocketId`].
     pub sockets: Vec<UdpSocket>,
+    /// Stream listeners, with their ids (after the UDP sockets') and transports.
+    pub listeners: Vec<Listener>,
     /// What the core knows of each socket.
     pub locals: Vec<LocalSocket>,
     /// Mesh end and store of this shard.
     pub io: Option<ShardIo>,
     /// io_uring completion coalescing, µs (0: off).
     pub coalesce_us: u32,
+    /// Limits of stream connections.
+    pub conn: crate::transport::conn::ConnLimits,
+    /// TLS configurations (set by the caller when a listener needs them).
+    pub tls: Option<Arc<streams::TlsReload>>,
+}
+
+/// A stream listener of a shard.
+#[derive(Debug)]
+pub struct Listener {
+    /// Its id in the shard's socket table.
+    pub id: crate::transport::SocketId,
+    /// TCP, TLS, WS or WSS.
+    pub transport: crate::transport::Transport,
+    /// The bound, listening, nonblocking socket.
+    pub socket: std::net::TcpListener,
 }
 
 /// Why the runtime could not start.
@@ -381,10 +411,24 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
     let cpus = affinity::allowed_cpus().map_err(StartError::Affinity)?;
     let mut plans = Vec::with_capacity(cfg.shards);
     // The first shard binds port 0 listeners; the others reuse the port it got.
-    let mut listen_addrs: Vec<SocketAddr> = cfg.listen.iter().map(|l| l.addr).collect();
+    // UDP sockets first (their ids index the drivers' socket lists), then
+    // the stream listeners.
+    let mut listen_addrs: Vec<SocketAddr> = cfg
+        .listen
+        .iter()
+        .filter(|l| !l.transport.is_stream())
+        .map(|l| l.addr)
+        .collect();
+    let mut stream_addrs: Vec<(crate::transport::Transport, SocketAddr)> = cfg
+        .listen
+        .iter()
+        .filter(|l| l.transport.is_stream())
+        .map(|l| (l.transport, l.addr))
+        .collect();
     for id in 0..cfg.shards {
         let mut sockets = Vec::new();
         let mut locals = Vec::new();
+        let mut listeners = Vec::new();
         for addr in listen_addrs.iter_mut() {
             let (sock, granted) = socket::bind_udp(*addr, true, cfg.recv_buffer, cfg.send_buffer)
                 .map_err(|source| StartError::Bind {
@@ -421,13 +465,40 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
                 sockets.push(s2);
             }
         }
+        for (transport, addr) in stream_addrs.iter_mut() {
+            let l = socket::bind_tcp(*addr, 4096).map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            let bound = socket::tcp_local_addr(&l).map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            *addr = bound;
+            let advertised = SocketAddr::new(cfg.advertise.unwrap_or(bound.ip()), bound.port());
+            let sid = crate::transport::SocketId(u8::try_from(locals.len()).unwrap_or(u8::MAX));
+            locals.push(LocalSocket::listener(
+                *transport,
+                bound,
+                SocketRole::Public,
+                advertised,
+            ));
+            listeners.push(Listener {
+                id: sid,
+                transport: *transport,
+                socket: l,
+            });
+        }
         plans.push(ShardPlan {
             id: id as u16,
             cpu: cpus.get(id % cpus.len().max(1)).copied(),
             sockets,
+            listeners,
             locals,
             io: None,
             coalesce_us: cfg.coalesce_us,
+            conn: cfg.conn,
+            tls: None,
         });
     }
     Ok(plans)
@@ -503,20 +574,38 @@ fn run_shard<S: Service>(
     }
     let shard_id = plan.id;
     let mut io = plan.io.unwrap_or_else(ShardIo::none);
-    let stats = match driver {
-        DriverKind::Mio => {
-            mio::MioDriver::new(plan.sockets, io.wake_fd())?.run(&mut service, &mut io, stop)?
-        }
-        DriverKind::Uring => {
-            let mut d = uring::UringDriver::new(plan.sockets)?;
-            if !d.set_coalesce(plan.coalesce_us) {
+    let streams = (!plan.listeners.is_empty()).then(|| {
+        streams::Streams::new(
+            crate::transport::conn::Connections::new(plan.id, plan.conn),
+            plan.tls.clone(),
+        )
+    });
+    let stats =
+        match driver {
+            DriverKind::Mio => {
+                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
+                    .run(&mut service, &mut io, stop)?
+            }
+            DriverKind::Uring if !plan.listeners.is_empty() => {
+                // TODO(io_uring streams): until the io_uring driver serves
+                // stream sockets, a shard with stream listeners runs on mio.
                 tracing::warn!(
+                    shard = plan.id,
+                    "stream listeners: this shard runs the mio driver"
+                );
+                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
+                    .run(&mut service, &mut io, stop)?
+            }
+            DriverKind::Uring => {
+                let mut d = uring::UringDriver::new(plan.sockets)?;
+                if !d.set_coalesce(plan.coalesce_us) {
+                    tracing::warn!(
                     "io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it"
                 );
+                }
+                d.run(&mut service, &mut io, stop)?
             }
-            d.run(&mut service, &mut io, stop)?
-        }
-    };
+        };
     Ok(ShardReport {
         id: shard_id,
         driver: stats,

@@ -47,6 +47,31 @@ pub fn bind_udp(
     Ok((s.into(), granted))
 }
 
+/// Binds a nonblocking TCP listener on `addr` with SO_REUSEPORT (every
+/// shard listens on the public port; the kernel spreads connections).
+pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// The address a listener is bound to.
+pub fn tcp_local_addr(s: &std::net::TcpListener) -> io::Result<SocketAddr> {
+    s.local_addr()
+}
+
 /// The address a socket is bound to.
 pub fn local_addr(s: &UdpSocket) -> io::Result<SocketAddr> {
     SockRef::from(s)

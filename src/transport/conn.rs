@@ -751,6 +751,13 @@ impl Connections {
         None
     }
 
+    /// Puts `flow` back on the write list (its socket would block now).
+    pub fn requeue(&mut self, flow: FlowId) {
+        if self.conn(flow).is_some() {
+            self.dirty.push(flow);
+        }
+    }
+
     /// The bytes of `flow` not yet handed to the driver.
     pub fn output(&self, flow: FlowId) -> &[u8] {
         self.conn(flow)

@@ -2,7 +2,7 @@
 //!
 //! This module owns the TLS record layer of one stream connection: the
 //! handshake, encryption and decryption, alerts and close_notify. It knows
-//! nothing of SIP framing (that is [`super::stream`]) and nothing of sockets.
+//! nothing of SIP framing (that is `transport::stream`) and nothing of sockets.
 //!
 //! ```text
 //!  socket bytes ─► TlsSession::handle_input ─► plaintext (caller's Vec) ─► stream framer
@@ -43,6 +43,10 @@
 //!   resumption entries per [`ServerTls`] (TLS 1.2 session IDs and TLS 1.3
 //!   stateful tickets, a few hundred bytes each), a client up to 256 per
 //!   [`ClientTls`]; this is per configuration, not per session.
+//!
+//! Measured: an idle established server session holds about 6.3 KiB of heap
+//! (TLS 1.3 or 1.2, boxed `TlsSession` of 1.2 KiB included), most of it
+//! rustls' 4 KiB receive buffer.
 //!
 //! Steady-state allocation: rustls allocates per record it encrypts and
 //! decrypts (its queues hold `Vec<u8>` chunks); this layer adds none.
@@ -471,7 +475,8 @@ impl TlsSession {
     }
 
     /// Decrypts `data` (bytes read from the socket, any split); appends the
-    /// application data to `plaintext`, which grows by at most `data.len()`.
+    /// application data to `plaintext` (never more bytes than the ciphertext
+    /// received so far: a record is decrypted once it is whole).
     ///
     /// On `Err` the session is dead (later calls fail again): the caller
     /// sends what [`Self::poll_output`] gives (an alert), then closes.
@@ -502,10 +507,13 @@ impl TlsSession {
     }
 
     /// Queues `data` (one SIP message) for encryption; before the handshake
-    /// completes it waits inside rustls. Nothing of `data` is queued on `Err`:
-    /// [`TlsError::SendQueueFull`] when the bytes not yet taken by
-    /// [`Self::poll_output`] would pass the limit, [`TlsError::Closed`] after
-    /// [`Self::close`].
+    /// completes it waits inside rustls.
+    ///
+    /// [`TlsError::Closed`] after [`Self::close`]. [`TlsError::SendQueueFull`]
+    /// when the bytes not yet taken by [`Self::poll_output`] would pass the
+    /// limit: nothing of `data` is queued then, except in the rare case where
+    /// rustls' backstop limit cut it (handshake messages filled the slack);
+    /// either way the caller disconnects.
     pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
         if self.closing {
             return Err(TlsError::Closed);
