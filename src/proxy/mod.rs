@@ -375,6 +375,11 @@ pub struct Counters {
     pub handed_over: u64,
     /// REGISTERs taken over from another shard (counted there in `requests`).
     pub handed_in: u64,
+    /// Responses that came in on a connection of this shard for another
+    /// shard's client transaction, handed to it.
+    pub responses_handed_over: u64,
+    /// Responses taken over from another shard (counted there in `responses`).
+    pub responses_handed_in: u64,
     /// Registrar answers turned into 500 because the store write failed.
     pub store_failures: u64,
     /// Replica resyncs requested after a gap in a feed.
@@ -415,6 +420,8 @@ impl Counters {
         self.cancels += other.cancels;
         self.handed_over += other.handed_over;
         self.handed_in += other.handed_in;
+        self.responses_handed_over += other.responses_handed_over;
+        self.responses_handed_in += other.responses_handed_in;
         self.store_failures += other.store_failures;
         self.resyncs += other.resyncs;
         self.flood_dropped += other.flood_dropped;
@@ -425,7 +432,7 @@ impl Counters {
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 28] {
+    pub fn pairs(&self) -> [(&'static str, u64); 30] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -472,6 +479,14 @@ impl Counters {
             ("sipedge_proxy_cancels_total", self.cancels),
             ("sipedge_registrar_handed_over_total", self.handed_over),
             ("sipedge_registrar_handed_in_total", self.handed_in),
+            (
+                "sipedge_proxy_responses_handed_over_total",
+                self.responses_handed_over,
+            ),
+            (
+                "sipedge_proxy_responses_handed_in_total",
+                self.responses_handed_in,
+            ),
             (
                 "sipedge_registrar_store_failures_total",
                 self.store_failures,

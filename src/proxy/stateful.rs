@@ -208,8 +208,10 @@ impl Registry for NoRegistry {
 /// What shards send each other (see [`crate::shard::mesh`]).
 #[derive(Debug, Clone)]
 pub enum MeshMsg {
-    /// A request for a partition the receiver owns, as it reached the sender.
-    Request {
+    /// A request for a partition the receiver owns, or a response to a
+    /// client transaction the receiver owns (it came in on a connection of
+    /// the sender's), as it reached the sender.
+    Message {
         /// The message.
         bytes: Box<[u8]>,
         /// Where it came from (socket ids are the same on every shard).
@@ -674,7 +676,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             match owner {
                 Owner::Here => return self.register_here(now, msg, key, &via, src, out),
                 Owner::Shard(to) => {
-                    let m = MeshMsg::Request {
+                    let m = MeshMsg::Message {
                         bytes: msg.as_bytes().into(),
                         src,
                     };
@@ -1352,6 +1354,26 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 && self.txns.get(r.slot as usize).is_some_and(Option::is_some)
                 && self.id.is_local_addr(&via.host, via.port)
         });
+        if let Some(r) = r.filter(|r| {
+            r.shard != self.id.shard_id
+                && r.shard < self.shards
+                && self.id.is_local_addr(&via.host, via.port)
+        }) {
+            // A response to another shard's client transaction came in on a
+            // connection this shard owns (stream listeners are shared by
+            // every shard, unlike the per-shard UDP sockets in our Vias).
+            if self.mesh_out.len() < MESH_OUT_MAX {
+                let m = MeshMsg::Message {
+                    bytes: msg.as_bytes().into(),
+                    src,
+                };
+                self.mesh_out.push_back((usize::from(r.shard), m));
+                self.counters.responses_handed_over += 1;
+            } else {
+                self.counters.overload += 1;
+            }
+            return;
+        }
         let Some(r) = found else {
             if r.is_some() && msg.cseq().method == Method::Cancel {
                 // The answer to a CANCEL of ours whose context is gone: nobody upstream wants it.
@@ -1963,16 +1985,23 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
 
     fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
         match msg {
-            MeshMsg::Request { bytes, src } => {
+            MeshMsg::Message { bytes, src } => {
                 // Already admitted (flood) and counted by the shard that received it.
                 let Some(mut idx) = self.index.take() else {
                     return;
                 };
-                if let Ok(msg) = sip::parse(&bytes, &mut idx) {
-                    if msg.is_request() {
+                match sip::parse(&bytes, &mut idx) {
+                    Ok(msg) if msg.is_request() => {
                         self.counters.handed_in += 1;
                         self.on_request(now, &msg, src, out);
                     }
+                    Ok(msg) => {
+                        // Only a response whose branch names this shard is
+                        // handed over, so it cannot bounce back.
+                        self.counters.responses_handed_in += 1;
+                        self.on_response(now, &msg, src, out);
+                    }
+                    Err(_) => {}
                 }
                 self.index = Some(idx);
             }

@@ -238,15 +238,29 @@ pub(crate) fn relay_request(
         Some(Ok(u)) => u,
         Some(Err(_)) | None => uri,
     };
+    // RFC 5626 §5.3: a flow token of ours sends the request down that flow
+    // (an ACK or BYE toward a browser's `.invalid` contact), unless it came from there.
+    let token = routing
+        .flows
+        .iter()
+        .find(|(f, _)| !f.is_none() && *f != src.flow)
+        .copied();
     let hop = match &routing.next_route {
         Some(r) => route::uri_addr(r).map(|a| (route::uri_transport(r), a)),
         None if id.is_us(&uri) || id.is_served_uri(&uri) => None,
         None => route::uri_addr(&uri).map(|a| (route::uri_transport(&uri), a)),
     };
-    let (transport, dest) = match hop {
-        Some((t, a)) if id.serves(t) => (t, Some(a)),
-        Some((_, a)) => (Transport::Udp, Some(a)),
-        None => (Transport::Udp, cfg.upstream),
+    let (transport, dest) = match (token, hop) {
+        (Some((_, t)), _) => (
+            t,
+            Some(route::uri_addr(&uri).unwrap_or(SocketAddr::new(
+                core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED),
+                0,
+            ))),
+        ),
+        (None, Some((t, a))) if id.serves(t) => (t, Some(a)),
+        (None, Some((_, a))) => (Transport::Udp, Some(a)),
+        (None, None) => (Transport::Udp, cfg.upstream),
     };
     let Some(dest) = dest else {
         counters.dropped_unroutable += 1;
@@ -272,6 +286,7 @@ pub(crate) fn relay_request(
         return;
     }
 
+    let flow = token.map_or(FlowId::NONE, |(f, _)| f);
     let egress = id.egress(transport, dest, src.local);
     let Some(egress_sock) = id.socket(egress) else {
         counters.dropped_unroutable += 1;
@@ -281,7 +296,7 @@ pub(crate) fn relay_request(
         transport,
         remote: dest,
         local: egress,
-        flow: FlowId::NONE,
+        flow,
     };
     let br = branch::stateless(id, msg, &ess.top_via);
     let received = emit::needs_received(&ess.top_via, src.remote.ip()).then_some(Received {

@@ -116,6 +116,9 @@ def main():
     ap.add_argument("--hold", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--password", default=None, help="digest password of the account")
+    ap.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp",
+                    help="the UA's transport to sipedge (tls: --ca verifies the edge)")
+    ap.add_argument("--ca", default="", help="CA file to verify sipedge's TLS certificate")
     args = ap.parse_args()
 
     ua = Ua(args)
@@ -143,16 +146,28 @@ def main():
     tc.port = 0
     tc.boundAddress = "127.0.0.1"
     tc.publicAddress = "127.0.0.1"
-    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+    kind = {
+        "udp": pj.PJSIP_TRANSPORT_UDP,
+        "tcp": pj.PJSIP_TRANSPORT_TCP,
+        "tls": pj.PJSIP_TRANSPORT_TLS,
+    }[args.transport]
+    if args.transport == "tls":
+        tc.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+        if args.ca:
+            tc.tlsConfig.CaListFile = args.ca
+            tc.tlsConfig.verifyServer = True
+    tid = ep.transportCreate(kind, tc)
     ep.libStart()
     ep.audDevManager().setNullDev()
     say(args.role, f"pjsua2 {ep.libVersion().full} on {ep.transportGetInfo(tid).localName}")
 
     acfg = pj.AccountConfig()
     acfg.idUri = f"sip:{args.role}@{args.domain}"
-    acfg.regConfig.registrarUri = f"sip:{args.domain}"
+    acfg.regConfig.registrarUri = f"sip:{args.domain}" + (
+        "" if args.transport == "udp" else f";transport={args.transport}")
     acfg.regConfig.timeoutSec = 300
-    acfg.sipConfig.proxies.append(f"sip:{args.proxy};lr")
+    tparam = "" if args.transport == "udp" else f";transport={args.transport}"
+    acfg.sipConfig.proxies.append(f"sip:{args.proxy};lr{tparam}")
     acfg.sipConfig.transportId = tid
     if args.password is not None:
         # Plain-text password (data type 0), any realm.
