@@ -372,6 +372,8 @@ pub struct Config {
     pub domains: Vec<String>,
     /// Next hop for what is not ours.
     pub upstream: Option<SocketAddr>,
+    /// Its transport (`;transport=` of `upstream`, UDP by default).
+    pub upstream_transport: Transport,
     /// Run the stateless relay.
     pub stateless: bool,
     /// I/O driver choice.
@@ -546,6 +548,10 @@ impl FileConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let upstream = self.upstream.as_deref().map(parse_upstream).transpose()?;
+        let upstream_transport = match self.upstream.as_deref() {
+            Some(u) => upstream_transport(u)?,
+            None => Transport::Udp,
+        };
         let io = self
             .io
             .as_deref()
@@ -585,6 +591,7 @@ impl FileConfig {
             shards,
             domains,
             upstream,
+            upstream_transport,
             stateless: self.stateless.unwrap_or(false),
             io,
             log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
@@ -635,10 +642,31 @@ impl FileConfig {
     }
 }
 
+/// The transport of an upstream URI: its `;transport=` parameter, TLS for
+/// `sips:`, else UDP.
+pub fn upstream_transport(s: &str) -> Result<Transport, ConfigError> {
+    let mut params = s.split(';');
+    let base = params.next().unwrap_or_default();
+    let mut t = if base.starts_with("sips:") {
+        Transport::Tls
+    } else {
+        Transport::Udp
+    };
+    for p in params {
+        if let Some(v) = p.strip_prefix("transport=") {
+            t = Transport::from_token(v).ok_or_else(|| ConfigError::BadUpstream(s.to_owned()))?;
+        }
+    }
+    Ok(t)
+}
+
 /// Parses `sip:HOST:PORT` (or `HOST:PORT`), resolving a name once, at start.
 pub fn parse_upstream(s: &str) -> Result<SocketAddr, ConfigError> {
     let bad = || ConfigError::BadUpstream(s.to_owned());
-    let rest = s.strip_prefix("sip:").unwrap_or(s);
+    let rest = s
+        .strip_prefix("sip:")
+        .or_else(|| s.strip_prefix("sips:"))
+        .unwrap_or(s);
     let rest = rest.split(';').next().unwrap_or(rest);
     if let Ok(a) = rest.parse::<SocketAddr>() {
         return Ok(a);
@@ -733,5 +761,21 @@ mod tests {
             "127.0.0.1:5060"
         );
         assert!(parse_upstream("sip:no-such-host.invalid:5060").is_err());
+        assert_eq!(
+            parse_upstream("sip:127.0.0.1:5080;transport=tcp")
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:5080"
+        );
+        assert_eq!(
+            upstream_transport("sip:127.0.0.1:5080;transport=tcp").unwrap(),
+            Transport::Tcp
+        );
+        assert_eq!(
+            upstream_transport("sips:127.0.0.1:5081").unwrap(),
+            Transport::Tls
+        );
+        assert_eq!(upstream_transport("sip:127.0.0.1").unwrap(), Transport::Udp);
+        assert!(upstream_transport("sip:127.0.0.1;transport=sctp").is_err());
     }
 }

@@ -250,6 +250,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let handles = if cfg.stateless {
         let relay_cfg = stateless::Config {
             upstream: cfg.upstream,
+            upstream_transport: cfg.upstream_transport,
             record_route: cfg.record_route,
             parse: cfg.parse.clone(),
         };
@@ -453,6 +454,7 @@ fn start_stateful(
     let sec = Security::load(cfg)?;
     let proxy_cfg = stateful::Config {
         upstream: cfg.upstream,
+        upstream_transport: cfg.upstream_transport,
         record_route: cfg.stateful_record_route,
         timers: cfg.timers,
         max_transactions: cfg.max_transactions,

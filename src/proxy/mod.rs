@@ -394,6 +394,8 @@ pub struct Counters {
     pub policy_denied: u64,
     /// Requests sent over UDP because we have no listener of the transport their target asked for.
     pub transport_fallbacks: u64,
+    /// Requests over 1300 bytes sent over TCP instead of UDP (RFC 3261 §18.1.1).
+    pub transport_upgrades: u64,
 }
 
 impl Counters {
@@ -429,10 +431,11 @@ impl Counters {
         self.auth_throttled += other.auth_throttled;
         self.policy_denied += other.policy_denied;
         self.transport_fallbacks += other.transport_fallbacks;
+        self.transport_upgrades += other.transport_upgrades;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 30] {
+    pub fn pairs(&self) -> [(&'static str, u64); 31] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -499,6 +502,10 @@ impl Counters {
             (
                 "sipedge_proxy_transport_fallbacks_total",
                 self.transport_fallbacks,
+            ),
+            (
+                "sipedge_proxy_transport_upgrades_total",
+                self.transport_upgrades,
             ),
         ]
     }

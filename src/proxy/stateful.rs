@@ -66,6 +66,8 @@ use crate::policy::overload::{Admission, Load};
 pub struct Config {
     /// Next hop for requests not for a served domain that name no address.
     pub upstream: Option<SocketAddr>,
+    /// The upstream's transport.
+    pub upstream_transport: Transport,
     /// Record-Route dialog-creating requests (on by default).
     pub record_route: bool,
     /// T1, T2, T4 and Timer C.
@@ -84,6 +86,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             upstream: None,
+            upstream_transport: Transport::Udp,
             record_route: true,
             timers: TimerConfig::default(),
             max_transactions: 1 << 20,
@@ -460,6 +463,10 @@ impl std::hash::Hasher for KeyHasher {
 
 const SCRATCH: usize = crate::transport::MAX_DATAGRAM;
 
+/// The largest request sent over UDP to a peer whose path MTU is unknown
+/// (RFC 3261 §18.1.1); larger ones go over TCP.
+const UDP_MAX_REQUEST: usize = 1300;
+
 /// The stateful proxy of one shard.
 pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
     id: Identity,
@@ -511,6 +518,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     pub fn new(id: Identity, cfg: Config, location: L, registry: R) -> Self {
         let relay = stateless::Config {
             upstream: cfg.upstream,
+            upstream_transport: cfg.upstream_transport,
             record_route: false,
             parse: cfg.parse.clone(),
         };
@@ -733,9 +741,15 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     None,
                     FlowId::NONE,
                 ),
-                None if self.cfg.upstream.is_some() => {
-                    self.targets.push(b"", b"", self.cfg.upstream, 1000)
-                }
+                None if self.cfg.upstream.is_some() => self.targets.push_over(
+                    b"",
+                    b"",
+                    self.cfg.upstream,
+                    1000,
+                    self.cfg.upstream_transport,
+                    None,
+                    FlowId::NONE,
+                ),
                 None => {
                     self.counters.dropped_unroutable += 1;
                     self.reply(
@@ -774,11 +788,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             }
         } else {
             let (dest, transport) = if self.id.is_us(&uri) || self.id.is_served_uri(&uri) {
-                (self.cfg.upstream, Transport::Udp)
+                (self.cfg.upstream, self.cfg.upstream_transport)
             } else {
                 match route::uri_addr(&uri) {
                     Some(a) => (Some(a), route::uri_transport(&uri)),
-                    None => (self.cfg.upstream, Transport::Udp),
+                    None => (self.cfg.upstream, self.cfg.upstream_transport),
                 }
             };
             match dest {
@@ -872,109 +886,131 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             port: src.remote.port(),
         });
         let n_targets = self.targets.len().min(self.cfg.max_forks);
-        for i in 0..n_targets {
+        let mut too_large = false;
+        'targets: for i in 0..n_targets {
             let Some(t) = self.targets.as_slice().get(i).cloned() else {
                 break;
             };
             let Some(dest) = t.dest.or(self.cfg.upstream) else {
                 continue;
             };
-            let mut transport = t.socket.map_or(t.transport, |s| self.id.transport_of(s));
-            if !self.id.serves(transport) {
-                // No listener of that transport to name in our Via: the
-                // best we can do is UDP (counted, as a carrier wants to see it).
-                self.counters.transport_fallbacks += 1;
-                transport = Transport::Udp;
-            }
-            let egress = self.id.egress(transport, dest, src.local);
-            let Some(egress_sock) = self.id.socket(egress).cloned() else {
-                continue;
-            };
-            let to = Peer {
-                transport,
-                remote: dest,
-                local: egress,
-                flow: t.flow,
-            };
-            // RFC 5658: where the transport changes, or a flow must be
-            // named (RFC 5626 §5.3), Record-Route twice: the first value
-            // faces the next hop, the second the previous one.
-            let mut rr1 = [0u8; 256];
-            let mut rr2 = [0u8; 256];
-            let (rr, rr_in) = match &ingress {
-                Some(ing) if record_route => {
-                    if transport == Transport::Udp && src.transport == Transport::Udp {
-                        (Some(ing.rr_uri()), None)
-                    } else {
-                        let out_sock = self
-                            .id
-                            .public_of(transport, dest.ip())
-                            .unwrap_or(&egress_sock);
-                        let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
-                        let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
-                        (Some(a), Some(b))
+            // §18.1.1: a request larger than 1300 bytes (path MTU unknown)
+            // goes over a congestion-controlled transport: TCP where we have
+            // a TCP listener, else the branch fails with 513.
+            let mut force_tcp = false;
+            let (to, bytes) = loop {
+                let mut transport = if force_tcp {
+                    Transport::Tcp
+                } else {
+                    t.socket.map_or(t.transport, |s| self.id.transport_of(s))
+                };
+                if !self.id.serves(transport) {
+                    // No listener of that transport to name in our Via: the
+                    // best we can do is UDP (counted, as a carrier wants to see it).
+                    self.counters.transport_fallbacks += 1;
+                    transport = Transport::Udp;
+                }
+                let egress = self.id.egress(transport, dest, src.local);
+                let Some(egress_sock) = self.id.socket(egress).cloned() else {
+                    continue 'targets;
+                };
+                let to = Peer {
+                    transport,
+                    remote: dest,
+                    local: egress,
+                    flow: t.flow,
+                };
+                // RFC 5658: where the transport changes, or a flow must be
+                // named (RFC 5626 §5.3), Record-Route twice: the first value
+                // faces the next hop, the second the previous one.
+                let mut rr1 = [0u8; 256];
+                let mut rr2 = [0u8; 256];
+                let (rr, rr_in) = match &ingress {
+                    Some(ing) if record_route => {
+                        if transport == Transport::Udp && src.transport == Transport::Udp {
+                            (Some(ing.rr_uri()), None)
+                        } else {
+                            let out_sock = self
+                                .id
+                                .public_of(transport, dest.ip())
+                                .unwrap_or(&egress_sock);
+                            let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
+                            let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
+                            (Some(a), Some(b))
+                        }
                     }
-                }
-                _ => (None, None),
-            };
-            let br = Branch::transaction(
-                TxnRef {
-                    shard: self.id.shard_id,
-                    slot,
-                    gen,
-                    fork: i as u8,
-                },
-                loop_hash,
-            );
-            let mut route_line = [0u8; 1024];
-            let route_len = if t.route.is_empty() {
-                0
-            } else {
-                let mut w = sip::Writer::new(&mut route_line);
-                let ok =
-                    w.put(b"Route: ").is_ok() && w.put(&t.route).is_ok() && w.put(b"\r\n").is_ok();
-                if ok {
-                    w.len()
-                } else {
+                    _ => (None, None),
+                };
+                let br = Branch::transaction(
+                    TxnRef {
+                        shard: self.id.shard_id,
+                        slot,
+                        gen,
+                        fork: i as u8,
+                    },
+                    loop_hash,
+                );
+                let mut route_line = [0u8; 1024];
+                let route_len = if t.route.is_empty() {
                     0
-                }
-            };
-            let mut strict_line = [0u8; 1024];
-            let strict = routing
-                .append_route
-                .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
-            let append_len = route_len + strict.len();
-            if let Some(d) = route_line.get_mut(route_len..append_len) {
-                d.copy_from_slice(strict);
-            }
-            let edits = Edits {
-                request_uri: if t.uri.is_empty() {
-                    routing.request_uri
                 } else {
-                    Some(t.uri.as_slice())
-                },
-                push_via: Some(NewVia {
-                    transport: transport.via_token(),
-                    host: egress_sock.via_host(),
-                    port: egress_sock.advertised.port(),
-                    branch: br.as_bytes(),
-                    rport: true,
-                }),
-                received,
-                max_forwards: MaxForwardsEdit::Decrement,
-                record_route: rr,
-                record_route2: rr_in,
-                pop_route: routing.pop_route,
-                pop_second_route: routing.pop_second_route,
-                pop_last_route: routing.pop_last_route,
-                append: route_line.get(..append_len).unwrap_or_default(),
-                ..Edits::default()
+                    let mut w = sip::Writer::new(&mut route_line);
+                    let ok = w.put(b"Route: ").is_ok()
+                        && w.put(&t.route).is_ok()
+                        && w.put(b"\r\n").is_ok();
+                    if ok {
+                        w.len()
+                    } else {
+                        0
+                    }
+                };
+                let mut strict_line = [0u8; 1024];
+                let strict = routing
+                    .append_route
+                    .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
+                let append_len = route_len + strict.len();
+                if let Some(d) = route_line.get_mut(route_len..append_len) {
+                    d.copy_from_slice(strict);
+                }
+                let edits = Edits {
+                    request_uri: if t.uri.is_empty() {
+                        routing.request_uri
+                    } else {
+                        Some(t.uri.as_slice())
+                    },
+                    push_via: Some(NewVia {
+                        transport: transport.via_token(),
+                        host: egress_sock.via_host(),
+                        port: egress_sock.advertised.port(),
+                        branch: br.as_bytes(),
+                        rport: true,
+                    }),
+                    received,
+                    max_forwards: MaxForwardsEdit::Decrement,
+                    record_route: rr,
+                    record_route2: rr_in,
+                    pop_route: routing.pop_route,
+                    pop_second_route: routing.pop_second_route,
+                    pop_last_route: routing.pop_last_route,
+                    append: route_line.get(..append_len).unwrap_or_default(),
+                    ..Edits::default()
+                };
+                let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
+                    self.counters.dropped_overflow += 1;
+                    continue 'targets;
+                };
+                if to.transport == Transport::Udp && to.flow.is_none() && n > UDP_MAX_REQUEST {
+                    if !force_tcp && self.id.serves(Transport::Tcp) {
+                        force_tcp = true;
+                        self.counters.transport_upgrades += 1;
+                        continue;
+                    }
+                    too_large = true;
+                    continue 'targets;
+                }
+                let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+                break (to, bytes);
             };
-            let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
-                self.counters.dropped_overflow += 1;
-                continue;
-            };
-            let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
             self.send(out, to, &bytes);
             self.counters.requests_forwarded += 1;
             let (client, arm) = if invite {
@@ -1003,7 +1039,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         }
         if txn.forks.is_empty() {
             // Every target failed to be written: answer for them.
-            txn.best = None;
+            txn.best = if too_large {
+                self.local_final(&txn, 513).map(|b| (513, b))
+            } else {
+                None
+            };
             self.put(slot, txn);
             self.finish(now, slot, out);
             return;
@@ -1632,6 +1672,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             408 => "Request Timeout",
             487 => "Request Terminated",
             500 => "Server Internal Error",
+            513 => "Message Too Large",
             _ => "Error",
         };
         let built = match sip::parse(req, &mut idx) {

@@ -36,6 +36,8 @@ pub struct Config {
     /// Next hop for requests that name no reachable address (and, with no
     /// location service in this mode, for requests to served domains).
     pub upstream: Option<SocketAddr>,
+    /// The upstream's transport.
+    pub upstream_transport: Transport,
     /// Add Record-Route (off by default: a stateless relay rarely needs to
     /// stay on the path of the dialog).
     pub record_route: bool,
@@ -260,7 +262,7 @@ pub(crate) fn relay_request(
         ),
         (None, Some((t, a))) if id.serves(t) => (t, Some(a)),
         (None, Some((_, a))) => (Transport::Udp, Some(a)),
-        (None, None) => (Transport::Udp, cfg.upstream),
+        (None, None) => (cfg.upstream_transport, cfg.upstream),
     };
     let Some(dest) = dest else {
         counters.dropped_unroutable += 1;

@@ -63,8 +63,10 @@ pub fn have_peer(program: &str) -> bool {
 /// A running sipedge process.
 pub struct Proxy {
     child: Option<Child>,
-    /// Its public listen address.
+    /// Its public UDP listen address (else its first listener's).
     pub addr: SocketAddr,
+    /// Every listener: (transport, address).
+    pub listen: Vec<(String, SocketAddr)>,
     lines: mpsc::Receiver<String>,
     /// Everything it logged so far.
     pub log: Vec<String>,
@@ -96,23 +98,44 @@ impl Proxy {
         });
         let mut log = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
+        let addr: Vec<(String, SocketAddr)> = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("sipedge did not start: {log:#?}"));
             log.push(line.clone());
-            if let Some(rest) = line.split("listen=udp:").nth(1) {
-                let a = rest.split([' ', ',']).next().unwrap();
-                break a.parse().unwrap();
+            if let Some(rest) = line.split(" listen=").nth(1) {
+                let list = rest.split(' ').next().unwrap();
+                break list
+                    .split(',')
+                    .map(|l| {
+                        let (t, a) = l.split_once(':').unwrap();
+                        (t.to_owned(), a.parse::<SocketAddr>().unwrap())
+                    })
+                    .collect::<Vec<_>>();
             }
         };
         Self {
             child: Some(child),
-            addr,
+            addr: addr
+                .iter()
+                .find(|(t, _)| t == "udp")
+                .or(addr.first())
+                .unwrap()
+                .1,
+            listen: addr,
             lines: rx,
             log,
         }
+    }
+
+    /// The address of its listener of `transport` (`udp`, `tcp`, `tls`, `ws`, `wss`).
+    pub fn listener(&self, transport: &str) -> SocketAddr {
+        self.listen
+            .iter()
+            .find(|(t, _)| t == transport)
+            .unwrap_or_else(|| panic!("no {transport} listener in {:?}", self.listen))
+            .1
     }
 
     /// Sends SIGTERM and waits for the exit; returns (exit success, time taken).

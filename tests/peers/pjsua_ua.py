@@ -14,6 +14,14 @@ at sipedge, which is also its outbound proxy (as a phone configured with
                 --hold seconds; when DISCONNECTED send a MESSAGE to bob; exit
                 0 when it got its 200.
 
+  --user NAME / --target NAME   the account (default: the role's name) and
+                whom alice calls and messages (default bob).
+  --hangup S    bob hangs up himself S seconds after CONFIRMED (the BYE
+                comes from the callee), instead of waiting for the caller's.
+  --wait-message  alice first waits for a MESSAGE to arrive, then calls.
+  --transport udp|tcp|tls, --ca FILE   the UA's transport to the edge (tls:
+                verify the edge's certificate with FILE).
+
 With --password the account answers digest challenges (401 to its REGISTER,
 407 to its INVITE and MESSAGE) with that password, for any realm
 (tests/security.rs); without it, it sends no credentials.
@@ -116,6 +124,12 @@ def main():
     ap.add_argument("--hold", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--password", default=None, help="digest password of the account")
+    ap.add_argument("--user", default=None, help="account name (default: the role)")
+    ap.add_argument("--target", default="bob", help="whom alice calls and messages")
+    ap.add_argument("--hangup", type=float, default=None,
+                    help="bob: hang up S seconds after CONFIRMED")
+    ap.add_argument("--wait-message", action="store_true",
+                    help="alice: call only after a MESSAGE arrived")
     ap.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp",
                     help="the UA's transport to sipedge (tls: --ca verifies the edge)")
     ap.add_argument("--ca", default="", help="CA file to verify sipedge's TLS certificate")
@@ -162,7 +176,8 @@ def main():
     say(args.role, f"pjsua2 {ep.libVersion().full} on {ep.transportGetInfo(tid).localName}")
 
     acfg = pj.AccountConfig()
-    acfg.idUri = f"sip:{args.role}@{args.domain}"
+    user = args.user or args.role
+    acfg.idUri = f"sip:{user}@{args.domain}"
     acfg.regConfig.registrarUri = f"sip:{args.domain}" + (
         "" if args.transport == "udp" else f";transport={args.transport}")
     acfg.regConfig.timeoutSec = 300
@@ -171,7 +186,7 @@ def main():
     acfg.sipConfig.transportId = tid
     if args.password is not None:
         # Plain-text password (data type 0), any realm.
-        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.role, 0, args.password))
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, args.password))
     acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
     acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
     acfg.natConfig.iceEnabled = False
@@ -191,7 +206,13 @@ def main():
             break
         if ua.reg_code != 200:
             continue
+        target = f"sip:{args.target}@{args.domain}"
         if args.role == "bob":
+            if (args.hangup is not None and ua.confirmed and not ua.hung_up
+                    and not ua.disconnected and time.monotonic() - ua.confirmed >= args.hangup):
+                ua.hung_up = True
+                say(args.role, "hanging up")
+                ua.call.hangup(pj.CallOpParam())
             if ua.confirmed and ua.disconnected and ua.message is not None:
                 code = 0
                 break
@@ -201,10 +222,12 @@ def main():
                 break
         else:
             if ua.call is None:
+                if args.wait_message and ua.message is None:
+                    continue
                 ua.call = Call(ua, acc)
                 prm = pj.CallOpParam(True)
-                ua.call.makeCall(f"sip:bob@{args.domain}", prm)
-                say(args.role, f"calling sip:bob@{args.domain}")
+                ua.call.makeCall(target, prm)
+                say(args.role, f"calling {target}")
             elif ua.disconnected and not ua.confirmed:
                 say(args.role, f"FAIL: call failed with {ua.last_code}")
                 code = 1
@@ -216,12 +239,12 @@ def main():
             elif ua.disconnected and not ua.message_sent:
                 ua.message_sent = True
                 bcfg = pj.BuddyConfig()
-                bcfg.uri = f"sip:bob@{args.domain}"
+                bcfg.uri = target
                 bcfg.subscribe = False
                 buddy = pj.Buddy()
                 buddy.create(acc, bcfg)
                 mprm = pj.SendInstantMessageParam()
-                mprm.content = "hello bob, from pjsua2"
+                mprm.content = f"hello {args.target}, from pjsua2"
                 buddy.sendInstantMessage(mprm)
                 say(args.role, "MESSAGE sent")
             elif ua.message_code is not None:
