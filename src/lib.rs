@@ -36,6 +36,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod hash;
 pub mod location;
 pub mod policy;
 pub mod proxy;

@@ -71,7 +71,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use crate::location::hash::hash_bytes;
+use crate::hash::hash_bytes;
 use crate::policy::rate::{Gcra, Hit, RateTable};
 use crate::sip::{Credentials, EmitError, HeaderName, Host, Message, Method, Uri, Writer};
 use crate::time::{Duration, Instant};

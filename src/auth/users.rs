@@ -32,7 +32,7 @@
 use serde::Deserialize;
 
 use super::digest::{self, HashFn, Hex};
-use crate::location::hash::hash_bytes;
+use crate::hash::hash_bytes;
 
 /// Where the verifier gets HA1s from.
 pub trait UserDirectory {

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 
 use super::binding::{u16_at, u64_at, Binding, BindingError};
-use super::hash::KeyHash;
+use crate::hash::KeyHash;
 
 /// One change of one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,14 +40,13 @@
 
 pub mod binding;
 pub mod feed;
-pub mod hash;
 mod prefetch;
 pub mod replica;
 mod table;
 
+pub use crate::hash::{partition_of, KeyHash};
 pub use binding::{Binding, BindingError, BindingParts, Target};
 pub use feed::{EmptyAor, FeedError, Op, PartitionState, Record, StateBuilder};
-pub use hash::{partition_of, KeyHash};
 pub use replica::{Applied, ApplyError, Bindings, Lookup, Replica, Snapshot};
 
 use crate::sip::{scan, Host, Scheme, Uri};

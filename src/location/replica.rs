@@ -42,8 +42,8 @@
 
 use super::binding::{u16_at, u64_at, Binding, Target, ROUTE_FIXED};
 use super::feed::{Op, PartitionState, Record};
-use super::hash::partition_of;
 use super::table::{Keyed, Table};
+use crate::hash::partition_of;
 
 const BLOCK_HEADER: usize = 6;
 

@@ -20,8 +20,8 @@
 //! chain back (no tombstones), so a long-lived table never degrades.
 //! Nothing here panics; every index is masked or checked.
 
-use super::hash::hash_bytes;
 use super::prefetch::prefetch;
+use crate::hash::hash_bytes;
 
 /// One table entry: an AoR block whose first bytes give its key.
 pub(crate) trait Keyed {

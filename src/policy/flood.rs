@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 use super::net::{self, NetSet};
 use super::rate::{Gcra, Hit, RateTable};
-use crate::location::hash::hash_bytes;
+use crate::hash::hash_bytes;
 use crate::time::{Duration, Instant};
 
 /// `[flood]` as written in the config file.

@@ -25,6 +25,7 @@
 use crate::sip::{Message, Via};
 
 use super::Identity;
+pub use crate::hash::Hasher;
 
 /// The magic cookie and our marker: every branch we add starts with it.
 pub const PREFIX: &[u8] = b"z9hG4bKse";
@@ -171,47 +172,6 @@ fn loop_hash_of(branch: &[u8]) -> Option<&[u8]> {
 /// True when `branch` looks like one we generate.
 pub fn is_ours(branch: &[u8]) -> bool {
     shard_of(branch).is_some()
-}
-
-/// A keyed FNV-1a-style 64-bit hash with a final avalanche (no allocation,
-/// ~1 ns/byte). Not a MAC: the key only makes branches unpredictable across
-/// deployments.
-#[derive(Debug, Clone, Copy)]
-pub struct Hasher(u64);
-
-impl Hasher {
-    /// A hasher keyed with `secret`.
-    pub fn new(secret: u64) -> Self {
-        Self(0xcbf2_9ce4_8422_2325 ^ secret.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-    }
-
-    /// Mixes in `bytes` and a separator (so `ab|c` differs from `a|bc`).
-    pub fn write(&mut self, bytes: &[u8]) -> &mut Self {
-        let mut h = self.0;
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        self.0 = h.wrapping_mul(0x0000_0100_0000_01b3);
-        self
-    }
-
-    /// Mixes in a number.
-    pub fn write_u64(&mut self, v: u64) -> &mut Self {
-        self.write(&v.to_le_bytes())
-    }
-
-    /// The hash.
-    pub fn finish(&self) -> u64 {
-        // murmur3 fmix64
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
 }
 
 /// The stateless branch for `msg` arriving with top Via `via` (§16.11).

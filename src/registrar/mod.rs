@@ -74,7 +74,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use crate::location::hash::hash_bytes;
+use crate::hash::hash_bytes;
 use crate::location::{
     partition_of, AorError, AorKey, Binding, BindingParts, EmptyAor, KeyHash, Op, PartitionState,
     Record,

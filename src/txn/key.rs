@@ -11,7 +11,7 @@
 //! it; an accidental collision among 2^16 live transactions has a
 //! probability near 2^-33.
 
-use crate::proxy::branch::Hasher;
+use crate::hash::Hasher;
 use crate::sip::{Message, Method, Via};
 
 /// Which server transaction a request belongs to, by method (§17.2.3).
