@@ -30,6 +30,7 @@ mod invite_client;
 mod invite_server;
 pub mod key;
 mod server;
+pub mod table;
 
 pub use client::{NonInviteClient, NonInviteClientState};
 pub use invite_client::{InviteClient, InviteClientState};

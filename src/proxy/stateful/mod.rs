@@ -1,0 +1,829 @@
+//! The transaction-stateful proxy (RFC 3261 §16), the default mode.
+//!
+//! Every request that is not an ACK or a CANCEL opens a server transaction
+//! and one client transaction per target (a fork); the response context
+//! picks the best final response (§16.7) and forwards every 2xx.
+//!
+//! ```text
+//!  request ─► retransmission of a live one? ─ yes ─► replay the last response (§17.2)
+//!     │ no
+//!     ├─ §16.3: Max-Forwards 0 → 483 · loop → 482 · Proxy-Require → 420 · OPTIONS to us → 200
+//!     ├─ REGISTER for a served domain ─► registrar hook
+//!     ├─ targets (§16.5): first Route left │ served domain → location (404 / 480 / contacts)
+//!     │                   │ the Request-URI's address │ the upstream
+//!     ├─ table full → 503 Retry-After
+//!     └─ server txn (INVITE: 100 Trying) + a client txn per target, forwarded (§16.6)
+//!  response ─► our transaction branch? ─ no ─► stateless relay (§16.7: no context)
+//!     │ yes: client txn (ACK of non-2xx is built here)
+//!     ├─ 1xx (not 100): forward; Timer C; a wanted CANCEL goes now
+//!     ├─ 2xx: forward at once (all of them); CANCEL the other forks
+//!     └─ 3xx–6xx: keep the best (6xx first, then the lowest class); 6xx cancels the
+//!        others; when every fork is final: send the best (503 → 500; none → 408)
+//!  CANCEL ─► its INVITE's context? ─ yes: 200, then CANCEL each pending fork (§16.10)
+//!                                 └ no: stateless relay
+//!  ACK    ─► its INVITE's server txn (non-2xx): absorbed · else (2xx): stateless relay
+//! ```
+//!
+//! Where it lives: the phases of a new request in [`request`] (one
+//! function each, in the order a request meets them), responses and the
+//! response context in [`response`], timers in [`timer`], the registrar's
+//! seam in [`registrar`]; the transaction table is [`crate::txn::table`].
+//!
+//! Memory: a transaction keeps the request and each forwarded copy only
+//! while something may need them (retransmission, ACK, CANCEL, a local
+//! final response); once final, it shrinks to its state and the response it
+//! may have to replay. The table is bounded ([`Config::max_transactions`]).
+
+use core::net::SocketAddr;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::location::{PartitionState, Record};
+use crate::sip::{
+    self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia,
+    ParseConfig, Received, ResponseSpec, Via,
+};
+use crate::time::Instant;
+use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
+use crate::txn::key::{server_key, KeyMethod};
+use crate::txn::table::Table;
+use crate::txn::{
+    Action, Arm, InviteClient, InviteClientState, InviteServer, InviteServerState, NonInviteClient,
+    NonInviteClientState, NonInviteServer, NonInviteServerState, TimerConfig, TimerName,
+};
+use crate::wheel::Wheel;
+
+use super::branch::{self, Branch, TxnRef};
+use super::guard::Guard;
+use super::{flow, reject, route, stateless, Counters, Identity, Service};
+
+mod registrar;
+mod request;
+mod response;
+mod timer;
+
+/// A placeholder remote for a send down a flow whose peer has no address
+/// we know (a browser's `.invalid` contact): the flow names the connection.
+const UNSPECIFIED: SocketAddr =
+    SocketAddr::new(core::net::IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED), 0);
+use crate::auth::gate::{gate, Gate, CHALLENGE_BUF};
+use crate::policy::overload::{Admission, Load};
+
+/// Settings of the stateful proxy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Next hop for requests not for a served domain that name no address.
+    pub upstream: Option<SocketAddr>,
+    /// The upstream's transport.
+    pub upstream_transport: Transport,
+    /// Record-Route dialog-creating requests (on by default).
+    pub record_route: bool,
+    /// T1, T2, T4 and Timer C.
+    pub timers: TimerConfig,
+    /// Most live transactions per shard; beyond it, 503.
+    pub max_transactions: usize,
+    /// Most forks of one request.
+    pub max_forks: usize,
+    /// Retry-After of the 503 sent when the table is full, in seconds.
+    pub retry_after: u32,
+    /// Parser limits.
+    pub parse: ParseConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            upstream: None,
+            upstream_transport: Transport::Udp,
+            record_route: true,
+            timers: TimerConfig::default(),
+            max_transactions: 1 << 20,
+            max_forks: 16,
+            retry_after: 5,
+            parse: ParseConfig::default(),
+        }
+    }
+}
+
+/// What a location lookup found for an address-of-record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No such user: 404.
+    Unknown,
+    /// A user we know, with no live binding: 480.
+    NoBindings,
+    /// Live bindings, pushed into the [`Targets`].
+    Contacts,
+}
+
+/// The location service as the proxy sees it: each shard's replica, fed by
+/// the partition owners' change records.
+pub trait Location {
+    /// Looks up `aor` (`user@domain`, domain lower-case) at wall-clock
+    /// `wall_us`, pushing each live contact into `out` (highest q first).
+    fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found;
+
+    /// Applies one change record; `Err(partition)` when records of that
+    /// partition were missed and its state must be installed again.
+    fn apply(&mut self, record: &Record) -> Result<(), u16> {
+        let _ = record;
+        Ok(())
+    }
+
+    /// Replaces one partition's state (after a gap).
+    fn install(&mut self, state: &PartitionState) {
+        let _ = state;
+    }
+}
+
+/// A location service that knows nobody (stateful proxying without a registrar).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLocation;
+
+impl Location for NoLocation {
+    fn lookup(&self, _aor: &[u8], _wall_us: u64, _out: &mut Targets) -> Found {
+        Found::Unknown
+    }
+}
+
+/// Who handles a REGISTER for a served domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This shard's registrar.
+    Here,
+    /// The registrar of another shard: hand the request over.
+    Shard(u16),
+    /// Nobody: proxy it like any request.
+    Nobody,
+}
+
+/// The registrar side of a shard: its partition of the bindings.
+pub trait Registry {
+    /// Which shard's registrar owns the AoR of REGISTER `msg`.
+    fn owner(&self, msg: &Message<'_>) -> Owner;
+
+    /// Handles a REGISTER this shard owns, writing the whole response into
+    /// `reply`; returns (length, status), `None` if it wrote nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn handle_register(
+        &mut self,
+        now: Instant,
+        wall_us: u64,
+        msg: &Message<'_>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Option<(usize, u16)>;
+
+    /// Moves the change records made since the last call into `out`.
+    fn drain_records(&mut self, out: &mut Vec<Record>) {
+        let _ = out;
+    }
+
+    /// Binding expiries.
+    fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
+        let _ = (now, wall_us);
+    }
+
+    /// When [`Registry::handle_timeout`] has something to do.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// This registrar's whole partition (for compaction and replica resync).
+    fn state(&self) -> Option<PartitionState> {
+        None
+    }
+}
+
+/// No registrar: REGISTERs are proxied like other requests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRegistry;
+
+impl Registry for NoRegistry {
+    fn owner(&self, _: &Message<'_>) -> Owner {
+        Owner::Nobody
+    }
+
+    fn handle_register(
+        &mut self,
+        _: Instant,
+        _: u64,
+        _: &Message<'_>,
+        _: &Peer,
+        _: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        None
+    }
+}
+
+/// What shards send each other (see [`crate::shard::mesh`]).
+#[derive(Debug, Clone)]
+pub enum MeshMsg {
+    /// A request for a partition the receiver owns, or a response to a
+    /// client transaction the receiver owns (it came in on a connection of
+    /// the sender's), as it reached the sender.
+    Message {
+        /// The message.
+        bytes: Box<[u8]>,
+        /// Where it came from (socket ids are the same on every shard).
+        src: Peer,
+    },
+    /// A message to send on a connection the receiver owns (the sender
+    /// found its flow in a binding or a flow token).
+    Transmit {
+        /// Where it goes.
+        peer: Peer,
+        /// The bytes.
+        bytes: Box<[u8]>,
+    },
+    /// Change records a partition owner committed, in order.
+    Feed(Arc<[Record]>),
+    /// A replica missed records of `partition`: its owner sends its state to shard `to`.
+    Resync {
+        /// The partition.
+        partition: u16,
+        /// The shard that needs it.
+        to: u16,
+    },
+    /// A partition's whole state, for a replica that missed records.
+    State(Arc<PartitionState>),
+}
+
+/// One target of a request (§16.5): where to send it and with which Request-URI.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The new Request-URI (a contact), empty to keep the request's.
+    pub uri: Vec<u8>,
+    /// Route values to pre-load (from a Path), comma-separated, empty for none.
+    pub route: Vec<u8>,
+    /// Where to send it (the contact's source address, for NATed UAs), if known.
+    pub dest: Option<SocketAddr>,
+    /// q value in thousandths.
+    pub q: u16,
+    /// The transport to send over (from the URI; for a registered
+    /// contact, that of `socket`).
+    pub transport: Transport,
+    /// The listener a registered contact's REGISTER arrived on.
+    pub socket: Option<SocketId>,
+    /// The connection a registered contact is reached over (RFC 5626).
+    pub flow: FlowId,
+}
+
+/// A reusable list of targets (its buffers keep their capacity).
+#[derive(Debug, Default)]
+pub struct Targets {
+    items: Vec<Target>,
+    len: usize,
+}
+
+impl Targets {
+    /// Forgets the targets, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Adds a target.
+    pub fn push(&mut self, uri: &[u8], route: &[u8], dest: Option<SocketAddr>, q: u16) {
+        self.push_over(uri, route, dest, q, Transport::Udp, None, FlowId::NONE);
+    }
+
+    /// Adds a target reached over `transport` (a registered contact: the
+    /// listener its REGISTER came in on and its connection).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_over(
+        &mut self,
+        uri: &[u8],
+        route: &[u8],
+        dest: Option<SocketAddr>,
+        q: u16,
+        transport: Transport,
+        socket: Option<SocketId>,
+        flow: FlowId,
+    ) {
+        if self.items.len() <= self.len {
+            self.items.push(Target::default());
+        }
+        if let Some(t) = self.items.get_mut(self.len) {
+            t.uri.clear();
+            t.uri.extend_from_slice(uri);
+            t.route.clear();
+            t.route.extend_from_slice(route);
+            t.dest = dest;
+            t.q = q;
+            t.transport = transport;
+            t.socket = socket;
+            t.flow = flow;
+            self.len += 1;
+        }
+    }
+
+    /// The targets.
+    pub fn as_slice(&self) -> &[Target] {
+        self.items.get(..self.len).unwrap_or_default()
+    }
+
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Server {
+    Invite(InviteServer),
+    NonInvite(NonInviteServer),
+}
+
+impl Server {
+    fn terminated(&self) -> bool {
+        match self {
+            Self::Invite(s) => s.state() == InviteServerState::Terminated,
+            Self::NonInvite(s) => s.state() == NonInviteServerState::Terminated,
+        }
+    }
+
+    fn can_send(&self, code: u16) -> bool {
+        match self {
+            Self::Invite(s) => s.can_send(code),
+            Self::NonInvite(s) => s.can_send(),
+        }
+    }
+
+    fn on_send(&mut self, now: Instant, code: u16) -> Arm {
+        match self {
+            Self::Invite(s) => s.on_send(now, code),
+            Self::NonInvite(s) => s.on_send(now, code),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Client {
+    Invite(InviteClient),
+    NonInvite(NonInviteClient),
+}
+
+impl Client {
+    fn terminated(&self) -> bool {
+        match self {
+            Self::Invite(c) => c.state() == InviteClientState::Terminated,
+            Self::NonInvite(c) => c.state() == NonInviteClientState::Terminated,
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, code: u16) -> (Action, Arm) {
+        match self {
+            Self::Invite(c) => c.on_response(now, code),
+            Self::NonInvite(c) => c.on_response(now, code),
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, name: TimerName, at: Instant) -> (Action, Arm) {
+        match self {
+            Self::Invite(c) => c.on_timer(now, name, at),
+            Self::NonInvite(c) => c.on_timer(now, name, at),
+        }
+    }
+
+    fn terminate(&mut self) {
+        match self {
+            Self::Invite(c) => c.terminate(),
+            Self::NonInvite(c) => c.terminate(),
+        }
+    }
+}
+
+/// One fork: a client transaction and what it needs.
+#[derive(Debug)]
+struct Fork {
+    client: Client,
+    /// The forwarded request while it may be retransmitted or cancelled; then
+    /// the ACK of its non-2xx final response, for retransmitted finals.
+    bytes: Option<Box<[u8]>>,
+    to: Peer,
+    final_code: Option<u16>,
+    provisional: bool,
+    cancel_wanted: bool,
+    /// Boxed: most forks never send a CANCEL, and every fork of a
+    /// transaction lingers 32 s after the call is set up.
+    cancel: Option<Box<(NonInviteClient, Box<[u8]>)>>,
+    timer_c: Option<Instant>,
+}
+
+/// A response context (§16): the server transaction and its forks.
+#[derive(Debug)]
+struct Txn {
+    gen: u32,
+    key: u64,
+    method: Method,
+    server: Server,
+    /// The request as received, until a final response has been sent.
+    request: Option<Box<[u8]>>,
+    src: Peer,
+    reply_to: Peer,
+    /// The last response sent upstream, replayed on retransmissions.
+    last_response: Option<Box<[u8]>>,
+    forks: Vec<Fork>,
+    /// The best final response so far (§16.7 step 6), ready to send upstream.
+    best: Option<(u16, Box<[u8]>)>,
+    final_sent: bool,
+    cancelled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimerTarget {
+    Server,
+    Fork(u8),
+    Cancel(u8),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TimerItem {
+    slot: u32,
+    gen: u32,
+    target: TimerTarget,
+    name: TimerName,
+    at: Instant,
+}
+
+const SCRATCH: usize = crate::transport::MAX_DATAGRAM;
+
+/// The largest request sent over UDP to a peer whose path MTU is unknown
+/// (RFC 3261 §18.1.1); larger ones go over TCP.
+const UDP_MAX_REQUEST: usize = 1300;
+
+/// The stateful proxy of one shard.
+pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
+    id: Identity,
+    cfg: Config,
+    relay: stateless::Config,
+    index: Option<HeaderIndex>,
+    index2: Option<HeaderIndex>,
+    counters: Counters,
+    txns: Table<Txn>,
+    wheel: Wheel<TimerItem>,
+    fired: Vec<TimerItem>,
+    targets: Targets,
+    scratch: Vec<u8>,
+    /// Where the location service lives.
+    pub location: L,
+    /// Where REGISTERs for served domains go.
+    pub registry: R,
+    wall_us: u64,
+    /// Number of shards (= partitions).
+    shards: u16,
+    /// Registrar answers waiting for their records to be durable: (slot, gen, status, bytes).
+    held: Vec<(u32, u32, u16, Box<[u8]>)>,
+    /// Records handed to the shard to persist this turn.
+    persisting: Vec<Record>,
+    /// Messages for other shards.
+    mesh_out: VecDeque<(usize, MeshMsg)>,
+    /// Replication lag of the records applied from other shards, µs.
+    lag: hdrhistogram::Histogram<u64>,
+    /// Policy, authentication, flood and overload checks.
+    pub guard: Guard,
+}
+
+/// A histogram of µs from 1 µs to 60 s at 2 significant digits.
+#[allow(clippy::expect_used)]
+fn lag_histogram() -> hdrhistogram::Histogram<u64> {
+    // INVARIANT: constant bounds that hdrhistogram accepts (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Most mesh messages queued for sending before handing over fails with 503.
+const MESH_OUT_MAX: usize = 65_536;
+
+impl<L: Location, R: Registry> Stateful<L, R> {
+    /// A stateful proxy for the shard `id`.
+    pub fn new(id: Identity, cfg: Config, location: L, registry: R) -> Self {
+        let relay = stateless::Config {
+            upstream: cfg.upstream,
+            upstream_transport: cfg.upstream_transport,
+            record_route: false,
+            parse: cfg.parse.clone(),
+        };
+        Self {
+            index: Some(HeaderIndex::new(cfg.parse.clone())),
+            index2: Some(HeaderIndex::new(cfg.parse.clone())),
+            id,
+            relay,
+            counters: Counters::default(),
+            txns: Table::new(),
+            wheel: Wheel::new(Instant::ZERO),
+            fired: Vec::new(),
+            targets: Targets::default(),
+            scratch: vec![0u8; SCRATCH],
+            location,
+            registry,
+            wall_us: 0,
+            shards: 1,
+            held: Vec::new(),
+            persisting: Vec::new(),
+            mesh_out: VecDeque::new(),
+            lag: lag_histogram(),
+            guard: Guard::open(),
+            cfg,
+        }
+    }
+
+    /// Sets the checks (policy, authentication, flood, overload).
+    pub fn with_guard(mut self, guard: Guard) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// Sets the number of shards (partitions) the feed goes to.
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// Replication lag of applied feed records (µs).
+    pub fn lag(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.lag
+    }
+
+    /// Live transactions.
+    pub fn live_transactions(&self) -> usize {
+        self.txns.live()
+    }
+
+    /// Who this proxy is.
+    pub fn identity(&self) -> &Identity {
+        &self.id
+    }
+
+    /// A local response to `msg` (no transaction), sent where §18.2.2 says.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &mut self,
+        msg: &Message<'_>,
+        src: Peer,
+        code: u16,
+        reason: &str,
+        extra: &[u8],
+        out: &mut Outbox,
+    ) {
+        if msg.method() == Method::Ack {
+            return;
+        }
+        let dest = msg
+            .top_via()
+            .map(|v| route::reply_peer(&v, &src))
+            .unwrap_or(src);
+        let tag = local_tag(&self.id, msg);
+        let spec = ResponseSpec {
+            to_tag: tag.as_bytes().get(branch::PREFIX.len()..),
+            received: Some(Received {
+                ip: src.remote.ip(),
+                port: src.remote.port(),
+            }),
+            extra,
+            ..ResponseSpec::new(code, reason)
+        };
+        match out.push_with(dest, |buf| sip::response(msg, &spec, buf)) {
+            Ok(()) => self.counters.responses_local += 1,
+            Err(_) => self.counters.dropped_overflow += 1,
+        }
+    }
+
+    fn send(&mut self, out: &mut Outbox, to: Peer, bytes: &[u8]) {
+        if out.push(to, bytes).is_err() {
+            self.counters.dropped_overflow += 1;
+        }
+    }
+
+    fn alloc(&mut self) -> (u32, u32) {
+        self.txns.alloc()
+    }
+
+    fn take(&mut self, slot: u32) -> Option<Txn> {
+        self.txns.take(slot)
+    }
+
+    fn put(&mut self, slot: u32, txn: Txn) {
+        self.txns.put(slot, txn);
+    }
+
+    /// Frees the context once its server transaction and every client
+    /// transaction (and CANCEL) are over.
+    fn maybe_free(&mut self, slot: u32) {
+        let done = self.txns.get(slot).is_some_and(|t| {
+            t.server.terminated()
+                && t.forks.iter().all(|f| {
+                    f.client.terminated()
+                        && f.cancel.as_deref().is_none_or(|(c, _)| {
+                            matches!(
+                                c.state(),
+                                NonInviteClientState::Completed | NonInviteClientState::Terminated
+                            )
+                        })
+                })
+        });
+        if !done {
+            return;
+        }
+        if let Some(key) = self.txns.get(slot).map(|t| t.key) {
+            self.txns.release(slot, key);
+        }
+    }
+}
+
+/// The rank of a final response for §16.7 step 6 (lower is better): 6xx
+/// first, then the lowest class.
+fn rank(code: u16) -> u16 {
+    match code {
+        600..=699 => 0,
+        300..=399 => 1,
+        400..=499 => 2,
+        _ => 3,
+    }
+}
+
+/// The AoR key of a Request-URI: `user@host`, host lower-cased, user as written.
+pub fn aor_key<'a>(uri: &sip::Uri<'_>, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let user = uri.user?;
+    let host = uri.host_bytes;
+    let n = user.len() + 1 + host.len();
+    let out = buf.get_mut(..n)?;
+    let (u, rest) = out.split_at_mut(user.len());
+    u.copy_from_slice(user);
+    let (at, h) = rest.split_at_mut(1);
+    at.copy_from_slice(b"@");
+    for (d, s) in h.iter_mut().zip(host.iter()) {
+        *d = s.to_ascii_lowercase();
+    }
+    let h = h.strip_suffix(b".").map_or(n, |_| n - 1);
+    buf.get(..h)
+}
+
+/// A To tag for our local responses: a function of the request.
+fn local_tag(id: &Identity, msg: &Message<'_>) -> Branch {
+    let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or_default();
+    let h = branch::Hasher::new(id.secret ^ 0x7a67)
+        .write(msg.call_id())
+        .write(from_tag)
+        .finish();
+    Branch::new(id.shard_id, branch::Kind::Stateless, h)
+}
+
+/// Headers of our 200 to OPTIONS.
+const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: path\r\n";
+
+impl<L: Location, R: Registry> Service for Stateful<L, R> {
+    fn handle_message(&mut self, now: Instant, data: &[u8], src: &Peer, out: &mut Outbox) {
+        let src = *src;
+        if data.iter().all(|&b| b == b'\r' || b == b'\n') {
+            self.counters.keepalives += 1;
+            return;
+        }
+        if let Some(f) = &mut self.guard.flood {
+            if f.admit(now, src.remote.ip()) == crate::policy::flood::Admit::Banned {
+                self.counters.flood_dropped += 1;
+                return;
+            }
+        }
+        let Some(mut idx) = self.index.take() else {
+            return;
+        };
+        match sip::parse(data, &mut idx) {
+            Ok(msg) if msg.is_request() => {
+                self.counters.requests += 1;
+                self.on_request(now, &msg, src, out);
+            }
+            Ok(msg) => {
+                self.counters.responses += 1;
+                self.on_response(now, &msg, src, out);
+            }
+            Err(e) => {
+                self.counters.parse_errors += 1;
+                let sent = out.push_with(src, |buf| {
+                    reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
+                });
+                match sent {
+                    Ok(()) => self.counters.responses_local += 1,
+                    Err(_) => self.counters.dropped_malformed += 1,
+                }
+            }
+        }
+        self.index = Some(idx);
+    }
+
+    fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        if self.registry.poll_timeout().is_some_and(|t| t <= now) {
+            self.registry.handle_timeout(now, self.wall_us);
+        }
+        let mut fired = core::mem::take(&mut self.fired);
+        self.wheel.expire(now, |_, item| fired.push(item));
+        for item in fired.drain(..) {
+            self.on_timer(now, item, out);
+        }
+        self.fired = fired;
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.wheel.next_deadline(), self.registry.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn poll_persist(&mut self, batch: &mut Vec<Record>) {
+        self.registry.drain_records(&mut self.persisting);
+        batch.extend(self.persisting.iter().cloned());
+    }
+
+    fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
+        self.release(now, ok, out);
+    }
+
+    fn poll_mesh(&mut self) -> Option<(usize, MeshMsg)> {
+        self.mesh_out.pop_front()
+    }
+
+    fn handle_mesh(&mut self, now: Instant, msg: MeshMsg, out: &mut Outbox) {
+        match msg {
+            MeshMsg::Message { bytes, src } => {
+                // Already admitted (flood) and counted by the shard that received it.
+                let Some(mut idx) = self.index.take() else {
+                    return;
+                };
+                match sip::parse(&bytes, &mut idx) {
+                    Ok(msg) if msg.is_request() => {
+                        self.counters.handed_in += 1;
+                        self.on_request(now, &msg, src, out);
+                    }
+                    Ok(msg) => {
+                        // Only a response whose branch names this shard is
+                        // handed over, so it cannot bounce back.
+                        self.counters.responses_handed_in += 1;
+                        self.on_response(now, &msg, src, out);
+                    }
+                    Err(_) => {}
+                }
+                self.index = Some(idx);
+            }
+            MeshMsg::Feed(records) => {
+                for r in records.iter() {
+                    let _ = self
+                        .lag
+                        .record(self.wall_us.saturating_sub(r.commit).max(1));
+                    if let Err(p) = self.location.apply(r) {
+                        self.request_resync(p);
+                        break;
+                    }
+                }
+            }
+            MeshMsg::Resync { partition, to } => {
+                if let Some(state) = self.registry.state().filter(|s| s.partition == partition) {
+                    self.mesh_out
+                        .push_back((usize::from(to), MeshMsg::State(Arc::new(state))));
+                }
+            }
+            MeshMsg::State(state) => self.location.install(&state),
+            // A send on a connection this shard owns: the shard loop takes
+            // stream transmits from the outbox to their connections.
+            MeshMsg::Transmit { peer, bytes } => self.send(out, peer, &bytes),
+        }
+    }
+
+    fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        Some(&self.lag)
+    }
+
+    fn partition_state(&self) -> Option<PartitionState> {
+        self.registry.state()
+    }
+
+    fn handle_turn(&mut self, now: Instant, wall_us: u64) {
+        self.wall_us = wall_us;
+        self.guard.refresh();
+        if let Some(o) = &mut self.guard.overload {
+            o.handle_turn(
+                now,
+                Load {
+                    queue_depth: 0,
+                    live_transactions: self.txns.live(),
+                },
+            );
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+// Deterministic simulations of whole calls through this proxy (src/sim.rs).
+#[cfg(test)]
+mod sim_tests;
+
+#[cfg(test)]
+mod tests;

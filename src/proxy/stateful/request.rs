@@ -1,0 +1,790 @@
+//! Requests through the stateful proxy, phase by phase (RFC 3261 §16), in
+//! the order a request meets them — see [`Stateful::on_request`]; and the
+//! requests that belong to a transaction already: retransmissions (§17.2),
+//! ACK and CANCEL (§16.10).
+
+use super::*;
+
+/// What the checks found, for the phases after them.
+#[derive(Clone, Copy)]
+struct Checked<'a> {
+    /// The top Via.
+    via: Via<'a>,
+    /// The Request-URI.
+    uri: sip::Uri<'a>,
+    /// The server transaction key.
+    key: u64,
+    /// In-dialog (To has a tag).
+    to_tag: bool,
+    /// Whose registrar serves it: a REGISTER for a served domain with no
+    /// Route left goes to its AoR's owner; anything else to nobody.
+    owner: Owner,
+}
+
+impl<L: Location, R: Registry> Stateful<L, R> {
+    /// A new request, through the phases in order (RFC 3261 §16), each of
+    /// which may answer it and stop it:
+    ///
+    /// ```text
+    ///  check      §16.3: essentials, ACK/CANCEL/retransmission dispatch, OPTIONS to us,
+    ///             Max-Forwards (483), loop (482), Proxy-Require (420)
+    ///  admit      overload (503 + Retry-After); the flood limit ran before parsing
+    ///  authorize  policy (403) and digest authentication (401/407)
+    ///  serve      local services: the registrar (here, or handed to the AoR's owner shard)
+    ///  route      targets (§16.5): flow token, Route, location, Request-URI, upstream
+    ///  forward    server transaction, a client transaction per target (§16.6)
+    /// ```
+    pub(super) fn on_request(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
+        let Some(req) = self.check(now, msg, src, out) else {
+            return;
+        };
+        if !self.admit(now, msg, &req, src, out) {
+            return;
+        }
+        let Some(authenticated) = self.authorize(now, msg, &req, src, out) else {
+            return;
+        };
+        if self.serve(now, msg, &req, src, out) {
+            return;
+        }
+        let Some(routing) = self.route(msg, &req, authenticated, src, out) else {
+            return;
+        };
+        self.forward(now, msg, &req, &routing, src, out);
+    }
+
+    /// §16.3 request validation. `None` when the request was answered or
+    /// dispatched (ACK, CANCEL, a retransmission of a live transaction).
+    fn check<'a>(
+        &mut self,
+        now: Instant,
+        msg: &Message<'a>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> Option<Checked<'a>> {
+        let ess = match msg.essentials() {
+            Ok(e) => e,
+            Err(e) => {
+                self.counters.parse_errors += 1;
+                self.reply(msg, src, e.status(), e.reason(), b"", out);
+                return None;
+            }
+        };
+        let via = ess.top_via;
+        match msg.method() {
+            Method::Ack => {
+                self.on_ack(now, msg, &via, src, out);
+                return None;
+            }
+            Method::Cancel => {
+                self.on_cancel(now, msg, &via, src, out);
+                return None;
+            }
+            _ => {}
+        }
+        let key = server_key(self.id.secret, msg, &via, KeyMethod::of(msg.method()));
+        if let Some(slot) = self.txns.find(key) {
+            self.on_retransmission(slot, out);
+            return None;
+        }
+        let uri = ess.uri?;
+
+        // §16.3 request validation, and OPTIONS to us (§11).
+        let has_route = msg.values(HeaderName::Route).next().is_some();
+        if msg.method() == Method::Options
+            && uri.user.is_none()
+            && self.id.is_us(&uri)
+            && !has_route
+        {
+            self.reply(msg, src, 200, "OK", OPTIONS_EXTRA, out);
+            return None;
+        }
+        if ess.max_forwards == Some(0) {
+            self.counters.too_many_hops += 1;
+            self.reply(msg, src, 483, "Too Many Hops", b"", out);
+            return None;
+        }
+        if branch::is_loop(&self.id, msg) {
+            self.counters.loops += 1;
+            self.reply(msg, src, 482, "Loop Detected", b"", out);
+            return None;
+        }
+        if let Some(pr) = msg.header(HeaderName::ProxyRequire) {
+            let mut extra = [0u8; 512];
+            let mut w = sip::Writer::new(&mut extra);
+            let ok = w.put(b"Unsupported: ").is_ok() && w.put(pr).is_ok() && w.put(b"\r\n").is_ok();
+            let n = if ok { w.len() } else { 0 };
+            self.reply(
+                msg,
+                src,
+                420,
+                "Bad Extension",
+                extra.get(..n).unwrap_or_default(),
+                out,
+            );
+            return None;
+        }
+        Some(Checked {
+            via,
+            uri,
+            key,
+            to_tag: ess.to.tag().is_some(),
+            owner: if msg.method() == Method::Register && self.is_for_registrar(msg, &uri, &ess.to)
+            {
+                self.registry.owner(msg)
+            } else {
+                Owner::Nobody
+            },
+        })
+    }
+
+    /// Admission of new work: overload (503 + Retry-After). False when refused.
+    fn admit(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        req: &Checked<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> bool {
+        let to_tag = req.to_tag;
+        // New work: overload admission, then (below) policy and authentication.
+        if let Some(o) = &mut self.guard.overload {
+            if let Admission::Reject { retry_after } = o.admit(now, msg.method(), to_tag) {
+                self.counters.overload += 1;
+                let mut extra = [0u8; 40];
+                let mut w = sip::Writer::new(&mut extra);
+                let ok = w.put(b"Retry-After: ").is_ok()
+                    && w.put_u64(u64::from(retry_after)).is_ok()
+                    && w.put(b"\r\n").is_ok();
+                let n = if ok { w.len() } else { 0 };
+                let extra = extra.get(..n).unwrap_or_default();
+                self.reply(msg, src, 503, "Service Unavailable", extra, out);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Policy and authentication. `Some(authenticated)` to go on. A REGISTER
+    /// whose AoR another shard owns is authenticated there (its nonces, its
+    /// throttles), so it passes here unauthenticated.
+    fn authorize(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        req: &Checked<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> Option<bool> {
+        if matches!(req.owner, Owner::Shard(_)) {
+            return Some(false);
+        }
+        self.gate(now, msg, src, out)
+    }
+
+    /// Local services: a REGISTER for a served domain goes to the registrar
+    /// of this shard, or to the shard that owns its AoR. True when served.
+    fn serve(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        req: &Checked<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> bool {
+        match req.owner {
+            Owner::Here => {
+                self.register_here(now, msg, req.key, &req.via, src, out);
+                true
+            }
+            Owner::Shard(to) => {
+                let m = MeshMsg::Message {
+                    bytes: msg.as_bytes().into(),
+                    src,
+                };
+                if self.mesh_out.len() < MESH_OUT_MAX {
+                    self.mesh_out.push_back((usize::from(to), m));
+                    self.counters.handed_over += 1;
+                } else {
+                    self.counters.overload += 1;
+                    self.reply(
+                        msg,
+                        src,
+                        503,
+                        "Service Unavailable",
+                        b"Retry-After: 1\r\n",
+                        out,
+                    );
+                }
+                true
+            }
+            Owner::Nobody => false,
+        }
+    }
+
+    /// The targets of the request (§16.5) into `self.targets`, and the
+    /// Route decisions. `None` when answered (400, 404, 480).
+    fn route<'a>(
+        &mut self,
+        msg: &Message<'a>,
+        req: &Checked<'a>,
+        authenticated: bool,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> Option<route::Routing<'a>> {
+        let uri = req.uri;
+        // Targets (§16.5).
+        let Ok(routing) = route::routing(&self.id, msg) else {
+            self.reply(msg, src, 400, "Bad Request (Malformed Route)", b"", out);
+            return None;
+        };
+        // After a strict-route fix-up the Request-URI is the one the Route set carried.
+        let uri = match routing.request_uri.map(sip::Uri::parse) {
+            Some(Ok(u)) => u,
+            Some(Err(_)) | None => uri,
+        };
+        self.targets.clear();
+        // RFC 5626 §5.3: a flow token of ours in the Route set sends the
+        // request down that flow, unless it came from there.
+        let token = routing
+            .flows
+            .iter()
+            .find(|(f, _)| !f.is_none() && *f != src.flow)
+            .copied();
+        if let Some((flow, transport)) = token {
+            let dest = route::uri_addr(&uri).unwrap_or(UNSPECIFIED);
+            self.targets
+                .push_over(b"", b"", Some(dest), 1000, transport, None, flow);
+        } else if let Some(r) = &routing.next_route {
+            match route::uri_addr(r) {
+                Some(d) => self.targets.push_over(
+                    b"",
+                    b"",
+                    Some(d),
+                    1000,
+                    route::uri_transport(r),
+                    None,
+                    FlowId::NONE,
+                ),
+                None if self.cfg.upstream.is_some() => self.targets.push_over(
+                    b"",
+                    b"",
+                    self.cfg.upstream,
+                    1000,
+                    self.cfg.upstream_transport,
+                    None,
+                    FlowId::NONE,
+                ),
+                None => {
+                    self.counters.dropped_unroutable += 1;
+                    self.reply(
+                        msg,
+                        src,
+                        480,
+                        "Temporarily Unavailable (No Route)",
+                        b"",
+                        out,
+                    );
+                    return None;
+                }
+            }
+        } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
+            let mut aor = [0u8; 512];
+            let Some(aor) = aor_key(&uri, &mut aor) else {
+                self.reply(msg, src, 404, "Not Found", b"", out);
+                return None;
+            };
+            match self.location.lookup(aor, self.wall_us, &mut self.targets) {
+                Found::Unknown => {
+                    self.reply(msg, src, 404, "Not Found", b"", out);
+                    return None;
+                }
+                // With authentication on, an unauthenticated caller learns
+                // nothing about which users exist: offline and unknown look alike.
+                Found::NoBindings if self.guard.auth.is_some() && !authenticated => {
+                    self.reply(msg, src, 404, "Not Found", b"", out);
+                    return None;
+                }
+                Found::NoBindings => {
+                    self.reply(msg, src, 480, "Temporarily Unavailable", b"", out);
+                    return None;
+                }
+                Found::Contacts => {}
+            }
+        } else {
+            let (dest, transport) = if self.id.is_us(&uri) || self.id.is_served_uri(&uri) {
+                (self.cfg.upstream, self.cfg.upstream_transport)
+            } else {
+                match route::uri_addr(&uri) {
+                    Some(a) => (Some(a), route::uri_transport(&uri)),
+                    None => (self.cfg.upstream, self.cfg.upstream_transport),
+                }
+            };
+            match dest {
+                Some(d) => {
+                    self.targets
+                        .push_over(b"", b"", Some(d), 1000, transport, None, FlowId::NONE)
+                }
+                None => {
+                    self.counters.dropped_unroutable += 1;
+                    let (code, reason) = if self.id.is_us(&uri) {
+                        (404, "Not Found")
+                    } else {
+                        (480, "Temporarily Unavailable (No Route)")
+                    };
+                    self.reply(msg, src, code, reason, b"", out);
+                    return None;
+                }
+            }
+        }
+        if self.targets.is_empty() {
+            self.reply(msg, src, 480, "Temporarily Unavailable", b"", out);
+            return None;
+        }
+        Some(routing)
+    }
+
+    /// A new response context: the server transaction (INVITE: 100 Trying)
+    /// and one client transaction per target (§16.6), or 503 when the table
+    /// is full.
+    fn forward(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        req: &Checked<'_>,
+        routing: &route::Routing<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
+        let (via, key, to_tag) = (req.via, req.key, req.to_tag);
+        if self.txns.live() >= self.cfg.max_transactions {
+            self.counters.overload += 1;
+            let mut extra = [0u8; 40];
+            let mut w = sip::Writer::new(&mut extra);
+            let ok = w.put(b"Retry-After: ").is_ok()
+                && w.put_u64(u64::from(self.cfg.retry_after)).is_ok()
+                && w.put(b"\r\n").is_ok();
+            let n = if ok { w.len() } else { 0 };
+            self.reply(
+                msg,
+                src,
+                503,
+                "Service Unavailable",
+                extra.get(..n).unwrap_or_default(),
+                out,
+            );
+            return;
+        }
+
+        // A new response context.
+        let invite = msg.method() == Method::Invite;
+        let reply_to = route::reply_peer(&via, &src);
+        let (slot, gen) = self.alloc();
+        let mut txn = Txn {
+            gen,
+            key,
+            method: msg.method(),
+            server: if invite {
+                Server::Invite(InviteServer::start(self.cfg.timers, false))
+            } else {
+                Server::NonInvite(NonInviteServer::start(self.cfg.timers, false))
+            },
+            request: Some(msg.as_bytes().into()),
+            src,
+            reply_to,
+            last_response: None,
+            forks: Vec::with_capacity(self.targets.len().min(self.cfg.max_forks)),
+            best: None,
+            final_sent: false,
+            cancelled: false,
+        };
+        self.txns.index(key, slot);
+        self.counters.transactions += 1;
+        if invite {
+            let spec = ResponseSpec {
+                received: Some(Received {
+                    ip: src.remote.ip(),
+                    port: src.remote.port(),
+                }),
+                ..ResponseSpec::new(100, "Trying")
+            };
+            if let Ok(n) = sip::response(msg, &spec, &mut self.scratch) {
+                let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+                self.send(out, reply_to, &bytes);
+                txn.last_response = Some(bytes);
+            }
+        }
+        let record_route = self.cfg.record_route
+            && !to_tag
+            && matches!(
+                msg.method(),
+                Method::Invite | Method::Subscribe | Method::Refer
+            );
+        let ingress = self.id.public_for(src.remote.ip(), src.local).cloned();
+        let loop_hash = branch::loop_hash(self.id.secret, msg, &via);
+        let received = emit::needs_received(&via, src.remote.ip()).then_some(Received {
+            ip: src.remote.ip(),
+            port: src.remote.port(),
+        });
+        let n_targets = self.targets.len().min(self.cfg.max_forks);
+        let mut too_large = false;
+        'targets: for i in 0..n_targets {
+            let Some(t) = self.targets.as_slice().get(i).cloned() else {
+                break;
+            };
+            let Some(dest) = t.dest.or(self.cfg.upstream) else {
+                continue;
+            };
+            // §18.1.1: a request larger than 1300 bytes (path MTU unknown)
+            // goes over a congestion-controlled transport: TCP where we have
+            // a TCP listener, else the branch fails with 513.
+            let mut force_tcp = false;
+            let (to, bytes) = loop {
+                let mut transport = if force_tcp {
+                    Transport::Tcp
+                } else {
+                    t.socket.map_or(t.transport, |s| self.id.transport_of(s))
+                };
+                if !self.id.serves(transport) {
+                    // No listener of that transport to name in our Via: the
+                    // best we can do is UDP (counted, as a carrier wants to see it).
+                    self.counters.transport_fallbacks += 1;
+                    transport = Transport::Udp;
+                }
+                let egress = self.id.egress(transport, dest, src.local);
+                let Some(egress_sock) = self.id.socket(egress).cloned() else {
+                    continue 'targets;
+                };
+                let to = Peer {
+                    transport,
+                    remote: dest,
+                    local: egress,
+                    flow: t.flow,
+                };
+                // RFC 5658: where the transport changes, or a flow must be
+                // named (RFC 5626 §5.3), Record-Route twice: the first value
+                // faces the next hop, the second the previous one.
+                let mut rr1 = [0u8; 256];
+                let mut rr2 = [0u8; 256];
+                let (rr, rr_in) = match &ingress {
+                    Some(ing) if record_route => {
+                        if transport == Transport::Udp && src.transport == Transport::Udp {
+                            (Some(ing.rr_uri()), None)
+                        } else {
+                            let out_sock = self
+                                .id
+                                .public_of(transport, dest.ip())
+                                .unwrap_or(&egress_sock);
+                            let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
+                            let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
+                            (Some(a), Some(b))
+                        }
+                    }
+                    _ => (None, None),
+                };
+                let br = Branch::transaction(
+                    TxnRef {
+                        shard: self.id.shard_id,
+                        slot,
+                        gen,
+                        fork: i as u8,
+                    },
+                    loop_hash,
+                );
+                let mut route_line = [0u8; 1024];
+                let route_len = if t.route.is_empty() {
+                    0
+                } else {
+                    let mut w = sip::Writer::new(&mut route_line);
+                    let ok = w.put(b"Route: ").is_ok()
+                        && w.put(&t.route).is_ok()
+                        && w.put(b"\r\n").is_ok();
+                    if ok {
+                        w.len()
+                    } else {
+                        0
+                    }
+                };
+                let mut strict_line = [0u8; 1024];
+                let strict = routing
+                    .append_route
+                    .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
+                let append_len = route_len + strict.len();
+                if let Some(d) = route_line.get_mut(route_len..append_len) {
+                    d.copy_from_slice(strict);
+                }
+                let edits = Edits {
+                    request_uri: if t.uri.is_empty() {
+                        routing.request_uri
+                    } else {
+                        Some(t.uri.as_slice())
+                    },
+                    push_via: Some(NewVia {
+                        transport: transport.via_token(),
+                        host: egress_sock.via_host(),
+                        port: egress_sock.advertised.port(),
+                        branch: br.as_bytes(),
+                        rport: true,
+                    }),
+                    received,
+                    max_forwards: MaxForwardsEdit::Decrement,
+                    record_route: rr,
+                    record_route2: rr_in,
+                    pop_route: routing.pop_route,
+                    pop_second_route: routing.pop_second_route,
+                    pop_last_route: routing.pop_last_route,
+                    append: route_line.get(..append_len).unwrap_or_default(),
+                    ..Edits::default()
+                };
+                let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
+                    self.counters.dropped_overflow += 1;
+                    continue 'targets;
+                };
+                if to.transport == Transport::Udp && to.flow.is_none() && n > UDP_MAX_REQUEST {
+                    if !force_tcp && self.id.serves(Transport::Tcp) {
+                        force_tcp = true;
+                        self.counters.transport_upgrades += 1;
+                        continue;
+                    }
+                    too_large = true;
+                    continue 'targets;
+                }
+                let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+                break (to, bytes);
+            };
+            self.send(out, to, &bytes);
+            self.counters.requests_forwarded += 1;
+            let (client, arm) = if invite {
+                let (c, a) = InviteClient::start(now, self.cfg.timers, false);
+                (Client::Invite(c), a)
+            } else {
+                let (c, a) = NonInviteClient::start(now, self.cfg.timers, false);
+                (Client::NonInvite(c), a)
+            };
+            self.arm(slot, gen, TimerTarget::Fork(i as u8), arm);
+            // §16.6 step 11: Timer C runs from the moment an INVITE is
+            // proxied, not from its first provisional response, or a branch
+            // that answers only 100 Trying (no Timer B once Proceeding) would
+            // hold its context forever.
+            let timer_c = invite.then(|| self.arm_timer_c(now, slot, gen, i));
+            txn.forks.push(Fork {
+                client,
+                bytes: Some(bytes),
+                to,
+                final_code: None,
+                provisional: false,
+                cancel_wanted: false,
+                cancel: None,
+                timer_c,
+            });
+        }
+        if txn.forks.is_empty() {
+            // Every target failed to be written: answer for them.
+            txn.best = if too_large {
+                self.local_final(&txn, 513).map(|b| (513, b))
+            } else {
+                None
+            };
+            self.put(slot, txn);
+            self.finish(now, slot, out);
+            return;
+        }
+        self.put(slot, txn);
+    }
+
+    /// Policy and authentication of a new request. `Some(authenticated)`
+    /// to go on; `None` when it was answered (403, 401/407) or dropped.
+    pub(super) fn gate(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> Option<bool> {
+        let mut extra = [0u8; CHALLENGE_BUF];
+        let g = gate(
+            now,
+            self.wall_us,
+            &self.guard.policy,
+            self.guard.auth.as_mut(),
+            msg,
+            src.remote,
+            src.transport,
+            &mut extra,
+        );
+        match g {
+            Gate::Pass { user, .. } => Some(user.is_some()),
+            Gate::Drop => {
+                self.counters.auth_throttled += 1;
+                None
+            }
+            Gate::Reply {
+                status,
+                reason,
+                extra: n,
+            } => {
+                // The reason borrows the policy inside `self`: copy it to the stack.
+                let mut rbuf = [0u8; 128];
+                let len = reason.len().min(rbuf.len());
+                if let (Some(d), Some(s)) = (rbuf.get_mut(..len), reason.as_bytes().get(..len)) {
+                    d.copy_from_slice(s);
+                }
+                let reason = core::str::from_utf8(rbuf.get(..len).unwrap_or_default())
+                    .unwrap_or("Forbidden");
+                match status {
+                    401 | 407 => self.counters.auth_challenges += 1,
+                    _ => self.counters.policy_denied += 1,
+                }
+                self.reply(
+                    msg,
+                    src,
+                    status,
+                    reason,
+                    extra.get(..n).unwrap_or_default(),
+                    out,
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn on_retransmission(&mut self, slot: u32, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(slot) else {
+            return;
+        };
+        self.counters.retransmissions_absorbed += 1;
+        let action = match &mut txn.server {
+            Server::Invite(s) => s.on_request(),
+            Server::NonInvite(s) => s.on_request(),
+        };
+        if action == Action::RetransmitResponse {
+            if let Some(r) = txn.last_response.clone() {
+                let to = txn.reply_to;
+                self.send(out, to, &r);
+            }
+        }
+    }
+
+    pub(super) fn on_ack(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
+        let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
+        if let Some(slot) = self.txns.find(key) {
+            let gen = self.txns.generation(slot).unwrap_or(0);
+            let Some(txn) = self.txns.get_mut(slot) else {
+                return;
+            };
+            if let Server::Invite(s) = &mut txn.server {
+                let (action, arm) = s.on_ack(now);
+                self.arm(slot, gen, TimerTarget::Server, arm);
+                if action != Action::PassRequest {
+                    self.counters.acks_absorbed += 1;
+                    self.maybe_free(slot);
+                    return;
+                }
+            }
+        }
+        // The ACK of a final response we sent without a transaction (a 401,
+        // 407, 403, 404, 480, 483…) carries our local To tag: absorb it.
+        let ours = msg.to().ok().and_then(|t| t.tag()).is_some_and(|t| {
+            local_tag(&self.id, msg)
+                .as_bytes()
+                .get(branch::PREFIX.len()..)
+                == Some(t)
+        });
+        if ours {
+            self.counters.acks_absorbed += 1;
+            return;
+        }
+        // The ACK of a 2xx is a transaction of its own: relay it statelessly.
+        stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, out);
+    }
+
+    pub(super) fn on_cancel(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
+        let key = server_key(self.id.secret, msg, via, KeyMethod::Invite);
+        let Some(slot) = self.txns.find(key) else {
+            // §16.10: no context: forward the CANCEL statelessly.
+            stateless::relay_request(&self.id, &self.relay, &mut self.counters, msg, src, out);
+            return;
+        };
+        self.reply(msg, src, 200, "OK", b"", out);
+        self.counters.cancels += 1;
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
+        if !txn.final_sent && txn.method == Method::Invite {
+            txn.cancelled = true;
+            for i in 0..txn.forks.len() {
+                self.cancel_fork(now, slot, &mut txn, i, out);
+            }
+        }
+        self.put(slot, txn);
+        self.maybe_free(slot);
+    }
+
+    /// Sends a CANCEL down fork `i` now if it has had a provisional response,
+    /// or notes that one is wanted when it does (§9.1, §16.10).
+    pub(super) fn cancel_fork(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        txn: &mut Txn,
+        i: usize,
+        out: &mut Outbox,
+    ) {
+        let gen = txn.gen;
+        let Some(fork) = txn.forks.get_mut(i) else {
+            return;
+        };
+        if fork.final_code.is_some()
+            || fork.cancel.is_some()
+            || !matches!(fork.client, Client::Invite(_))
+        {
+            return;
+        }
+        if !fork.provisional {
+            fork.cancel_wanted = true;
+            return;
+        }
+        let Some(req) = fork.bytes.as_deref() else {
+            return;
+        };
+        let Some(mut idx) = self.index2.take() else {
+            return;
+        };
+        let built = match sip::parse(req, &mut idx) {
+            Ok(m) => {
+                crate::proxy::build::ack_or_cancel(&m, Method::Cancel, None, &mut self.scratch).ok()
+            }
+            Err(_) => None,
+        };
+        self.index2 = Some(idx);
+        let Some(n) = built else { return };
+        let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+        let to = fork.to;
+        let (c, arm) = NonInviteClient::start(now, self.cfg.timers, false);
+        fork.cancel = Some(Box::new((c, bytes.clone())));
+        fork.cancel_wanted = false;
+        self.send(out, to, &bytes);
+        self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
+    }
+}

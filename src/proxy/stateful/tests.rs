@@ -1,0 +1,506 @@
+//! Scenario tests of the stateful proxy over in-memory messages.
+
+use super::*;
+use crate::proxy::testutil::identity;
+use crate::sip::{parse, HeaderIndex};
+use crate::time::Duration;
+
+/// A location with fixed contacts for `bob@example.test`, and `carol` known with none.
+struct FixedLocation(Vec<SocketAddr>);
+
+impl Location for FixedLocation {
+    fn lookup(&self, aor: &[u8], _wall: u64, out: &mut Targets) -> Found {
+        match aor {
+            b"bob@example.test" => {
+                for a in &self.0 {
+                    out.push(format!("sip:bob@{a}").as_bytes(), b"", Some(*a), 1000);
+                }
+                Found::Contacts
+            }
+            b"carol@example.test" => Found::NoBindings,
+            _ => Found::Unknown,
+        }
+    }
+}
+
+struct H {
+    p: Stateful<FixedLocation>,
+    out: Outbox,
+    now: Instant,
+}
+
+const UAC: &str = "10.0.0.1:5062";
+const UPSTREAM: &str = "192.0.2.50:5060";
+
+impl H {
+    fn new(contacts: &[&str]) -> Self {
+        let cfg = Config {
+            upstream: Some(UPSTREAM.parse().unwrap()),
+            ..Config::default()
+        };
+        let loc = FixedLocation(contacts.iter().map(|c| c.parse().unwrap()).collect());
+        Self {
+            p: Stateful::new(identity(), cfg, loc, NoRegistry),
+            out: Outbox::new(1 << 20, 64),
+            now: Instant::ZERO,
+        }
+    }
+
+    fn feed(&mut self, data: &str, src: &str) -> Vec<(String, String)> {
+        self.out.clear();
+        self.p.handle_message(
+            self.now,
+            data.as_bytes(),
+            &Peer::udp(src.parse().unwrap(), SocketId(0)),
+            &mut self.out,
+        );
+        self.drain()
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<(String, String)> {
+        self.now += d;
+        self.out.clear();
+        self.p.handle_timeout(self.now, &mut self.out);
+        self.drain()
+    }
+
+    fn drain(&self) -> Vec<(String, String)> {
+        self.out
+            .items()
+            .iter()
+            .map(|t| {
+                (
+                    t.peer.remote.to_string(),
+                    String::from_utf8_lossy(self.out.bytes(t)).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn invite(ruri: &str, branch: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch={branch}\r\nMax-Forwards: 70\r\nTo: <{ruri}>\r\nFrom: <sip:alice@example.test>;tag=a1\r\nCall-ID: {branch}@c\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn status(m: &str) -> u16 {
+    let mut idx = HeaderIndex::default();
+    parse(m.as_bytes(), &mut idx).unwrap().status().unwrap()
+}
+
+fn method(m: &str) -> String {
+    let mut idx = HeaderIndex::default();
+    String::from_utf8_lossy(parse(m.as_bytes(), &mut idx).unwrap().method_bytes()).into_owned()
+}
+
+/// The downstream response to a forwarded request.
+fn respond(req: &str, code: u16, tag: &str) -> String {
+    let mut idx = HeaderIndex::default();
+    let m = parse(req.as_bytes(), &mut idx).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = sip::response(
+        &m,
+        &ResponseSpec {
+            to_tag: Some(tag.as_bytes()),
+            ..ResponseSpec::new(code, "X")
+        },
+        &mut out,
+    )
+    .unwrap();
+    String::from_utf8(out[..n].to_vec()).unwrap()
+}
+
+#[test]
+fn forwards_a_call_and_absorbs_retransmissions() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let inv = invite("sip:bob@example.test", "z9hG4bKc1");
+    let out = h.feed(&inv, UAC);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 100));
+    let (dest, fwd) = (&out[1].0, out[1].1.clone());
+    assert_eq!(dest, "192.0.2.4:5060");
+    assert!(
+        fwd.starts_with("INVITE sip:bob@192.0.2.4:5060 SIP/2.0\r\n"),
+        "{fwd}"
+    );
+    assert!(fwd.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"));
+    // The INVITE again: the 100 is replayed; nothing goes downstream.
+    let out = h.feed(&inv, UAC);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 100);
+    // 180 and 200 go up; the 200's retransmission too (RFC 6026).
+    for code in [180, 200, 200] {
+        let out = h.feed(&respond(&fwd, code, "b1"), "192.0.2.4:5060");
+        assert_eq!(out.len(), 1, "{code}");
+        assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, code));
+    }
+    // INVITE retransmission after the 2xx: absorbed.
+    assert!(h.feed(&inv, UAC).is_empty());
+    assert_eq!(h.p.live_transactions(), 1);
+    // After Timer L / M the context is gone.
+    h.advance(Duration::from_secs(33));
+    assert_eq!(h.p.live_transactions(), 0);
+}
+
+#[test]
+fn failure_is_acked_downstream_and_forwarded_once() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc2"), UAC);
+    let fwd = out[1].1.clone();
+    let busy = respond(&fwd, 486, "b2");
+    let out = h.feed(&busy, "192.0.2.4:5060");
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(
+        (out[0].0.as_str(), method(&out[0].1)),
+        ("192.0.2.4:5060", "ACK".to_owned())
+    );
+    assert_eq!((out[1].0.as_str(), status(&out[1].1)), (UAC, 486));
+    let out = h.feed(&busy, "192.0.2.4:5060");
+    assert_eq!(
+        out.len(),
+        1,
+        "a retransmitted final is ACKed again, not forwarded"
+    );
+    assert_eq!(method(&out[0].1), "ACK");
+    // Upstream never ACKs: Timer G retransmits the 486.
+    let out = h.advance(Duration::from_millis(500));
+    assert_eq!(status(&out[0].1), 486);
+}
+
+#[test]
+fn times_out_with_408_after_retransmitting() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    h.feed(&invite("sip:bob@example.test", "z9hG4bKc3"), UAC);
+    let mut retrans = 0;
+    let mut finals = Vec::new();
+    for _ in 0..70 {
+        for (_, m) in h.advance(Duration::from_millis(500)) {
+            if m.starts_with("INVITE") {
+                retrans += 1;
+            } else {
+                finals.push(status(&m));
+            }
+        }
+    }
+    assert_eq!(retrans, 6, "Timer A: 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s");
+    assert_eq!(finals.first(), Some(&408));
+}
+
+#[test]
+fn cancel_reaches_the_fork_and_487_comes_back() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let inv = invite("sip:bob@example.test", "z9hG4bKc4");
+    let fwd = h.feed(&inv, UAC)[1].1.clone();
+    let cancel = inv
+        .replace(
+            "INVITE sip:bob@example.test SIP/2.0",
+            "CANCEL sip:bob@example.test SIP/2.0",
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    // Before any provisional: 200 to the CANCEL; the downstream CANCEL waits for a 1xx (§9.1).
+    let out = h.feed(&cancel, UAC);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status(&out[0].1), 200);
+    let out = h.feed(&respond(&fwd, 180, "b4"), "192.0.2.4:5060");
+    assert_eq!(out.len(), 1);
+    assert_eq!(method(&out[0].1), "CANCEL");
+    let down_cancel = out[0].1.clone();
+    assert!(
+        h.feed(&respond(&down_cancel, 200, "b4"), "192.0.2.4:5060")
+            .is_empty(),
+        "200 to our CANCEL absorbed"
+    );
+    let out = h.feed(&respond(&fwd, 487, "b4"), "192.0.2.4:5060");
+    let codes: Vec<String> = out
+        .iter()
+        .map(|(_, m)| m.lines().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            "ACK sip:bob@192.0.2.4:5060 SIP/2.0".to_owned(),
+            "SIP/2.0 487 X".to_owned()
+        ]
+    );
+}
+
+/// Regression (found by the simulations): a branch that only ever
+/// answers 100 Trying was never CANCELled and never timed out, so its
+/// context and the caller's call hung forever.
+#[test]
+fn a_branch_that_only_says_trying_is_cancelled_and_timed_out() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let inv = invite("sip:bob@example.test", "z9hG4bKc11");
+    let fwd = h.feed(&inv, UAC)[1].1.clone();
+    assert!(
+        h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060")
+            .is_empty(),
+        "100 is not forwarded"
+    );
+    let cancel = inv
+        .replace(
+            "INVITE sip:bob@example.test SIP/2.0",
+            "CANCEL sip:bob@example.test SIP/2.0",
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = h.feed(&cancel, UAC);
+    let lines: Vec<&str> = out.iter().map(|(_, m)| m.lines().next().unwrap()).collect();
+    assert_eq!(
+        lines,
+        vec!["SIP/2.0 200 OK", "CANCEL sip:bob@192.0.2.4:5060 SIP/2.0"],
+        "100 is a provisional response (§9.1)"
+    );
+
+    // Nobody cancels: Timer C (from the forward, §16.6 step 11) does.
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc12"), UAC)[1]
+        .1
+        .clone();
+    h.feed(&respond(&fwd, 100, "b"), "192.0.2.4:5060");
+    assert!(h.advance(Duration::from_secs(179)).is_empty());
+    let out = h.advance(Duration::from_secs(2));
+    assert_eq!(out.len(), 1);
+    assert_eq!(method(&out[0].1), "CANCEL");
+
+    // No response at all and a short Timer C: the CANCEL waits for a
+    // provisional response (§9.1); Timer B ends the branch with a 408.
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    h.p.cfg.timers.timer_c = Duration::from_secs(10);
+    h.feed(&invite("sip:bob@example.test", "z9hG4bKc13"), UAC);
+    let mut sent = Vec::new();
+    for _ in 0..66 {
+        sent.extend(
+            h.advance(Duration::from_millis(500))
+                .into_iter()
+                .map(|(_, m)| m.lines().next().unwrap().to_owned()),
+        );
+    }
+    assert!(!sent.iter().any(|l| l.starts_with("CANCEL")), "{sent:?}");
+    let finals: Vec<&String> = sent.iter().filter(|l| l.starts_with("SIP/2.0")).collect();
+    assert!(
+        !finals.is_empty() && finals.iter().all(|l| *l == "SIP/2.0 408 Request Timeout"),
+        "{finals:?} (Timer G resends it)"
+    );
+}
+
+/// Regression (found by the simulations): a 2xx on a branch whose client
+/// transaction had ended (here by Timer B) was dropped while the context
+/// lived; §16.7 step 5 sends every 2xx to an INVITE up.
+#[test]
+fn a_2xx_after_the_branch_timed_out_is_forwarded() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let fwd = h.feed(&invite("sip:bob@example.test", "z9hG4bKc14"), UAC)[1]
+        .1
+        .clone();
+    let out: Vec<u16> = (0..65)
+        .flat_map(|_| h.advance(Duration::from_millis(500)))
+        .filter(|(_, m)| m.starts_with("SIP/2.0"))
+        .map(|(_, m)| status(&m))
+        .collect();
+    assert!(
+        !out.is_empty() && out.iter().all(|&c| c == 408),
+        "{out:?} (Timer G resends it)"
+    );
+    assert_eq!(h.p.live_transactions(), 1, "waiting for the ACK of the 408");
+    let out = h.feed(&respond(&fwd, 200, "late"), "192.0.2.4:5060");
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 200));
+}
+
+#[test]
+fn forks_and_picks_the_best_response() {
+    let mut h = H::new(&["192.0.2.4:5060", "192.0.2.5:5060", "192.0.2.6:5060"]);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc5"), UAC);
+    assert_eq!(out.len(), 4, "100 + three forks");
+    let forks: Vec<String> = out[1..].iter().map(|(_, m)| m.clone()).collect();
+    // 404, 486: held. 302 is best (lowest class) once all are final.
+    assert_eq!(
+        h.feed(&respond(&forks[0], 404, "x"), "192.0.2.4:5060")
+            .len(),
+        1,
+        "just the ACK"
+    );
+    assert_eq!(
+        h.feed(&respond(&forks[1], 486, "y"), "192.0.2.5:5060")
+            .len(),
+        1
+    );
+    let out = h.feed(&respond(&forks[2], 302, "z"), "192.0.2.6:5060");
+    assert_eq!(out.len(), 2);
+    assert_eq!(status(&out[1].1), 302);
+}
+
+#[test]
+fn a_6xx_cancels_the_others_and_wins() {
+    let mut h = H::new(&["192.0.2.4:5060", "192.0.2.5:5060"]);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc6"), UAC);
+    let (f0, f1) = (out[1].1.clone(), out[2].1.clone());
+    h.feed(&respond(&f1, 180, "y"), "192.0.2.5:5060");
+    let out = h.feed(&respond(&f0, 603, "x"), "192.0.2.4:5060");
+    let methods: Vec<String> = out.iter().map(|(_, m)| method(m)).collect();
+    assert_eq!(methods, vec!["ACK", "CANCEL"]);
+    let out = h.feed(&respond(&f1, 487, "y"), "192.0.2.5:5060");
+    assert_eq!(status(&out[1].1), 603);
+}
+
+#[test]
+fn strict_routers_are_handled_both_ways() {
+    let mut h = H::new(&[]);
+    // §16.4: a strict router before us put our Record-Route URI in the
+    // Request-URI; the real target is the last Route value.
+    let bye = format!(
+        "BYE sip:127.0.0.1:5060;lr SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKs1\r\nMax-Forwards: 70\r\n\
+Route: <sip:bob@192.0.2.4:5062>\r\nTo: <sip:bob@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\nCall-ID: s1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = h.feed(&bye, UAC);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].0, "192.0.2.4:5062");
+    assert!(
+        out[0]
+            .1
+            .starts_with("BYE sip:bob@192.0.2.4:5062 SIP/2.0\r\n"),
+        "{}",
+        out[0].1
+    );
+    assert!(
+        !out[0].1.contains("\r\nRoute:"),
+        "the last Route value became the Request-URI"
+    );
+    // §16.6 step 6: the next hop after us is a strict router (no lr).
+    let bye = format!(
+        "BYE sip:bob@192.0.2.4:5062 SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKs2\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31:5070>\r\nTo: <sip:bob@x>;tag=b\r\nFrom: <sip:a@x>;tag=a\r\nCall-ID: s2\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let out = h.feed(&bye, UAC);
+    assert_eq!(out[0].0, "192.0.2.31:5070");
+    let mut idx = HeaderIndex::default();
+    let m = parse(out[0].1.as_bytes(), &mut idx).unwrap();
+    assert_eq!(m.request_uri_bytes(), b"sip:192.0.2.31:5070");
+    let routes: Vec<&[u8]> = m.values(HeaderName::Route).collect();
+    assert_eq!(routes, vec![&b"<sip:bob@192.0.2.4:5062>"[..]]);
+}
+
+#[test]
+fn lookup_outcomes_and_table_limit() {
+    let mut h = H::new(&[]);
+    let out = h.feed(&invite("sip:nobody@example.test", "z9hG4bKc7"), UAC);
+    assert_eq!(status(&out[0].1), 404);
+    let out = h.feed(&invite("sip:carol@example.test", "z9hG4bKc8"), UAC);
+    assert_eq!(status(&out[0].1), 480);
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    h.p.cfg.max_transactions = 1;
+    h.feed(&invite("sip:bob@example.test", "z9hG4bKc9"), UAC);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKc10"), UAC);
+    assert_eq!(status(&out[0].1), 503);
+    assert!(out[0].1.contains("Retry-After: 5\r\n"));
+}
+
+/// A registrar that answers every REGISTER 200 and counts them.
+#[derive(Default)]
+struct CountingRegistry(usize);
+
+impl Registry for CountingRegistry {
+    fn owner(&self, _: &Message<'_>) -> Owner {
+        Owner::Here
+    }
+
+    fn handle_register(
+        &mut self,
+        _: Instant,
+        _: u64,
+        msg: &Message<'_>,
+        _: &Peer,
+        reply: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        self.0 += 1;
+        sip::response(msg, &ResponseSpec::new(200, "OK"), reply)
+            .ok()
+            .map(|n| (n, 200))
+    }
+}
+
+/// Which REGISTERs the registrar gets: for a served domain or for this
+/// proxy's own address (with a served AoR), also through us as the
+/// outbound proxy (a Route naming only us: regression, those went
+/// upstream and got 404); the others are proxied.
+#[test]
+fn register_for_us_reaches_the_registrar_also_through_our_route() {
+    let cases = [
+        ("sip:example.test", "", "alice@example.test", true),
+        (
+            "sip:example.test",
+            "Route: <sip:127.0.0.1:5060;lr>\r\n",
+            "alice@example.test",
+            true,
+        ),
+        ("sip:127.0.0.1:5060", "", "alice@example.test", true),
+        (
+            "sip:127.0.0.1",
+            "Route: <sip:127.0.0.1;lr>\r\n",
+            "alice@example.test",
+            true,
+        ),
+        (
+            "sip:example.test",
+            "Route: <sip:192.0.2.30:5060;lr>\r\n",
+            "alice@example.test",
+            false,
+        ),
+        (
+            "sip:example.test",
+            "Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.30:5060;lr>\r\n",
+            "alice@example.test",
+            false,
+        ),
+        ("sip:other.example", "", "alice@other.example", false),
+        ("sip:127.0.0.1:5060", "", "alice@other.example", false),
+    ];
+    for (i, (ruri, route, aor, registrar)) in cases.into_iter().enumerate() {
+        let cfg = Config {
+            upstream: Some(UPSTREAM.parse().unwrap()),
+            ..Config::default()
+        };
+        let mut p = Stateful::new(
+            identity(),
+            cfg,
+            FixedLocation(Vec::new()),
+            CountingRegistry::default(),
+        );
+        let mut out = Outbox::new(1 << 20, 64);
+        let reg = format!(
+            "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKreg{i}\r\n{route}Max-Forwards: 70\r\n\
+To: <sip:{aor}>\r\nFrom: <sip:{aor}>;tag=r\r\nCall-ID: reg{i}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        p.handle_message(
+            Instant::ZERO,
+            reg.as_bytes(),
+            &Peer::udp(UAC.parse().unwrap(), SocketId(0)),
+            &mut out,
+        );
+        p.persisted(Instant::ZERO, true, &mut out);
+        let sent: Vec<(String, String)> = out
+            .items()
+            .iter()
+            .map(|t| {
+                (
+                    t.peer.remote.to_string(),
+                    String::from_utf8_lossy(out.bytes(t)).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            p.registry.0,
+            usize::from(registrar),
+            "{ruri} {route} {aor}: {sent:#?}"
+        );
+        assert_eq!(sent.len(), 1, "{ruri} {route}: {sent:#?}");
+        if registrar {
+            assert_eq!((sent[0].0.as_str(), status(&sent[0].1)), (UAC, 200));
+        } else {
+            assert!(sent[0].1.starts_with("REGISTER "), "proxied: {sent:#?}");
+            assert_ne!(sent[0].0, UAC);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Transaction timers (RFC 3261 §17, Timer C of §16.6 step 11, RFC 6026):
+//! armed on the shard's wheel, fired into the transaction they belong to.
+
+use super::*;
+
+impl<L: Location, R: Registry> Stateful<L, R> {
+    pub(super) fn arm(&mut self, slot: u32, gen: u32, target: TimerTarget, arm: Arm) {
+        for (name, at) in arm.iter() {
+            self.wheel.insert(
+                at,
+                TimerItem {
+                    slot,
+                    gen,
+                    target,
+                    name,
+                    at,
+                },
+            );
+        }
+    }
+
+    /// Arms Timer C of INVITE fork `i` at `now` + Timer C; returns its deadline.
+    pub(super) fn arm_timer_c(&mut self, now: Instant, slot: u32, gen: u32, i: usize) -> Instant {
+        let c = now + self.cfg.timers.timer_c;
+        self.wheel.insert(
+            c,
+            TimerItem {
+                slot,
+                gen,
+                target: TimerTarget::Fork(i as u8),
+                name: TimerName::C,
+                at: c,
+            },
+        );
+        c
+    }
+
+    pub(super) fn on_timer(&mut self, now: Instant, item: TimerItem, out: &mut Outbox) {
+        if self.txns.generation(item.slot) != Some(item.gen) {
+            return;
+        }
+        let slot = item.slot;
+        let Some(mut txn) = self.take(slot) else {
+            return;
+        };
+        match item.target {
+            TimerTarget::Server => {
+                let (action, arm) = match &mut txn.server {
+                    Server::Invite(s) => s.on_timer(now, item.name, item.at),
+                    Server::NonInvite(s) => (s.on_timer(item.name, item.at), Arm::NONE),
+                };
+                self.arm(slot, txn.gen, TimerTarget::Server, arm);
+                if action == Action::RetransmitResponse {
+                    if let Some(r) = txn.last_response.clone() {
+                        self.send(out, txn.reply_to, &r);
+                    }
+                }
+                if txn.server.terminated() {
+                    txn.last_response = None;
+                }
+            }
+            TimerTarget::Fork(i) => {
+                let i = usize::from(i);
+                if item.name == TimerName::C {
+                    let live = txn
+                        .forks
+                        .get(i)
+                        .is_some_and(|f| f.timer_c == Some(item.at) && f.final_code.is_none());
+                    if live {
+                        // §16.8: Timer C fired: CANCEL the fork. With no
+                        // provisional response yet the CANCEL waits for one
+                        // (§9.1) and Timer B ends the branch with its 408.
+                        // Why not a 408 at once, as §16.8 words it: Timer C
+                        // only beats Timer B when configured below 64×T1
+                        // (§16.6 wants it above 3 min), and an immediate 408
+                        // let the branch's late 2xx reach the caller after
+                        // the 408 (found by the simulations).
+                        self.cancel_fork(now, slot, &mut txn, i, out);
+                    }
+                } else {
+                    let (action, arm) = match txn.forks.get_mut(i) {
+                        Some(f) => f.client.on_timer(now, item.name, item.at),
+                        None => (Action::None, Arm::NONE),
+                    };
+                    self.arm(slot, txn.gen, TimerTarget::Fork(i as u8), arm);
+                    match action {
+                        Action::RetransmitRequest => {
+                            if let Some(f) = txn.forks.get(i) {
+                                if let Some(b) = f.bytes.clone() {
+                                    self.counters.retransmissions_sent += 1;
+                                    self.send(out, f.to, &b);
+                                }
+                            }
+                        }
+                        Action::Timeout => {
+                            if let Some(f) = txn.forks.get_mut(i) {
+                                f.final_code = Some(408);
+                                f.bytes = None;
+                                f.timer_c = None;
+                                if let Some((c, _)) = f.cancel.as_deref_mut() {
+                                    c.terminate();
+                                }
+                            }
+                        }
+                        Action::Terminate => {
+                            if let Some(f) = txn.forks.get_mut(i) {
+                                f.bytes = None;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            TimerTarget::Cancel(i) => {
+                let i = usize::from(i);
+                let mut resend = None;
+                let mut gave_up = false;
+                if let Some(f) = txn.forks.get_mut(i) {
+                    if let Some((c, bytes)) = f.cancel.as_deref_mut() {
+                        let (action, arm) = c.on_timer(now, item.name, item.at);
+                        match action {
+                            Action::RetransmitRequest => resend = Some((f.to, bytes.clone())),
+                            Action::Timeout => gave_up = true,
+                            _ => {}
+                        }
+                        for (name, at) in arm.iter() {
+                            self.wheel.insert(
+                                at,
+                                TimerItem {
+                                    slot,
+                                    gen: txn.gen,
+                                    target: TimerTarget::Cancel(i as u8),
+                                    name,
+                                    at,
+                                },
+                            );
+                        }
+                    }
+                    if gave_up && f.final_code.is_none() {
+                        // §16.8: no final response to a CANCELed fork: behave as if 408.
+                        f.final_code = Some(408);
+                        f.client.terminate();
+                        f.bytes = None;
+                    }
+                }
+                if let Some((to, b)) = resend {
+                    self.send(out, to, &b);
+                }
+            }
+        }
+        self.put(slot, txn);
+        self.finish(now, slot, out);
+    }
+}
