@@ -1,14 +1,35 @@
 #!/bin/sh
-# Seeds the parse_message corpus with the RFC 4475 / RFC 5118 torture
-# messages (and any regression inputs kept beside them).
+# Seeds the fuzz corpora: parse_message with the RFC 4475 / RFC 5118 torture
+# messages (and any regression inputs kept beside them); stream_framing with
+# the same messages behind a mode byte and read sizes, two to a stream;
+# ws_decode with masked text frames carrying them.
 #   fuzz/seed.sh && cargo fuzz run parse_message -s none -- -max_total_time=600
 # (stable works with -s none; on nightly drop it for AddressSanitizer)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 corpus="$here/corpus/parse_message"
-mkdir -p "$corpus"
+mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode"
 cp "$here"/../tests/fixtures/torture/*.sip "$corpus"/
-if [ -d "$here/regressions/parse_message" ]; then
-    cp "$here"/regressions/parse_message/* "$corpus"/ 2>/dev/null || true
-fi
-echo "seeded $(ls "$corpus" | wc -l) inputs into $corpus"
+for t in parse_message stream_framing ws_decode; do
+    if [ -d "$here/regressions/$t" ]; then
+        cp "$here"/regressions/$t/* "$here/corpus/$t"/ 2>/dev/null || true
+    fi
+done
+python3 - "$here" <<'PY'
+import os, sys, glob, struct
+here = sys.argv[1]
+msgs = [open(f, 'rb').read() for f in sorted(glob.glob(os.path.join(here, '../tests/fixtures/torture/*.sip')))]
+sf = os.path.join(here, 'corpus/stream_framing')
+ws = os.path.join(here, 'corpus/ws_decode')
+for i, m in enumerate(msgs):
+    nxt = msgs[(i + 1) % len(msgs)]
+    # mode 0 (default limits), read sizes 1..8 bytes of 7, 64, 200...
+    open(os.path.join(sf, f'seed{i:03}'), 'wb').write(bytes([i % 8, 7, 64, 200, 3, 255, 1, 90, 31]) + m + b'\r\n\r\n' + nxt)
+    body = m[:1024]
+    key = bytes([0x11, 0x22, 0x33, 0x44])
+    masked = bytes(b ^ key[j % 4] for j, b in enumerate(body))
+    n = len(body)
+    hdr = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + struct.pack('>H', n)
+    open(os.path.join(ws, f'seed{i:03}'), 'wb').write(bytes([len(hdr) + 3]) + hdr + key + masked)
+PY
+echo "seeded: $(ls "$corpus" | wc -l) parse_message, $(ls "$here/corpus/stream_framing" | wc -l) stream_framing, $(ls "$here/corpus/ws_decode" | wc -l) ws_decode"

@@ -139,6 +139,9 @@ pub enum ConfigError {
         "listen address {0} needs a certificate: set --tls-cert and --tls-key (or [tls] cert, key)"
     )]
     NoCertificate(SocketAddr),
+    /// `[proxy] large_requests` is neither "udp" nor "tcp".
+    #[error("[proxy] large_requests = {0:?}: expected \"udp\" or \"tcp\"")]
+    BadLargeRequests(String),
     /// `[tls] verify_client` is not none, optional or required.
     #[error("[tls] verify_client = {0:?}: expected \"none\", \"optional\" or \"required\"")]
     BadVerifyClient(String),
@@ -326,13 +329,17 @@ pub struct TimersSection {
 }
 
 /// `[proxy]`: the stateful proxy.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
     /// Most live transactions per shard; beyond it, 503.
     pub max_transactions: Option<usize>,
     /// Record-Route dialog-creating requests (default true).
     pub record_route: Option<bool>,
+    /// A request over 1300 bytes for a UDP target: `"udp"` (the default:
+    /// sent over UDP, fragmented by IP, as Kamailio and OpenSIPS do) or
+    /// `"tcp"` (RFC 3261 §18.1.1: over TCP, or 513 without a TCP listener).
+    pub large_requests: Option<String>,
 }
 
 /// `[parser]`: message limits.
@@ -402,6 +409,8 @@ pub struct Config {
     pub max_transactions: usize,
     /// Record-Route in stateful mode.
     pub stateful_record_route: bool,
+    /// `[proxy] large_requests = "tcp"`: RFC 3261 §18.1.1 for requests over 1300 bytes.
+    pub large_requests_over_tcp: bool,
     /// io_uring completion coalescing, µs.
     pub coalesce_us: u32,
     /// The users file, if any.
@@ -606,6 +615,11 @@ impl FileConfig {
             timers,
             max_transactions: proxy.max_transactions.unwrap_or(1 << 20).max(1),
             stateful_record_route: proxy.record_route.unwrap_or(true),
+            large_requests_over_tcp: match proxy.large_requests.as_deref() {
+                None | Some("udp") => false,
+                Some("tcp") => true,
+                Some(other) => return Err(ConfigError::BadLargeRequests(other.to_owned())),
+            },
             coalesce_us: self
                 .io_tuning
                 .and_then(|i| i.coalesce_us)

@@ -14,7 +14,8 @@
 //!   registers over WebSocket, sends a MESSAGE to a UDP user, receives that
 //!   user's call and MESSAGE.
 //! - SIPp over TCP (`-t t1`), UAC and UAS, through the edge.
-//! - A request too large for UDP (§18.1.1) goes to a UDP target over TCP.
+//! - A request too large for UDP goes to a UDP target over TCP, or 513, with
+//!   `[proxy] large_requests = "tcp"` (§18.1.1); over UDP by default.
 //! - Hostile streams: framing (split, batched, CRLF keep-alives, no
 //!   Content-Length → 400 and close), a header block sent one byte at a time
 //!   (slowloris) is cut off, many connections from one address stop at the
@@ -642,44 +643,25 @@ fn sipp_over_tcp_through_the_edge() {
     }
 }
 
-/// §18.1.1: a request over 1300 bytes for a UA registered over UDP goes to
-/// it over TCP (the UA listens on both, as RFC 3261 requires).
+/// `[proxy] large_requests = "tcp"` (RFC 3261 §18.1.1): a request over 1300
+/// bytes for a UA registered over UDP goes to it over TCP (the UA listens on
+/// both, as RFC 3261 requires), and is answered 513 by an edge without a
+/// TCP listener; by default it goes over UDP, as Kamailio sends it.
 #[test]
 fn large_request_to_a_udp_target_goes_over_tcp() {
     for d in drivers() {
         let dir = TempDir::new("streams-large");
-        let e = edge(d, &dir, &[]);
+        let cfg = dir.write("sipedge.toml", "[proxy]\nlarge_requests = \"tcp\"\n");
+        let e = edge(d, &dir, &["--config", &cfg]);
         let udp = e.proxy.listener("udp");
         // Bob: UDP socket and TCP listener on the same port.
-        let ua = Ua::new();
-        let tcp = std::net::TcpListener::bind(ua.addr).unwrap();
-        ua.send(
-            &format!(
-                "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-r1\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=r1\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-                 Call-ID: reg-large@x\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@{a}>\r\n\
-                 Expires: 300\r\nContent-Length: 0\r\n\r\n",
-                a = ua.addr
-            ),
-            udp,
-        );
-        let ok = ua.expect_response(200, "REGISTER");
-        assert_eq!(ok.status(), Some(200));
+        let bob = Ua::new();
+        let tcp = std::net::TcpListener::bind(bob.addr).unwrap();
+        register_udp(&bob, "bob", udp);
         // Alice, over UDP, sends bob a 2 KB MESSAGE.
         let alice = Ua::new();
         let body = "x".repeat(2000);
-        alice.send(
-            &format!(
-                "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m1\r\n\
-                 Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m1\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-                 Call-ID: msg-large@x\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
-                 Content-Length: {}\r\n\r\n{body}",
-                body.len(),
-                a = alice.addr
-            ),
-            udp,
-        );
-        tcp.set_nonblocking(false).unwrap();
+        alice.send(&large_message(&alice, &body, 1), udp);
         let (mut conn, _) = accept_within(&tcp, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("{d}: the large MESSAGE did not come over TCP"));
         let req = read_message(&mut conn, Duration::from_secs(5)).expect("a request on TCP");
@@ -694,7 +676,63 @@ fn large_request_to_a_udp_target_goes_over_tcp() {
         conn.write_all(resp.as_bytes()).unwrap();
         let got = alice.expect_response(200, "MESSAGE");
         assert_eq!(got.status(), Some(200));
+        drop(e);
+
+        // The default: over UDP.
+        let dir = TempDir::new("streams-large-udp");
+        let e = edge(d, &dir, &[]);
+        let udp = e.proxy.listener("udp");
+        register_udp(&bob, "bob", udp);
+        alice.send(&large_message(&alice, &body, 2), udp);
+        let (m, _) = bob.expect_request("MESSAGE");
+        assert!(m.body().ends_with(&body), "{d}: the whole MESSAGE over UDP");
+        drop(e);
+
+        // §18.1.1 with no TCP listener to send it from: 513.
+        let dir = TempDir::new("streams-large-513");
+        let cfg = dir.write("sipedge.toml", "[proxy]\nlarge_requests = \"tcp\"\n");
+        let p = Proxy::start(&[
+            "--io",
+            d,
+            "--domain",
+            DOMAIN,
+            "--data-dir",
+            dir.arg(),
+            "--config",
+            &cfg,
+        ]);
+        register_udp(&bob, "bob", p.addr);
+        alice.send(&large_message(&alice, &body, 3), p.addr);
+        let got = alice.expect_response(513, "MESSAGE");
+        assert_eq!(got.status(), Some(513), "{d}");
     }
+}
+
+fn register_udp(ua: &Ua, user: &str, edge: SocketAddr) {
+    ua.send(
+        &format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-r{p}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=r1\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+             Call-ID: reg-{p}@x\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{a}>\r\n\
+             Expires: 300\r\nContent-Length: 0\r\n\r\n",
+            a = ua.addr,
+            p = edge.port()
+        ),
+        edge,
+    );
+    let ok = ua.expect_response(200, "REGISTER");
+    assert_eq!(ok.status(), Some(200));
+}
+
+fn large_message(from: &Ua, body: &str, n: u32) -> String {
+    format!(
+        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+         Call-ID: msg-large-{n}@x\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len(),
+        a = from.addr
+    )
 }
 
 fn accept_within(l: &std::net::TcpListener, limit: Duration) -> Option<(TcpStream, SocketAddr)> {
@@ -1109,6 +1147,76 @@ fn tls_garbage_and_websocket_without_sip_are_refused() {
         assert!(
             sip.starts_with("HTTP/1.1 101") && sip.contains("Sec-WebSocket-Protocol: sip"),
             "{d}: sip subprotocol: {sip:?}"
+        );
+    }
+}
+
+/// When the WebSocket connection a browser registered over closes, its
+/// binding goes with it (its `.invalid` contact is reachable only through
+/// that connection): a MESSAGE to it is answered 480 at once, not left to
+/// time out.
+#[test]
+fn a_closed_websocket_takes_its_binding_along() {
+    if !have_node_peers() {
+        return;
+    }
+    for d in drivers() {
+        let dir = TempDir::new("streams-flowclose");
+        let e = edge(d, &dir, &[]);
+        let udp = e.proxy.listener("udp");
+        let mut bob = Run::start(
+            "bob",
+            &mut sipjs(&dir, &e, "ws", "bob", &["--role", "register"]),
+        );
+        assert!(
+            bob.wait_line("bob: registered", Duration::from_secs(15)),
+            "{d}: bob did not register\n{}",
+            bob.report(&dir, "bob.log")
+        );
+        let alice = Ua::new();
+        let message = |n: u32| {
+            format!(
+                "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-fc{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=fc{n}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
+                 Call-ID: fc-{n}@x\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+                 Content-Length: 2\r\n\r\nhi",
+                a = alice.addr
+            )
+        };
+        alice.send(&message(0), udp);
+        let ok = alice.expect_response(200, "MESSAGE");
+        assert_eq!(
+            ok.status(),
+            Some(200),
+            "{d}: bob reachable over his WebSocket"
+        );
+        // The browser goes away without unregistering (SIGKILL).
+        drop(bob);
+        let t0 = Instant::now();
+        let mut last = None;
+        for n in 1..=30 {
+            alice.send(&message(n), udp);
+            let finals: Vec<u16> = alice
+                .collect(Duration::from_millis(300))
+                .iter()
+                .filter_map(|m| m.status())
+                .filter(|&c| c >= 200)
+                .collect();
+            last = finals.first().copied();
+            if last == Some(480) {
+                break;
+            }
+        }
+        assert_eq!(
+            last,
+            Some(480),
+            "{d}: a MESSAGE to bob after his WebSocket closed ({:?} later)",
+            t0.elapsed()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{d}: took {:?}",
+            t0.elapsed()
         );
     }
 }

@@ -456,6 +456,7 @@ fn start_stateful(
         upstream: cfg.upstream,
         upstream_transport: cfg.upstream_transport,
         record_route: cfg.stateful_record_route,
+        large_requests_over_tcp: cfg.large_requests_over_tcp,
         timers: cfg.timers,
         max_transactions: cfg.max_transactions,
         parse: cfg.parse.clone(),

@@ -141,4 +141,8 @@ impl Registry for PartitionRegistry {
     fn state(&self) -> Option<PartitionState> {
         Some(self.registrar.snapshot())
     }
+
+    fn handle_flow_closed(&mut self, now: Instant, wall_us: u64, flow: FlowId) {
+        self.registrar.handle_flow_closed(now, wall_us, flow.0);
+    }
 }

@@ -193,11 +193,15 @@ pub struct Counters {
     pub evicted: u64,
     /// AoRs forgotten after the retention.
     pub forgotten: u64,
+    /// Bindings removed because the connection they were registered over
+    /// closed (RFC 5626 flows; a browser's `.invalid` contact is reachable
+    /// only through it).
+    pub flow_closed: u64,
 }
 
 impl Counters {
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 9] {
+    pub fn pairs(&self) -> [(&'static str, u64); 10] {
         [
             ("sipedge_registrar_requests_total", self.requests),
             ("sipedge_registrar_accepted_total", self.accepted),
@@ -208,6 +212,7 @@ impl Counters {
             ("sipedge_registrar_expired_total", self.expired),
             ("sipedge_registrar_evicted_total", self.evicted),
             ("sipedge_registrar_forgotten_total", self.forgotten),
+            ("sipedge_registrar_flow_closed_total", self.flow_closed),
         ]
     }
 }
@@ -309,6 +314,10 @@ pub struct Registrar {
     path: Vec<u8>,
     /// Scratch: timers fired by one `handle_timeout`.
     fired: Vec<Timer>,
+    /// AoR slots with a binding over each connection (stream flows only).
+    /// An entry may outlive its binding (a refresh over another flow): it is
+    /// checked against the bindings when its flow closes, then dropped.
+    flows: HashMap<u32, Vec<u32>, KeyHash>,
 }
 
 impl Registrar {
@@ -329,6 +338,7 @@ impl Registrar {
             extra: Vec::with_capacity(1024),
             path: Vec::new(),
             fired: Vec::new(),
+            flows: HashMap::with_hasher(KeyHash::default()),
         }
     }
 
@@ -936,6 +946,12 @@ impl Registrar {
 
     fn put_binding(&mut self, slot: u32, binding: Binding, deadline: Instant) {
         let id = binding.id();
+        if binding.flow() != 0 {
+            let slots = self.flows.entry(binding.flow()).or_default();
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
         let Some(aor) = self.aors.get_mut(slot as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -1049,6 +1065,50 @@ impl Registrar {
                 aor.gen = aor.gen.wrapping_add(1);
             }
             self.schedule_forget(now, slot);
+        }
+    }
+
+    /// The connection `flow` closed: its bindings are removed (with
+    /// records), as a registrar does when a UA's flow fails and nothing can
+    /// reach the UA through it any more (RFC 5626 §5.3; a UA using outbound
+    /// registers again over a new flow).
+    pub fn handle_flow_closed(&mut self, now: Instant, wall: u64, flow: u32) {
+        if flow == 0 {
+            return;
+        }
+        let Some(slots) = self.flows.remove(&flow) else {
+            return;
+        };
+        for slot in slots {
+            let Some(aor) = self.aor(slot) else { continue };
+            let ids: Vec<u64> = aor
+                .entries
+                .iter()
+                .filter(|e| e.binding.flow() == flow)
+                .map(|e| e.binding.id())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let key = aor.key.clone();
+            for id in ids {
+                self.remove_binding(slot, id);
+                self.counters.flow_closed += 1;
+                self.emit(
+                    wall,
+                    Op::Remove {
+                        aor: key.clone(),
+                        id,
+                    },
+                );
+            }
+            if self.aor(slot).is_some_and(|a| a.entries.is_empty()) {
+                if let Some(aor) = self.aor_mut(slot) {
+                    aor.since = wall;
+                    aor.gen = aor.gen.wrapping_add(1);
+                }
+                self.schedule_forget(now, slot);
+            }
         }
     }
 

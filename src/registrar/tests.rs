@@ -972,3 +972,54 @@ fn binding_reached_at_source_only_behind_nat() {
         }
     }
 }
+
+#[test]
+fn bindings_over_a_closed_flow_are_removed() {
+    use crate::transport::{FlowId, Transport};
+    let mut h = H::new();
+    let over = |flow: u32| Peer {
+        transport: Transport::Ws,
+        remote: "127.0.0.1:40000".parse().unwrap(),
+        local: SocketId(3),
+        flow: FlowId(flow),
+    };
+    let reg = |h: &mut H, user: &str, flow: u32| {
+        let raw = h.req(
+            user,
+            &format!("{user}-cid"),
+            1,
+            &format!("Contact: <sip:{user}@abc.invalid;transport=ws>\r\nExpires: 300\r\n"),
+        );
+        let mut idx = HeaderIndex::default();
+        let msg = parse(&raw, &mut idx).unwrap();
+        let r = h
+            .reg
+            .handle_register(h.now, h.wall, &msg, &over(flow), &mut h.buf)
+            .unwrap();
+        assert_eq!(r.status, 200);
+        h.records.extend(h.reg.drain_records());
+    };
+    reg(&mut h, "alice", 0x0100_0101);
+    reg(&mut h, "bob", 0x0100_0201);
+    reg(&mut h, "carol", 0x0100_0101);
+    h.ops();
+    // Another flow closing, or none, changes nothing.
+    h.reg.handle_flow_closed(h.now, h.wall, 0x0100_0301);
+    h.reg.handle_flow_closed(h.now, h.wall, 0);
+    h.records.extend(h.reg.drain_records());
+    assert!(h.ops().is_empty());
+    // alice's and carol's flow closes: their bindings go, with records; bob's stays.
+    h.reg.handle_flow_closed(h.now, h.wall, 0x0100_0101);
+    h.records.extend(h.reg.drain_records());
+    assert_eq!(h.ops(), vec!["remove", "remove"]);
+    assert!(h.contacts_of("alice").is_empty() && h.contacts_of("carol").is_empty());
+    assert_eq!(h.contacts_of("bob").len(), 1);
+    assert_eq!(h.reg.counters().flow_closed, 2);
+    // Closing it again is a no-op; the emptied AoRs are forgotten later.
+    h.reg.handle_flow_closed(h.now, h.wall, 0x0100_0101);
+    h.records.extend(h.reg.drain_records());
+    assert!(h.ops().is_empty());
+    // An hour on: bob's binding expires, alice and carol are forgotten.
+    h.advance(3600);
+    assert_eq!(h.ops(), vec!["remove", "forget", "forget"]);
+}

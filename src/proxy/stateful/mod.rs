@@ -79,6 +79,9 @@ pub struct Config {
     pub upstream_transport: Transport,
     /// Record-Route dialog-creating requests (on by default).
     pub record_route: bool,
+    /// RFC 3261 §18.1.1: a request over 1300 bytes for a UDP target goes
+    /// over TCP (513 without a TCP listener). Off: it goes over UDP.
+    pub large_requests_over_tcp: bool,
     /// T1, T2, T4 and Timer C.
     pub timers: TimerConfig,
     /// Most live transactions per shard; beyond it, 503.
@@ -97,6 +100,7 @@ impl Default for Config {
             upstream: None,
             upstream_transport: Transport::Udp,
             record_route: true,
+            large_requests_over_tcp: false,
             timers: TimerConfig::default(),
             max_transactions: 1 << 20,
             max_forks: 16,
@@ -194,6 +198,11 @@ pub trait Registry {
     fn state(&self) -> Option<PartitionState> {
         None
     }
+
+    /// The connection `flow` (of any shard) closed: drop what was bound to it.
+    fn handle_flow_closed(&mut self, now: Instant, wall_us: u64, flow: FlowId) {
+        let _ = (now, wall_us, flow);
+    }
 }
 
 /// No registrar: REGISTERs are proxied like other requests.
@@ -248,6 +257,9 @@ pub enum MeshMsg {
     },
     /// A partition's whole state, for a replica that missed records.
     State(Arc<PartitionState>),
+    /// A connection of the sender's closed: each registrar partition drops
+    /// the bindings made over it.
+    FlowClosed(FlowId),
 }
 
 /// One target of a request (§16.5): where to send it and with which Request-URI.
@@ -744,6 +756,19 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
         self.release(now, ok, out);
     }
 
+    fn handle_flow_closed(&mut self, now: Instant, flow: FlowId) {
+        // Every partition may hold bindings over this connection.
+        for to in 0..usize::from(self.shards) {
+            if to == usize::from(self.id.shard_id) {
+                self.registry.handle_flow_closed(now, self.wall_us, flow);
+            } else if self.mesh_out.len() < MESH_OUT_MAX {
+                self.mesh_out.push_back((to, MeshMsg::FlowClosed(flow)));
+            } else {
+                self.counters.overload += 1;
+            }
+        }
+    }
+
     fn poll_mesh(&mut self) -> Option<(usize, MeshMsg)> {
         self.mesh_out.pop_front()
     }
@@ -788,6 +813,7 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
                 }
             }
             MeshMsg::State(state) => self.location.install(&state),
+            MeshMsg::FlowClosed(flow) => self.registry.handle_flow_closed(now, self.wall_us, flow),
             // A send on a connection this shard owns: the shard loop takes
             // stream transmits from the outbox to their connections.
             MeshMsg::Transmit { peer, bytes } => self.send(out, peer, &bytes),

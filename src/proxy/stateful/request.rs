@@ -442,9 +442,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             let Some(dest) = t.dest.or(self.cfg.upstream) else {
                 continue;
             };
-            // §18.1.1: a request larger than 1300 bytes (path MTU unknown)
-            // goes over a congestion-controlled transport: TCP where we have
-            // a TCP listener, else the branch fails with 513.
+            // §18.1.1 (with `[proxy] large_requests = "tcp"`): a request
+            // larger than 1300 bytes (path MTU unknown) goes over a
+            // congestion-controlled transport: TCP where we have a TCP
+            // listener, else the branch fails with 513. Off by default: a UA
+            // behind NAT registered over UDP is rarely reachable over TCP.
             let mut force_tcp = false;
             let (to, bytes) = loop {
                 let mut transport = if force_tcp {
@@ -547,7 +549,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                     self.counters.dropped_overflow += 1;
                     continue 'targets;
                 };
-                if to.transport == Transport::Udp && to.flow.is_none() && n > UDP_MAX_REQUEST {
+                if self.cfg.large_requests_over_tcp
+                    && to.transport == Transport::Udp
+                    && to.flow.is_none()
+                    && n > UDP_MAX_REQUEST
+                {
                     if !force_tcp && self.id.serves(Transport::Tcp) {
                         force_tcp = true;
                         self.counters.transport_upgrades += 1;
