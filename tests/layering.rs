@@ -6,7 +6,7 @@
 //!
 //! The scan reads the source text: `crate::NAME` paths in code (comments,
 //! doc comments and `#[cfg(test)]` modules skipped) and a list of I/O paths.
-//! Test-only files (`tests.rs`, `tests/` folders) are exempt.
+//! Test-only files (`tests.rs`, `tests/` and `*_tests/` folders) are exempt.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -152,7 +152,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == "tests") {
+            if p.file_name()
+                .is_some_and(|n| n == "tests" || n.to_string_lossy().ends_with("_tests"))
+            {
                 continue;
             }
             rust_files(&p, out);

@@ -1,6 +1,6 @@
 //! The proxy's view of the location service and the registrar: a shard's
 //! [`Replica`] as a [`Location`], and its registrar partition as a
-//! [`Registry`] that knows which shard owns each address-of-record.
+//! [`LocalService`] that knows which shard owns each address-of-record.
 //!
 //! Where a request for a binding goes: to the first Path URI when the UA
 //! registered through an edge that added one (RFC 3327), else to the source
@@ -11,12 +11,12 @@
 
 use crate::location::{Lookup, PartitionState, Record, Replica};
 use crate::registrar::{register_partition, Registrar, RegistrarError};
-use crate::sip::{scan, Message, NameAddr, Uri};
+use crate::sip::{scan, Message, Method, NameAddr, Uri};
 use crate::time::Instant;
 use crate::transport::{FlowId, Peer, Transport};
 
 use super::route::uri_addr;
-use super::stateful::{Found, Location, Owner, Registry, Targets};
+use super::stateful::{Found, LocalService, Location, Owner, Targets};
 
 impl Location for Replica {
     fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found {
@@ -96,7 +96,11 @@ impl PartitionRegistry {
     }
 }
 
-impl Registry for PartitionRegistry {
+impl LocalService for PartitionRegistry {
+    fn serves(&self, method: Method) -> bool {
+        method == Method::Register
+    }
+
     fn owner(&self, msg: &Message<'_>) -> Owner {
         match register_partition(msg, self.partitions) {
             Some(p) if p != self.me => Owner::Shard(p),
@@ -105,7 +109,7 @@ impl Registry for PartitionRegistry {
         }
     }
 
-    fn handle_register(
+    fn handle_request(
         &mut self,
         now: Instant,
         wall_us: u64,

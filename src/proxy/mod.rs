@@ -396,6 +396,8 @@ pub struct Counters {
     pub transport_fallbacks: u64,
     /// Requests over 1300 bytes sent over TCP instead of UDP (RFC 3261 §18.1.1).
     pub transport_upgrades: u64,
+    /// Requests a local service originated (NOTIFY), each with a client transaction.
+    pub requests_originated: u64,
 }
 
 impl Counters {
@@ -432,10 +434,11 @@ impl Counters {
         self.policy_denied += other.policy_denied;
         self.transport_fallbacks += other.transport_fallbacks;
         self.transport_upgrades += other.transport_upgrades;
+        self.requests_originated += other.requests_originated;
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 31] {
+    pub fn pairs(&self) -> [(&'static str, u64); 32] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -506,6 +509,10 @@ impl Counters {
             (
                 "sipedge_proxy_transport_upgrades_total",
                 self.transport_upgrades,
+            ),
+            (
+                "sipedge_proxy_requests_originated_total",
+                self.requests_originated,
             ),
         ]
     }

@@ -26,8 +26,8 @@
 //!
 //! Where it lives: the phases of a new request in [`request`] (one
 //! function each, in the order a request meets them), responses and the
-//! response context in [`response`], timers in [`timer`], the registrar's
-//! seam in [`registrar`]; the transaction table is [`crate::txn::table`].
+//! response context in [`response`], timers in [`timer`], the local-service
+//! seam in [`local`]; the transaction table is [`crate::txn::table`].
 //!
 //! Memory: a transaction keeps the request and each forwarded copy only
 //! while something may need them (retransmission, ACK, CANCEL, a local
@@ -58,7 +58,7 @@ use super::branch::{self, Branch, TxnRef};
 use super::guard::Guard;
 use super::{flow, reject, route, stateless, Counters, Identity, Service};
 
-mod registrar;
+mod local;
 mod request;
 mod response;
 mod timer;
@@ -162,15 +162,29 @@ pub enum Owner {
     Nobody,
 }
 
-/// The registrar side of a shard: its partition of the bindings.
-pub trait Registry {
-    /// Which shard's registrar owns the AoR of REGISTER `msg`.
+/// A local service: requests for a served domain (no Route left) that the
+/// edge answers itself instead of routing them — the registrar today,
+/// presence next. Like the registrar, a service is partitioned: each request
+/// has an owner shard, and the proxy hands it there over the mesh.
+///
+/// ```text
+///  request ─► serves(method)? ─► for us (served domain, no Route left)? ─► owner(msg)
+///     Here ─► handle_request ─► response held until drain_records are durable ─► sent
+///     Shard(n) ─► handed to shard n       Nobody ─► routed like any request
+///  poll_request ─► the proxy adds its Via and runs a client transaction (§17.1.2)
+///     └─► handle_outcome(token, final status; 408 when none came)
+/// ```
+pub trait LocalService {
+    /// True for the methods this service answers (asked first: it is cheap).
+    fn serves(&self, method: Method) -> bool;
+
+    /// Which shard's instance owns request `msg`.
     fn owner(&self, msg: &Message<'_>) -> Owner;
 
-    /// Handles a REGISTER this shard owns, writing the whole response into
+    /// Handles a request this shard owns, writing the whole response into
     /// `reply`; returns (length, status), `None` if it wrote nothing.
     #[allow(clippy::too_many_arguments)]
-    fn handle_register(
+    fn handle_request(
         &mut self,
         now: Instant,
         wall_us: u64,
@@ -189,7 +203,7 @@ pub trait Registry {
         let _ = (now, wall_us);
     }
 
-    /// When [`Registry::handle_timeout`] has something to do.
+    /// When [`LocalService::handle_timeout`] has something to do.
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
@@ -203,18 +217,48 @@ pub trait Registry {
     fn handle_flow_closed(&mut self, now: Instant, wall_us: u64, flow: FlowId) {
         let _ = (now, wall_us, flow);
     }
+
+    /// A request this service originates (a NOTIFY), written whole into
+    /// `buf` without a Via (the proxy adds its own, with the branch of the
+    /// client transaction it runs for it). Asked after every
+    /// [`LocalService::handle_timeout`]; report queued requests through
+    /// [`LocalService::poll_timeout`].
+    fn poll_request(&mut self, buf: &mut [u8]) -> Option<Originated> {
+        let _ = buf;
+        None
+    }
+
+    /// The final status of the originated request `token` (408 when none came).
+    fn handle_outcome(&mut self, now: Instant, token: u64, status: u16) {
+        let _ = (now, token, status);
+    }
+}
+
+/// A request a [`LocalService`] originates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Originated {
+    /// Where it goes (a flow, for a UA reached over its connection).
+    pub to: Peer,
+    /// Its length in the buffer.
+    pub len: usize,
+    /// What [`LocalService::handle_outcome`] names it by.
+    pub token: u64,
 }
 
 /// No registrar: REGISTERs are proxied like other requests.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoRegistry;
+pub struct NoService;
 
-impl Registry for NoRegistry {
+impl LocalService for NoService {
+    fn serves(&self, _: Method) -> bool {
+        false
+    }
+
     fn owner(&self, _: &Message<'_>) -> Owner {
         Owner::Nobody
     }
 
-    fn handle_register(
+    fn handle_request(
         &mut self,
         _: Instant,
         _: u64,
@@ -350,6 +394,9 @@ impl Targets {
 enum Server {
     Invite(InviteServer),
     NonInvite(NonInviteServer),
+    /// No server transaction: a request a local service originated; its
+    /// final status goes back to the service under this token.
+    Local(u64),
 }
 
 impl Server {
@@ -357,6 +404,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.state() == InviteServerState::Terminated,
             Self::NonInvite(s) => s.state() == NonInviteServerState::Terminated,
+            Self::Local(_) => true,
         }
     }
 
@@ -364,6 +412,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.can_send(code),
             Self::NonInvite(s) => s.can_send(),
+            Self::Local(_) => true,
         }
     }
 
@@ -371,6 +420,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.on_send(now, code),
             Self::NonInvite(s) => s.on_send(now, code),
+            Self::Local(_) => Arm::NONE,
         }
     }
 }
@@ -471,7 +521,7 @@ const SCRATCH: usize = crate::transport::MAX_DATAGRAM;
 const UDP_MAX_REQUEST: usize = 1300;
 
 /// The stateful proxy of one shard.
-pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
+pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     id: Identity,
     cfg: Config,
     relay: stateless::Config,
@@ -481,12 +531,16 @@ pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
     txns: Table<Txn>,
     wheel: Wheel<TimerItem>,
     fired: Vec<TimerItem>,
+    /// Final statuses of originated requests, for the local service.
+    outcomes: Vec<(u64, u16)>,
+    /// Scratch: a request a local service originates.
+    originated: Vec<u8>,
     targets: Targets,
     scratch: Vec<u8>,
     /// Where the location service lives.
     pub location: L,
     /// Where REGISTERs for served domains go.
-    pub registry: R,
+    pub local: S,
     wall_us: u64,
     /// Number of shards (= partitions).
     shards: u16,
@@ -512,9 +566,9 @@ fn lag_histogram() -> hdrhistogram::Histogram<u64> {
 /// Most mesh messages queued for sending before handing over fails with 503.
 const MESH_OUT_MAX: usize = 65_536;
 
-impl<L: Location, R: Registry> Stateful<L, R> {
+impl<L: Location, S: LocalService> Stateful<L, S> {
     /// A stateful proxy for the shard `id`.
-    pub fn new(id: Identity, cfg: Config, location: L, registry: R) -> Self {
+    pub fn new(id: Identity, cfg: Config, location: L, local: S) -> Self {
         let relay = stateless::Config {
             upstream: cfg.upstream,
             upstream_transport: cfg.upstream_transport,
@@ -530,10 +584,12 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             txns: Table::new(),
             wheel: Wheel::new(Instant::ZERO),
             fired: Vec::new(),
+            outcomes: Vec::new(),
+            originated: vec![0u8; SCRATCH],
             targets: Targets::default(),
             scratch: vec![0u8; SCRATCH],
             location,
-            registry,
+            local,
             wall_us: 0,
             shards: 1,
             held: Vec::new(),
@@ -689,7 +745,7 @@ fn local_tag(id: &Identity, msg: &Message<'_>) -> Branch {
 /// Headers of our 200 to OPTIONS.
 const OPTIONS_EXTRA: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, REGISTER, SUBSCRIBE, NOTIFY, PUBLISH, INFO, PRACK, UPDATE, REFER\r\nAccept: application/sdp\r\nSupported: path\r\n";
 
-impl<L: Location, R: Registry> Service for Stateful<L, R> {
+impl<L: Location, S: LocalService> Service for Stateful<L, S> {
     fn handle_message(&mut self, now: Instant, data: &[u8], src: &Peer, out: &mut Outbox) {
         let src = *src;
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
@@ -729,8 +785,8 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     }
 
     fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
-        if self.registry.poll_timeout().is_some_and(|t| t <= now) {
-            self.registry.handle_timeout(now, self.wall_us);
+        if self.local.poll_timeout().is_some_and(|t| t <= now) {
+            self.local.handle_timeout(now, self.wall_us);
         }
         let mut fired = core::mem::take(&mut self.fired);
         self.wheel.expire(now, |_, item| fired.push(item));
@@ -738,17 +794,23 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
             self.on_timer(now, item, out);
         }
         self.fired = fired;
+        self.originate(now, out);
+        self.report_outcomes(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.wheel.next_deadline(), self.registry.poll_timeout()) {
+        if !self.outcomes.is_empty() {
+            // Outcomes of originated requests wait for the service: at once.
+            return Some(Instant::ZERO);
+        }
+        match (self.wheel.next_deadline(), self.local.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
     fn poll_persist(&mut self, batch: &mut Vec<Record>) {
-        self.registry.drain_records(&mut self.persisting);
+        self.local.drain_records(&mut self.persisting);
         batch.extend(self.persisting.iter().cloned());
     }
 
@@ -760,7 +822,7 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
         // Every partition may hold bindings over this connection.
         for to in 0..usize::from(self.shards) {
             if to == usize::from(self.id.shard_id) {
-                self.registry.handle_flow_closed(now, self.wall_us, flow);
+                self.local.handle_flow_closed(now, self.wall_us, flow);
             } else if self.mesh_out.len() < MESH_OUT_MAX {
                 self.mesh_out.push_back((to, MeshMsg::FlowClosed(flow)));
             } else {
@@ -807,13 +869,13 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
                 }
             }
             MeshMsg::Resync { partition, to } => {
-                if let Some(state) = self.registry.state().filter(|s| s.partition == partition) {
+                if let Some(state) = self.local.state().filter(|s| s.partition == partition) {
                     self.mesh_out
                         .push_back((usize::from(to), MeshMsg::State(Arc::new(state))));
                 }
             }
             MeshMsg::State(state) => self.location.install(&state),
-            MeshMsg::FlowClosed(flow) => self.registry.handle_flow_closed(now, self.wall_us, flow),
+            MeshMsg::FlowClosed(flow) => self.local.handle_flow_closed(now, self.wall_us, flow),
             // A send on a connection this shard owns: the shard loop takes
             // stream transmits from the outbox to their connections.
             MeshMsg::Transmit { peer, bytes } => self.send(out, peer, &bytes),
@@ -825,7 +887,7 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
     }
 
     fn partition_state(&self) -> Option<PartitionState> {
-        self.registry.state()
+        self.local.state()
     }
 
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {

@@ -21,7 +21,7 @@ struct Checked<'a> {
     owner: Owner,
 }
 
-impl<L: Location, R: Registry> Stateful<L, R> {
+impl<L: Location, S: LocalService> Stateful<L, S> {
     /// A new request, through the phases in order (RFC 3261 §16), each of
     /// which may answer it and stop it:
     ///
@@ -135,9 +135,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             uri,
             key,
             to_tag: ess.to.tag().is_some(),
-            owner: if msg.method() == Method::Register && self.is_for_registrar(msg, &uri, &ess.to)
-            {
-                self.registry.owner(msg)
+            owner: if self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to) {
+                self.local.owner(msg)
             } else {
                 Owner::Nobody
             },
@@ -669,6 +668,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         let action = match &mut txn.server {
             Server::Invite(s) => s.on_request(),
             Server::NonInvite(s) => s.on_request(),
+            Server::Local(_) => Action::None,
         };
         if action == Action::RetransmitResponse {
             if let Some(r) = txn.last_response.clone() {

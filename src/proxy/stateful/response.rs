@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<L: Location, R: Registry> Stateful<L, R> {
+impl<L: Location, S: LocalService> Stateful<L, S> {
     pub(super) fn on_response(
         &mut self,
         now: Instant,
@@ -257,6 +257,13 @@ impl<L: Location, R: Registry> Stateful<L, R> {
         txn: &Txn,
         out: &mut Outbox,
     ) -> Option<Box<[u8]>> {
+        if let Server::Local(token) = txn.server {
+            // Our own request: its final status is for the local service.
+            if let Some(code) = msg.status().filter(|&c| c >= 200) {
+                self.outcomes.push((token, code));
+            }
+            return None;
+        }
         let edits = Edits {
             pop_via: true,
             max_forwards: MaxForwardsEdit::Keep,
@@ -282,7 +289,10 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 None if txn.cancelled => (487, true),
                 None => (408, true),
             };
-            let bytes = if local {
+            let bytes = if let Server::Local(token) = txn.server {
+                self.outcomes.push((token, code));
+                None
+            } else if local {
                 self.local_final(&txn, code)
             } else {
                 txn.best.take().map(|(_, b)| b)

@@ -40,7 +40,7 @@ impl H {
         };
         let loc = FixedLocation(contacts.iter().map(|c| c.parse().unwrap()).collect());
         Self {
-            p: Stateful::new(identity(), cfg, loc, NoRegistry),
+            p: Stateful::new(identity(), cfg, loc, NoService),
             out: Outbox::new(1 << 20, 64),
             now: Instant::ZERO,
         }
@@ -400,12 +400,16 @@ fn lookup_outcomes_and_table_limit() {
 #[derive(Default)]
 struct CountingRegistry(usize);
 
-impl Registry for CountingRegistry {
+impl LocalService for CountingRegistry {
+    fn serves(&self, method: Method) -> bool {
+        method == Method::Register
+    }
+
     fn owner(&self, _: &Message<'_>) -> Owner {
         Owner::Here
     }
 
-    fn handle_register(
+    fn handle_request(
         &mut self,
         _: Instant,
         _: u64,
@@ -491,7 +495,7 @@ Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
             })
             .collect();
         assert_eq!(
-            p.registry.0,
+            p.local.0,
             usize::from(registrar),
             "{ruri} {route} {aor}: {sent:#?}"
         );
@@ -503,4 +507,120 @@ Contact: <sip:alice@{UAC}>\r\nContent-Length: 0\r\n\r\n"
             assert_ne!(sent[0].0, UAC);
         }
     }
+}
+
+/// A service that originates a NOTIFY to `to` for each queued token, and
+/// records the outcomes.
+#[derive(Default)]
+struct Notifier {
+    queue: Vec<(u64, SocketAddr)>,
+    outcomes: Vec<(u64, u16)>,
+}
+
+impl LocalService for Notifier {
+    fn serves(&self, _: Method) -> bool {
+        false
+    }
+
+    fn owner(&self, _: &Message<'_>) -> Owner {
+        Owner::Nobody
+    }
+
+    fn handle_request(
+        &mut self,
+        _: Instant,
+        _: u64,
+        _: &Message<'_>,
+        _: &Peer,
+        _: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        (!self.queue.is_empty()).then_some(Instant::ZERO)
+    }
+
+    fn poll_request(&mut self, buf: &mut [u8]) -> Option<Originated> {
+        let (token, to) = self.queue.pop()?;
+        let req = format!(
+            "NOTIFY sip:bob@{to} SIP/2.0\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@example.test>;tag=n{token}\r\nTo: <sip:bob@example.test>;tag=b\r\n\
+Call-ID: sub{token}\r\nCSeq: {token} NOTIFY\r\nEvent: presence\r\n\
+Subscription-State: active;expires=600\r\nContent-Length: 0\r\n\r\n"
+        );
+        buf.get_mut(..req.len())?.copy_from_slice(req.as_bytes());
+        Some(Originated {
+            to: Peer::udp(to, SocketId(0)),
+            len: req.len(),
+            token,
+        })
+    }
+
+    fn handle_outcome(&mut self, _: Instant, token: u64, status: u16) {
+        self.outcomes.push((token, status));
+    }
+}
+
+/// A local service's own request runs as a client transaction of the
+/// proxy: sent with our Via, retransmitted (Timer E), its final response
+/// (not forwarded anywhere) reported to the service; one never answered is
+/// reported 408 after Timer F.
+#[test]
+fn a_local_service_originates_requests_with_client_transactions() {
+    let bob: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+    let mut p = Stateful::new(
+        identity(),
+        Config::default(),
+        FixedLocation(Vec::new()),
+        Notifier {
+            queue: vec![(2, bob), (1, bob)],
+            ..Notifier::default()
+        },
+    );
+    let mut out = Outbox::new(1 << 20, 64);
+    let mut now = Instant::ZERO;
+    assert_eq!(p.poll_timeout(), Some(Instant::ZERO));
+    p.handle_timeout(now, &mut out);
+    let sent: Vec<String> = out
+        .items()
+        .iter()
+        .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+    assert!(sent
+        .iter()
+        .all(|m| m.starts_with("NOTIFY sip:bob@192.0.2.7:5060")));
+    assert!(
+        sent.iter()
+            .all(|m| m.contains("\r\nVia: SIP/2.0/UDP 127.0.0.1:")
+                && m.contains(";branch=z9hG4bKse")),
+        "{sent:#?}"
+    );
+    assert_eq!(p.counters().requests_originated, 2);
+    // Token 1 is answered 200: the answer goes nowhere but to the service.
+    let first = sent.iter().find(|m| m.contains("CSeq: 1 NOTIFY")).unwrap();
+    let ok = respond(first, 200, "bob");
+    out.clear();
+    p.handle_message(now, ok.as_bytes(), &Peer::udp(bob, SocketId(0)), &mut out);
+    assert!(out.is_empty(), "the 200 is not forwarded");
+    assert!(p.poll_timeout().is_some_and(|t| t <= now));
+    p.handle_timeout(now, &mut out);
+    assert_eq!(p.local.outcomes, vec![(1, 200)]);
+    // Token 2 is never answered: retransmitted, then 408 after 64*T1.
+    let mut retransmits = 0;
+    for _ in 0..200 {
+        let Some(t) = p.poll_timeout() else { break };
+        now = t.max(now);
+        out.clear();
+        p.handle_timeout(now, &mut out);
+        retransmits += out.len();
+        if !p.local.outcomes.iter().any(|o| o.0 == 2) {
+            continue;
+        }
+        break;
+    }
+    assert!(retransmits >= 5, "Timer E retransmitted ({retransmits})");
+    assert_eq!(p.local.outcomes, vec![(1, 200), (2, 408)]);
+    assert!(now >= Instant::ZERO + Duration::from_secs(32));
 }

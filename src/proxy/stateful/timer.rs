@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl<L: Location, R: Registry> Stateful<L, R> {
+impl<L: Location, S: LocalService> Stateful<L, S> {
     pub(super) fn arm(&mut self, slot: u32, gen: u32, target: TimerTarget, arm: Arm) {
         for (name, at) in arm.iter() {
             self.wheel.insert(
@@ -48,6 +48,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 let (action, arm) = match &mut txn.server {
                     Server::Invite(s) => s.on_timer(now, item.name, item.at),
                     Server::NonInvite(s) => (s.on_timer(item.name, item.at), Arm::NONE),
+                    Server::Local(_) => (Action::None, Arm::NONE),
                 };
                 self.arm(slot, txn.gen, TimerTarget::Server, arm);
                 if action == Action::RetransmitResponse {

@@ -21,7 +21,7 @@ use core::net::SocketAddr;
 use std::collections::BTreeMap;
 
 use crate::proxy::branch;
-use crate::proxy::stateful::{Config, Found, Location, NoRegistry, Stateful, Targets};
+use crate::proxy::stateful::{Config, Found, Location, NoService, Stateful, Targets};
 use crate::proxy::testutil::identity;
 use crate::sim::{AgentId, Fate, Outcome, Sim, Uac, UacScript, Uas, UasScript};
 use crate::time::{Duration, Instant};
@@ -53,7 +53,7 @@ impl Location for StaticLocation {
     }
 }
 
-type Proxy = Stateful<StaticLocation, NoRegistry>;
+type Proxy = Stateful<StaticLocation, NoService>;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -86,7 +86,7 @@ impl Call {
     fn with_config(seed: u64, cfg: Config, uas: &[UasScript], uac: &[UacScript]) -> Self {
         let contacts: Vec<SocketAddr> = (0..uas.len()).map(uas_addr).collect();
         let timers = cfg.timers;
-        let proxy = Stateful::new(identity(), cfg, StaticLocation(contacts), NoRegistry);
+        let proxy = Stateful::new(identity(), cfg, StaticLocation(contacts), NoService);
         let mut sim = Sim::new(seed, proxy, &[addr(PUBLIC), addr(SHARD)]);
         let uases = uas
             .iter()

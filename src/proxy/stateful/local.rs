@@ -1,0 +1,273 @@
+//! The local-service seam ([`LocalService`]): a request for this shard's
+//! partition of a service (a REGISTER today) becomes a server transaction
+//! whose answer is held until its records are durable (submit, then
+//! complete), and the records then feed every shard's replica; a request a
+//! service originates (a NOTIFY) gets a client transaction of the proxy,
+//! and its outcome goes back to the service.
+
+use super::*;
+
+impl<L: Location, S: LocalService> Stateful<L, S> {
+    /// True when REGISTER `msg` (Request-URI `uri`, To `to`) is for our
+    /// registrar (§10.3): its Request-URI is a served domain, or this proxy
+    /// itself for an AoR of a served domain (a phone configured with the
+    /// edge's address as its registrar); and it is routed nowhere else. A
+    /// Route that names only us (the edge is also the UA's outbound proxy)
+    /// is ours to remove first (§16.4), not a reason to proxy the REGISTER:
+    /// that sent pjsua2's REGISTERs (outbound proxy = registrar) to the
+    /// upstream, which answered 404 without one (found by tests/interop.rs).
+    pub(super) fn is_for_local(
+        &self,
+        msg: &Message<'_>,
+        uri: &sip::Uri<'_>,
+        to: &sip::NameAddr<'_>,
+    ) -> bool {
+        let ours = self.id.is_served_uri(uri)
+            || (self.id.is_us(uri) && to.uri().is_ok_and(|t| self.id.is_served_uri(&t)));
+        ours && route::routing(&self.id, msg).is_ok_and(|r| r.next_route.is_none())
+    }
+
+    /// A REGISTER for this shard's partition: a server transaction (so
+    /// retransmissions are absorbed or answered again, never re-applied), the
+    /// registrar's answer held until its records are durable.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn register_here(
+        &mut self,
+        _now: Instant,
+        msg: &Message<'_>,
+        key: u64,
+        via: &Via<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
+        if self.txns.live() >= self.cfg.max_transactions {
+            self.counters.overload += 1;
+            self.reply(
+                msg,
+                src,
+                503,
+                "Service Unavailable",
+                b"Retry-After: 5\r\n",
+                out,
+            );
+            return;
+        }
+        let Some((n, code)) =
+            self.local
+                .handle_request(_now, self.wall_us, msg, &src, &mut self.scratch)
+        else {
+            self.counters.dropped_overflow += 1;
+            return;
+        };
+        let (slot, gen) = self.alloc();
+        self.txns.index(key, slot);
+        self.counters.transactions += 1;
+        let txn = Txn {
+            gen,
+            key,
+            method: Method::Register,
+            server: Server::NonInvite(NonInviteServer::start(self.cfg.timers, false)),
+            request: Some(msg.as_bytes().into()),
+            src,
+            reply_to: route::reply_peer(via, &src),
+            last_response: None,
+            forks: Vec::new(),
+            best: None,
+            final_sent: false,
+            cancelled: false,
+        };
+        self.put(slot, txn);
+        self.held.push((
+            slot,
+            gen,
+            code,
+            self.scratch.get(..n).unwrap_or_default().into(),
+        ));
+    }
+
+    /// The shard persisted (or failed to persist) the records it took with
+    /// `poll_persist`: release the held registrar answers (500 on failure),
+    /// apply the records here and send them to every other shard.
+    pub(super) fn release(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
+        let held = core::mem::take(&mut self.held);
+        for (slot, gen, code, bytes) in held {
+            if self.txns.generation(slot) != Some(gen) {
+                continue;
+            }
+            let Some(mut txn) = self.take(slot) else {
+                continue;
+            };
+            let (bytes, code) = if ok {
+                (Some(bytes), code)
+            } else {
+                self.counters.store_failures += 1;
+                (self.local_final(&txn, 500), 500)
+            };
+            if let Some(b) = bytes {
+                self.send(out, txn.reply_to, &b);
+                self.counters.responses_local += 1;
+                txn.last_response = Some(b);
+            }
+            txn.final_sent = true;
+            txn.request = None;
+            let arm = txn.server.on_send(now, code);
+            self.arm(slot, gen, TimerTarget::Server, arm);
+            self.put(slot, txn);
+        }
+        if ok && !self.persisting.is_empty() {
+            let records: Arc<[Record]> = core::mem::take(&mut self.persisting).into();
+            for r in records.iter() {
+                if let Err(p) = self.location.apply(r) {
+                    self.request_resync(p);
+                }
+            }
+            for to in 0..usize::from(self.shards) {
+                if to != usize::from(self.id.shard_id) {
+                    self.mesh_out
+                        .push_back((to, MeshMsg::Feed(records.clone())));
+                }
+            }
+        }
+        self.persisting.clear();
+    }
+
+    pub(super) fn request_resync(&mut self, partition: u16) {
+        self.counters.resyncs += 1;
+        self.mesh_out.push_back((
+            usize::from(partition),
+            MeshMsg::Resync {
+                partition,
+                to: self.id.shard_id,
+            },
+        ));
+    }
+
+    /// Sends the requests the local service originated: our Via (a
+    /// transaction branch) on top, one non-INVITE client transaction each
+    /// (§17.1.2). What cannot be sent now (outbox or table full) stays
+    /// queued in the service for the next turn.
+    pub(super) fn originate(&mut self, now: Instant, out: &mut Outbox) {
+        for _ in 0..256 {
+            if !out.has_room() || self.txns.live() >= self.cfg.max_transactions {
+                return;
+            }
+            let mut buf = core::mem::take(&mut self.originated);
+            let next = self.local.poll_request(&mut buf);
+            let Some(o) = next else {
+                self.originated = buf;
+                return;
+            };
+            self.send_originated(now, &buf, o, out);
+            self.originated = buf;
+        }
+    }
+
+    fn send_originated(&mut self, now: Instant, buf: &[u8], o: Originated, out: &mut Outbox) {
+        if !self.start_originated(now, buf.get(..o.len).unwrap_or_default(), o, out) {
+            self.outcomes.push((o.token, 500));
+        }
+    }
+
+    /// Puts our Via on `req` (as the service wrote it, without one), sends
+    /// it and starts its client transaction. False when it is not a
+    /// well-formed non-INVITE request or cannot be sent.
+    fn start_originated(
+        &mut self,
+        now: Instant,
+        req: &[u8],
+        o: Originated,
+        out: &mut Outbox,
+    ) -> bool {
+        let egress = self.id.egress(o.to.transport, o.to.remote, o.to.local);
+        let Some(sock) = self.id.socket(egress).cloned() else {
+            return false;
+        };
+        let to = Peer {
+            local: egress,
+            ..o.to
+        };
+        let Some(line_end) = memchr::memmem::find(req, b"\r\n") else {
+            return false;
+        };
+        let (line, rest) = req.split_at(line_end + 2);
+        let (slot, gen) = self.alloc();
+        let br = Branch::transaction(
+            TxnRef {
+                shard: self.id.shard_id,
+                slot,
+                gen,
+                fork: 0,
+            },
+            o.token,
+        );
+        let mut w = sip::Writer::new(&mut self.scratch);
+        let written = w.put(line).is_ok()
+            && w.put(b"Via: SIP/2.0/").is_ok()
+            && w.put(to.transport.via_token().as_bytes()).is_ok()
+            && w.put(b" ").is_ok()
+            && w.put(sock.via_host()).is_ok()
+            && w.put(b":").is_ok()
+            && w.put_u64(u64::from(sock.advertised.port())).is_ok()
+            && w.put(b";branch=").is_ok()
+            && w.put(br.as_bytes()).is_ok()
+            && w.put(b";rport\r\n").is_ok()
+            && w.put(rest).is_ok();
+        let n = w.len();
+        let method = match self.index2.as_mut() {
+            Some(idx) if written => {
+                match sip::parse(self.scratch.get(..n).unwrap_or_default(), idx) {
+                    Ok(m)
+                        if m.is_request()
+                            && m.method() != Method::Invite
+                            && m.method() != Method::Ack =>
+                    {
+                        Some(m.method())
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(method) = method else {
+            self.txns.release(slot, 0);
+            return false;
+        };
+        let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+        self.send(out, to, &bytes);
+        self.counters.requests_originated += 1;
+        let (client, arm) = NonInviteClient::start(now, self.cfg.timers, false);
+        self.arm(slot, gen, TimerTarget::Fork(0), arm);
+        let txn = Txn {
+            gen,
+            key: 0,
+            method,
+            server: Server::Local(o.token),
+            request: None,
+            src: to,
+            reply_to: to,
+            last_response: None,
+            forks: vec![Fork {
+                client: Client::NonInvite(client),
+                bytes: Some(bytes),
+                to,
+                final_code: None,
+                provisional: false,
+                cancel_wanted: false,
+                cancel: None,
+                timer_c: None,
+            }],
+            best: None,
+            final_sent: false,
+            cancelled: false,
+        };
+        self.put(slot, txn);
+        true
+    }
+
+    /// Hands the final statuses of originated requests to the service.
+    pub(super) fn report_outcomes(&mut self, now: Instant) {
+        for (token, status) in self.outcomes.drain(..) {
+            self.local.handle_outcome(now, token, status);
+        }
+    }
+}
