@@ -21,6 +21,8 @@
 #   --reg-rate R         registrar shape: REGISTER/s offered (default 5000)
 #   --no-build           do not run `cargo build --release` for sipedge
 #   --sipedge PATH       sipedge binary (default target/release/sipedge)
+#   --base PATH          another sipedge binary (an earlier commit's) run as proxy "base",
+#                        one shard like "sipedge", in the same rounds: before/after in one run
 #   --sipload PATH       sipload binary (default target/release/sipload)
 #   --proxy-port P --uas-port P   UDP ports on 127.0.0.1 (default 15060, 15080)
 #   --proxy-cpu C --lg-cpu C      CPUs for the proxy and the load generator (default 1, 0)
@@ -73,6 +75,7 @@ while (($#)); do
 	--shape) SHAPE="$2"; shift ;;
 	--load) LOAD="$2"; shift ;;
 	--proxies) PROXIES="$2"; shift ;;
+	--base) BASE_BIN="$2"; shift ;;
 	--quick) QUICK=1 ;;
 	--rates) RATES="$2"; shift ;;
 	--duration) DURATION="$2"; shift ;;
@@ -116,6 +119,8 @@ fi
 WARMUP_S=$((QUICK ? 1 : 3))
 read -r -a RATE_LIST <<<"$RATES"
 ((${#RATE_LIST[@]})) || die "--rates is empty"
+BASE_BIN="${BASE_BIN:-}"
+if [[ -n "$BASE_BIN" ]]; then PROXIES="$PROXIES,base"; fi
 has_proxy() { [[ ",$PROXIES," == *",$1,"* ]]; }
 # The floor stands for a stateless relay; the registrar shape has no forwarding floor
 # for REGISTER, but its calls still have one.
@@ -213,6 +218,10 @@ if has_proxy sipedge || has_proxy sipedge2; then
 	[[ -n "$SIPEDGE_STATUS" || -x "$SIPEDGE" ]] || SIPEDGE_STATUS="$SIPEDGE not found"
 	# a private copy: a rebuild of target/release during the bench must not change what runs
 	if [[ -z "$SIPEDGE_STATUS" ]]; then cp "$SIPEDGE" "$OUT/sipedge" && SIPEDGE="$OUT/sipedge"; fi
+	if [[ -n "$BASE_BIN" ]]; then
+		[[ -x "$BASE_BIN" ]] || die "--base $BASE_BIN: not an executable"
+		cp "$BASE_BIN" "$OUT/sipedge-base" && BASE_BIN="$OUT/sipedge-base"
+	fi
 	SIPEDGE_REV="$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
 fi
 
@@ -319,8 +328,9 @@ start_proxy() {
 	kamailio)
 		(cd "$KAM_DIR" && pin "$PROXY_CPUSET" kamailio -f "$KAM_DIR/$KAM_CFG" -DD -E -m 1024 -n 1 -x tlsf -X tlsf -A BIGBUF) >"$logf" 2>&1 &
 		;;
-	sipedge | sipedge2)
-		local shards=1 args=()
+	sipedge | sipedge2 | base)
+		local shards=1 args=() bin="$SIPEDGE"
+		if [[ "$name" == base ]]; then bin="$BASE_BIN"; fi
 		if [[ "$name" == sipedge2 ]]; then shards=2 PROXY_CPUSET="0-$((NCPU > 1 ? 1 : 0))" LG_CPUSET="$PROXY_CPUSET"; fi
 		args=(run --shards "$shards" --listen "udp:127.0.0.1:$PROXY_PORT")
 		case "$SHAPE" in
@@ -338,8 +348,8 @@ start_proxy() {
 		fi
 		# shellcheck disable=SC2206 # SIPEDGE_ARGS is a word list on purpose
 		args+=(${SIPEDGE_ARGS:-})
-		echo "$SIPEDGE ${args[*]}" >"$OUT/$name.cmd"
-		(pin "$PROXY_CPUSET" "$SIPEDGE" "${args[@]}") >"$logf" 2>&1 &
+		echo "$bin ${args[*]}" >"$OUT/$name.cmd"
+		(pin "$PROXY_CPUSET" "$bin" "${args[@]}") >"$logf" 2>&1 &
 		;;
 	floorA) (pin "$PROXY_CPUSET" "$FLOOR" A "$PROXY_PORT" "$UAS_PORT") >"$logf" 2>&1 & ;;
 	floorB) (pin "$PROXY_CPUSET" "$FLOOR" B "$PROXY_PORT" "$UAS_PORT" 64 3000) >"$logf" 2>&1 & ;;
@@ -353,7 +363,7 @@ start_proxy() {
 		return 1
 	fi
 	sleep 0.5 # let Kamailio finish forking its children
-	if [[ "$name" == sipedge* ]]; then
+	if [[ "$name" == sipedge* || "$name" == base ]]; then
 		# Its startup line comes once the store and users file are loaded
 		# (the port is bound before), and names the I/O driver and shards.
 		local waited=0
@@ -663,7 +673,7 @@ if [[ -n "$LOAD_STATUS" ]]; then
 	exit 0
 fi
 ORDER=()
-for p in kamailio sipedge sipedge2; do has_proxy "$p" && ORDER+=("$p"); done
+for p in kamailio sipedge sipedge2 base; do has_proxy "$p" && ORDER+=("$p"); done
 if has_proxy floor && [[ "$SHAPE" != registrar ]]; then ORDER+=(floorA floorB); fi
 RUNNABLE=()
 for p in "${ORDER[@]}"; do
@@ -723,7 +733,8 @@ FLOOR_CALL_B="$(awk -v d="$(get floorB.dgram_us)" -v n="$DGRAMS_PER_CALL" 'BEGIN
 	for rate in "${RATE_LIST[@]}"; do
 		echo "ratios @$rate/s: sipedge/Kamailio $(ratio "$(get "sipedge.cpu.$rate")" "$(get "kamailio.cpu.$rate")")," \
 			"sipedge/floorB $(ratio "$(get "sipedge.cpu.$rate")" "$FLOOR_CALL_B"), Kamailio/floorB $(ratio "$(get "kamailio.cpu.$rate")" "$FLOOR_CALL_B")," \
-			"sipedge2/sipedge $(ratio "$(get "sipedge2.cpu.$rate")" "$(get "sipedge.cpu.$rate")")"
+			"sipedge2/sipedge $(ratio "$(get "sipedge2.cpu.$rate")" "$(get "sipedge.cpu.$rate")")," \
+			"sipedge/base $(ratio "$(get "sipedge.cpu.$rate")" "$(get "base.cpu.$rate")")"
 	done
 	echo "max calls/s: sipedge/Kamailio $(ratio "$(get sipedge.max)" "$(get kamailio.max)"), sipedge2/sipedge $(ratio "$(get sipedge2.max)" "$(get sipedge.max)")" \
 		"(proxy-bound: the proxy used >= 85% of its CPUs at that rate; proxy-drops: its socket overflowed first in the failing step; LG-bound: neither, so the load generator or the machine set the limit and the figure is a lower bound; drops@fail: UDP receive-buffer drops proxy/UAS socket in the first failing step)"
