@@ -795,6 +795,45 @@ fn read_messages(s: &mut TcpStream, n: usize, limit: Duration) -> Vec<String> {
     got
 }
 
+/// An OPTIONS over a new TLS connection to `tls` (rustls, trusting the CA
+/// in `ca`): the response head, or why the handshake failed.
+fn tls_options(tls: SocketAddr, ca: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    {
+        use rustls::pki_types::pem::PemObject as _;
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(tls).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let mut t = rustls::StreamOwned::new(conn, sock);
+    let req = options(tls, me, 1).replace("SIP/2.0/TCP", "SIP/2.0/TLS");
+    t.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(3);
+    while find(&got, b"\r\n\r\n").is_none() && Instant::now() < end {
+        match t.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -1079,39 +1118,7 @@ fn tls_garbage_and_websocket_without_sip_are_refused() {
         );
 
         // A real TLS client (rustls, verifying the edge's certificate).
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(&e.ca).unwrap();
-        {
-            use rustls::pki_types::pem::PemObject as _;
-            for c in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(c.unwrap()).unwrap();
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        let sock = TcpStream::connect(tls).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let me = sock.local_addr().unwrap();
-        let mut t = rustls::StreamOwned::new(conn, sock);
-        let req = options(tls, me, 1).replace("SIP/2.0/TCP", "SIP/2.0/TLS");
-        t.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = Instant::now() + Duration::from_secs(3);
-        while find(&got, b"\r\n\r\n").is_none() && Instant::now() < end {
-            match t.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let got = String::from_utf8_lossy(&got);
+        let got = tls_options(tls, &e.ca).unwrap();
         assert!(
             got.starts_with("SIP/2.0 200"),
             "{d}: OPTIONS over TLS: {got:?}"
@@ -1217,6 +1224,48 @@ fn a_closed_websocket_takes_its_binding_along() {
             t0.elapsed() < Duration::from_secs(5),
             "{d}: took {:?}",
             t0.elapsed()
+        );
+    }
+}
+
+/// SIGHUP reloads the certificate: new TLS connections get the new one
+/// (verified against its CA), and no longer the old one.
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    for d in drivers() {
+        let dir = TempDir::new("streams-reload");
+        let e = edge(d, &dir, &[]);
+        let tls = e.proxy.listener("tls");
+        let first = tls_options(tls, &e.ca).unwrap();
+        assert!(first.starts_with("SIP/2.0 200"), "{d}: {first:?}");
+        // A new CA and certificate replace the files in place.
+        let next = TempDir::new("streams-reload-next");
+        let (ca2, cert2, key2) = certificate(&next);
+        std::fs::copy(&cert2, dir.path.join("cert.pem")).unwrap();
+        std::fs::copy(&key2, dir.path.join("key.pem")).unwrap();
+        e.proxy.signal("HUP");
+        let t0 = Instant::now();
+        let mut now_new = Err(String::new());
+        while t0.elapsed() < Duration::from_secs(5) {
+            now_new = tls_options(tls, &ca2);
+            if now_new
+                .as_deref()
+                .is_ok_and(|r| r.starts_with("SIP/2.0 200"))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            now_new
+                .as_deref()
+                .is_ok_and(|r| r.starts_with("SIP/2.0 200")),
+            "{d}: the new certificate after SIGHUP: {now_new:?}"
+        );
+        let old = tls_options(tls, &e.ca);
+        assert!(
+            old.is_err(),
+            "{d}: the old CA no longer verifies the edge: {old:?}"
         );
     }
 }
