@@ -61,6 +61,13 @@ fn certificate(dir: &TempDir) -> (String, String, String) {
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let cert = leaf.signed_by(&key, &*ca).unwrap();
+    // A client certificate from the same CA, for `verify_client`.
+    let mut client = CertificateParams::new(vec!["phone.example.test".to_owned()]).unwrap();
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let client_cert = client.signed_by(&client_key, &*ca).unwrap();
+    dir.write("client.pem", &client_cert.pem());
+    dir.write("client-key.pem", &client_key.serialize_pem());
     (
         dir.write("ca.pem", &ca.pem()),
         dir.write("cert.pem", &cert.pem()),
@@ -798,6 +805,15 @@ fn read_messages(s: &mut TcpStream, n: usize, limit: Duration) -> Vec<String> {
 /// An OPTIONS over a new TLS connection to `tls` (rustls, trusting the CA
 /// in `ca`): the response head, or why the handshake failed.
 fn tls_options(tls: SocketAddr, ca: &str) -> Result<String, String> {
+    tls_options_as(tls, ca, None)
+}
+
+/// [`tls_options`], presenting the client certificate and key in `client`.
+fn tls_options_as(
+    tls: SocketAddr,
+    ca: &str,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<String, String> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca).unwrap();
     {
@@ -811,8 +827,19 @@ fn tls_options(tls: SocketAddr, ca: &str) -> Result<String, String> {
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => {
+            use rustls::pki_types::pem::PemObject as _;
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let sock = TcpStream::connect(tls).unwrap();
@@ -1266,6 +1293,58 @@ fn sighup_reloads_the_tls_certificate() {
         assert!(
             old.is_err(),
             "{d}: the old CA no longer verifies the edge: {old:?}"
+        );
+    }
+}
+
+/// `[tls] verify_client = "required"` with `ca`: a client without a
+/// certificate, or with one the CA did not sign, gets no service; one with
+/// a certificate from the CA does.
+#[test]
+fn client_certificates_required() {
+    for d in drivers() {
+        let dir = TempDir::new("streams-mtls");
+        // The config's CA is the one edge() makes in the same folder.
+        let ca_path = dir.path.join("ca.pem");
+        let cfg = dir.write(
+            "sipedge.toml",
+            &format!(
+                "[tls]\nca = \"{}\"\nverify_client = \"required\"\n",
+                ca_path.display()
+            ),
+        );
+        let e = edge(d, &dir, &["--config", &cfg]);
+        let tls = e.proxy.listener("tls");
+        let with = tls_options_as(
+            tls,
+            &e.ca,
+            Some((
+                &dir.path.join("client.pem"),
+                &dir.path.join("client-key.pem"),
+            )),
+        );
+        assert!(
+            with.as_deref().is_ok_and(|r| r.starts_with("SIP/2.0 200")),
+            "{d}: with a client certificate: {with:?}"
+        );
+        let without = tls_options(tls, &e.ca);
+        assert!(
+            !without.as_deref().is_ok_and(|r| r.starts_with("SIP/2.0")),
+            "{d}: without a client certificate: {without:?}"
+        );
+        let other = TempDir::new("streams-mtls-other");
+        certificate(&other);
+        let rogue = tls_options_as(
+            tls,
+            &e.ca,
+            Some((
+                &other.path.join("client.pem"),
+                &other.path.join("client-key.pem"),
+            )),
+        );
+        assert!(
+            !rogue.as_deref().is_ok_and(|r| r.starts_with("SIP/2.0")),
+            "{d}: a certificate from another CA: {rogue:?}"
         );
     }
 }
