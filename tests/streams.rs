@@ -178,6 +178,38 @@ fn sipjs(dir: &TempDir, e: &Edge, transport: &str, user: &str, extra: &[&str]) -
     c
 }
 
+/// SIP.js alice over `transport` calls bob (hangs up after 0.5 s), then
+/// sends him `text`; both alice runs and `bob` must end with status 0.
+/// Returns alice's call run and every report.
+fn sipjs_call_then_message(
+    d: &str,
+    dir: &TempDir,
+    e: &Edge,
+    transport: &str,
+    bob: &mut Run,
+    text: &str,
+) -> (Run, String) {
+    let alice = |role: &[&str]| {
+        let mut r = Run::start("alice", &mut sipjs(dir, e, transport, "alice", role));
+        let ok = r.finish(Duration::from_secs(30));
+        (r, ok)
+    };
+    let (call, call_ok) = alice(&["--role", "call", "--target", "bob", "--hold", "0.5"]);
+    let (msg, msg_ok) = alice(&["--role", "message", "--target", "bob", "--text", text]);
+    let bob_ok = bob.finish(Duration::from_secs(15));
+    let all = format!(
+        "{}\n{}\n{}",
+        call.report(dir, "alice.log"),
+        msg.report(dir, "alice.log"),
+        bob.report(dir, "bob.log")
+    );
+    assert!(
+        call_ok && msg_ok && bob_ok,
+        "{d}: {call_ok} {msg_ok} {bob_ok}\n{all}"
+    );
+    (call, all)
+}
+
 /// One peer process and what it printed.
 struct Run {
     name: String,
@@ -395,46 +427,7 @@ fn ws_caller_udp_callee() {
             "{d}: bob did not register\n{}",
             bob.report(&dir, "bob.log")
         );
-        let mut call = Run::start(
-            "alice",
-            &mut sipjs(
-                &dir,
-                &e,
-                "ws",
-                "alice",
-                &["--role", "call", "--target", "bob", "--hold", "0.5"],
-            ),
-        );
-        let call_ok = call.finish(Duration::from_secs(30));
-        let mut msg = Run::start(
-            "alice",
-            &mut sipjs(
-                &dir,
-                &e,
-                "ws",
-                "alice",
-                &[
-                    "--role",
-                    "message",
-                    "--target",
-                    "bob",
-                    "--text",
-                    "hi bob, from ws",
-                ],
-            ),
-        );
-        let msg_ok = msg.finish(Duration::from_secs(30));
-        let bob_ok = bob.finish(Duration::from_secs(15));
-        let all = format!(
-            "{}\n{}\n{}",
-            call.report(&dir, "alice.log"),
-            msg.report(&dir, "alice.log"),
-            bob.report(&dir, "bob.log")
-        );
-        assert!(
-            call_ok && msg_ok && bob_ok,
-            "{d}: {call_ok} {msg_ok} {bob_ok}\n{all}"
-        );
+        let (call, all) = sipjs_call_then_message(d, &dir, &e, "ws", &mut bob, "hi bob, from ws");
         assert!(
             call.said("alice: call DISCONNECTED (BYE sent, 200"),
             "{all}"
@@ -481,46 +474,7 @@ fn sipjs_wss_caller_ws_callee_and_message() {
             "{d}: bob did not register\n{}",
             bob.report(&dir, "bob.log")
         );
-        let mut call = Run::start(
-            "alice",
-            &mut sipjs(
-                &dir,
-                &e,
-                "wss",
-                "alice",
-                &["--role", "call", "--target", "bob", "--hold", "0.5"],
-            ),
-        );
-        let call_ok = call.finish(Duration::from_secs(30));
-        let mut msg = Run::start(
-            "alice",
-            &mut sipjs(
-                &dir,
-                &e,
-                "wss",
-                "alice",
-                &[
-                    "--role",
-                    "message",
-                    "--target",
-                    "bob",
-                    "--text",
-                    "hello over wss",
-                ],
-            ),
-        );
-        let msg_ok = msg.finish(Duration::from_secs(30));
-        let bob_ok = bob.finish(Duration::from_secs(15));
-        let all = format!(
-            "{}\n{}\n{}",
-            call.report(&dir, "alice.log"),
-            msg.report(&dir, "alice.log"),
-            bob.report(&dir, "bob.log")
-        );
-        assert!(
-            call_ok && msg_ok && bob_ok,
-            "{d}: {call_ok} {msg_ok} {bob_ok}\n{all}"
-        );
+        let (_call, all) = sipjs_call_then_message(d, &dir, &e, "wss", &mut bob, "hello over wss");
         assert!(
             bob.said("bob: incoming call from sip:alice@example.test"),
             "{all}"
