@@ -304,6 +304,12 @@ pub struct RegistrarSection {
     pub max_contacts: Option<u16>,
     /// Most bindings per shard.
     pub max_bindings: Option<usize>,
+    /// RFC 5626 outbound: `Require: outbound` and `Flow-Timer` for a REGISTER
+    /// with `Supported: outbound` and an instance + reg-id (default true).
+    pub outbound: Option<bool>,
+    /// The `Flow-Timer` of those answers, seconds (default 120): how often the
+    /// UA should send its CRLF keep-alive; keep `[tcp] idle_timeout` above it.
+    pub flow_timer: Option<u32>,
 }
 
 /// `[store]`: durability.

@@ -488,6 +488,10 @@ fn sipjs_wss_caller_ws_callee_and_message() {
             bob_log.contains(".invalid;transport=ws"),
             "{d}: bob's contact is a .invalid WebSocket one"
         );
+        assert!(
+            bob_log.contains("Require: outbound") && bob_log.contains("Flow-Timer: 120"),
+            "{d}: RFC 5626 outbound accepted, with the keep-alive interval"
+        );
     }
 }
 

@@ -448,6 +448,8 @@ fn start_stateful(
         default_expires: reg.default_expires.unwrap_or(d.default_expires),
         max_contacts: reg.max_contacts.unwrap_or(d.max_contacts),
         max_bindings: reg.max_bindings.unwrap_or(d.max_bindings),
+        outbound: reg.outbound.unwrap_or(true),
+        flow_timer: reg.flow_timer.unwrap_or(d.flow_timer).max(1),
         tag_secret: secret,
         ..d
     };

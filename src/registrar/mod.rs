@@ -52,10 +52,11 @@
 //!   contact at another address, is a third-party registration (§10.2: a
 //!   secretary registering the boss's phone; SIPp registering its UAS), and
 //!   calls must go to that contact, not back to the registering party.
-//! - **Outbound** (RFC 5626, off by default since it needs keep-alive
-//!   support in the transports): with `outbound = true`, a REGISTER with
-//!   `Supported: outbound` and an instance + reg-id gets `Require: outbound`,
-//!   or 439 when a Path is present and its first hop lacks `;ob`.
+//! - **Outbound** (RFC 5626; `[registrar] outbound`, on by default now that
+//!   the transports answer CRLF keep-alives): a REGISTER with
+//!   `Supported: outbound` and an instance + reg-id gets `Require: outbound`
+//!   and `Flow-Timer` (§5.4), or 439 when a Path is present and its first
+//!   hop lacks `;ob`.
 #![cfg_attr(
     not(test),
     deny(
@@ -122,8 +123,10 @@ pub struct RegistrarConfig {
     pub known_retention: Duration,
     /// Path handling.
     pub path_mode: PathMode,
-    /// RFC 5626 outbound answers (`Require: outbound`, 439).
+    /// RFC 5626 outbound answers (`Require: outbound`, `Flow-Timer`, 439).
     pub outbound: bool,
+    /// The `Flow-Timer` of an outbound answer, seconds (RFC 5626 §5.4).
+    pub flow_timer: u32,
     /// Key of the To tags of responses.
     pub tag_secret: u64,
 }
@@ -141,6 +144,7 @@ impl Default for RegistrarConfig {
             known_retention: Duration::from_secs(24 * 3600),
             path_mode: PathMode::Lazy,
             outbound: false,
+            flow_timer: 120,
             tag_secret: 0x7a9_5eed,
         }
     }
@@ -1011,7 +1015,14 @@ impl Registrar {
             extra.extend_from_slice(b"\r\n");
         }
         if outbound {
-            extra.extend_from_slice(b"Require: outbound\r\n");
+            extra.extend_from_slice(b"Require: outbound\r\nFlow-Timer: ");
+            let mut n = [0u8; 10];
+            let mut w = crate::sip::Writer::new(&mut n);
+            if w.put_u64(u64::from(self.cfg.flow_timer)).is_ok() {
+                let len = w.len();
+                extra.extend_from_slice(n.get(..len).unwrap_or_default());
+            }
+            extra.extend_from_slice(b"\r\n");
         }
     }
 

@@ -801,6 +801,11 @@ fn outbound_answers_when_enabled() {
         (r.status, r.header("Require").as_deref()),
         (200, Some("outbound"))
     );
+    assert_eq!(
+        r.header("Flow-Timer").as_deref(),
+        Some("120"),
+        "RFC 5626 §5.4"
+    );
     let r = h.register(
         "lee",
         "c1",
