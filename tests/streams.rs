@@ -1306,3 +1306,27 @@ fn client_certificates_required() {
         );
     }
 }
+
+/// RFC 5626 §8.4: a UA using outbound over UDP keeps its flow alive with
+/// STUN Binding requests; the edge answers each with the address it sees.
+#[test]
+fn stun_keepalive_on_the_udp_port() {
+    for d in drivers() {
+        let dir = TempDir::new("streams-stun");
+        let e = edge(d, &dir, &[]);
+        let ua = Ua::new();
+        let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        req.extend_from_slice(b"sipedge-ka01");
+        ua.sock.send_to(&req, e.proxy.listener("udp")).unwrap();
+        let mut buf = [0u8; 256];
+        let (n, _) = ua.sock.recv_from(&mut buf).expect("a STUN response");
+        let r = &buf[..n];
+        assert_eq!(&r[..2], &[0x01, 0x01], "{d}: Binding success");
+        assert_eq!(&r[8..20], b"sipedge-ka01", "{d}: same transaction id");
+        assert_eq!(&r[20..22], &[0x00, 0x20], "{d}: XOR-MAPPED-ADDRESS");
+        let port = u16::from_be_bytes([r[26], r[27]]) ^ 0x2112;
+        let ip = [r[28] ^ 0x21, r[29] ^ 0x12, r[30] ^ 0xa4, r[31] ^ 0x42];
+        let seen = SocketAddr::from((ip, port));
+        assert_eq!(seen, ua.addr, "{d}: the address the edge sees");
+    }
+}

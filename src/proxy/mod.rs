@@ -33,6 +33,23 @@ use crate::sip::{Host, Uri};
 use crate::time::Instant;
 use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
 
+/// Answers a STUN Binding request on a UDP flow (RFC 5626 §8.4 keep-alive);
+/// anything else that looks like STUN is dropped and counted.
+pub(crate) fn stun_keepalive(counters: &mut Counters, data: &[u8], src: &Peer, out: &mut Outbox) {
+    let sent = src.transport == Transport::Udp
+        && out
+            .push_with(*src, |buf| {
+                crate::transport::stun::binding_response(data, src.remote, buf)
+                    .ok_or(crate::sip::EmitError::BufferFull)
+            })
+            .is_ok();
+    if sent {
+        counters.keepalives += 1;
+    } else {
+        counters.dropped_malformed += 1;
+    }
+}
+
 /// What a shard runs: the sans-IO service that turns messages and time into
 /// messages to send. The shard loop calls it; it calls nothing back.
 pub trait Service {

@@ -99,6 +99,9 @@ impl Service for Stateless {
             counters.keepalives += 1;
             return;
         }
+        if crate::transport::stun::is_stun(data) {
+            return super::stun_keepalive(counters, data, &src, out);
+        }
         if let Some(f) = flood {
             if f.admit(now, src.remote.ip()) == Admit::Banned {
                 counters.flood_dropped += 1;

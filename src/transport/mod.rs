@@ -25,6 +25,7 @@
 
 pub mod conn;
 pub mod stream;
+pub mod stun;
 pub mod tls;
 pub mod ws;
 

@@ -45,7 +45,7 @@ use crate::sip::{
     ParseConfig, Received, ResponseSpec, Via,
 };
 use crate::time::Instant;
-use crate::transport::{FlowId, Outbox, Peer, SocketId, Transport};
+use crate::transport::{stun, FlowId, Outbox, Peer, SocketId, Transport};
 use crate::txn::key::{server_key, KeyMethod};
 use crate::txn::table::Table;
 use crate::txn::{
@@ -56,7 +56,7 @@ use crate::wheel::Wheel;
 
 use super::branch::{self, Branch, TxnRef};
 use super::guard::Guard;
-use super::{flow, reject, route, stateless, Counters, Identity, Service};
+use super::{flow, reject, route, stateless, stun_keepalive, Counters, Identity, Service};
 
 mod local;
 mod request;
@@ -751,6 +751,9 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         if data.iter().all(|&b| b == b'\r' || b == b'\n') {
             self.counters.keepalives += 1;
             return;
+        }
+        if stun::is_stun(data) {
+            return stun_keepalive(&mut self.counters, data, &src, out);
         }
         if let Some(f) = &mut self.guard.flood {
             if f.admit(now, src.remote.ip()) == crate::policy::flood::Admit::Banned {
