@@ -33,6 +33,8 @@ const SOCK_BUF: usize = 8 << 20;
 pub struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
+    /// Stream transports: the connection (index in its endpoint), or `u32::MAX`.
+    conn: u32,
 }
 
 impl RawAddr {
@@ -65,7 +67,20 @@ impl RawAddr {
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             storage: unsafe { mem::zeroed() },
             len: 0,
+            conn: u32::MAX,
         }
+    }
+
+    /// Stream transports: connection `conn` of the endpoint a message came on.
+    pub fn stream(conn: u32) -> Self {
+        let mut a = Self::empty();
+        a.conn = conn;
+        a
+    }
+
+    /// The stream connection this address names, if any.
+    pub fn conn(&self) -> Option<u32> {
+        (self.conn != u32::MAX).then_some(self.conn)
     }
 
     /// The address as a std type, if it is IPv4 or IPv6.
@@ -261,6 +276,11 @@ pub struct TxBatch {
 }
 
 impl TxBatch {
+    /// The socket.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// An empty batch for socket `fd`.
     pub fn new(fd: RawFd) -> Self {
         Self {
@@ -308,6 +328,7 @@ impl TxBatch {
     }
 
     /// Queues a copy of `bytes`.
+    #[cfg(test)]
     pub fn push_bytes(&mut self, dest: &RawAddr, bytes: &[u8]) -> bool {
         self.push(dest, |buf| {
             let out = buf.get_mut(..bytes.len())?;
