@@ -366,6 +366,17 @@ impl Client {
         b
     }
 
+    /// Where call slot `i`'s requests go: the target; over a stream
+    /// transport, on one connection per call (so a UAS with one thread per
+    /// connection sees the whole dialog).
+    fn dest(&self, i: u32) -> RawAddr {
+        if self.setup.reliable {
+            RawAddr::spread(i)
+        } else {
+            self.setup.dest
+        }
+    }
+
     /// Time from sending a request to its first timer: T1 (Timer A/E), or
     /// over a reliable transport straight to Timer B/F.
     fn first_wait(&self) -> u64 {
@@ -457,7 +468,7 @@ impl Client {
             auth,
             ..Ctx::default()
         };
-        tx.push(&self.setup.dest, |buf| {
+        tx.push(&self.dest(i), |buf| {
             self.setup.templates.initial.render(buf, &ctx)
         })
     }
@@ -483,7 +494,7 @@ impl Client {
         } else {
             &self.setup.templates.ack_2xx
         };
-        tx.push(&self.setup.dest, |buf| t.render(buf, &ctx))
+        tx.push(&self.dest(i), |buf| t.render(buf, &ctx))
     }
 
     /// Sends the ACK for a non-2xx final response to INVITE with branch digit `k` (§17.1.1.3).
@@ -500,7 +511,7 @@ impl Client {
             to_tag,
             ..Ctx::default()
         };
-        tx.push(&self.setup.dest, |buf| {
+        tx.push(&self.dest(i), |buf| {
             self.setup.templates.ack_non2xx.render(buf, &ctx)
         })
     }
@@ -614,7 +625,7 @@ impl Client {
             // A late retransmission of a final response: ACK a non-2xx to
             // INVITE statelessly so the server stops retransmitting.
             if method == Method::Invite && code >= 300 {
-                ack_from_response(msg, &self.setup.dest, tx);
+                ack_from_response(msg, &self.dest(i), tx);
             }
             st.stray_responses += 1;
             return;
@@ -630,7 +641,7 @@ impl Client {
                     st.retransmissions += 1;
                 }
             } else if method == Method::Invite && code >= 300 {
-                ack_from_response(msg, &self.setup.dest, tx);
+                ack_from_response(msg, &self.dest(i), tx);
                 st.stray_responses += 1;
             } else {
                 st.stray_responses += 1;

@@ -78,9 +78,21 @@ impl RawAddr {
         a
     }
 
+    /// Stream transports, UAC: any connection, the same one for the same `key`.
+    pub fn spread(key: u32) -> Self {
+        let mut a = Self::empty();
+        a.conn = SPREAD | (key & !SPREAD);
+        a
+    }
+
     /// The stream connection this address names, if any.
     pub fn conn(&self) -> Option<u32> {
-        (self.conn != u32::MAX).then_some(self.conn)
+        (self.conn & SPREAD == 0).then_some(self.conn)
+    }
+
+    /// The key of a [`RawAddr::spread`] address.
+    pub fn spread_key(&self) -> Option<u32> {
+        (self.conn != u32::MAX && self.conn & SPREAD != 0).then_some(self.conn & !SPREAD)
     }
 
     /// The address as a std type, if it is IPv4 or IPv6.
@@ -116,6 +128,9 @@ impl RawAddr {
         }
     }
 }
+
+/// The bit of `RawAddr::conn` that marks a spread key rather than a connection.
+const SPREAD: u32 = 1 << 31;
 
 /// Opens a nonblocking UDP socket bound to `addr`, with large buffers;
 /// `reuse_port` lets several threads bind the same address (the kernel

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  UAC endpoint: N connections to --target, opened before the load starts;
-//!                a request with no connection named goes on the next one (round robin)
+//!                a call's requests all go on one of them (RawAddr::spread(slot))
 //!  UAS endpoint: a listener (SO_REUSEPORT, one per thread) and what it accepted;
 //!                a reply goes on the connection its request came on (RawAddr::stream)
 //!
@@ -621,8 +621,14 @@ impl StreamEp {
                     self.dropped += 1;
                     return false;
                 }
-                self.rr = (self.rr + 1) % self.open.len();
-                self.open.get(self.rr).copied().unwrap_or(0)
+                let k = match dest.spread_key() {
+                    Some(k) => k as usize,
+                    None => {
+                        self.rr = self.rr.wrapping_add(1);
+                        self.rr
+                    }
+                };
+                self.open.get(k % self.open.len()).copied().unwrap_or(0)
             }
         };
         let Some(Some(c)) = self.conns.get_mut(i) else {
