@@ -34,6 +34,7 @@
 # Results: results/stream-<stamp>/{runs.tsv,table.txt}; every process started is stopped
 # on exit (trap). Loopback only; every run bounded in count and time.
 set -euo pipefail
+ulimit -c 0 # no core dumps (Kamailio aborts on SIGTERM with TLS loaded; dumping its shm takes a minute)
 {
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
