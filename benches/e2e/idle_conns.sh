@@ -21,7 +21,8 @@
 # `connload idle` opens the connections from many 127.0.0.x source addresses (TLS: the
 # TLS 1.3 handshake completes; the client then keeps only the socket) and holds them
 # idle; 3 s after the last one is open the figures are read again. Reported:
-# (after - before) / connections open, in KiB: PSS (the headline: it counts Kamailio's
+# (after - before) / connections the server accepted (established at its port minus
+# those still in its listener's accept queue), in KiB: PSS (the headline: it counts Kamailio's
 # shared memory once), RSS, and Kamailio's shm used. Kernel socket memory is not counted
 # (the same for both servers).
 # Every count needs that many file descriptors in the server process: the script raises
@@ -112,7 +113,7 @@ sed -e "s#^mpath=.*#mpath=\"$KAM_MPATH/\"#" -e "s#unix:/tmp/kamailio_stream_ctl#
 kam_shm_used() { kamcmd -s "unix:$KAM_CTL" core.shmmem 2>/dev/null | awk '$1 == "used:" { print $2; exit }' || echo 0; }
 
 RUNS="$OUT/runs.tsv"
-printf 'round\ttransport\tcount\tserver\topen\tpss_kib_per_conn\trss_kib_per_conn\tshm_kib_per_conn\tpss_before_kb\tpss_after_kb\n' >"$RUNS"
+printf 'round\ttransport\tcount\tserver\taccepted\tpss_kib_per_conn\trss_kib_per_conn\tshm_kib_per_conn\tpss_before_kb\tpss_after_kb\n' >"$RUNS"
 IFS=',' read -r -a PROXY_LIST <<<"$PROXIES"
 SKIPPED=""
 log "output in $OUT (sipedge $REV)"
@@ -170,15 +171,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
 				shm1=0
 				[[ "$px" == kamailio ]] && shm1="$(kam_shm_used)"
 				estab="$(ss -Htn state established "( sport = :$port )" 2>/dev/null | wc -l)"
-				if ((open > 0)); then
-					pc="$(calc "int(($pss1 - $pss0) / $open * 100 + 0.5) / 100")"
-					rc="$(calc "int(($rss1 - $rss0) / $open * 100 + 0.5) / 100")"
-					sc="$(calc "int(($shm1 - $shm0) / 1024 / $open * 100 + 0.5) / 100")"
+				# connections the server has not accept()ed yet wait in the listener's queue (Recv-Q)
+				accq="$(ss -Hltn "sport = :$port" 2>/dev/null | awk '{ print $2 + 0; exit }')"
+				accepted=$((estab - ${accq:-0}))
+				if ((accepted > 0)); then
+					pc="$(calc "int(($pss1 - $pss0) / $accepted * 100 + 0.5) / 100")"
+					rc="$(calc "int(($rss1 - $rss0) / $accepted * 100 + 0.5) / 100")"
+					sc="$(calc "int(($shm1 - $shm0) / 1024 / $accepted * 100 + 0.5) / 100")"
 				else
 					pc=- rc=- sc=-
 				fi
-				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$tr" "$n" "$px" "$open" "$pc" "$rc" "$sc" "$pss0" "$pss1" >>"$RUNS"
-				log "round $r $tr $n $px: $open open ($estab established at the server port), PSS +$pc KiB/conn, RSS +$rc KiB/conn, shm +$sc KiB/conn ($(cat "$ready.log" 2>/dev/null | tail -1))"
+				printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$tr" "$n" "$px" "$accepted" "$pc" "$rc" "$sc" "$pss0" "$pss1" >>"$RUNS"
+				log "round $r $tr $n $px: $open open, $estab established at the server port, $accepted accepted (${accq:-0} in the accept queue), PSS +$pc KiB/conn, RSS +$rc KiB/conn, shm +$sc KiB/conn ($(cat "$ready.log" 2>/dev/null | tail -1))"
 				stop_pid "$cpid"
 				stop_pid "$spid"
 				sleep 1
@@ -187,14 +191,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 {
-	echo "Memory per idle connection (KiB; PSS and RSS summed over all server processes, after - before, / connections open), sipedge $REV, $(date -u +%FT%TZ)"
-	printf '%-5s %7s %-9s %7s %9s %9s %9s\n' tr count server open pss rss shm
+	echo "Memory per idle connection (KiB; PSS and RSS summed over all server processes, after - before, / connections accepted), sipedge $REV, $(date -u +%FT%TZ)"
+	printf '%-5s %7s %-9s %9s %9s %9s %9s\n' tr count server accepted pss rss shm
 	for tr in $TRANSPORTS; do
 		for n in $COUNTS; do
 			for px in "${PROXY_LIST[@]}"; do
 				sel() { awk -F'\t' -v t="$tr" -v n="$n" -v p="$px" -v c="$1" 'NR > 1 && $2 == t && $3 == n && $4 == p && $c != "-" { print $c }' "$RUNS" | tr '\n' ' '; }
 				[[ -n "$(sel 5)" ]] || continue
-				printf '%-5s %7s %-9s %7s %9s %9s %9s\n' "$tr" "$n" "$px" "$(sel 5 | median)" "$(sel 6 | median)" "$(sel 7 | median)" "$(sel 8 | median)"
+				printf '%-5s %7s %-9s %9s %9s %9s %9s\n' "$tr" "$n" "$px" "$(sel 5 | median)" "$(sel 6 | median)" "$(sel 7 | median)" "$(sel 8 | median)"
 			done
 		done
 	done
