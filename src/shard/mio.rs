@@ -72,6 +72,10 @@ pub struct MioDriver {
     streams: Vec<Option<StreamSock>>,
     /// Slots with bytes to read.
     ready: Vec<u32>,
+    /// Listeners whose accept loop stopped at its bound with connections
+    /// maybe still queued: accepted again next turn (the listeners are
+    /// edge-triggered, so no new event would come for those).
+    accept_again: Vec<usize>,
     rbuf: Box<[u8]>,
     streams_state: Option<Streams>,
 }
@@ -122,6 +126,7 @@ impl MioDriver {
             listeners: ls,
             streams: Vec::new(),
             ready: Vec::new(),
+            accept_again: Vec::new(),
             rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
             streams_state: streams,
         })
@@ -137,7 +142,7 @@ impl MioDriver {
         let clock = Clock::new();
         while !stop.load(Ordering::Relaxed) {
             let now = clock.now();
-            let mut timeout = if self.readable.iter().any(|&r| r) {
+            let mut timeout = if self.readable.iter().any(|&r| r) || !self.accept_again.is_empty() {
                 std::time::Duration::ZERO
             } else {
                 super::wait_for(service.poll_timeout(), now)
@@ -152,7 +157,7 @@ impl MioDriver {
             }
             self.stats.turns += 1;
             let mut woken = false;
-            let mut accepts = Vec::new();
+            let mut accepts = std::mem::take(&mut self.accept_again);
             for ev in self.events.iter() {
                 let t = ev.token().0;
                 if ev.token() == WAKE {
@@ -170,7 +175,9 @@ impl MioDriver {
                         }
                     }
                 } else if t >= LISTENER_BASE {
-                    accepts.push(t - LISTENER_BASE);
+                    if !accepts.contains(&(t - LISTENER_BASE)) {
+                        accepts.push(t - LISTENER_BASE);
+                    }
                 } else if let Some(r) = self.readable.get_mut(t) {
                     *r = true;
                 }
@@ -186,7 +193,9 @@ impl MioDriver {
                 self.drain(i, service, io, now);
             }
             for l in accepts {
-                self.accept(l, now);
+                if self.accept(l, now) {
+                    self.accept_again.push(l);
+                }
             }
             self.read_streams(service, io, now);
             self.connecting_done(now);
@@ -212,11 +221,12 @@ impl MioDriver {
         Ok(self.stats)
     }
 
-    /// Accepts what listener `l` has waiting (each refused one is closed at once).
-    fn accept(&mut self, l: usize, now: Instant) {
+    /// Accepts what listener `l` has waiting (each refused one is closed at
+    /// once), at most 256; true when it stopped at that bound (more may wait).
+    fn accept(&mut self, l: usize, now: Instant) -> bool {
         for _ in 0..256 {
             let Some((id, transport, listener)) = self.listeners.get(l) else {
-                return;
+                return false;
             };
             let (sock, remote) = match listener.accept() {
                 Ok(x) => x,
@@ -225,7 +235,7 @@ impl MioDriver {
                     if e.kind() != io::ErrorKind::WouldBlock {
                         self.stats.rx_errors += 1;
                     }
-                    return;
+                    return false;
                 }
             };
             let (id, transport) = (*id, *transport);
@@ -244,6 +254,7 @@ impl MioDriver {
                 self.ready.push(slot);
             }
         }
+        true
     }
 
     /// Registers `sock` as the socket of `flow`.

@@ -22,8 +22,9 @@ use sipedge::sip::{Contact, HeaderName, Message, Method, NameAddr, Uri};
 
 use crate::digest;
 use crate::id::CallKey;
-use crate::net::{RawAddr, TxBatch};
+use crate::net::RawAddr;
 use crate::stats::{ClientStats, Failure, Kind};
+use crate::stream::Tx;
 use crate::template::{Ctx, Template, W};
 use crate::wheel::{Entry, Owner, Wheel};
 
@@ -110,6 +111,9 @@ pub struct Setup {
     pub t1: u64,
     /// T2, µs.
     pub t2: u64,
+    /// A reliable (stream) transport: no retransmissions, only Timer B/F
+    /// (RFC 3261 §17.1.1.2, §17.1.2.2).
+    pub reliable: bool,
     /// Hold, µs.
     pub hold: u64,
     /// Users.
@@ -308,7 +312,7 @@ impl Client {
         &mut self,
         now: u64,
         budget: usize,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ClientStats,
     ) {
@@ -362,6 +366,27 @@ impl Client {
         b
     }
 
+    /// Where call slot `i`'s requests go: the target; over a stream
+    /// transport, on one connection per call (so a UAS with one thread per
+    /// connection sees the whole dialog).
+    fn dest(&self, i: u32) -> RawAddr {
+        if self.setup.reliable {
+            RawAddr::spread(i)
+        } else {
+            self.setup.dest
+        }
+    }
+
+    /// Time from sending a request to its first timer: T1 (Timer A/E), or
+    /// over a reliable transport straight to Timer B/F.
+    fn first_wait(&self) -> u64 {
+        if self.setup.reliable {
+            64 * self.setup.t1
+        } else {
+            self.setup.t1
+        }
+    }
+
     fn arm(&mut self, i: u32, at: u64, wheel: &mut Wheel) {
         if let Some(s) = self.slots.get_mut(i as usize) {
             s.timer_at = at;
@@ -374,7 +399,7 @@ impl Client {
         }
     }
 
-    fn start_call(&mut self, now: u64, tx: &mut TxBatch, wheel: &mut Wheel, st: &mut ClientStats) {
+    fn start_call(&mut self, now: u64, tx: &mut Tx, wheel: &mut Wheel, st: &mut ClientStats) {
         let seq = self.started;
         self.started += 1;
         self.last_start = now;
@@ -421,12 +446,11 @@ impl Client {
             self.release(i);
             return;
         }
-        let t1 = self.setup.t1;
-        self.arm(i, now + t1, wheel);
+        self.arm(i, now + self.first_wait(), wheel);
     }
 
     /// Sends (or re-sends) the first request of the call.
-    fn send_initial(&self, i: u32, tx: &mut TxBatch) -> bool {
+    fn send_initial(&self, i: u32, tx: &mut Tx) -> bool {
         let Some(s) = self.slots.get(i as usize) else {
             return false;
         };
@@ -444,13 +468,13 @@ impl Client {
             auth,
             ..Ctx::default()
         };
-        tx.push(&self.setup.dest, |buf| {
+        tx.push(&self.dest(i), |buf| {
             self.setup.templates.initial.render(buf, &ctx)
         })
     }
 
     /// Sends the ACK for a 2xx, or the BYE (in-dialog requests).
-    fn send_in_dialog(&self, i: u32, bye: bool, tx: &mut TxBatch) -> bool {
+    fn send_in_dialog(&self, i: u32, bye: bool, tx: &mut Tx) -> bool {
         let (Some(s), Some(d)) = (self.slots.get(i as usize), self.dialogs.get(i as usize)) else {
             return false;
         };
@@ -470,11 +494,11 @@ impl Client {
         } else {
             &self.setup.templates.ack_2xx
         };
-        tx.push(&self.setup.dest, |buf| t.render(buf, &ctx))
+        tx.push(&self.dest(i), |buf| t.render(buf, &ctx))
     }
 
     /// Sends the ACK for a non-2xx final response to INVITE with branch digit `k` (§17.1.1.3).
-    fn send_ack_non2xx(&self, i: u32, k: u8, cseq: u32, to_tag: &[u8], tx: &mut TxBatch) -> bool {
+    fn send_ack_non2xx(&self, i: u32, k: u8, cseq: u32, to_tag: &[u8], tx: &mut Tx) -> bool {
         let Some(s) = self.slots.get(i as usize) else {
             return false;
         };
@@ -487,7 +511,7 @@ impl Client {
             to_tag,
             ..Ctx::default()
         };
-        tx.push(&self.setup.dest, |buf| {
+        tx.push(&self.dest(i), |buf| {
             self.setup.templates.ack_non2xx.render(buf, &ctx)
         })
     }
@@ -497,7 +521,7 @@ impl Client {
         &mut self,
         now: u64,
         e: Entry,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ClientStats,
     ) {
@@ -522,6 +546,10 @@ impl Client {
                 if now >= timeout {
                     st.fail(Failure::Timeout);
                     self.release(i);
+                    return;
+                }
+                if self.setup.reliable {
+                    self.arm(i, timeout, wheel);
                     return;
                 }
                 let sent = if s.in_bye {
@@ -550,7 +578,7 @@ impl Client {
         &mut self,
         now: u64,
         i: u32,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ClientStats,
     ) {
@@ -572,7 +600,7 @@ impl Client {
             self.release(i);
             return;
         }
-        self.arm(i, now + t1, wheel);
+        self.arm(i, now + self.first_wait(), wheel);
     }
 
     /// A response whose branch decoded to `key`/`k` arrived.
@@ -581,7 +609,7 @@ impl Client {
         now: u64,
         msg: &Message<'_>,
         (key, k): (CallKey, u8),
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ClientStats,
     ) {
@@ -597,7 +625,7 @@ impl Client {
             // A late retransmission of a final response: ACK a non-2xx to
             // INVITE statelessly so the server stops retransmitting.
             if method == Method::Invite && code >= 300 {
-                ack_from_response(msg, &self.setup.dest, tx);
+                ack_from_response(msg, &self.dest(i), tx);
             }
             st.stray_responses += 1;
             return;
@@ -613,7 +641,7 @@ impl Client {
                     st.retransmissions += 1;
                 }
             } else if method == Method::Invite && code >= 300 {
-                ack_from_response(msg, &self.setup.dest, tx);
+                ack_from_response(msg, &self.dest(i), tx);
                 st.stray_responses += 1;
             } else {
                 st.stray_responses += 1;
@@ -682,7 +710,7 @@ impl Client {
         now: u64,
         i: u32,
         msg: &Message<'_>,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ClientStats,
     ) {
@@ -725,7 +753,7 @@ impl Client {
         i: u32,
         msg: &Message<'_>,
         proxy: bool,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
     ) -> bool {
         let Some(password) = self.setup.password.as_deref() else {
@@ -825,7 +853,7 @@ impl Client {
             self.send_initial(i, tx)
         };
         if sent {
-            self.arm(i, now + t1, wheel);
+            self.arm(i, now + self.first_wait(), wheel);
         }
         sent
     }
@@ -929,7 +957,7 @@ fn store_dialog(d: &mut Dialog, msg: &Message<'_>) -> Option<()> {
 /// ACK for a non-2xx final response to an INVITE of no live call, built
 /// from the response itself (§17.1.1.3: top Via, From, To, Call-ID, CSeq
 /// number; the Request-URI is taken from To, which matches ours).
-fn ack_from_response(msg: &Message<'_>, dest: &RawAddr, tx: &mut TxBatch) {
+fn ack_from_response(msg: &Message<'_>, dest: &RawAddr, tx: &mut Tx) {
     let Ok(to) = msg.to() else {
         return;
     };

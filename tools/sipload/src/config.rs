@@ -45,6 +45,60 @@ impl Scenario {
     }
 }
 
+/// The transport of every SIP message of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    /// UDP datagrams (recvmmsg/sendmmsg).
+    Udp,
+    /// TCP with Content-Length framing (RFC 3261 §18.3).
+    Tcp,
+    /// TLS over TCP (rustls).
+    Tls,
+    /// WebSocket (RFC 7118) over TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    /// Name in a Via header (RFC 3261 §20.42, RFC 7118 §5.2).
+    pub fn via(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+            Self::Ws => "WS",
+            Self::Wss => "WSS",
+        }
+    }
+
+    /// Lowercase name, as in a URI's `transport=` parameter and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+            Self::Ws => "ws",
+            Self::Wss => "wss",
+        }
+    }
+
+    /// A connection-oriented transport (framed on a byte stream).
+    pub fn is_stream(self) -> bool {
+        self != Self::Udp
+    }
+
+    /// Carried over TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Wss)
+    }
+
+    /// Carried in WebSocket frames.
+    pub fn is_ws(self) -> bool {
+        matches!(self, Self::Ws | Self::Wss)
+    }
+}
+
 /// Digest algorithm offered by --uas-auth challenges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthAlg {
@@ -54,7 +108,7 @@ pub enum AuthAlg {
     Sha256,
 }
 
-/// sipload: a SIP load generator (UAC, UAS, or both) over UDP.
+/// sipload: a SIP load generator (UAC, UAS, or both) over UDP, TCP, TLS, WS or WSS.
 ///
 /// Durations take a unit: 500ms, 20s, 2m (a bare number is seconds).
 #[derive(Debug, Parser)]
@@ -160,6 +214,26 @@ pub struct Args {
     /// come from any address; sends cost a route lookup each).
     #[arg(long)]
     pub no_connect: bool,
+    /// Transport of every message: the UAC's connections to --target and
+    /// the UAS's listener on --uas-listen.
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: Transport,
+    /// Stream transports: UAC connections to --target, all threads
+    /// together (default: one per thread); requests are spread over them.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// TLS (tls, wss): the UAS's certificate chain (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS (tls, wss): the UAS's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// TLS (tls, wss): trust anchors (PEM) for the target's certificate.
+    #[arg(long)]
+    pub ca: Option<std::path::PathBuf>,
+    /// TLS (tls, wss): accept any certificate from the target (lab use).
+    #[arg(long)]
+    pub insecure: bool,
     /// Print one JSON object (see README) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -220,7 +294,10 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
 
 fn resolve(s: &str) -> Result<SocketAddr> {
     let s = s.trim();
-    let s = s.strip_prefix("udp:").unwrap_or(s);
+    let s = ["udp:", "tcp:", "tls:", "ws:", "wss:"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        .unwrap_or(s);
     let s = s.strip_prefix("sip:").unwrap_or(s);
     s.to_socket_addrs()
         .with_context(|| format!("cannot resolve {s:?} (want HOST:PORT)"))?
@@ -302,6 +379,16 @@ pub struct Config {
     pub uas_dialog_timeout: Duration,
     /// Leave the UAC sockets unconnected.
     pub no_connect: bool,
+    /// Transport.
+    pub transport: Transport,
+    /// UAC connections, all threads (stream transports).
+    pub connections: usize,
+    /// UAS certificate and key, PEM bytes (tls, wss with a UAS).
+    pub tls_server: Option<(Vec<u8>, Vec<u8>)>,
+    /// UAC trust anchors, PEM bytes.
+    pub ca: Option<Vec<u8>>,
+    /// UAC accepts any server certificate.
+    pub insecure: bool,
     /// JSON report.
     pub json: bool,
     /// No progress lines.
@@ -398,6 +485,37 @@ impl Config {
             None
         };
         let cpus = a.cpu.as_deref().map(parse_cpu_list).transpose()?;
+        let connections = a.connections.unwrap_or(a.threads);
+        if a.transport.is_stream() && a.role != Role::Uas && connections < a.threads {
+            bail!("--connections must be at least --threads");
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let tls_server = match (&a.tls_cert, &a.tls_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        if a.transport.is_tls() && a.role != Role::Uac && tls_server.is_none() {
+            bail!(
+                "--transport {} with a UAS needs --tls-cert and --tls-key",
+                a.transport.as_str()
+            );
+        }
+        if a.transport.is_tls() && a.role != Role::Uas && a.ca.is_none() && !a.insecure {
+            bail!(
+                "--transport {} needs --ca FILE or --insecure",
+                a.transport.as_str()
+            );
+        }
+        if a.transport.is_stream() && a.uas_register > 0 {
+            bail!("--uas-register is for UDP only");
+        }
+        if a.transport.is_stream() && a.no_connect {
+            bail!("--no-connect is for UDP only");
+        }
+        let ca = a.ca.as_deref().map(read).transpose()?;
         Ok(Self {
             role: a.role,
             scenario: a.scenario,
@@ -429,6 +547,11 @@ impl Config {
             uas_auth,
             uas_dialog_timeout: a.uas_dialog_timeout,
             no_connect: a.no_connect,
+            transport: a.transport,
+            connections,
+            tls_server,
+            ca,
+            insecure: a.insecure,
             json: a.json,
             quiet: a.quiet,
             max_failure_rate: a.max_failure_rate,

@@ -14,6 +14,7 @@
 //! | [`id`] | call keys carried in branch / Call-ID / tags |
 //! | [`wheel`] | the timer wheel |
 //! | [`net`] | recvmmsg/sendmmsg batches, ppoll, pinning (the only unsafe code) |
+//! | [`stream`] | TCP, TLS, WS and WSS connections on a mio poll |
 //! | [`stats`] | counters, histograms, the report |
 #![deny(unsafe_code)]
 #![deny(
@@ -33,6 +34,7 @@ mod id;
 mod net;
 mod server;
 mod stats;
+mod stream;
 mod template;
 mod wheel;
 mod worker;
@@ -46,12 +48,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use sipedge::sip::Method;
+use sipedge::transport::tls::{ClientTls, ClientVerify, ServerSettings, ServerTls};
 
 use crate::client::{Client, Flow, Schedule, Templates};
-use crate::config::{Args, Config, Role, Scenario};
+use crate::config::{Args, Config, Role, Scenario, Transport};
 use crate::stats::{ClientReport, Cpu, Datagrams, Kind, Progress, Report, WorkerStats};
+use crate::stream::StreamEp;
 use crate::template::Template;
-use crate::worker::{Shared, Worker};
+use crate::worker::{Endpoint, Shared, Worker};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -93,6 +97,17 @@ fn host_port(a: SocketAddr) -> String {
     }
 }
 
+/// The local address of an endpoint: the UDP socket's, the listener's, or
+/// the first connection's.
+fn endpoint_addr(e: &Endpoint) -> Result<SocketAddr> {
+    Ok(match e {
+        Endpoint::Udp(s) => net::local_addr(s)?,
+        Endpoint::Stream(s) => s
+            .local_addr()
+            .ok_or_else(|| anyhow::anyhow!("no connection to the target"))?,
+    })
+}
+
 /// A typical audio offer/answer (≈ 230 bytes, like a softphone's).
 fn sdp(ip: IpAddr, port: u16) -> String {
     let (fam, addr) = match ip {
@@ -114,13 +129,22 @@ struct Texts<'a> {
     ruri: &'a str,
     run: &'a str,
     expires: u32,
+    transport: Transport,
 }
 
 fn templates(t: &Texts<'_>, user_prefix: &str) -> Result<Templates> {
     let local = host_port(t.local);
     let domain = t.domain;
     let run = t.run;
-    let via = format!("Via: SIP/2.0/UDP {local};branch=z9hG4bK-sl{{key}}{{k}};rport\r\n");
+    let via = format!(
+        "Via: SIP/2.0/{} {local};branch=z9hG4bK-sl{{key}}{{k}};rport\r\n",
+        t.transport.via()
+    );
+    let uri_params = if t.transport.is_stream() {
+        format!(";transport={}", t.transport.as_str())
+    } else {
+        String::new()
+    };
     let from = format!("From: <sip:{{user}}@{domain}>;tag={{key}}\r\n");
     let call_id = format!("Call-ID: {{key}}-{run}@sipload\r\n");
     let (ruri, to_uri) = match t.scenario {
@@ -134,7 +158,7 @@ fn templates(t: &Texts<'_>, user_prefix: &str) -> Result<Templates> {
                 Method::Invite,
                 format!(
                     "INVITE {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n{from}To: <{to_uri}>\r\n{call_id}\
-CSeq: {{cseq}} INVITE\r\nContact: <sip:{{user}}@{local}>\r\n{{auth}}Content-Type: application/sdp\r\n\
+CSeq: {{cseq}} INVITE\r\nContact: <sip:{{user}}@{local}{uri_params}>\r\n{{auth}}Content-Type: application/sdp\r\n\
 Content-Length: {}\r\n\r\n{body}",
                     body.len()
                 ),
@@ -144,7 +168,7 @@ Content-Length: {}\r\n\r\n{body}",
             Method::Register,
             format!(
                 "REGISTER {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n{from}To: <{to_uri}>\r\n{call_id}\
-CSeq: {{cseq}} REGISTER\r\nContact: <sip:{{user}}@{local}>\r\nExpires: {}\r\n{{auth}}Content-Length: 0\r\n\r\n",
+CSeq: {{cseq}} REGISTER\r\nContact: <sip:{{user}}@{local}{uri_params}>\r\nExpires: {}\r\n{{auth}}Content-Length: 0\r\n\r\n",
                 t.expires
             ),
         ),
@@ -213,34 +237,77 @@ fn run(cfg: &Config) -> Result<Report> {
     let secret = id::fnv1a(&[run_id.as_bytes(), &epoch.elapsed().as_nanos().to_le_bytes()]);
 
     // Sockets first, in this thread, so a port in use is a clear error.
-    let mut uas_socks = Vec::new();
+    let tr = cfg.transport;
+    let mut uas_socks: Vec<Endpoint> = Vec::new();
     let mut uas_addr = cfg.uas_listen;
     if cfg.has_uas() {
+        let server_tls = match (&cfg.tls_server, tr.is_tls()) {
+            (Some((cert, key)), true) => Some(
+                ServerTls::new(&ServerSettings {
+                    cert_pem: cert,
+                    key_pem: key,
+                    ca_pem: None,
+                    verify_client: ClientVerify::None,
+                    sni: Vec::new(),
+                })
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?,
+            ),
+            _ => None,
+        };
+        let listen = |addr: SocketAddr, reuse: bool| -> Result<Endpoint> {
+            let what = || format!("cannot listen on {}:{addr}", tr.as_str());
+            Ok(if tr.is_stream() {
+                Endpoint::Stream(Box::new(
+                    StreamEp::listen(tr, addr, reuse, server_tls.clone()).with_context(what)?,
+                ))
+            } else {
+                Endpoint::Udp(net::udp_socket(addr, reuse).with_context(what)?)
+            })
+        };
         // SO_REUSEPORT would let a second process share the port silently:
         // bind once without it first, so "port in use" is an error.
         if cfg.threads > 1 && uas_addr.port() != 0 {
-            drop(
-                net::udp_socket(uas_addr, false)
-                    .with_context(|| format!("cannot listen on udp:{uas_addr}"))?,
-            );
+            drop(listen(uas_addr, false)?);
         }
         for t in 0..cfg.threads {
-            let s = net::udp_socket(uas_addr, cfg.threads > 1)
-                .with_context(|| format!("cannot listen on udp:{uas_addr}"))?;
+            let s = listen(uas_addr, cfg.threads > 1)?;
             if t == 0 {
-                uas_addr = net::local_addr(&s)?;
+                uas_addr = endpoint_addr(&s)?;
             }
             uas_socks.push(s);
         }
-        eprintln!("sipload: uas listening on udp:{}", host_port(uas_addr));
+        eprintln!(
+            "sipload: uas listening on {}:{}",
+            tr.as_str(),
+            host_port(uas_addr)
+        );
         if cfg.target_is_uas {
             cfg.target = uas_addr;
         }
     }
     let cfg = &cfg;
-    let mut uac_socks = Vec::new();
+    let mut uac_socks: Vec<Endpoint> = Vec::new();
     if cfg.has_uac() {
-        for _ in 0..cfg.threads {
+        let client_tls = if tr.is_tls() {
+            Some(
+                ClientTls::new(cfg.ca.as_deref(), !cfg.insecure, None)
+                    .map_err(|e| anyhow::anyhow!("--ca: {e}"))?,
+            )
+        } else {
+            None
+        };
+        for t in 0..cfg.threads {
+            if tr.is_stream() {
+                let n = share(cfg.connections as u64, cfg.threads, t) as usize;
+                uac_socks.push(Endpoint::Stream(Box::new(StreamEp::connect(
+                    tr,
+                    cfg.local_ip,
+                    cfg.target,
+                    n,
+                    client_tls.as_ref(),
+                )?)));
+                continue;
+            }
             let s = net::udp_socket(SocketAddr::new(cfg.local_ip, 0), false)
                 .with_context(|| format!("cannot open a UDP socket on {}", cfg.local_ip))?;
             if !cfg.no_connect {
@@ -249,10 +316,10 @@ fn run(cfg: &Config) -> Result<Report> {
                 s.connect(&cfg.target.into())
                     .with_context(|| format!("cannot connect a UDP socket to {}", cfg.target))?;
             }
-            uac_socks.push(s);
+            uac_socks.push(Endpoint::Udp(s));
         }
     }
-    if let Some(s) = uac_socks.first().or(uas_socks.first()) {
+    if let Some(Endpoint::Udp(s)) = uac_socks.first().or(uas_socks.first()) {
         let (r, w) = net::buffer_sizes(s);
         if r < (4 << 20) || w < (4 << 20) {
             eprintln!(
@@ -286,7 +353,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
         let mut server = None;
         let mut server_sock = None;
         if let Some(s) = uac_iter.next() {
-            let local = net::local_addr(&s)?;
+            let local = endpoint_addr(&s)?;
             let texts = Texts {
                 scenario: cfg.scenario,
                 local,
@@ -294,6 +361,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                 ruri: &ruri,
                 run: &run_id,
                 expires: cfg.expires,
+                transport: tr,
             };
             load = Some(Client::new(client::Setup {
                 index: 0,
@@ -308,6 +376,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                 sock: socks.len(),
                 t1,
                 t2,
+                reliable: tr.is_stream(),
                 hold: cfg.hold.as_micros() as u64,
                 users: cfg.users,
                 user_prefix: cfg.user_prefix.clone(),
@@ -324,11 +393,20 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
             socks.push(s);
         }
         if let Some(s) = uas_iter.next() {
-            let local = net::local_addr(&s)?;
+            let local = endpoint_addr(&s)?;
             server_sock = Some(socks.len());
             server = Some(server::Server::new(server::Setup {
                 thread: t as u8,
-                contact: format!("Contact: <sip:uas@{}>\r\n", host_port(local)).into_bytes(),
+                contact: if tr.is_stream() {
+                    format!(
+                        "Contact: <sip:uas@{};transport={}>\r\n",
+                        host_port(local),
+                        tr.as_str()
+                    )
+                } else {
+                    format!("Contact: <sip:uas@{}>\r\n", host_port(local))
+                }
+                .into_bytes(),
                 sdp: sdp(local.ip(), 16000).into_bytes(),
                 t1,
                 t2,
@@ -344,6 +422,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                     ruri: &ruri,
                     run: &run_id,
                     expires: cfg.expires,
+                    transport: tr,
                 };
                 register = Some(Client::new(client::Setup {
                     index: 1,
@@ -354,6 +433,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                     sock: socks.len(),
                     t1,
                     t2,
+                    reliable: tr.is_stream(),
                     hold: 0,
                     users: cfg.uas_register,
                     user_prefix: cfg.user_prefix.clone(),
@@ -551,6 +631,7 @@ mod tests {
                     ruri: "sip:{user}@example.test",
                     run: "abcd",
                     expires: 60,
+                    transport: Transport::Udp,
                 },
                 "user",
             )

@@ -33,6 +33,8 @@ const SOCK_BUF: usize = 8 << 20;
 pub struct RawAddr {
     storage: libc::sockaddr_storage,
     len: libc::socklen_t,
+    /// Stream transports: the connection (index in its endpoint), or `u32::MAX`.
+    conn: u32,
 }
 
 impl RawAddr {
@@ -65,7 +67,32 @@ impl RawAddr {
             // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
             storage: unsafe { mem::zeroed() },
             len: 0,
+            conn: u32::MAX,
         }
+    }
+
+    /// Stream transports: connection `conn` of the endpoint a message came on.
+    pub fn stream(conn: u32) -> Self {
+        let mut a = Self::empty();
+        a.conn = conn;
+        a
+    }
+
+    /// Stream transports, UAC: any connection, the same one for the same `key`.
+    pub fn spread(key: u32) -> Self {
+        let mut a = Self::empty();
+        a.conn = SPREAD | (key & !SPREAD);
+        a
+    }
+
+    /// The stream connection this address names, if any.
+    pub fn conn(&self) -> Option<u32> {
+        (self.conn & SPREAD == 0).then_some(self.conn)
+    }
+
+    /// The key of a [`RawAddr::spread`] address.
+    pub fn spread_key(&self) -> Option<u32> {
+        (self.conn != u32::MAX && self.conn & SPREAD != 0).then_some(self.conn & !SPREAD)
     }
 
     /// The address as a std type, if it is IPv4 or IPv6.
@@ -101,6 +128,9 @@ impl RawAddr {
         }
     }
 }
+
+/// The bit of `RawAddr::conn` that marks a spread key rather than a connection.
+const SPREAD: u32 = 1 << 31;
 
 /// Opens a nonblocking UDP socket bound to `addr`, with large buffers;
 /// `reuse_port` lets several threads bind the same address (the kernel
@@ -261,6 +291,11 @@ pub struct TxBatch {
 }
 
 impl TxBatch {
+    /// The socket.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// An empty batch for socket `fd`.
     pub fn new(fd: RawFd) -> Self {
         Self {
@@ -308,6 +343,7 @@ impl TxBatch {
     }
 
     /// Queues a copy of `bytes`.
+    #[cfg(test)]
     pub fn push_bytes(&mut self, dest: &RawAddr, bytes: &[u8]) -> bool {
         self.push(dest, |buf| {
             let out = buf.get_mut(..bytes.len())?;

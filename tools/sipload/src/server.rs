@@ -24,8 +24,9 @@ use sipedge::sip::{response, HeaderName, Message, Method, ResponseSpec};
 use crate::config::UasAuth;
 use crate::digest;
 use crate::id::{fnv1a, put_hex, DialogKey, KEY_HEX};
-use crate::net::{RawAddr, TxBatch, TX_BUF};
+use crate::net::{RawAddr, TX_BUF};
 use crate::stats::ServerStats;
+use crate::stream::Tx;
 use crate::template::W;
 use crate::wheel::{Entry, Owner, Wheel};
 
@@ -125,7 +126,7 @@ impl Server {
         now: u64,
         msg: &Message<'_>,
         src: &RawAddr,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ServerStats,
     ) {
@@ -257,7 +258,7 @@ impl Server {
         now: u64,
         msg: &Message<'_>,
         src: &RawAddr,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ServerStats,
     ) {
@@ -354,7 +355,7 @@ impl Server {
         &mut self,
         now: u64,
         e: Entry,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         wheel: &mut Wheel,
         st: &mut ServerStats,
     ) {
@@ -403,7 +404,7 @@ impl Server {
         code: u16,
         reason: &str,
         extra: &[u8],
-        tx: &mut TxBatch,
+        tx: &mut Tx,
     ) {
         let from_tag = msg.from().ok().and_then(|f| f.tag()).unwrap_or_default();
         let mut tag = [0u8; KEY_HEX];
@@ -423,7 +424,7 @@ impl Server {
         msg: &Message<'_>,
         src: &RawAddr,
         proxy: bool,
-        tx: &mut TxBatch,
+        tx: &mut Tx,
         st: &mut ServerStats,
     ) -> bool {
         let Some(auth) = &self.setup.auth else {

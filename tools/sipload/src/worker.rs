@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::{Events, Poll};
 use sipedge::sip::{parse, HeaderIndex, ParseConfig};
 use socket2::Socket;
 
@@ -24,6 +25,7 @@ use crate::id::CallKey;
 use crate::net::{self, RxBatch, TxBatch, BATCH};
 use crate::server::Server;
 use crate::stats::{Progress, WorkerStats};
+use crate::stream::{StreamEp, StreamRx, Tx, CONN_BITS};
 use crate::wheel::{Owner, Wheel};
 
 /// Flags shared by the workers of one process.
@@ -35,12 +37,23 @@ pub struct Shared {
     pub loading: AtomicUsize,
 }
 
+/// One side's socket(s): a UDP socket or a stream endpoint.
+pub enum Endpoint {
+    /// UDP.
+    Udp(Socket),
+    /// TCP, TLS, WS, WSS.
+    Stream(Box<StreamEp>),
+}
+
+/// How long the UAC waits for its connections' handshakes before starting anyway.
+const HANDSHAKE_WAIT_US: u64 = 10_000_000;
+
 /// What a worker is given.
 pub struct Worker {
     /// Thread number.
     pub thread: u8,
-    /// Sockets: index 0 the UAC's (if any), then the UAS's (if any).
-    pub socks: Vec<Socket>,
+    /// Endpoints: index 0 the UAC's (if any), then the UAS's (if any).
+    pub socks: Vec<Endpoint>,
     /// Engine 0: the load (roles uac, both).
     pub load: Option<Client>,
     /// Engine 1: the UAS's registrations.
@@ -81,8 +94,41 @@ impl Worker {
         let mut st = WorkerStats::new();
         let mut wheel = Wheel::new();
         let mut rx = RxBatch::new();
-        let fds: Vec<_> = self.socks.iter().map(net::fd).collect();
-        let mut txs: Vec<TxBatch> = fds.iter().map(|&fd| TxBatch::new(fd)).collect();
+        // UDP sockets stay here (the batches hold their fds); stream
+        // endpoints move into the Tx list and register with one mio poll.
+        let mut udp_socks = Vec::new();
+        let mut fds = Vec::new();
+        let mut txs: Vec<Tx> = Vec::new();
+        let mut poll: Option<Poll> = None;
+        for ep in std::mem::take(&mut self.socks) {
+            match ep {
+                Endpoint::Udp(s) => {
+                    fds.push(net::fd(&s));
+                    txs.push(Tx::Dgram(TxBatch::new(net::fd(&s))));
+                    udp_socks.push(s);
+                }
+                Endpoint::Stream(mut ep) => {
+                    if poll.is_none() {
+                        match Poll::new() {
+                            Ok(p) => poll = Some(p),
+                            Err(e) => {
+                                eprintln!("sipload: worker {}: epoll: {e}", self.thread);
+                                return st;
+                            }
+                        }
+                    }
+                    if let Some(p) = poll.as_ref() {
+                        if let Err(e) = ep.register(p.registry(), txs.len()) {
+                            eprintln!("sipload: worker {}: register: {e}", self.thread);
+                        }
+                    }
+                    txs.push(Tx::Stream(ep));
+                }
+            }
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut srx = StreamRx::default();
+        let mut streams_ready = poll.is_none();
         let mut idx = HeaderIndex::new(ParseConfig {
             // Be liberal in what we accept from the system under test: a
             // load generator counts what it gets, it does not police it.
@@ -118,8 +164,15 @@ impl Worker {
                 }
             }
             let all_registered = self.shared.registering.load(Ordering::Acquire) == 0;
+            if !streams_ready {
+                // The UAC's connections finish their TLS / WebSocket handshakes first.
+                streams_ready = txs.iter().all(|t| match t {
+                    Tx::Stream(s) => s.all_ready(),
+                    Tx::Dgram(_) => true,
+                }) || now > start + HANDSHAKE_WAIT_US;
+            }
             if let Some(l) = self.load.as_mut() {
-                if all_registered {
+                if all_registered && streams_ready {
                     l.enable(now);
                 }
                 if !load_done {
@@ -204,19 +257,36 @@ impl Worker {
             // Receive and dispatch.
             let mut full = false;
             let mut got = 0;
-            for (si, &fd) in fds.iter().enumerate() {
-                let n = match rx.recv(fd) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        eprintln!("sipload: worker {}: recv: {e}", self.thread);
-                        0
+            if let Some(p) = poll.as_mut() {
+                if p.poll(&mut events, Some(Duration::ZERO)).is_ok() {
+                    dispatch_events(&events, &mut txs);
+                }
+            }
+            for si in 0..txs.len() {
+                let (n, stream) = match txs.get_mut(si) {
+                    Some(Tx::Dgram(d)) => match rx.recv(d.fd()) {
+                        Ok(n) => {
+                            full |= n == BATCH;
+                            (n, false)
+                        }
+                        Err(e) => {
+                            eprintln!("sipload: worker {}: recv: {e}", self.thread);
+                            (0, false)
+                        }
+                    },
+                    Some(Tx::Stream(s)) => {
+                        srx.clear();
+                        let (n, more) = s.recv(&mut srx);
+                        full |= more;
+                        (n, true)
                     }
+                    None => (0, false),
                 };
-                full |= n == BATCH;
                 got += n;
                 st.received += n as u64;
                 for i in 0..n {
-                    let Some((buf, src, trunc)) = rx.get(i) else {
+                    let got = if stream { srx.get(i) } else { rx.get(i) };
+                    let Some((buf, src, trunc)) = got else {
                         continue;
                     };
                     if trunc {
@@ -303,20 +373,41 @@ impl Worker {
                     wake = wake.min(t.div_ceil(self.tick_us) * self.tick_us);
                 }
             }
+            if !streams_ready {
+                wake = wake.min(now + 1_000);
+            }
             let after = now_us(self.epoch);
             if wake > after {
-                let _ = net::wait(
-                    &fds,
-                    libc::POLLIN,
-                    Some(Duration::from_micros(wake - after)),
-                );
+                let timeout = Some(Duration::from_micros(wake - after));
+                match poll.as_mut() {
+                    Some(p) => {
+                        if p.poll(&mut events, timeout).is_ok() {
+                            dispatch_events(&events, &mut txs);
+                        }
+                    }
+                    None => {
+                        let _ = net::wait(&fds, libc::POLLIN, timeout);
+                    }
+                }
             }
         }
         for tx in txs.iter_mut() {
             tx.flush();
-            st.sent += tx.sent;
-            st.send_dropped += tx.dropped;
+            let (sent, dropped) = tx.counts();
+            st.sent += sent;
+            st.send_dropped += dropped;
         }
+        drop(udp_socks);
         st
+    }
+}
+
+/// Hands each readiness event to its endpoint (the token's high bits).
+fn dispatch_events(events: &Events, txs: &mut [Tx]) {
+    for ev in events.iter() {
+        let t = ev.token().0;
+        if let Some(Tx::Stream(s)) = txs.get_mut(t >> CONN_BITS) {
+            s.on_event(t & ((1 << CONN_BITS) - 1), ev);
+        }
     }
 }
