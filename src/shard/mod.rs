@@ -27,6 +27,7 @@ pub mod mio;
 pub mod socket;
 pub mod streams;
 pub mod sys;
+pub mod turn;
 pub mod uring;
 
 use std::io;
@@ -574,38 +575,44 @@ fn run_shard<S: Service>(
     }
     let shard_id = plan.id;
     let mut io = plan.io.unwrap_or_else(ShardIo::none);
-    let streams = (!plan.listeners.is_empty()).then(|| {
+    let mut streams = (!plan.listeners.is_empty()).then(|| {
         streams::Streams::new(
             crate::transport::conn::Connections::new(plan.id, plan.conn),
             plan.tls.clone(),
         )
     });
-    let stats =
-        match driver {
-            DriverKind::Mio => {
-                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
-                    .run(&mut service, &mut io, stop)?
-            }
-            DriverKind::Uring if !plan.listeners.is_empty() => {
-                // TODO(io_uring streams): until the io_uring driver serves
-                // stream sockets, a shard with stream listeners runs on mio.
+    // io_uring serves stream sockets where the kernel has what it needs
+    // (multishot accept and recv: 6.0); else the shard falls back to mio.
+    let stream_probe = if driver == DriverKind::Uring && !plan.listeners.is_empty() {
+        uring::probe_streams()
+    } else {
+        Ok(())
+    };
+    let stats = match driver {
+        DriverKind::Mio => {
+            let mut d = mio::MioDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+        DriverKind::Uring if stream_probe.is_err() => {
+            let why = stream_probe.err().unwrap_or_default();
+            tracing::warn!(
+                shard = plan.id,
+                "io_uring cannot serve stream sockets here ({why}): this shard runs the mio driver"
+            );
+            let mut d = mio::MioDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+        DriverKind::Uring => {
+            let mut d =
+                uring::UringDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            if !d.set_coalesce(plan.coalesce_us) {
                 tracing::warn!(
-                    shard = plan.id,
-                    "stream listeners: this shard runs the mio driver"
-                );
-                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
-                    .run(&mut service, &mut io, stop)?
-            }
-            DriverKind::Uring => {
-                let mut d = uring::UringDriver::new(plan.sockets)?;
-                if !d.set_coalesce(plan.coalesce_us) {
-                    tracing::warn!(
                     "io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it"
                 );
-                }
-                d.run(&mut service, &mut io, stop)?
             }
-        };
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+    };
     Ok(ShardReport {
         id: shard_id,
         driver: stats,
