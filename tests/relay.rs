@@ -361,12 +361,12 @@ fn sigterm_stops_within_a_second() {
 #[test]
 fn clear_errors_for_bad_config_and_busy_port() {
     let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["run", "--listen", "tcp:127.0.0.1:5060"])
+        .args(["run", "--listen", "sctp:127.0.0.1:0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("only udp"), "{err}");
+    assert!(err.contains("unknown transport"), "{err}");
     assert!(!err.contains("panicked"));
     // A port held without SO_REUSEPORT is in use.
     let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
