@@ -560,30 +560,37 @@ impl Driver for MioDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::turn::testkit::{self, serve};
+    use crate::shard::turn::testkit::{self, serve, Answer};
     use crate::transport::conn::ConnLimits;
 
-    fn server(limits: ConnLimits, reply: usize) -> testkit::Server {
+    fn server(limits: ConnLimits, answer: Answer) -> testkit::Server {
         serve(
             |l| MioDriver::with_streams(Vec::new(), l, None).unwrap(),
             |d: &MioDriver| d.streams.iter().flatten().count(),
             limits,
-            reply,
+            answer,
         )
     }
 
     #[test]
     fn serves_tcp_messages_split_and_batched() {
-        testkit::split_and_batched(server(ConnLimits::default(), 0));
+        testkit::split_and_batched(server(ConnLimits::default(), Answer::Echo));
     }
 
     #[test]
     fn forgets_a_peer_that_closes_mid_message() {
-        testkit::closed_mid_message(server(ConnLimits::default(), 0));
+        testkit::closed_mid_message(server(ConnLimits::default(), Answer::Echo));
     }
 
     #[test]
     fn drops_a_peer_that_never_reads() {
-        testkit::never_reads(server(testkit::small_queue(), 32 * 1024));
+        testkit::never_reads(server(testkit::small_queue(), Answer::Pad(32 * 1024)));
+    }
+
+    #[test]
+    fn connects_out_and_serves_the_outbound_connection() {
+        let up = testkit::upstream();
+        let to = up.local_addr().unwrap();
+        testkit::connects_out(server(ConnLimits::default(), Answer::Forward(to)), up);
     }
 }

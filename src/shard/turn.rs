@@ -243,22 +243,42 @@ pub(crate) mod testkit {
     use crate::shard::{socket, Listener};
     use crate::transport::conn::{ConnLimits, ConnStats};
 
-    /// Answers every message with itself, or with `reply` when set.
+    /// How the test service answers a message.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Answer {
+        /// With the message itself.
+        Echo,
+        /// With this many bytes of padding.
+        Pad(usize),
+        /// Messages from elsewhere go to this address over TCP (a new
+        /// outbound connection); its own come back to it.
+        Forward(SocketAddr),
+    }
+
     struct Echo {
         counters: Counters,
         messages: u64,
-        reply: Vec<u8>,
+        answer: Answer,
+        pad: Vec<u8>,
     }
 
     impl Service for Echo {
         fn handle_message(&mut self, _: Instant, data: &[u8], peer: &Peer, out: &mut Outbox) {
             self.messages += 1;
-            let bytes = if self.reply.is_empty() {
-                data
-            } else {
-                &self.reply
+            let _ = match self.answer {
+                Answer::Echo => out.push(*peer, data),
+                Answer::Pad(_) => out.push(*peer, &self.pad),
+                Answer::Forward(to) if peer.remote != to => out.push(
+                    Peer {
+                        transport: Transport::Tcp,
+                        remote: to,
+                        local: SocketId(0),
+                        flow: FlowId::NONE,
+                    },
+                    data,
+                ),
+                Answer::Forward(_) => out.push(*peer, data),
             };
-            let _ = out.push(*peer, bytes);
         }
 
         fn counters(&self) -> &Counters {
@@ -295,7 +315,7 @@ pub(crate) mod testkit {
 
     /// Runs the driver `make` builds (on the server thread) over one TCP
     /// listener; `live` counts the driver's connections.
-    pub(crate) fn serve<D, M, L>(make: M, live: L, limits: ConnLimits, reply: usize) -> Server
+    pub(crate) fn serve<D, M, L>(make: M, live: L, limits: ConnLimits, answer: Answer) -> Server
     where
         D: Driver,
         M: FnOnce(Vec<Listener>) -> D + Send + 'static,
@@ -316,7 +336,11 @@ pub(crate) mod testkit {
             let mut svc = Echo {
                 counters: Counters::default(),
                 messages: 0,
-                reply: vec![b'x'; reply],
+                answer,
+                pad: match answer {
+                    Answer::Pad(n) => vec![b'x'; n],
+                    _ => Vec::new(),
+                },
             };
             let mut io = ShardIo::none();
             let clock = Clock::new();
@@ -450,6 +474,30 @@ pub(crate) mod testkit {
         assert_eq!(o.conn.accepted, 1, "{o:?}");
         assert_eq!((o.live, o.driver_live), (0, 0), "{o:?}");
         drop(c);
+    }
+
+    /// An upstream for [`connects_out`] (give its address to [`Answer::Forward`]).
+    pub(crate) fn upstream() -> std::net::TcpListener {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+    }
+
+    /// A message from a client goes upstream over a connection the driver
+    /// opens (CONNECT); upstream's answer on it comes back on it.
+    pub(crate) fn connects_out(s: Server, up: std::net::TcpListener) {
+        let mut c = client(s.addr);
+        let m = message(0, 1);
+        c.write_all(&m).unwrap();
+        let (mut u, _) = up.accept().unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_exactly(&mut u, m.len()), m);
+        let m2 = message(0, 2);
+        u.write_all(&m2).unwrap();
+        assert_eq!(read_exactly(&mut u, m2.len()), m2);
+        drop((c, u));
+        let o = s.finish(Duration::from_millis(300));
+        assert_eq!(o.messages, 2, "{o:?}");
+        assert_eq!((o.conn.accepted, o.conn.connected), (1, 1), "{o:?}");
+        assert_eq!((o.live, o.driver_live), (0, 0), "{o:?}");
     }
 
     /// The limits of [`never_reads`]: a small write queue.

@@ -1356,7 +1356,7 @@ impl Sink for Seen {
 mod tests {
     use super::*;
     use crate::proxy::{Counters, Service};
-    use crate::shard::turn::testkit::{self, serve};
+    use crate::shard::turn::testkit::{self, serve, Answer};
     use crate::shard::{turn, ShardIo};
     use crate::transport::conn::ConnLimits;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1430,7 +1430,7 @@ mod tests {
         assert_eq!(stats.rx_truncated, 0);
     }
 
-    fn stream_server(limits: ConnLimits, reply: usize) -> Option<testkit::Server> {
+    fn stream_server(limits: ConnLimits, answer: Answer) -> Option<testkit::Server> {
         if let Err(why) = probe_streams() {
             eprintln!("skipping: io_uring streams unavailable: {why}");
             return None;
@@ -1439,28 +1439,37 @@ mod tests {
             |l| UringDriver::with_streams(Vec::new(), l, None).unwrap(),
             |d: &UringDriver| d.conns.iter().flatten().count(),
             limits,
-            reply,
+            answer,
         ))
     }
 
     #[test]
     fn serves_tcp_messages_split_and_batched() {
-        if let Some(s) = stream_server(ConnLimits::default(), 0) {
+        if let Some(s) = stream_server(ConnLimits::default(), Answer::Echo) {
             testkit::split_and_batched(s);
         }
     }
 
     #[test]
     fn forgets_a_peer_that_closes_mid_message() {
-        if let Some(s) = stream_server(ConnLimits::default(), 0) {
+        if let Some(s) = stream_server(ConnLimits::default(), Answer::Echo) {
             testkit::closed_mid_message(s);
         }
     }
 
     #[test]
     fn drops_a_peer_that_never_reads() {
-        if let Some(s) = stream_server(testkit::small_queue(), 32 * 1024) {
+        if let Some(s) = stream_server(testkit::small_queue(), Answer::Pad(32 * 1024)) {
             testkit::never_reads(s);
+        }
+    }
+
+    #[test]
+    fn connects_out_and_serves_the_outbound_connection() {
+        let up = testkit::upstream();
+        let to = up.local_addr().unwrap();
+        if let Some(s) = stream_server(ConnLimits::default(), Answer::Forward(to)) {
+            testkit::connects_out(s, up);
         }
     }
 }
