@@ -89,6 +89,8 @@ const STREAM_BUF_SIZE: u32 = super::streams::READ_CHUNK as u32;
 /// Bytes of one SEND on a connection: the most the driver holds beyond
 /// what the connection table bounds.
 const SEND_CHUNK: usize = 64 * 1024;
+/// How long a listener whose accept failed waits before it is armed again.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// No connection in `by_slot`.
 const NO_CONN: u32 = u32::MAX;
 /// Receive buffers per shard (the ring covers one loop turn; SO_RCVBUF absorbs bursts).
@@ -148,6 +150,9 @@ pub struct UringDriver {
     /// Stream listeners: (socket id, transport, listener); `accept_armed` by index.
     listeners: Vec<(SocketId, Transport, TcpListener)>,
     accept_armed: Vec<bool>,
+    /// After an accept error (EMFILE, ENFILE, ENOMEM…), a listener is
+    /// armed again only after this (else it would fail at once, every turn).
+    accept_pause: Vec<Option<std::time::Instant>>,
     /// The stream receive buffers (with listeners only).
     sbufs: Option<BufRing>,
     /// Connections by driver id (in user_data); an id is reused only after
@@ -303,6 +308,7 @@ impl UringDriver {
             sockets,
             bufs,
             accept_armed: vec![false; listeners.len()],
+            accept_pause: vec![None; listeners.len()],
             listeners: listeners
                 .into_iter()
                 .map(|l| (l.id, l.transport, l.socket))
@@ -678,6 +684,9 @@ impl UringDriver {
         if c.res < 0 {
             if c.res != -libc::ECANCELED {
                 self.stats.rx_errors += 1;
+                if let Some(p) = self.accept_pause.get_mut(l) {
+                    *p = Some(std::time::Instant::now() + ACCEPT_PAUSE);
+                }
             }
             return;
         }
@@ -982,6 +991,12 @@ impl UringDriver {
         for l in 0..self.listeners.len() {
             if self.accept_armed.get(l).copied().unwrap_or(true) {
                 continue;
+            }
+            if let Some(p) = self.accept_pause.get_mut(l) {
+                match *p {
+                    Some(t) if std::time::Instant::now() < t => continue,
+                    _ => *p = None,
+                }
             }
             let Some(fd) = self.listeners.get(l).map(|(_, _, s)| s.as_raw_fd()) else {
                 continue;
