@@ -125,6 +125,9 @@ pub trait Location {
     }
 }
 
+/// A registrar answer held until its records are durable: (slot, gen, status, bytes).
+type Held = (u32, u32, u16, Box<[u8]>);
+
 /// A location service that knows nobody (stateful proxying without a registrar).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoLocation;
@@ -484,10 +487,11 @@ pub struct Stateful<L: Location = NoLocation, R: Registry = NoRegistry> {
     wall_us: u64,
     /// Number of shards (= partitions).
     shards: u16,
-    /// Registrar answers waiting for their records to be durable: (slot, gen, status, bytes).
-    held: Vec<(u32, u32, u16, Box<[u8]>)>,
-    /// Records handed to the shard to persist this turn.
-    persisting: Vec<Record>,
+    /// Registrar answers of this turn, waiting for their records to be durable.
+    held: Vec<Held>,
+    /// Batches handed to the shard to persist and not yet completed, oldest
+    /// first: each turn's held answers with that turn's records.
+    persisting: VecDeque<(Vec<Held>, Vec<Record>)>,
     /// Messages for other shards.
     mesh_out: VecDeque<(usize, MeshMsg)>,
     /// Replication lag of the records applied from other shards, µs.
@@ -534,7 +538,7 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             wall_us: 0,
             shards: 1,
             held: Vec::new(),
-            persisting: Vec::new(),
+            persisting: VecDeque::new(),
             mesh_out: VecDeque::new(),
             lag: lag_histogram(),
             guard: Guard::open(),
@@ -1108,7 +1112,11 @@ impl<L: Location, R: Registry> Stateful<L, R> {
     /// `poll_persist`: release the held registrar answers (500 on failure),
     /// apply the records here and send them to every other shard.
     fn release(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
-        let held = core::mem::take(&mut self.held);
+        // A batch cut by poll_persist; without one, this turn's answers.
+        let (held, records) = self
+            .persisting
+            .pop_front()
+            .unwrap_or_else(|| (core::mem::take(&mut self.held), Vec::new()));
         for (slot, gen, code, bytes) in held {
             if self.gens.get(slot as usize).copied() != Some(gen) {
                 continue;
@@ -1133,8 +1141,8 @@ impl<L: Location, R: Registry> Stateful<L, R> {
             self.arm(slot, gen, TimerTarget::Server, arm);
             self.put(slot, txn);
         }
-        if ok && !self.persisting.is_empty() {
-            let records: Arc<[Record]> = core::mem::take(&mut self.persisting).into();
+        if ok && !records.is_empty() {
+            let records: Arc<[Record]> = records.into();
             for r in records.iter() {
                 if let Err(p) = self.location.apply(r) {
                     self.request_resync(p);
@@ -1147,7 +1155,6 @@ impl<L: Location, R: Registry> Stateful<L, R> {
                 }
             }
         }
-        self.persisting.clear();
     }
 
     fn request_resync(&mut self, partition: u16) {
@@ -1970,9 +1977,16 @@ impl<L: Location, R: Registry> Service for Stateful<L, R> {
         }
     }
 
-    fn poll_persist(&mut self, batch: &mut Vec<Record>) {
-        self.registry.drain_records(&mut self.persisting);
-        batch.extend(self.persisting.iter().cloned());
+    fn poll_persist(&mut self, batch: &mut Vec<Record>) -> bool {
+        let mut records = Vec::new();
+        self.registry.drain_records(&mut records);
+        if records.is_empty() && self.held.is_empty() {
+            return false;
+        }
+        batch.extend(records.iter().cloned());
+        self.persisting
+            .push_back((core::mem::take(&mut self.held), records));
+        true
     }
 
     fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
@@ -2481,6 +2495,58 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:192.0.2.31:5070>\r\nTo: <sip:bob@x>;tag=b\r
                 .ok()
                 .map(|n| (n, 200))
         }
+    }
+
+    /// Store appends complete turns later, in order: each completion
+    /// releases its own turn's answers (200 on success, 500 on failure)
+    /// and no other.
+    #[test]
+    fn held_answers_are_released_batch_by_batch() {
+        let mut p = Stateful::new(
+            identity(),
+            Config::default(),
+            FixedLocation(Vec::new()),
+            CountingRegistry::default(),
+        );
+        let mut out = Outbox::new(1 << 20, 64);
+        let mut batch = Vec::new();
+        let reg = |i: usize| {
+            format!(
+                "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKfifo{i}\r\nMax-Forwards: 70\r\n\
+To: <sip:a{i}@example.test>\r\nFrom: <sip:a{i}@example.test>;tag=r\r\nCall-ID: fifo{i}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:a@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let src = Peer::udp(UAC.parse().unwrap(), SocketId(0));
+        assert!(!p.poll_persist(&mut batch), "nothing held, no batch");
+        // Two turns, each with one REGISTER, cut before either completes.
+        for i in 0..2 {
+            p.handle_message(Instant::ZERO, reg(i).as_bytes(), &src, &mut out);
+            assert!(p.poll_persist(&mut batch));
+        }
+        assert!(
+            out.is_empty(),
+            "nothing answered before the store completes"
+        );
+        p.persisted(Instant::ZERO, true, &mut out);
+        let first: Vec<String> = out
+            .items()
+            .iter()
+            .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
+            .collect();
+        assert_eq!(first.len(), 1, "{first:#?}");
+        assert_eq!(status(&first[0]), 200);
+        assert!(first[0].contains("Call-ID: fifo0"), "{first:#?}");
+        out.clear();
+        p.persisted(Instant::ZERO, false, &mut out);
+        let second: Vec<String> = out
+            .items()
+            .iter()
+            .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
+            .collect();
+        assert_eq!(second.len(), 1, "{second:#?}");
+        assert_eq!(status(&second[0]), 500);
+        assert!(second[0].contains("Call-ID: fifo1"), "{second:#?}");
     }
 
     /// Which REGISTERs the registrar gets: for a served domain or for this
