@@ -91,6 +91,8 @@ const STREAM_BUF_SIZE: u32 = super::streams::READ_CHUNK as u32;
 const SEND_CHUNK: usize = 64 * 1024;
 /// How long a listener whose accept failed waits before it is armed again.
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+/// Send buffer capacity a connection keeps between writes.
+const KEEP_SEND: usize = 4096;
 /// No connection in `by_slot`.
 const NO_CONN: u32 = u32::MAX;
 /// Receive buffers per shard (the ring covers one loop turn; SO_RCVBUF absorbs bursts).
@@ -841,7 +843,8 @@ impl UringDriver {
         if !more {
             u.out.clear();
             u.sent = 0;
-            if u.out.capacity() > SEND_CHUNK {
+            if u.out.capacity() > KEEP_SEND {
+                // An idle connection keeps a small buffer, not its largest write.
                 u.out = Vec::new();
             }
         }
