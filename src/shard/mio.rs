@@ -593,4 +593,9 @@ mod tests {
         let to = up.local_addr().unwrap();
         testkit::connects_out(server(ConnLimits::default(), Answer::Forward(to)), up);
     }
+
+    #[test]
+    fn continues_short_writes_to_a_slow_reader() {
+        testkit::slow_reader(server(testkit::big_queue(), Answer::Pad(60_000)), 60_000);
+    }
 }

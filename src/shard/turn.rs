@@ -248,7 +248,7 @@ pub(crate) mod testkit {
     pub(crate) enum Answer {
         /// With the message itself.
         Echo,
-        /// With this many bytes of padding.
+        /// With this many bytes of a pattern (byte i is i mod 251).
         Pad(usize),
         /// Messages from elsewhere go to this address over TCP (a new
         /// outbound connection); its own come back to it.
@@ -322,6 +322,10 @@ pub(crate) mod testkit {
         L: Fn(&D) -> usize + Send + 'static,
     {
         let l = socket::bind_tcp("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        // Accepted sockets inherit a small send buffer: writes end short.
+        socket2::SockRef::from(&l)
+            .set_send_buffer_size(8192)
+            .unwrap();
         let addr = l.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -338,7 +342,7 @@ pub(crate) mod testkit {
                 messages: 0,
                 answer,
                 pad: match answer {
-                    Answer::Pad(n) => vec![b'x'; n],
+                    Answer::Pad(n) => (0..n).map(|i| (i % 251) as u8).collect(),
                     _ => Vec::new(),
                 },
             };
@@ -498,6 +502,50 @@ pub(crate) mod testkit {
         assert_eq!(o.messages, 2, "{o:?}");
         assert_eq!((o.conn.accepted, o.conn.connected), (1, 1), "{o:?}");
         assert_eq!((o.live, o.driver_live), (0, 0), "{o:?}");
+    }
+
+    /// A client that reads slowly through a small receive buffer: the
+    /// server's writes end short and are continued; every byte arrives,
+    /// in order.
+    pub(crate) fn slow_reader(s: Server, pad: usize) {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.set_recv_buffer_size(4096).unwrap();
+        c.connect(&s.addr.into()).unwrap();
+        let mut c: TcpStream = c.into();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = 8;
+        for i in 0..n {
+            c.write_all(&message(0, i)).unwrap();
+        }
+        let want: Vec<u8> = (0..pad).map(|i| (i % 251) as u8).collect();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::with_capacity(n * pad);
+        while got.len() < n * pad {
+            match c.read(&mut buf) {
+                Ok(0) => panic!("closed after {} of {} bytes", got.len(), n * pad),
+                Ok(k) => got.extend_from_slice(&buf[..k]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("read after {} bytes: {e}", got.len()),
+            }
+            if got.len() % (64 * 1024) < 4096 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        for (i, chunk) in got.chunks(pad).enumerate() {
+            assert!(chunk == want.as_slice(), "answer {i} differs");
+        }
+        drop(c);
+        let o = s.finish(Duration::from_millis(300));
+        assert_eq!(o.messages, n as u64, "{o:?}");
+        assert_eq!((o.live, o.driver_live), (0, 0), "{o:?}");
+    }
+
+    /// The limits of [`slow_reader`]: room for every answer.
+    pub(crate) fn big_queue() -> ConnLimits {
+        ConnLimits {
+            max_write_queue: 4 << 20,
+            ..ConnLimits::default()
+        }
     }
 
     /// The limits of [`never_reads`]: a small write queue.

@@ -1490,4 +1490,11 @@ mod tests {
             testkit::connects_out(s, up);
         }
     }
+
+    #[test]
+    fn continues_short_writes_to_a_slow_reader() {
+        if let Some(s) = stream_server(testkit::big_queue(), Answer::Pad(60_000)) {
+            testkit::slow_reader(s, 60_000);
+        }
+    }
 }
