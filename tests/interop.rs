@@ -171,93 +171,12 @@ fn pjsua2_register_call_hang_up_and_message() {
     if !have_python_module("pjsua2") {
         return;
     }
-    let script = peer_file("tests/peers/pjsua_ua.py");
     for d in drivers() {
         let dir = TempDir::new("pjsua");
         let p = edge(d, &dir, "2");
         let proxy = p.addr.to_string();
-        let ua = |role: &str| {
-            let mut c = Command::new("python3");
-            c.arg(&script)
-                .args([
-                    "--role",
-                    role,
-                    "--proxy",
-                    &proxy,
-                    "--domain",
-                    DOMAIN,
-                    "--timeout",
-                    "20",
-                ])
-                .arg("--log")
-                .arg(dir.path.join(format!("{role}.log")))
-                .stdin(Stdio::null())
-                .stderr(Stdio::null());
-            c
-        };
-        let report = |role: &str, lines: &[String]| {
-            format!(
-                "--- {role} said:\n{}\n--- {role}'s PJSIP log:\n{}",
-                lines.join("\n"),
-                tail(&dir.path.join(format!("{role}.log")), 80)
-            )
-        };
-
-        let (mut bob, bob_rx) = Reaped::spawn_lines("pjsua2 bob", &mut ua("bob"));
-        let mut bob_said = Vec::new();
-        let registered = wait_line(
-            &bob_rx,
-            "bob: registration 200",
-            Duration::from_secs(15),
-            &mut bob_said,
-        );
-        assert!(
-            registered,
-            "{d}: bob did not register\n{}",
-            report("bob", &bob_said)
-        );
-
-        let (mut alice, alice_rx) = Reaped::spawn_lines("pjsua2 alice", &mut ua("alice"));
-        let alice_st = alice.wait_for(Duration::from_secs(30));
-        let alice_said: Vec<String> = alice_rx.try_iter().collect();
-        let bob_st = bob.wait_for(Duration::from_secs(10));
-        bob_said.extend(bob_rx.try_iter());
-        let both = format!(
-            "{}\n{}",
-            report("alice", &alice_said),
-            report("bob", &bob_said)
-        );
-        assert!(
-            alice_st.is_some_and(|s| s.success()),
-            "{d}: alice {alice_st:?}\n{both}"
-        );
-        assert!(
-            bob_st.is_some_and(|s| s.success()),
-            "{d}: bob {bob_st:?}\n{both}"
-        );
-        for (said, want) in [
-            (&alice_said, "alice: registration 200"),
-            (&alice_said, "alice: call CONFIRMED"),
-            (&alice_said, "alice: call DISCONNECTED"),
-            (&alice_said, "alice: MESSAGE status 200"),
-            (
-                &bob_said,
-                "bob: incoming call from <sip:alice@example.test>",
-            ),
-            (&bob_said, "bob: call CONFIRMED"),
-            (&bob_said, "bob: call DISCONNECTED"),
-            (
-                &bob_said,
-                "bob: MESSAGE from <sip:alice@example.test>: hello bob, from pjsua2",
-            ),
-        ] {
-            assert!(
-                said.iter().any(|l| l.contains(want)),
-                "{d}: no {want:?}\n{both}"
-            );
-        }
+        let alice_log = pjsua2_pair(d, &dir, &proxy, &[]);
         // The in-dialog requests followed sipedge's Record-Route.
-        let alice_log = std::fs::read_to_string(dir.path.join("alice.log")).unwrap_or_default();
         let rr = format!("Record-Route: <sip:{proxy};lr>");
         assert!(alice_log.contains(&rr), "{d}: the 200 carried {rr}");
         let bye_routed = alice_log.split("BYE sip:").skip(1).any(|m| {
@@ -271,4 +190,152 @@ fn pjsua2_register_call_hang_up_and_message() {
             tail(&dir.path.join("alice.log"), 80)
         );
     }
+}
+
+/// The same call and MESSAGE over TCP and over TLS (pjsua2 verifying the
+/// edge's certificate), under each driver with two shards: the stream
+/// listeners' accept, framing, writes and flows on both drivers.
+#[test]
+fn pjsua2_over_tcp_and_tls() {
+    if !have_python_module("pjsua2") {
+        return;
+    }
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    for d in drivers() {
+        let dir = TempDir::new("pjsua-streams");
+        let cert = dir.write("cert.pem", &ck.cert.pem());
+        let key = dir.write("key.pem", &ck.signing_key.serialize_pem());
+        let p = Proxy::start(&[
+            "--io",
+            d,
+            "--domain",
+            DOMAIN,
+            "--data-dir",
+            dir.arg(),
+            "--shards",
+            "2",
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--listen",
+            "tcp:127.0.0.1:0",
+            "--listen",
+            "tls:127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]);
+        assert!(
+            !p.log.iter().any(|l| l.contains("runs the mio driver")),
+            "{d}: {:#?}",
+            p.log
+        );
+        for transport in ["tcp", "tls"] {
+            let proxy = listen_addr(&p, transport);
+            let _ = pjsua2_pair(d, &dir, &proxy, &["--transport", transport, "--ca", &cert]);
+        }
+    }
+}
+
+/// The address of `p`'s `transport` listener, from its startup line.
+fn listen_addr(p: &Proxy, transport: &str) -> String {
+    let tag = format!("{transport}:");
+    p.log
+        .iter()
+        .find_map(|l| {
+            let list = l.split("listen=").nth(1)?.split(' ').next()?;
+            list.split(',')
+                .find_map(|x| x.strip_prefix(tag.as_str()).map(str::to_owned))
+        })
+        .unwrap_or_else(|| panic!("no {transport} listener in {:#?}", p.log))
+}
+
+/// bob registers and waits; alice registers, calls bob, hangs up and sends
+/// a MESSAGE, through `proxy` (`extra`: pjsua_ua.py options). Asserts what
+/// each says; returns alice's PJSIP log.
+fn pjsua2_pair(d: &str, dir: &TempDir, proxy: &str, extra: &[&str]) -> String {
+    let script = peer_file("tests/peers/pjsua_ua.py");
+    let ua = |role: &str| {
+        let mut c = Command::new("python3");
+        c.arg(&script)
+            .args([
+                "--role",
+                role,
+                "--proxy",
+                proxy,
+                "--domain",
+                DOMAIN,
+                "--timeout",
+                "20",
+            ])
+            .args(extra)
+            .arg("--log")
+            .arg(dir.path.join(format!("{role}.log")))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    let report = |role: &str, lines: &[String]| {
+        format!(
+            "--- {role} said:\n{}\n--- {role}'s PJSIP log:\n{}",
+            lines.join("\n"),
+            tail(&dir.path.join(format!("{role}.log")), 80)
+        )
+    };
+
+    let (mut bob, bob_rx) = Reaped::spawn_lines("pjsua2 bob", &mut ua("bob"));
+    let mut bob_said = Vec::new();
+    let registered = wait_line(
+        &bob_rx,
+        "bob: registration 200",
+        Duration::from_secs(15),
+        &mut bob_said,
+    );
+    assert!(
+        registered,
+        "{d} {extra:?}: bob did not register\n{}",
+        report("bob", &bob_said)
+    );
+
+    let (mut alice, alice_rx) = Reaped::spawn_lines("pjsua2 alice", &mut ua("alice"));
+    let alice_st = alice.wait_for(Duration::from_secs(30));
+    let alice_said: Vec<String> = alice_rx.try_iter().collect();
+    let bob_st = bob.wait_for(Duration::from_secs(10));
+    bob_said.extend(bob_rx.try_iter());
+    let both = format!(
+        "{}\n{}",
+        report("alice", &alice_said),
+        report("bob", &bob_said)
+    );
+    assert!(
+        alice_st.is_some_and(|s| s.success()),
+        "{d} {extra:?}: alice {alice_st:?}\n{both}"
+    );
+    assert!(
+        bob_st.is_some_and(|s| s.success()),
+        "{d} {extra:?}: bob {bob_st:?}\n{both}"
+    );
+    for (said, want) in [
+        (&alice_said, "alice: registration 200"),
+        (&alice_said, "alice: call CONFIRMED"),
+        (&alice_said, "alice: call DISCONNECTED"),
+        (&alice_said, "alice: MESSAGE status 200"),
+        (
+            &bob_said,
+            "bob: incoming call from <sip:alice@example.test>",
+        ),
+        (&bob_said, "bob: call CONFIRMED"),
+        (&bob_said, "bob: call DISCONNECTED"),
+        (
+            &bob_said,
+            "bob: MESSAGE from <sip:alice@example.test>: hello bob, from pjsua2",
+        ),
+    ] {
+        assert!(
+            said.iter().any(|l| l.contains(want)),
+            "{d} {extra:?}: no {want:?}\n{both}"
+        );
+    }
+    std::fs::read_to_string(dir.path.join("alice.log")).unwrap_or_default()
 }

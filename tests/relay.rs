@@ -361,7 +361,7 @@ fn sigterm_stops_within_a_second() {
 #[test]
 fn clear_errors_for_bad_config_and_busy_port() {
     let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .args(["run", "--listen", "sctp:127.0.0.1:5060"])
+        .args(["run", "--listen", "sctp:127.0.0.1:0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

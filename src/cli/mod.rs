@@ -431,7 +431,7 @@ fn start_stateful(
             .map(|s| Box::new(s) as Box<dyn Store + Send>);
         let mesh = meshes.get_mut(i).and_then(Option::take);
         let metrics = plan.io.take().and_then(|io| io.metrics);
-        let mut io = ShardIo::new(mesh, store, plan.id);
+        let mut io = ShardIo::new(mesh, store, plan.id)?;
         io.metrics = metrics;
         plan.io = Some(io);
     }

@@ -95,13 +95,18 @@ pub trait Service {
         None
     }
 
-    /// Records that must be durable before what depends on them is sent:
-    /// the shard appends them to its store, then calls [`Service::persisted`].
-    fn poll_persist(&mut self, batch: &mut Vec<crate::location::Record>) {
+    /// Cuts a batch: the records that must be durable before what depends
+    /// on them is sent go into `batch`. True when a batch was cut (records,
+    /// or answers waiting behind earlier batches): the shard submits it to
+    /// its store and calls [`Service::persisted`] when it completes, maybe
+    /// turns later, once per batch and in the order they were cut.
+    fn poll_persist(&mut self, batch: &mut Vec<crate::location::Record>) -> bool {
         let _ = batch;
+        false
     }
 
-    /// The records of the last [`Service::poll_persist`] are durable (`ok`) or not.
+    /// The oldest batch cut by [`Service::poll_persist`] and not yet
+    /// completed is durable (`ok`) or not.
     fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
         let _ = (now, ok, out);
     }

@@ -24,7 +24,7 @@ use super::sys::EventFd;
 struct Inbox<M> {
     queue: ArrayQueue<M>,
     sleeping: AtomicBool,
-    wake: EventFd,
+    wake: Arc<EventFd>,
 }
 
 /// The mesh as one shard sees it.
@@ -41,7 +41,7 @@ impl<M> Mesh<M> {
                 Ok(Inbox {
                     queue: ArrayQueue::new(capacity.max(1)),
                     sleeping: AtomicBool::new(false),
-                    wake: EventFd::new()?,
+                    wake: Arc::new(EventFd::new()?),
                 })
             })
             .collect::<io::Result<Vec<_>>>()?
@@ -109,6 +109,12 @@ impl<M> Mesh<M> {
                 inbox.wake.drain();
             }
         }
+    }
+
+    /// This shard's wake-up, for another thread that completes its work
+    /// (the store): it notifies unconditionally, [`Mesh::woke`] drains it.
+    pub fn waker(&self) -> Option<Arc<EventFd>> {
+        self.inboxes.get(self.me).map(|i| i.wake.clone())
     }
 
     /// The eventfd to poll for wake-ups.

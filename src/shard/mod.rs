@@ -27,6 +27,7 @@ pub mod mio;
 pub mod socket;
 pub mod streams;
 pub mod sys;
+pub mod turn;
 pub mod uring;
 
 use std::io;
@@ -41,6 +42,7 @@ use crate::config::{Config, IoMode};
 use crate::location::Record;
 use crate::proxy::stateful::MeshMsg;
 use crate::proxy::{Counters, Identity, LocalSocket, Service, SocketRole};
+use crate::store::worker::{Done, Worker};
 use crate::store::Store;
 use crate::time::{Duration, Instant};
 use crate::transport::Outbox;
@@ -151,7 +153,10 @@ pub struct ShardIo {
     pub metrics: Option<Arc<std::sync::Mutex<ShardReport>>>,
     last_publish: Instant,
     mesh: Option<mesh::Mesh<MeshMsg>>,
-    store: Option<Box<dyn Store + Send>>,
+    /// The partition's store, on a thread of its own.
+    store: Option<Worker>,
+    /// The store's wake-up when there is no mesh to share one with.
+    store_wake: Option<Arc<sys::EventFd>>,
     partition: u16,
     batch: Vec<Record>,
     pending: VecDeque<(usize, MeshMsg)>,
@@ -177,35 +182,68 @@ pub struct IoStats {
 impl ShardIo {
     /// No mesh, no store (one shard, no registrar).
     pub fn none() -> Self {
-        Self::new(None, None, 0)
-    }
-
-    /// A shard's I/O: its end of the mesh and its partition's store.
-    pub fn new(
-        mesh: Option<mesh::Mesh<MeshMsg>>,
-        store: Option<Box<dyn Store + Send>>,
-        partition: u16,
-    ) -> Self {
         Self {
             metrics: None,
             last_publish: Instant::ZERO,
-            mesh,
-            store,
-            partition,
+            mesh: None,
+            store: None,
+            store_wake: None,
+            partition: 0,
             batch: Vec::new(),
             pending: VecDeque::new(),
             stats: IoStats::default(),
         }
     }
 
-    /// The eventfd other shards write to wake this one.
-    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.mesh.as_ref().and_then(mesh::Mesh::wake_fd)
+    /// A shard's I/O: its end of the mesh and its partition's store (moved
+    /// to a store thread: appends complete in a later turn; the thread
+    /// wakes the shard through the mesh's eventfd or one of its own).
+    pub fn new(
+        mesh: Option<mesh::Mesh<MeshMsg>>,
+        store: Option<Box<dyn Store + Send>>,
+        partition: u16,
+    ) -> io::Result<Self> {
+        let (store, store_wake) = match store {
+            Some(store) => {
+                let (waker, own) = match mesh.as_ref().and_then(mesh::Mesh::waker) {
+                    Some(w) => (w, None),
+                    None => {
+                        let w = Arc::new(sys::EventFd::new()?);
+                        (w.clone(), Some(w))
+                    }
+                };
+                let wake = Box::new(move || waker.notify());
+                (Some(Worker::spawn(store, partition, wake)?), own)
+            }
+            None => (None, None),
+        };
+        Ok(Self {
+            metrics: None,
+            last_publish: Instant::ZERO,
+            mesh,
+            store,
+            store_wake,
+            partition,
+            batch: Vec::new(),
+            pending: VecDeque::new(),
+            stats: IoStats::default(),
+        })
     }
 
-    /// Before blocking: false when the shard must not sleep (mail waiting).
+    /// The eventfd other shards write to wake this one.
+    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.mesh
+            .as_ref()
+            .and_then(mesh::Mesh::wake_fd)
+            .or_else(|| self.store_wake.as_ref().map(|w| w.raw()))
+    }
+
+    /// Before blocking: false when the shard must not sleep (mail or a
+    /// store completion waiting).
     pub fn prepare_sleep(&self) -> bool {
-        self.mesh.as_ref().is_none_or(mesh::Mesh::prepare_sleep) && self.pending.is_empty()
+        self.mesh.as_ref().is_none_or(mesh::Mesh::prepare_sleep)
+            && self.pending.is_empty()
+            && self.store.as_ref().is_none_or(|w| !w.has_done())
     }
 
     /// After a wait; `fired` when the wake-up eventfd was readable.
@@ -213,10 +251,42 @@ impl ShardIo {
         if let Some(m) = &self.mesh {
             m.woke(fired);
         }
+        if let (Some(w), true) = (&self.store_wake, fired) {
+            w.drain();
+        }
     }
 
-    /// Hands the messages from other shards to the service (as many as the outbox has room for).
+    /// Appends submitted to the store and not yet completed.
+    pub fn store_in_flight(&self) -> usize {
+        self.store.as_ref().map_or(0, Worker::in_flight)
+    }
+
+    /// Hands the store's completions (the answers that waited for them) and
+    /// the messages from other shards to the service (as many as the
+    /// outbox has room for).
     pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
+        if let Some(w) = &mut self.store {
+            while let Some(done) = w.poll_done() {
+                match done {
+                    Done::Appended { records, result } => {
+                        let ok = match result {
+                            Ok(()) => {
+                                self.stats.records += records as u64;
+                                true
+                            }
+                            Err(e) => {
+                                self.stats.store_errors += 1;
+                                tracing::error!("store append failed: {e}");
+                                false
+                            }
+                        };
+                        service.persisted(now, ok, out);
+                    }
+                    Done::Compacted(Ok(())) => self.stats.compactions += 1,
+                    Done::Compacted(Err(e)) => tracing::warn!("store compaction failed: {e}"),
+                }
+            }
+        }
         let Some(m) = &self.mesh else { return };
         for _ in 0..1024 {
             if !out.has_room() {
@@ -266,33 +336,28 @@ impl ShardIo {
         }
     }
 
-    /// Persists what the service must persist, lets it release what waited
-    /// for that, compacts the store when due, and sends its mesh messages.
+    /// Submits what the service must persist to the store (it completes
+    /// in a later turn, [`ShardIo::begin`]); without a store, lets the
+    /// service release it at once. Submits a compaction when the store
+    /// asked for one, and sends the service's mesh messages.
     pub fn end<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
         self.batch.clear();
-        service.poll_persist(&mut self.batch);
-        let ok = match &mut self.store {
-            Some(store) if !self.batch.is_empty() => match store.append(&self.batch) {
-                Ok(()) => {
-                    self.stats.records += self.batch.len() as u64;
-                    true
-                }
-                Err(e) => {
-                    self.stats.store_errors += 1;
-                    tracing::error!("store append failed: {e}");
-                    false
-                }
-            },
-            _ => true,
-        };
-        service.persisted(now, ok, out);
-        if let Some(store) = &mut self.store {
-            if !self.batch.is_empty() && store.wants_compaction(self.partition) {
-                if let Some(state) = service.partition_state() {
-                    match store.compact(&state) {
-                        Ok(()) => self.stats.compactions += 1,
-                        Err(e) => tracing::warn!("store compaction failed: {e}"),
+        if service.poll_persist(&mut self.batch) {
+            match &mut self.store {
+                Some(w) => {
+                    if !w.append(core::mem::take(&mut self.batch)) {
+                        self.stats.store_errors += 1;
+                        tracing::error!("store thread gone: append refused");
+                        service.persisted(now, false, out);
                     }
+                }
+                None => service.persisted(now, true, out),
+            }
+        }
+        if let Some(w) = &mut self.store {
+            if w.take_compaction_wish() {
+                if let Some(state) = service.partition_state() {
+                    w.compact(state);
                 }
             }
         }
@@ -574,38 +639,44 @@ fn run_shard<S: Service>(
     }
     let shard_id = plan.id;
     let mut io = plan.io.unwrap_or_else(ShardIo::none);
-    let streams = (!plan.listeners.is_empty()).then(|| {
+    let mut streams = (!plan.listeners.is_empty()).then(|| {
         streams::Streams::new(
             crate::transport::conn::Connections::new(plan.id, plan.conn),
             plan.tls.clone(),
         )
     });
-    let stats =
-        match driver {
-            DriverKind::Mio => {
-                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
-                    .run(&mut service, &mut io, stop)?
-            }
-            DriverKind::Uring if !plan.listeners.is_empty() => {
-                // TODO(io_uring streams): until the io_uring driver serves
-                // stream sockets, a shard with stream listeners runs on mio.
+    // io_uring serves stream sockets where the kernel has what it needs
+    // (multishot accept and recv: 6.0); else the shard falls back to mio.
+    let stream_probe = if driver == DriverKind::Uring && !plan.listeners.is_empty() {
+        uring::probe_streams()
+    } else {
+        Ok(())
+    };
+    let stats = match driver {
+        DriverKind::Mio => {
+            let mut d = mio::MioDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+        DriverKind::Uring if stream_probe.is_err() => {
+            let why = stream_probe.err().unwrap_or_default();
+            tracing::warn!(
+                shard = plan.id,
+                "io_uring cannot serve stream sockets here ({why}): this shard runs the mio driver"
+            );
+            let mut d = mio::MioDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+        DriverKind::Uring => {
+            let mut d =
+                uring::UringDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
+            if !d.set_coalesce(plan.coalesce_us) {
                 tracing::warn!(
-                    shard = plan.id,
-                    "stream listeners: this shard runs the mio driver"
-                );
-                mio::MioDriver::with_streams(plan.sockets, plan.listeners, streams, io.wake_fd())?
-                    .run(&mut service, &mut io, stop)?
-            }
-            DriverKind::Uring => {
-                let mut d = uring::UringDriver::new(plan.sockets)?;
-                if !d.set_coalesce(plan.coalesce_us) {
-                    tracing::warn!(
                     "io coalescing needs kernel 6.12 (IORING_FEAT_MIN_TIMEOUT); running without it"
                 );
-                }
-                d.run(&mut service, &mut io, stop)?
             }
-        };
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
+    };
     Ok(ShardReport {
         id: shard_id,
         driver: stats,

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  shard (owner of partition p), once per loop turn:
-//!    registrar.drain_records() ─► store.append(&turn_records) ─► flush the turn's 200s ─► feed the replicas
+//!    registrar.drain_records() ─► worker::Worker::append(turn_records) ─► store thread: store.append
+//!  a later turn: Worker::poll_done ─► service.persisted ─► the batch's 200s ─► feed the replicas
 //!  startup:
 //!    LogStore::open(cfg, N) ─► load(wall) ─► Vec<PartitionState> ─► Registrar::from_state / Replica::from_states
 //!                          └─► split() ─► one LogStore per partition, moved to its owner shard
@@ -19,6 +20,7 @@
 //! sans-IO. The embedded implementation is [`log::LogStore`].
 
 pub mod log;
+pub mod worker;
 
 pub use log::{LogConfig, LogStore, PartitionReport};
 

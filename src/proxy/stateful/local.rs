@@ -89,7 +89,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// `poll_persist`: release the held registrar answers (500 on failure),
     /// apply the records here and send them to every other shard.
     pub(super) fn release(&mut self, now: Instant, ok: bool, out: &mut Outbox) {
-        let held = core::mem::take(&mut self.held);
+        // A batch cut by poll_persist; without one, this turn's answers.
+        let (held, records) = self
+            .persisting
+            .pop_front()
+            .unwrap_or_else(|| (core::mem::take(&mut self.held), Vec::new()));
         for (slot, gen, code, bytes) in held {
             if self.txns.generation(slot) != Some(gen) {
                 continue;
@@ -114,8 +118,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             self.arm(slot, gen, TimerTarget::Server, arm);
             self.put(slot, txn);
         }
-        if ok && !self.persisting.is_empty() {
-            let records: Arc<[Record]> = core::mem::take(&mut self.persisting).into();
+        if ok && !records.is_empty() {
+            let records: Arc<[Record]> = records.into();
             for r in records.iter() {
                 if let Err(p) = self.location.apply(r) {
                     self.request_resync(p);
@@ -128,7 +132,6 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 }
             }
         }
-        self.persisting.clear();
     }
 
     pub(super) fn request_resync(&mut self, partition: u16) {

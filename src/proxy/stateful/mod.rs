@@ -141,6 +141,9 @@ pub trait Location {
     }
 }
 
+/// A registrar answer held until its records are durable: (slot, gen, status, bytes).
+type Held = (u32, u32, u16, Box<[u8]>);
+
 /// A location service that knows nobody (stateful proxying without a registrar).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoLocation;
@@ -544,10 +547,11 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     wall_us: u64,
     /// Number of shards (= partitions).
     shards: u16,
-    /// Registrar answers waiting for their records to be durable: (slot, gen, status, bytes).
-    held: Vec<(u32, u32, u16, Box<[u8]>)>,
-    /// Records handed to the shard to persist this turn.
-    persisting: Vec<Record>,
+    /// Registrar answers of this turn, waiting for their records to be durable.
+    held: Vec<Held>,
+    /// Batches handed to the shard to persist and not yet completed, oldest
+    /// first: each turn's held answers with that turn's records.
+    persisting: VecDeque<(Vec<Held>, Vec<Record>)>,
     /// Messages for other shards.
     mesh_out: VecDeque<(usize, MeshMsg)>,
     /// Replication lag of the records applied from other shards, µs.
@@ -593,7 +597,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             wall_us: 0,
             shards: 1,
             held: Vec::new(),
-            persisting: Vec::new(),
+            persisting: VecDeque::new(),
             mesh_out: VecDeque::new(),
             lag: lag_histogram(),
             guard: Guard::open(),
@@ -812,9 +816,16 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         }
     }
 
-    fn poll_persist(&mut self, batch: &mut Vec<Record>) {
-        self.local.drain_records(&mut self.persisting);
-        batch.extend(self.persisting.iter().cloned());
+    fn poll_persist(&mut self, batch: &mut Vec<Record>) -> bool {
+        let mut records = Vec::new();
+        self.local.drain_records(&mut records);
+        if records.is_empty() && self.held.is_empty() {
+            return false;
+        }
+        batch.extend(records.iter().cloned());
+        self.persisting
+            .push_back((core::mem::take(&mut self.held), records));
+        true
     }
 
     fn persisted(&mut self, now: Instant, ok: bool, out: &mut Outbox) {

@@ -424,6 +424,58 @@ impl LocalService for CountingRegistry {
     }
 }
 
+/// Store appends complete turns later, in order: each completion
+/// releases its own turn's answers (200 on success, 500 on failure)
+/// and no other.
+#[test]
+fn held_answers_are_released_batch_by_batch() {
+    let mut p = Stateful::new(
+        identity(),
+        Config::default(),
+        FixedLocation(Vec::new()),
+        CountingRegistry::default(),
+    );
+    let mut out = Outbox::new(1 << 20, 64);
+    let mut batch = Vec::new();
+    let reg = |i: usize| {
+        format!(
+            "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {UAC};branch=z9hG4bKfifo{i}\r\nMax-Forwards: 70\r\n\
+To: <sip:a{i}@example.test>\r\nFrom: <sip:a{i}@example.test>;tag=r\r\nCall-ID: fifo{i}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:a@{UAC}>\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let src = Peer::udp(UAC.parse().unwrap(), SocketId(0));
+    assert!(!p.poll_persist(&mut batch), "nothing held, no batch");
+    // Two turns, each with one REGISTER, cut before either completes.
+    for i in 0..2 {
+        p.handle_message(Instant::ZERO, reg(i).as_bytes(), &src, &mut out);
+        assert!(p.poll_persist(&mut batch));
+    }
+    assert!(
+        out.is_empty(),
+        "nothing answered before the store completes"
+    );
+    p.persisted(Instant::ZERO, true, &mut out);
+    let first: Vec<String> = out
+        .items()
+        .iter()
+        .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
+        .collect();
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(status(&first[0]), 200);
+    assert!(first[0].contains("Call-ID: fifo0"), "{first:#?}");
+    out.clear();
+    p.persisted(Instant::ZERO, false, &mut out);
+    let second: Vec<String> = out
+        .items()
+        .iter()
+        .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
+        .collect();
+    assert_eq!(second.len(), 1, "{second:#?}");
+    assert_eq!(status(&second[0]), 500);
+    assert!(second[0].contains("Call-ID: fifo1"), "{second:#?}");
+}
+
 /// Which REGISTERs the registrar gets: for a served domain or for this
 /// proxy's own address (with a served AoR), also through us as the
 /// outbound proxy (a Route naming only us: regression, those went
