@@ -654,6 +654,11 @@ impl Connections {
         if self.conn(flow).is_none() {
             flow = match self.by_remote.get(&(peer.transport, peer.remote)) {
                 Some(&f) => f,
+                // A send down a connection that is gone: its remote is the
+                // peer's ephemeral port, where nothing listens; opening a
+                // connection there would only fail (or be refused by a
+                // peer that was just dropped for not reading).
+                None if !flow.is_none() => return Err(ConnError::NoConnection),
                 None => self.open(now, peer)?,
             };
         }
@@ -765,8 +770,9 @@ impl Connections {
             .unwrap_or_default()
     }
 
-    /// The bytes of `flow` handed to the driver and not yet written (an
-    /// io_uring send in flight owns them: they do not move until `wrote`).
+    /// The number of bytes of `flow` handed to the driver and not yet
+    /// written. The table may move its buffer (a later send can grow it):
+    /// a driver whose send outlives the call (io_uring) copies the bytes.
     pub fn in_flight(&self, flow: FlowId) -> usize {
         self.conn(flow).map_or(0, |c| c.inflight)
     }
@@ -958,6 +964,14 @@ mod tests {
         }
         assert_eq!(t.stats.overflow_closed, 1);
         assert!(t.peer(f).is_none());
+        // What is still addressed to that connection is dropped, not sent
+        // over a new connection to the peer's ephemeral port.
+        while t.poll_event().is_some() {}
+        assert_eq!(
+            t.send(Instant::ZERO, &peer, b"SIP/2.0 200 OK\r\n\r\n"),
+            Err(ConnError::NoConnection)
+        );
+        assert_eq!(t.poll_event(), None, "no connection opened");
     }
 
     #[test]
