@@ -963,6 +963,13 @@ fn slowloris_is_cut_off() {
             r.starts_with("SIP/2.0 200"),
             "{d}: another client served: {r:?}"
         );
+        let mut p = e.proxy;
+        p.terminate();
+        assert_eq!(
+            p.counter("sipedge_transport_slow_closed_total"),
+            1,
+            "{d}: counted"
+        );
     }
 }
 
@@ -1013,6 +1020,13 @@ fn per_ip_connection_cap_holds() {
         assert!(
             r.starts_with("SIP/2.0 200"),
             "{d}: another address served: {r:?}"
+        );
+        let mut p = e.proxy;
+        p.terminate();
+        assert_eq!(
+            p.counter("sipedge_transport_refused_total"),
+            12 - open as u64,
+            "{d}: every refused connection counted"
         );
     }
 }
@@ -1074,6 +1088,13 @@ fn a_client_that_never_reads_is_disconnected() {
         assert!(
             r.starts_with("SIP/2.0 200"),
             "{d}: another client served: {r:?}"
+        );
+        let mut p = e.proxy;
+        p.terminate();
+        assert_eq!(
+            p.counter("sipedge_transport_overflow_closed_total"),
+            1,
+            "{d}: counted as a reader that did not read"
         );
     }
 }

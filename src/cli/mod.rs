@@ -318,6 +318,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let mut driver_total = DriverStats::default();
     let mut counters = Counters::default();
+    let mut conn = crate::transport::conn::ConnStats::default();
     let mut failed = false;
     let mut lag: Option<hdrhistogram::Histogram<u64>> = None;
     for h in handles {
@@ -325,6 +326,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Ok(Ok(r)) => {
                 driver_total.add(&r.driver);
                 counters.add(&r.service);
+                conn.add(&r.conn);
                 if let Some(l) = &r.lag {
                     match &mut lag {
                         Some(total) => {
@@ -366,7 +368,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         driver_total.tx_errors,
         driver_total.tx_dropped
     );
-    for (name, v) in counters.pairs() {
+    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
         if v > 0 {
             tracing::info!("{name} {v}");
         }
@@ -509,9 +511,13 @@ fn write_metrics(
     let mut driver = DriverStats::default();
     let mut lag: Option<hdrhistogram::Histogram<u64>> = None;
     let mut io = shard::IoStats::default();
+    let mut conn = crate::transport::conn::ConnStats::default();
+    let mut connections = 0;
     for s in slots {
         let Ok(r) = s.lock() else { continue };
         counters.add(&r.service);
+        conn.add(&r.conn);
+        connections += r.connections;
         driver.add(&r.driver);
         io.records += r.io.records;
         io.store_errors += r.io.store_errors;
@@ -528,9 +534,13 @@ fn write_metrics(
         }
     }
     let mut text = String::new();
-    for (name, v) in counters.pairs() {
+    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
         let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
     }
+    let _ = writeln!(
+        text,
+        "# TYPE sipedge_transport_connections gauge\nsipedge_transport_connections {connections}"
+    );
     for (name, v) in [
         ("sipedge_shard_datagrams_received_total", driver.rx),
         ("sipedge_shard_datagrams_sent_total", driver.tx),

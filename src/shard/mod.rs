@@ -301,7 +301,13 @@ impl ShardIo {
 
     /// About once a second: copies the counters where the main thread reads
     /// them (the one lock a shard takes, off the datagram path).
-    pub fn publish<S: Service>(&mut self, now: Instant, service: &S, driver: &DriverStats) {
+    pub fn publish<S: Service>(
+        &mut self,
+        now: Instant,
+        service: &S,
+        driver: &DriverStats,
+        conns: Option<&crate::transport::conn::Connections>,
+    ) {
         let Some(m) = &self.metrics else { return };
         if now.saturating_since(self.last_publish) < Duration::from_secs(1) {
             return;
@@ -312,6 +318,10 @@ impl ShardIo {
             r.driver = *driver;
             r.service = service.counters().clone();
             r.io = self.stats;
+            if let Some(c) = conns {
+                r.conn = c.stats;
+                r.connections = c.len();
+            }
             if let Some(lag) = service.replication_lag() {
                 match &mut r.lag {
                     Some(h) => {
@@ -594,6 +604,10 @@ pub struct ShardReport {
     pub service: Counters,
     /// Mesh and store counters.
     pub io: IoStats,
+    /// Connection-table counters (stream transports).
+    pub conn: crate::transport::conn::ConnStats,
+    /// Open stream connections.
+    pub connections: usize,
     /// Replication lag of the location feed (µs), if the service keeps a replica.
     pub lag: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -682,6 +696,8 @@ fn run_shard<S: Service>(
         driver: stats,
         service: service.counters().clone(),
         io: io.stats,
+        conn: streams.as_ref().map(|s| s.conns.stats).unwrap_or_default(),
+        connections: streams.as_ref().map_or(0, |s| s.conns.len()),
         lag: service.replication_lag().cloned(),
     })
 }

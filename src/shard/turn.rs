@@ -219,11 +219,15 @@ pub fn turn<D: Driver, S: Service>(
     }
     io.end(now, service, d.outbox());
     flush(d, now, streams.as_deref_mut(), io)?;
-    if let Some(st) = streams {
-        st.settle(now, service);
-        d.stream_io(now, &mut st.conns)?;
-    }
-    io.publish(now, service, d.stats());
+    let conns = match streams {
+        Some(st) => {
+            st.settle(now, service);
+            d.stream_io(now, &mut st.conns)?;
+            Some(&st.conns)
+        }
+        None => None,
+    };
+    io.publish(now, service, d.stats(), conns);
     Ok(())
 }
 
