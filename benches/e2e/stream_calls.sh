@@ -126,7 +126,7 @@ sed -e "s#^mpath=.*#mpath=\"$KAM_MPATH/\"#" -e "s#unix:/tmp/kamailio_stream_ctl#
 RUNS="$OUT/runs.tsv"
 printf 'round\ttransport\tproxy\tcalls_ok\tcalls_failed\tproxy_cpu_s\tus_per_call\tlg_cores\tother_cores\tconns_to_uas\n' >"$RUNS"
 PROXY_PID="" UAS_PID=""
-start_proxy() { # start_proxy NAME TRANSPORT
+start_proxy() { # start_proxy NAME TRANSPORT ROUND
 	local name="$1" tr="$2" port="$PROXY_PORT"
 	[[ "$tr" == tls ]] && port="$TLS_PORT"
 	for p in "$PROXY_PORT" "$TLS_PORT" "$UAS_PORT"; do tcp_listening "$p" && die "TCP port $p is in use"; done
@@ -134,14 +134,14 @@ start_proxy() { # start_proxy NAME TRANSPORT
 	kamailio)
 		local a=()
 		[[ "$tr" == tls ]] && a=(-A WITH_TLS -A "TLS_CERT=\"$CERT\"" -A "TLS_KEY=\"$KEY\"")
-		(pin "$PROXY_CPU" kamailio -f "$KAM_CFG" -DD -E -m 1024 -n 1 -x tlsf -X tlsf "${a[@]}") >"$OUT/kamailio-$tr.log" 2>&1 &
+		(pin "$PROXY_CPU" kamailio -f "$KAM_CFG" -DD -E -m 1024 -n 1 -x tlsf -X tlsf "${a[@]}") >"$OUT/kamailio-$tr-$3.log" 2>&1 &
 		;;
 	sipedge)
 		rm -rf "$OUT/sipedge-data"
 		local a=(run --shards 1 --listen "tcp:127.0.0.1:$PROXY_PORT" --listen "tls:127.0.0.1:$TLS_PORT"
 			--config "$OUT/sipedge.toml" --upstream "sip:127.0.0.1:$UAS_PORT;transport=$tr" --data-dir "$OUT/sipedge-data")
 		echo "$SIPEDGE ${a[*]}" >"$OUT/sipedge.cmd"
-		(pin "$PROXY_CPU" "$SIPEDGE" "${a[@]}") >"$OUT/sipedge-$tr.log" 2>&1 &
+		(pin "$PROXY_CPU" "$SIPEDGE" "${a[@]}") >"$OUT/sipedge-$tr-$3.log" 2>&1 &
 		;;
 	esac
 	PROXY_PID=$!
@@ -151,7 +151,7 @@ start_proxy() { # start_proxy NAME TRANSPORT
 }
 start_uas() { # start_uas TRANSPORT TAG
 	(pin "$LG_CPU" "$SIPLOAD" --role uas --transport "$1" --uas-listen "127.0.0.1:$UAS_PORT" \
-		--tls-cert "$CERT" --tls-key "$KEY" --duration 600s --quiet) >"$OUT/uas-$2.json" 2>"$OUT/uas-$2.log" &
+		--tls-cert "$CERT" --tls-key "$KEY" --duration 600s --quiet --json) >"$OUT/uas-$2.json" 2>"$OUT/uas-$2.log" &
 	UAS_PID=$!
 	PIDS+=("$UAS_PID")
 	wait_listen "$UAS_PORT" "$UAS_PID"
@@ -175,7 +175,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	for tr in $TRANSPORTS; do
 		for px in "${PROXY_LIST[@]}"; do
 			tag="$px-$tr-$r"
-			start_proxy "$px" "$tr" || { stop_pid "$PROXY_PID"; continue; }
+			start_proxy "$px" "$tr" "$r" || { stop_pid "$PROXY_PID"; continue; }
 			start_uas "$tr" "$tag" || { log "UAS did not come up"; stop_pid "$PROXY_PID"; continue; }
 			uac "$tr" "$RATE" $((RATE * 2)) "$OUT/warmup-$tag.json"
 			p0="$(cpu_ticks "$PROXY_PID")" u0="$(cpu_ticks "$UAS_PID")" b0="$(busy_ticks)" t0="$(date +%s.%N)"

@@ -188,9 +188,17 @@ impl Conn {
     }
 
     /// Queues bytes that go inside TLS (if any): SIP, WS frames, the WS upgrade.
+    ///
+    /// Under TLS the records are moved to `out` at once: the session bounds
+    /// what it holds between `poll_output` calls (64 KiB), and a UAS answering
+    /// a batch of 256 requests writes more than that in one turn.
     fn send_plain(&mut self, bytes: &[u8]) -> bool {
         match self.tls.as_mut() {
-            Some(t) => t.write(bytes).is_ok(),
+            Some(t) => {
+                let ok = t.write(bytes).is_ok();
+                t.poll_output(&mut self.out);
+                ok
+            }
             None => {
                 self.out.extend_from_slice(bytes);
                 true

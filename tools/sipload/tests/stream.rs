@@ -270,3 +270,50 @@ fn ws_and_wss_in_one_process() {
         assert_eq!(n(&v, "uas.calls_completed"), 200, "{transport}: {v}");
     }
 }
+
+/// Calls started in bursts of 500 (a 50 ms tick at 10,000/s) over one TLS
+/// connection: the UAS answers a few hundred requests per turn, more than a
+/// TLS session holds between flushes (64 KiB); nothing may be dropped and
+/// no 2xx re-sent.
+#[test]
+fn tls_bursts_over_one_connection_lose_nothing() {
+    let (_, cert, key) = certs("burst");
+    let (cert, key) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let child = Command::new(BIN)
+        .args([
+            "--transport",
+            "tls",
+            "--uas-listen",
+            "127.0.0.1:0",
+            "--connections",
+            "1",
+            "--rate",
+            "10000",
+            "--tick",
+            "50ms",
+            "--count",
+            "5000",
+            "--duration",
+            "5s",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--insecure",
+            "--json",
+            "--quiet",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let (code, out) = finish(child, Duration::from_secs(60));
+    let v = json(&out);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(n(&v, "uac.succeeded"), 5000, "{v}");
+    assert_eq!(n(&v, "datagrams.send_dropped"), 0, "{v}");
+    assert_eq!(n(&v, "uas.retransmissions_sent"), 0, "{v}");
+}
