@@ -98,7 +98,7 @@ log "open files limit: $NOFILE"
 
 SIPEDGE="$ROOT/target/release/sipedge" CONNLOAD="$ROOT/target/release/connload"
 if ((BUILD)); then
-	(cd "$ROOT" && nice -n 10 cargo build --release --bin sipedge -p sipload) >"$OUT/cargo-build.log" 2>&1 || die "build failed"
+	(cd "$ROOT" && nice -n 10 cargo build --release -p sipedge -p sipload) >"$OUT/cargo-build.log" 2>&1 || die "build failed"
 fi
 [[ -x "$SIPEDGE" && -x "$CONNLOAD" ]] || die "need $SIPEDGE and $CONNLOAD (cargo build --release)"
 cp "$SIPEDGE" "$OUT/sipedge" && SIPEDGE="$OUT/sipedge"

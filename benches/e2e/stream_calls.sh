@@ -108,7 +108,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
 if ((BUILD)); then
 	log "cargo build --release (sipedge, sipload)"
-	(cd "$ROOT" && nice -n 10 cargo build --release --bin sipedge -p sipload) >"$OUT/cargo-build.log" 2>&1 || die "build failed ($OUT/cargo-build.log)"
+	(cd "$ROOT" && nice -n 10 cargo build --release -p sipedge -p sipload) >"$OUT/cargo-build.log" 2>&1 || die "build failed ($OUT/cargo-build.log)"
 fi
 [[ -x "$SIPEDGE" && -x "$SIPLOAD" ]] || die "need $SIPEDGE and $SIPLOAD (cargo build --release)"
 cp "$SIPEDGE" "$OUT/sipedge" && SIPEDGE="$OUT/sipedge"
