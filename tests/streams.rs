@@ -752,7 +752,9 @@ fn read_messages(s: &mut TcpStream, n: usize, limit: Duration) -> Vec<String> {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => break,
         }
@@ -852,6 +854,25 @@ fn options(to: SocketAddr, from: SocketAddr, n: usize) -> String {
     )
 }
 
+/// Another client on a new TCP connection still gets its OPTIONS answered.
+fn assert_served(d: &str, tcp: SocketAddr, n: usize) {
+    let mut ok = TcpStream::connect(tcp).unwrap();
+    let me = ok.local_addr().unwrap();
+    ok.write_all(options(tcp, me, n).as_bytes()).unwrap();
+    let r = read_message(&mut ok, Duration::from_secs(3)).unwrap_or_default();
+    assert!(
+        r.starts_with("SIP/2.0 200"),
+        "{d}: another client served: {r:?}"
+    );
+}
+
+/// Stops the edge (SIGTERM) and reads counter `name` from its stop lines.
+fn counter_at_stop(e: Edge, name: &str) -> u64 {
+    let mut p = e.proxy;
+    p.terminate();
+    p.counter(name)
+}
+
 /// True when the peer closed `s` within `limit` (EOF or reset).
 fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -865,7 +886,9 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(_) => return true,
         }
@@ -955,18 +978,9 @@ fn slowloris_is_cut_off() {
             took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
             "{d}: cut after {took:?} (header_timeout 2 s)"
         );
-        let mut ok = TcpStream::connect(tcp).unwrap();
-        let me = ok.local_addr().unwrap();
-        ok.write_all(options(tcp, me, 2).as_bytes()).unwrap();
-        let r = read_message(&mut ok, Duration::from_secs(3)).unwrap_or_default();
-        assert!(
-            r.starts_with("SIP/2.0 200"),
-            "{d}: another client served: {r:?}"
-        );
-        let mut p = e.proxy;
-        p.terminate();
+        assert_served(d, tcp, 2);
         assert_eq!(
-            p.counter("sipedge_transport_slow_closed_total"),
+            counter_at_stop(e, "sipedge_transport_slow_closed_total"),
             1,
             "{d}: counted"
         );
@@ -1021,10 +1035,8 @@ fn per_ip_connection_cap_holds() {
             r.starts_with("SIP/2.0 200"),
             "{d}: another address served: {r:?}"
         );
-        let mut p = e.proxy;
-        p.terminate();
         assert_eq!(
-            p.counter("sipedge_transport_refused_total"),
+            counter_at_stop(e, "sipedge_transport_refused_total"),
             12 - open as u64,
             "{d}: every refused connection counted"
         );
@@ -1081,18 +1093,9 @@ fn a_client_that_never_reads_is_disconnected() {
             rss1 < rss0 + 32 * 1024,
             "{d}: RSS grew from {rss0} KiB to {rss1} KiB"
         );
-        let mut ok = TcpStream::connect(tcp).unwrap();
-        let me = ok.local_addr().unwrap();
-        ok.write_all(options(tcp, me, 1).as_bytes()).unwrap();
-        let r = read_message(&mut ok, Duration::from_secs(3)).unwrap_or_default();
-        assert!(
-            r.starts_with("SIP/2.0 200"),
-            "{d}: another client served: {r:?}"
-        );
-        let mut p = e.proxy;
-        p.terminate();
+        assert_served(d, tcp, 1);
         assert_eq!(
-            p.counter("sipedge_transport_overflow_closed_total"),
+            counter_at_stop(e, "sipedge_transport_overflow_closed_total"),
             1,
             "{d}: counted as a reader that did not read"
         );
