@@ -463,6 +463,7 @@ impl Registrar {
             seq: self.seq,
             bindings,
             empty,
+            entries: Vec::new(),
         }
     }
 
