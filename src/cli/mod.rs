@@ -12,6 +12,7 @@ use crate::auth::{self, Authenticator, Secret, SeededEntropy, Users};
 use crate::config::{Config, FileConfig};
 use crate::location::Replica;
 use crate::policy::{flood, overload, Policy};
+use crate::presence::Presence;
 use crate::proxy::guard::{Guard, Shared};
 use crate::proxy::location::PartitionRegistry;
 use crate::proxy::stateful::{self, Stateful};
@@ -125,6 +126,7 @@ impl RunArgs {
             users: self.users.clone(),
             auth: None,
             policy: None,
+            presence: None,
             flood: None,
             overload: None,
             metrics: self
@@ -482,13 +484,17 @@ fn start_stateful(
                 partition: me,
                 ..Default::default()
             });
+        let mut pres_cfg = cfg.presence.clone();
+        pres_cfg.secret = secret ^ 0x7072_6573_656e_6365;
+        pres_cfg.contacts = id.sockets.iter().map(contact_uri).collect();
+        let presence = Presence::from_entries(pres_cfg, me, &state.entries, now, wall);
         let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
         let guard = sec.guard(me, &cfg.domains);
         Stateful::new(
             id,
             proxy_cfg.clone(),
             replica,
-            PartitionRegistry::new(registrar, n, me),
+            PartitionRegistry::with_presence(registrar, presence, n, me),
         )
         .with_shards(n)
         .with_guard(guard)
@@ -752,4 +758,16 @@ fn startup_secret() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+/// Our Contact URI for dialogs on listener `s` (presence subscriptions).
+fn contact_uri(s: &crate::proxy::LocalSocket) -> Box<[u8]> {
+    let mut u = b"sip:".to_vec();
+    u.extend_from_slice(s.uri_host());
+    u.extend_from_slice(format!(":{}", s.advertised.port()).as_bytes());
+    if s.transport != crate::transport::Transport::Udp {
+        u.extend_from_slice(b";transport=");
+        u.extend_from_slice(s.transport.param().as_bytes());
+    }
+    u.into()
 }
