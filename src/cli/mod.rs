@@ -296,8 +296,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if hup.swap(false, Ordering::Relaxed) {
             match (&shared, reload(args)) {
                 (Some(s), Ok((users, policy))) => {
+                    if let Ok(c) = args.config() {
+                        s.publish_watchers(crate::proxy::guard::Watchers {
+                            rules: c.presence.rule.clone(),
+                            others: c.presence.others,
+                        });
+                    }
                     s.publish(users, policy);
-                    tracing::info!("SIGHUP: users and policy reloaded");
+                    tracing::info!("SIGHUP: users, policy and watcher rules reloaded");
                 }
                 (Some(_), Err(e)) => tracing::error!(
                     "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
@@ -370,7 +376,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         driver_total.tx_errors,
         driver_total.tx_dropped
     );
-    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
+    for (name, v) in counters
+        .pairs()
+        .into_iter()
+        .chain(counters.presence.pairs())
+        .chain(conn.pairs())
+    {
         if v > 0 {
             tracing::info!("{name} {v}");
         }
@@ -540,7 +551,12 @@ fn write_metrics(
         }
     }
     let mut text = String::new();
-    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
+    for (name, v) in counters
+        .pairs()
+        .into_iter()
+        .chain(counters.presence.pairs())
+        .chain(conn.pairs())
+    {
         let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(

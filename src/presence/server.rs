@@ -185,6 +185,22 @@ pub struct PresenceCounters {
 }
 
 impl PresenceCounters {
+    /// Adds `o` into `self` (summing shards).
+    pub fn add(&mut self, o: &Self) {
+        self.published += o.published;
+        self.subscribed += o.subscribed;
+        self.rejected += o.rejected;
+        self.notifies += o.notifies;
+        self.notify_failures += o.notify_failures;
+        self.subscriptions_dropped += o.subscriptions_dropped;
+        self.subscriptions_expired += o.subscriptions_expired;
+        self.publications_expired += o.publications_expired;
+        self.messages_stored += o.messages_stored;
+        self.messages_delivered += o.messages_delivered;
+        self.messages_dropped += o.messages_dropped;
+        self.oversized += o.oversized;
+    }
+
     /// (name, value) pairs for the metrics.
     pub fn pairs(&self) -> [(&'static str, u64); 12] {
         [

@@ -18,6 +18,7 @@ use crate::transport::{FlowId, Peer, Transport};
 
 use super::route::uri_addr;
 use super::stateful::{Found, LocalService, Location, Originated, Owner, Targets};
+use super::Counters;
 
 impl Location for Replica {
     fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found {
@@ -321,5 +322,13 @@ impl LocalService for PartitionRegistry {
 
     fn handle_outcome(&mut self, now: Instant, token: u64, status: u16) {
         self.presence.handle_outcome(now, token, status);
+    }
+
+    fn set_watchers(&mut self, w: &super::guard::Watchers) {
+        self.presence.set_rules(w.rules.clone(), w.others);
+    }
+
+    fn export(&self, counters: &mut Counters) {
+        counters.presence = *self.presence.counters();
     }
 }

@@ -263,6 +263,16 @@ pub trait LocalService {
     fn handle_persisted(&mut self, ok: bool, records: bool) {
         let _ = (ok, records);
     }
+
+    /// Presence's watcher rules were reloaded (SIGHUP).
+    fn set_watchers(&mut self, rules: &crate::proxy::guard::Watchers) {
+        let _ = rules;
+    }
+
+    /// Copies the service's counters into the proxy's (once per turn).
+    fn export(&self, counters: &mut Counters) {
+        let _ = counters;
+    }
 }
 
 /// A request a [`LocalService`] originates.
@@ -961,7 +971,12 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
-        self.guard.refresh();
+        self.local.export(&mut self.counters);
+        if self.guard.refresh() {
+            if let Some(w) = self.guard.watchers.clone() {
+                self.local.set_watchers(&w);
+            }
+        }
         if let Some(o) = &mut self.guard.overload {
             o.handle_turn(
                 now,

@@ -586,12 +586,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     self.counters.dropped_overflow += 1;
                     continue 'targets;
                 };
-                if self.cfg.large_requests_over_tcp
+                // A MESSAGE outside a dialog always follows the rule (RFC
+                // 3428 §6: over 1300 bytes, a congestion-controlled
+                // transport), TCP unless the contact insists on UDP.
+                let message = msg.method() == Method::Message && !to_tag;
+                if (self.cfg.large_requests_over_tcp || message)
                     && to.transport == Transport::Udp
                     && to.flow.is_none()
                     && n > UDP_MAX_REQUEST
                 {
-                    if !force_tcp && self.id.serves(Transport::Tcp) {
+                    let udp_only =
+                        memchr::memmem::find(&t.uri.to_ascii_lowercase(), b";transport=udp")
+                            .is_some();
+                    if !force_tcp && self.id.serves(Transport::Tcp) && !udp_only {
                         force_tcp = true;
                         self.counters.transport_upgrades += 1;
                         continue;
