@@ -999,3 +999,6 @@ mod sim_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod presence_tests;
