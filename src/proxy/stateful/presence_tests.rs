@@ -71,7 +71,7 @@ impl H {
             self.p.persisted(self.now, true, &mut self.out);
         }
         for _ in 0..1_000 {
-            if !self.p.poll_timeout().is_some_and(|t| t <= self.now) {
+            if self.p.poll_timeout().is_none_or(|t| t > self.now) {
                 break;
             }
             self.p.handle_timeout(self.now, &mut self.out);
@@ -88,6 +88,7 @@ impl H {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn request(
         &mut self,
         method: &str,
