@@ -10,197 +10,27 @@ use quick_xml::reader::NsReader;
 /// What pjsua publishes with an "away" RPID activity (pjsip-simple pidf.c
 /// and rpid.c: `entity` before `xmlns`, the note in the tuple and in the
 /// person, a GUID-like tuple id).
-const PJSIP: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<presence entity="sip:alice@example.test" xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid">
- <tuple id="0e4a1f52c7">
-  <status>
-   <basic>open</basic>
-  </status>
-  <timestamp>2024-05-01T10:00:00.000Z</timestamp>
-  <note>Idle</note>
- </tuple>
- <dm:person id="pj5f1c9a2e">
-  <rpid:activities>
-   <rpid:away />
-  </rpid:activities>
-  <dm:note>Idle</dm:note>
- </dm:person>
-</presence>
-"#;
+const PJSIP: &str = include_str!("../../../tests/fixtures/pidf/pjsip.xml");
 
 /// Linphone / SIP.js style: a contact with priority, an RPID person on the phone.
-const LINPHONE: &str = r#"<?xml version="1.0" encoding="UTF-8" standalone="no"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf" xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity="sip:bob@example.test">
-  <tuple id="0e4a1f52c7">
-    <status><basic>open</basic></status>
-    <contact priority="0.8">sip:bob@192.0.2.7:5060;transport=tcp</contact>
-    <timestamp>2024-05-01T10:00:02Z</timestamp>
-  </tuple>
-  <dm:person id="tgd8v">
-    <rpid:activities><rpid:on-the-phone/></rpid:activities>
-    <dm:timestamp>2024-05-01T10:00:02Z</dm:timestamp>
-  </dm:person>
-</presence>"#;
+const LINPHONE: &str = include_str!("../../../tests/fixtures/pidf/linphone.xml");
 
 /// RFC 3863 §6, the example.
-const RFC3863: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf"
-    xmlns:im="urn:ietf:params:xml:ns:pidf:im"
-    xmlns:myex="http://id.example.com/presence/"
-    entity="pres:someone@example.com">
-  <tuple id="bs35r9">
-    <status>
-      <basic>open</basic>
-      <im:im>busy</im:im>
-      <myex:location>home</myex:location>
-    </status>
-    <contact priority="0.8">im:someone@mobilecarrier.net</contact>
-    <note xml:lang="en">Don't Disturb Please!</note>
-    <note xml:lang="fr">Ne derangez pas, s'il vous plait</note>
-    <timestamp>2001-10-27T16:49:29Z</timestamp>
-  </tuple>
-  <tuple id="eg92n8">
-    <status>
-      <basic>open</basic>
-    </status>
-    <contact priority="1.0">mailto:someone@example.com</contact>
-  </tuple>
-  <note>I'll be in Tokyo next week</note>
-</presence>
-"#;
+const RFC3863: &str = include_str!("../../../tests/fixtures/pidf/rfc3863.xml");
 
 /// RFC 3863 §4.1 (prefixed form): the PIDF namespace behind a prefix.
-const RFC3863_PREFIXED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<impp:presence xmlns:impp="urn:ietf:params:xml:ns:pidf"
-    entity="pres:someone@example.com">
-  <impp:tuple id="sg89ae">
-    <impp:status>
-      <impp:basic>open</impp:basic>
-    </impp:status>
-    <impp:contact priority="0.8">tel:+09012345678</impp:contact>
-  </impp:tuple>
-</impp:presence>
-"#;
+const RFC3863_PREFIXED: &str = include_str!("../../../tests/fixtures/pidf/rfc3863-prefixed.xml");
 
 /// RFC 4480 §4, the example (the person's activities hold an `<rpid:note>`).
-const RFC4480: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf"
-    xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model"
-    xmlns:lt="urn:ietf:params:xml:ns:location-type"
-    xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid"
-    entity="pres:someone@example.com">
-  <tuple id="bs35r9">
-    <status>
-      <basic>open</basic>
-    </status>
-    <dm:deviceID>urn:device:0003ba4811e3</dm:deviceID>
-    <rpid:relationship><rpid:self/></rpid:relationship>
-    <rpid:service-class><rpid:electronic/></rpid:service-class>
-    <contact priority="0.8">im:someone@mobile.example.net</contact>
-    <note xml:lang="en">Don't Disturb Please!</note>
-    <note xml:lang="fr">Ne derangez pas, s'il vous plait</note>
-    <timestamp>2005-10-27T16:49:29Z</timestamp>
-  </tuple>
-  <tuple id="ty4658">
-    <status>
-      <basic>open</basic>
-    </status>
-    <rpid:relationship><rpid:assistant/></rpid:relationship>
-    <contact priority="1.0">mailto:secretary@example.com</contact>
-  </tuple>
-  <tuple id="eg92n8">
-    <status>
-      <basic>open</basic>
-    </status>
-    <dm:deviceID>urn:x-mac:0003ba4811e3</dm:deviceID>
-    <rpid:class>email</rpid:class>
-    <rpid:service-class><rpid:electronic/></rpid:service-class>
-    <rpid:status-icon>http://example.com/mail.png</rpid:status-icon>
-    <contact priority="1.0">mailto:someone@example.com</contact>
-  </tuple>
-  <note>I'll be in Tokyo next week</note>
-  <dm:device id="pc147">
-    <rpid:user-input idle-threshold="600"
-      last-input="2004-10-21T13:20:00.000-05:00">idle</rpid:user-input>
-    <dm:deviceID>urn:device:0003ba4811e3</dm:deviceID>
-    <dm:note>PC</dm:note>
-  </dm:device>
-  <dm:person id="p1">
-    <rpid:activities from="2005-05-30T12:00:00+05:00"
-      until="2005-05-30T17:00:00+05:00">
-      <rpid:note>Far away</rpid:note>
-      <rpid:away/>
-    </rpid:activities>
-    <rpid:class>calendar</rpid:class>
-    <rpid:mood>
-      <rpid:angry/>
-      <rpid:other>brooding</rpid:other>
-    </rpid:mood>
-    <rpid:place-is>
-      <rpid:audio>
-        <rpid:noisy/>
-      </rpid:audio>
-      <rpid:video>
-        <rpid:toobright/>
-      </rpid:video>
-      <rpid:text>
-        <rpid:uncomfortable/>
-      </rpid:text>
-    </rpid:place-is>
-    <rpid:place-type><lt:residence/></rpid:place-type>
-    <rpid:privacy><rpid:text/></rpid:privacy>
-    <rpid:sphere>bowling league</rpid:sphere>
-    <rpid:status-icon>http://example.com/play.png</rpid:status-icon>
-    <rpid:time-offset>-240</rpid:time-offset>
-    <dm:note>Scoring 120</dm:note>
-    <dm:timestamp>2005-05-30T16:09:44+05:00</dm:timestamp>
-  </dm:person>
-</presence>
-"#;
+const RFC4480: &str = include_str!("../../../tests/fixtures/pidf/rfc4480.xml");
 
 /// Asterisk (chan_sip, res_pjsip's pidf supplement): the pre-RFC RPID
 /// draft namespaces, ISO-8859-1 declared on ASCII, the note before the
 /// tuples, a status holding only an extension element.
-const ASTERISK: &str = r#"<?xml version="1.0" encoding="ISO-8859-1"?>
-<presence xmlns="urn:ietf:params:xml:ns:pidf"
-xmlns:pp="urn:ietf:params:xml:ns:pidf:person"
-xmlns:es="urn:ietf:params:xml:ns:pidf:rpid:status:rpid-status"
-xmlns:ep="urn:ietf:params:xml:ns:pidf:rpid:rpid-person"
-entity="sip:6001@192.0.2.10">
-<pp:person><status>
-<ep:activities><ep:away/></ep:activities>
-</status></pp:person>
-<note>Unavailable</note>
-<tuple id="6001">
-<contact priority="1">sip:6001@192.0.2.10</contact>
-<status><basic>closed</basic></status>
-</tuple>
-<tuple id="digium-presence">
-<status>
-<digium_presence type="unavailable" subtype=""></digium_presence>
-</status>
-</tuple>
-</presence>
-"#;
+const ASTERISK: &str = include_str!("../../../tests/fixtures/pidf/asterisk.xml");
 
 /// resiprocate's test document / Bria: `<ep:activity>away</ep:activity>`, CRLF.
-const BRIA: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
-<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"\r\n\
-          xmlns:ep=\"urn:ietf:params:xml:ns:pidf:rpid:rpid-person\"\r\n\
-          xmlns:pp=\"urn:ietf:params:xml:ns:pidf:person\"\r\n\
-          entity=\"sip:chris@example.test\">\r\n\
-  <pp:person>\r\n\
-   <status>\r\n\
-    <ep:activities>\r\n\
-     <ep:activity>Away</ep:activity>\r\n\
-    </ep:activities>\r\n\
-   </status>\r\n\
-  </pp:person>\r\n\
-  <tuple id=\"t54d1\">\r\n\
-   <status><basic> Open </basic></status>\r\n\
-  </tuple>\r\n\
-  <note>Away</note>\r\n\
-</presence>\r\n";
+const BRIA: &str = include_str!("../../../tests/fixtures/pidf/bria.xml");
 
 fn parse(s: &str) -> Result<Document, PidfError> {
     Document::parse(s.as_bytes())
