@@ -170,6 +170,9 @@ impl<'a> Parser<'a> {
             return Err(PidfError::Malformed);
         };
         let basic = self.basic;
+        // Kept for as long as the publication lives: no slack.
+        self.elements.shrink_to_fit();
+        self.activities.shrink_to_fit();
         Ok(Document {
             body: self.text.into(),
             root,
