@@ -2,15 +2,18 @@
 # Seeds the fuzz corpora: parse_message with the RFC 4475 / RFC 5118 torture
 # messages (and any regression inputs kept beside them); stream_framing with
 # the same messages behind a mode byte and read sizes, two to a stream;
-# ws_decode with masked text frames carrying them.
+# ws_decode with masked text frames carrying them; pidf with the PIDF
+# documents of tests/fixtures/pidf (pjsip, Linphone, Asterisk, Bria, the RFC
+# examples) and a few edge forms (BOM, empty presence, prefixed root).
 #   fuzz/seed.sh && cargo fuzz run parse_message -s none -- -max_total_time=600
 # (stable works with -s none; on nightly drop it for AddressSanitizer)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 corpus="$here/corpus/parse_message"
-mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode"
+mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf"
 cp "$here"/../tests/fixtures/torture/*.sip "$corpus"/
-for t in parse_message stream_framing ws_decode; do
+cp "$here"/../tests/fixtures/pidf/*.xml "$here/corpus/pidf"/
+for t in parse_message stream_framing ws_decode pidf; do
     if [ -d "$here/regressions/$t" ]; then
         cp "$here"/regressions/$t/* "$here/corpus/$t"/ 2>/dev/null || true
     fi
@@ -31,5 +34,13 @@ for i, m in enumerate(msgs):
     n = len(body)
     hdr = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + struct.pack('>H', n)
     open(os.path.join(ws, f'seed{i:03}'), 'wb').write(bytes([len(hdr) + 3]) + hdr + key + masked)
+pidf = os.path.join(here, 'corpus/pidf')
+ns = b'xmlns="urn:ietf:params:xml:ns:pidf"'
+for name, doc in [
+    ('bom', b'\xef\xbb\xbf<presence ' + ns + b'><tuple id="a"><status><basic>open</basic></status></tuple></presence>'),
+    ('empty', b'<presence ' + ns + b' entity="sip:a@example.test"/>'),
+    ('prefixed', b'<p:presence xmlns:p="urn:ietf:params:xml:ns:pidf" xmlns="urn:x"><p:tuple id="t"><p:status><x/></p:status><p:note>&amp;&#x41;<![CDATA[<]]></p:note></p:tuple><e id="t"/></p:presence>'),
+]:
+    open(os.path.join(pidf, f'seed-{name}.xml'), 'wb').write(doc)
 PY
-echo "seeded: $(ls "$corpus" | wc -l) parse_message, $(ls "$here/corpus/stream_framing" | wc -l) stream_framing, $(ls "$here/corpus/ws_decode" | wc -l) ws_decode"
+echo "seeded: $(ls "$corpus" | wc -l) parse_message, $(ls "$here/corpus/stream_framing" | wc -l) stream_framing, $(ls "$here/corpus/ws_decode" | wc -l) ws_decode, $(ls "$here/corpus/pidf" | wc -l) pidf"

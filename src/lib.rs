@@ -12,6 +12,7 @@
 //! | [`proxy`] | routing: the stateless relay, loose routing, branches, local answers |
 //! | [`auth`] | digest authentication: challenges, stateless nonces, replay table, users file, throttles |
 //! | [`policy`] | access rules, per-source flood limits and bans, overload shedding |
+//! | [`presence`] | PIDF/RPID presence documents: parse, validate, summarise, compose |
 //! | [`transport`] | the [`transport::Outbox`] the core writes datagrams into |
 //! | [`shard`] | thread-per-core runtime: pinning, SO_REUSEPORT sockets, io_uring and mio drivers |
 //! | [`config`], [`cli`] | TOML + flags → a validated [`config::Config`]; the `sipedge` command |
