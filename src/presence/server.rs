@@ -294,6 +294,8 @@ struct Subscription {
     durable: bool,
     queued: bool,
     in_flight: bool,
+    /// The NOTIFY in flight says `terminated`.
+    final_sent: bool,
     dirty: bool,
     throttled: bool,
     last_sent: Option<Instant>,
@@ -501,6 +503,7 @@ impl Presence {
                 durable: true,
                 queued: false,
                 in_flight: false,
+                final_sent: false,
                 dirty: false,
                 throttled: false,
                 last_sent: None,
@@ -1113,6 +1116,7 @@ impl Presence {
                         durable: false,
                         queued: false,
                         in_flight: false,
+                        final_sent: false,
                         dirty: false,
                         throttled: false,
                         last_sent: None,
@@ -1574,6 +1578,7 @@ impl Presence {
             return None;
         }
         s.in_flight = true;
+        s.final_sent = matches!(s.state, SubState::Terminated(_));
         s.dirty = false;
         s.last_sent = Some(now);
         let to = s.peer;
@@ -1655,11 +1660,14 @@ impl Presence {
             self.counters.notify_failures += 1;
         }
         if let SubState::Terminated(_) = s.state {
-            if s.dirty {
-                // A terminated subscription's final NOTIFY is sent once.
+            if s.final_sent {
+                // Its final NOTIFY was answered (or not): it is gone.
+                self.remove_subscription(id);
+            } else {
+                // It ended while an earlier NOTIFY was in flight: now the final one.
                 s.dirty = false;
+                self.queue(id);
             }
-            self.remove_subscription(id);
             return;
         }
         if matches!(status, 408 | 481) {

@@ -641,3 +641,34 @@ fn an_offline_message_is_kept_and_delivered_at_the_next_register() {
     h.p.handle_timeout(h.now, h.wall);
     assert_eq!(h.p.stored_messages(), 0);
 }
+
+#[test]
+fn an_unsubscribe_while_a_notify_is_in_flight_still_gets_its_final_notify() {
+    let mut h = H::new();
+    let r = h.subscribe("alice@example.test", "bob", "c1", "");
+    let tag = r
+        .header("To")
+        .unwrap()
+        .split(";tag=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    h.notifies(200);
+    h.publish_state("bob", "t1", "open", "");
+    // The NOTIFY of the change goes out and is not answered yet.
+    h.p.handle_timeout(h.now, h.wall);
+    let mut buf = vec![0u8; 65_535];
+    let o = h.p.poll_request(&mut buf).expect("a NOTIFY in flight");
+    let r = h.subscribe(
+        "alice@example.test",
+        "bob",
+        "c1",
+        &format!(";tag={tag}\r\nExpires: 0"),
+    );
+    assert_eq!(r.status, 200);
+    h.p.handle_outcome(h.now, o.token, 200);
+    let n = h.notifies(200);
+    assert_eq!(n.len(), 1, "the final NOTIFY after the one in flight");
+    assert!(state_of(&n[0]).starts_with("terminated"), "{}", n[0]);
+    assert_eq!(h.p.subscriptions(), 0);
+}
