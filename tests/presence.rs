@@ -163,6 +163,7 @@ fn pidf(user: &str, tuple: &str, basic: &str, note: &str) -> String {
 struct Agent {
     ua: Ua,
     user: String,
+    domain: String,
     edge: SocketAddr,
     n: Cell<u32>,
     inbox: RefCell<VecDeque<Msg>>,
@@ -178,6 +179,8 @@ struct Sub {
     route: Vec<String>,
     presentity: String,
     cseq: Cell<u32>,
+    /// The CSeq of the last NOTIFY of the dialog (0: none yet).
+    notify_cseq: Cell<u32>,
 }
 
 impl Agent {
@@ -185,6 +188,7 @@ impl Agent {
         Self {
             ua: Ua::new(),
             user: user.to_owned(),
+            domain: DOMAIN.to_owned(),
             edge,
             n: Cell::new(0),
             inbox: RefCell::new(VecDeque::new()),
@@ -196,8 +200,16 @@ impl Agent {
         self.n.get()
     }
 
+    /// A user of another domain than the edge's.
+    fn foreign(user: &str, domain: &str, edge: SocketAddr) -> Self {
+        Self {
+            domain: domain.to_owned(),
+            ..Self::new(user, edge)
+        }
+    }
+
     fn aor(&self) -> String {
-        format!("sip:{}@{DOMAIN}", self.user)
+        format!("sip:{}@{}", self.user, self.domain)
     }
 
     fn contact(&self) -> String {
@@ -395,6 +407,7 @@ CSeq: {cseq} {method}\r\n\
             route,
             presentity: presentity.to_owned(),
             cseq: Cell::new(1),
+            notify_cseq: Cell::new(0),
         };
         (r, Some(sub))
     }
@@ -439,12 +452,31 @@ CSeq: {cseq} {method}\r\n\
     }
 
     /// The next NOTIFY of `sub` within `limit`, not answered.
+    /// Its CSeq must grow within the dialog (RFC 3261 §12.2.1.1), across
+    /// restarts too: a retransmission (the same CSeq) is answered again and
+    /// skipped, a lower one fails the test.
     fn notify_unanswered(&self, sub: &Sub, limit: Duration) -> Option<Msg> {
-        let n = self.take(limit, |m| {
-            m.status().is_none() && m.method() == "NOTIFY" && call_id_is(m, &sub.call_id)
-        })?;
-        check_notify(&n, sub);
-        Some(n)
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = self.take(left, |m| {
+                m.status().is_none() && m.method() == "NOTIFY" && call_id_is(m, &sub.call_id)
+            })?;
+            let cseq = n.cseq_number();
+            if cseq == sub.notify_cseq.get() {
+                self.reply(&n, 200, "OK");
+                continue;
+            }
+            assert!(
+                cseq > sub.notify_cseq.get(),
+                "NOTIFY CSeq {cseq} after {} in the same dialog\n{}",
+                sub.notify_cseq.get(),
+                n.text
+            );
+            sub.notify_cseq.set(cseq);
+            check_notify(&n, sub);
+            return Some(n);
+        }
     }
 
     /// NOTIFYs of `sub` (each answered 200) until one's document satisfies
@@ -1471,6 +1503,101 @@ fn other_event_packages_are_proxied() {
             Some(489),
             "{d}: bob's answer comes back\n{}",
             r.text
+        );
+    }
+}
+
+/// A watcher from a domain the edge does not serve learns nothing of a
+/// served user's presence: 403, or a subscription left pending whose
+/// NOTIFYs carry no open document, even after the user publishes.
+#[test]
+fn a_foreign_watcher_sees_nothing() {
+    for d in drivers() {
+        let dir = TempDir::new("presence-foreign");
+        let p = edge(d, &dir, &[]);
+        let bob = Agent::new("bob", p.addr);
+        bob.register(600);
+        bob.publish_ok(600, None, Some(&pidf("bob", "t1", "open", "private")));
+        let eve = Agent::foreign("eve", "elsewhere.test", p.addr);
+        let (r, sub) = eve.try_subscribe("bob", 600);
+        match r.status() {
+            Some(403) => {}
+            Some(200 | 202) => {
+                let sub = sub.unwrap();
+                let mut seen = Vec::new();
+                while let Some(n) = eve.notify(&sub, Duration::from_secs(2)) {
+                    seen.push(n);
+                    if seen.len() > 4 {
+                        break;
+                    }
+                }
+                assert!(
+                    !seen.is_empty(),
+                    "{d}: a {:?} to SUBSCRIBE without a NOTIFY",
+                    r.status()
+                );
+                for n in &seen {
+                    assert_ne!(
+                        sub_state(n),
+                        "active",
+                        "{d}: a foreign watcher was made active\n{}",
+                        n.text
+                    );
+                    assert!(
+                        !is_open(n) && !n.body().contains("private"),
+                        "{d}: bob's presence leaked to a foreign watcher\n{}",
+                        n.text
+                    );
+                }
+            }
+            other => panic!(
+                "{d}: foreign SUBSCRIBE answered {other:?} (want 403, or pending)\n{}",
+                r.text
+            ),
+        }
+    }
+}
+
+/// With `[presence] min_expires = 1`: a publication that is not refreshed
+/// expires and its watchers see the user closed; a subscription that is not
+/// refreshed ends with a NOTIFY `terminated;reason=timeout` (RFC 6665
+/// §4.1.3, §4.2.2).
+#[test]
+fn publications_and_subscriptions_expire() {
+    for d in drivers() {
+        let dir = TempDir::new("presence-expiry");
+        let cfg = dir.write("sipedge.toml", "[presence]\nmin_expires = 1\n");
+        let p = edge(d, &dir, &["--config", &cfg]);
+        let bob = Agent::new("bob", p.addr);
+        bob.register(600);
+        let alice = Agent::new("alice", p.addr);
+        let (long, _) = alice.subscribe("bob", 600);
+        bob.publish_ok(2, None, Some(&pidf("bob", "t1", "open", "brief")));
+        alice.notify_until(&long, "open", Duration::from_secs(3), is_open);
+        let t0 = Instant::now();
+        alice.notify_until(
+            &long,
+            "closed once the publication expired",
+            Duration::from_secs(6),
+            is_closed,
+        );
+        assert!(
+            t0.elapsed() >= Duration::from_millis(1000),
+            "{d}: closed after {:?}, before the 2 s publication could expire",
+            t0.elapsed()
+        );
+
+        let carol = Agent::new("carol", p.addr);
+        let (short, first) = carol.subscribe("bob", 2);
+        assert_eq!(sub_state(&first), "active", "{d}: {}", first.text);
+        let end = carol.notify_until(&short, "terminated", Duration::from_secs(8), |n| {
+            sub_state(n) == "terminated"
+        });
+        let state = hdr(&end, "Subscription-State").unwrap_or_default();
+        assert!(
+            state.contains("reason=timeout"),
+            "{d}: {state}\n{}",
+            end.text
         );
     }
 }
