@@ -457,31 +457,27 @@ CSeq: {cseq} {method}\r\n\
     /// answered at once over loopback, so a retransmission means the edge
     /// did not take that answer (and it may hold the next NOTIFYs back).
     fn notify_unanswered(&self, sub: &Sub, limit: Duration) -> Option<Msg> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let n = self.take(left, |m| {
-                m.status().is_none() && m.method() == "NOTIFY" && call_id_is(m, &sub.call_id)
-            })?;
-            let cseq = n.cseq_number();
-            assert_ne!(
-                cseq,
-                sub.notify_cseq.get(),
-                "{}: NOTIFY CSeq {cseq} retransmitted although it was answered at once: \
+        let n = self.take(limit, |m| {
+            m.status().is_none() && m.method() == "NOTIFY" && call_id_is(m, &sub.call_id)
+        })?;
+        let cseq = n.cseq_number();
+        assert_ne!(
+            cseq,
+            sub.notify_cseq.get(),
+            "{}: NOTIFY CSeq {cseq} retransmitted although it was answered at once: \
 the edge did not match the answer to its NOTIFY\n{}",
-                self.ua.addr,
-                n.text
-            );
-            assert!(
-                cseq > sub.notify_cseq.get(),
-                "NOTIFY CSeq {cseq} after {} in the same dialog\n{}",
-                sub.notify_cseq.get(),
-                n.text
-            );
-            sub.notify_cseq.set(cseq);
-            check_notify(&n, sub);
-            return Some(n);
-        }
+            self.ua.addr,
+            n.text
+        );
+        assert!(
+            cseq > sub.notify_cseq.get(),
+            "NOTIFY CSeq {cseq} after {} in the same dialog\n{}",
+            sub.notify_cseq.get(),
+            n.text
+        );
+        sub.notify_cseq.set(cseq);
+        check_notify(&n, sub);
+        Some(n)
     }
 
     /// Fails if a NOTIFY of `sub` that was answered came again (look after
