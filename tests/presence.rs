@@ -1387,13 +1387,20 @@ fn refresh_and_unsubscribe() {
         assert_eq!(r.status(), Some(200), "{d}: {}", r.text);
         let n = alice
             .notify(&sub, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("{d}: no NOTIFY after the refresh"));
+            .unwrap_or_else(|| {
+                panic!("{d}: no NOTIFY after the refresh; kept {:#?}", alice.kept())
+            });
         assert_eq!(sub_state(&n), "active", "{d}: {}", n.text);
         let r = alice.resubscribe(&sub, 0);
         assert_eq!(r.status(), Some(200), "{d}: {}", r.text);
         let n = alice
             .notify(&sub, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("{d}: no final NOTIFY after Expires 0"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{d}: no final NOTIFY after Expires 0; kept {:#?}",
+                    alice.kept()
+                )
+            });
         assert_eq!(sub_state(&n), "terminated", "{d}: {}", n.text);
         bob.publish_ok(
             600,
