@@ -585,6 +585,11 @@ impl Reaped {
         (r, rx)
     }
 
+    /// Its stdin, when it was spawned with `Stdio::piped()` (once).
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.as_mut()?.stdin.take()
+    }
+
     /// Its process id.
     pub fn id(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -21,6 +21,14 @@
 //                    on a 2xx.
 //   --role bye-wait  register; answer the first call; exit 0 when the other
 //                    side's BYE ends it.
+//   --role subscribe register (unless --no-register); SUBSCRIBE to the
+//                    presence of --target (RFC 6665, event package presence,
+//                    RFC 3856) with a SIP.js Subscriber; print each NOTIFY
+//                    (Subscription-State, the PIDF's basic values, tuples,
+//                    RPID activity). With --until open|closed it unsubscribes
+//                    (Expires 0) once a NOTIFY shows that state and exits 0
+//                    when the final NOTIFY (terminated) came; without it, it
+//                    stays until --timeout or SIGTERM (exit 0).
 //
 // Stdout: one line per event, "<role>: <event>" (see tests/peers/README.md).
 // Stderr: the transport's state changes and SIP.js warnings; --log FILE gets
@@ -36,6 +44,8 @@ import {
   Registerer,
   RegistererState,
   SessionState,
+  Subscriber,
+  SubscriptionState,
   TransportState,
   UserAgent,
 } from "sip.js";
@@ -52,8 +62,8 @@ const USAGE = `usage: sipjs_ua.mjs --server ws://127.0.0.1:PORT --user NAME --ro
   --user NAME           user part of the AOR sip:NAME@DOMAIN (required)
   --domain D            domain of the AOR and of the REGISTER R-URI (default localhost)
   --password P          answer digest challenges (401/407) with P (user = NAME)
-  --role R              register | call | message | bye-wait (required)
-  --target URI          call/message: whom to call or message (sip:bob@DOMAIN, or just bob)
+  --role R              register | call | message | bye-wait | subscribe (required)
+  --target URI          call/message/subscribe: whom to call, message or watch (sip:bob@DOMAIN, or just bob)
   --text T              message, --message-to: the body (text/plain; default "hello from sip.js")
   --message-to URI      register: also send one MESSAGE there once registered
   --message-delay S     register: seconds between "registered" and that MESSAGE (default 0)
@@ -63,7 +73,9 @@ const USAGE = `usage: sipjs_ua.mjs --server ws://127.0.0.1:PORT --user NAME --ro
   --expect-calls N      register: exit 0 once N calls were confirmed and ended
   --expect-messages N   register: exit 0 once N MESSAGEs came (with --expect-calls: both)
   --outbound            register with RFC 5626 reg-id=1 and +sip.instance
-  --no-register         call/message: skip the REGISTER
+  --no-register         call/message/subscribe: skip the REGISTER
+  --sub-expires S       subscribe: SUBSCRIBE Expires (default 600)
+  --until STATE         subscribe: open | closed: unsubscribe once a NOTIFY shows it, exit 0 on the final NOTIFY
   --name TAG            prefix of the stdout lines (default: the role)
   --log FILE            SIP.js debug log with every SIP message
 `;
@@ -90,6 +102,8 @@ try {
       "expect-messages": { type: "string" },
       outbound: { type: "boolean", default: false },
       "no-register": { type: "boolean", default: false },
+      "sub-expires": { type: "string", default: "600" },
+      until: { type: "string" },
       name: { type: "string" },
       log: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -104,12 +118,12 @@ if (args.help) {
   process.stdout.write(USAGE);
   process.exit(0);
 }
-const ROLES = ["register", "call", "message", "bye-wait"];
+const ROLES = ["register", "call", "message", "bye-wait", "subscribe"];
 if (!args.server || !args.user || !ROLES.includes(args.role)) {
   process.stderr.write(`--server, --user and --role (${ROLES.join("|")}) are required\n${USAGE}`);
   process.exit(1);
 }
-if ((args.role === "call" || args.role === "message") && !args.target) {
+if ((args.role === "call" || args.role === "message" || args.role === "subscribe") && !args.target) {
   process.stderr.write(`--role ${args.role} needs --target\n`);
   process.exit(1);
 }
@@ -127,6 +141,11 @@ const TIMEOUT = num("timeout");
 const EXPIRES = num("expires");
 const EXPECT_CALLS = args["expect-calls"] === undefined ? null : num("expect-calls");
 const EXPECT_MESSAGES = args["expect-messages"] === undefined ? null : num("expect-messages");
+const SUB_EXPIRES = num("sub-expires");
+if (args.until !== undefined && !["open", "closed"].includes(args.until)) {
+  process.stderr.write(`--until must be open or closed\n`);
+  process.exit(1);
+}
 const ROLE = args.role;
 const TAG = args.name || ROLE;
 
@@ -243,6 +262,7 @@ const state = {
   endedCalls: 0,
   messages: 0,
   sentMessageOk: args["message-to"] === undefined, // register --message-to: its 2xx came
+  subscribed: false,
 };
 
 let userAgent;
@@ -268,7 +288,10 @@ async function finish(code, why) {
 }
 
 const deadline = setTimeout(() => {
-  if (ROLE === "register" && state.registered && EXPECT_CALLS === null && EXPECT_MESSAGES === null) {
+  if (
+    (ROLE === "register" && state.registered && EXPECT_CALLS === null && EXPECT_MESSAGES === null) ||
+    (ROLE === "subscribe" && state.subscribed && args.until === undefined)
+  ) {
     finish(0, `timeout after ${TIMEOUT} s, leaving`);
   } else {
     finish(2, `FAIL: timed out after ${TIMEOUT} s`);
@@ -278,7 +301,9 @@ deadline.unref();
 
 for (const sig of ["SIGTERM", "SIGINT"]) {
   process.on(sig, () => {
-    const ok = ROLE === "register" && state.registered && EXPECT_CALLS === null && EXPECT_MESSAGES === null;
+    const ok =
+      (ROLE === "register" && state.registered && EXPECT_CALLS === null && EXPECT_MESSAGES === null) ||
+      (ROLE === "subscribe" && state.subscribed && args.until === undefined);
     finish(ok ? 0 : 1, `${sig}, leaving`);
   });
 }
@@ -428,8 +453,85 @@ function sendMessage(uri, onOk) {
     .catch((e) => finish(1, `FAIL: MESSAGE: ${e.message}`));
 }
 
+// ---- Presence watcher (--role subscribe) ---------------------------------
+// What a PIDF document (RFC 3863, RPID RFC 4480) says, on one line: its
+// tuples' <basic> values in order, the count of tuples, the first RPID
+// activity and the first note. Namespace prefixes are allowed.
+function pidfSummary(body) {
+  const text = body ?? "";
+  const basic = [...text.matchAll(/<(?:[\w-]+:)?basic>\s*([a-z]+)\s*<\/(?:[\w-]+:)?basic>/g)].map((m) => m[1]);
+  const tuples = [...text.matchAll(/<(?:[\w-]+:)?tuple[\s>]/g)].length;
+  const act = text.match(/<(?:[\w-]+:)?activities>\s*<(?:[\w-]+:)?([\w-]+)/);
+  const note = text.match(/<(?:[\w-]+:)?note[^>]*>([^<]*)</);
+  return `basic=${basic.length ? basic.join(",") : "none"} tuples=${tuples} activity=${act ? act[1] : "none"} note=${note ? note[1].trim() : ""}`;
+}
+
+function subscribe() {
+  const target = UserAgent.makeURI(targetUri);
+  if (!target) return finish(1, `FAIL: bad --target ${args.target}`);
+  const subscriber = new Subscriber(userAgent, target, "presence", {
+    expires: SUB_EXPIRES,
+    extraHeaders: ["Accept: application/pidf+xml"],
+  });
+  let leaving = false;
+  // NOTIFYs that come once we unsubscribed are answered by SIP.js without
+  // calling the delegate; the transport shows them to us first.
+  const onTransportMessage = userAgent.transport.onMessage;
+  userAgent.transport.onMessage = (raw) => {
+    if (leaving && typeof raw === "string" && raw.startsWith("NOTIFY ")) {
+      const st = raw.match(/^Subscription-State:\s*([^\r\n]*)/im);
+      const ss = st ? st[1].trim() : "none";
+      say(`NOTIFY ${ss}`);
+      if (/^terminated/i.test(ss)) finish(0, "unsubscribed");
+    }
+    onTransportMessage(raw);
+  };
+  subscriber.delegate = {
+    onNotify: (notification) => {
+      const req = notification.request;
+      const ss = (req.getHeader("Subscription-State") ?? "none").trim();
+      const ct = (req.getHeader("Content-Type") ?? "none").trim();
+      const summary = pidfSummary(req.body);
+      say(`NOTIFY ${ss} type=${ct} ${summary}`);
+      notification.accept().catch((e) => debug(`NOTIFY 200: ${e.message}`));
+      if (/^terminated/i.test(ss)) return;
+      const basics = summary.split(" ")[0].slice("basic=".length).split(",");
+      const reached =
+        (args.until === "open" && basics.includes("open")) ||
+        (args.until === "closed" && !basics.includes("open"));
+      if (reached && !leaving) {
+        leaving = true;
+        say(`saw ${args.until}, unsubscribing`);
+        subscriber.unsubscribe().catch((e) => finish(1, `FAIL: unsubscribe: ${e.message}`));
+      }
+    },
+  };
+  subscriber.stateChange.addListener((s) => {
+    debug(`subscriber: ${s}`);
+    if (s === SubscriptionState.Subscribed && !state.subscribed) {
+      state.subscribed = true;
+      say("subscribed");
+    }
+    if (s === SubscriptionState.Terminated && !leaving) {
+      finish(1, "FAIL: the subscription ended");
+    }
+  });
+  say(`subscribing to ${targetUri}`);
+  subscriber
+    .subscribe({
+      requestDelegate: {
+        onReject: (r) => {
+          say(`SUBSCRIBE refused (${r.message.statusCode} ${r.message.reasonPhrase})`);
+          finish(1, "FAIL: SUBSCRIBE refused");
+        },
+      },
+    })
+    .catch((e) => finish(1, `FAIL: SUBSCRIBE: ${e.message}`));
+}
+
 function afterRegistration() {
   if (ROLE === "call") placeCall();
+  else if (ROLE === "subscribe") subscribe();
   else if (ROLE === "message") sendMessage(targetUri, () => finish(0));
   else if (ROLE === "register" && args["message-to"] !== undefined) {
     setTimeout(
