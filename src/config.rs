@@ -218,6 +218,8 @@ pub struct FileConfig {
     pub tls: Option<TlsSection>,
     /// `[tcp]`: connection limits.
     pub tcp: Option<TcpSection>,
+    /// `[presence]`: PUBLISH, SUBSCRIBE/NOTIFY and stored MESSAGEs.
+    pub presence: Option<crate::presence::PresenceConfig>,
 }
 
 /// `[metrics]`: counters, latencies and replication lag written as a
@@ -425,6 +427,8 @@ pub struct Config {
     pub auth: crate::auth::AuthSection,
     /// `[policy]` as written (compiled at start and on SIGHUP).
     pub policy: crate::policy::PolicySection,
+    /// `[presence]` (defaults without it).
+    pub presence: crate::presence::PresenceConfig,
     /// `[flood]`, if given (off without it).
     pub flood: Option<crate::policy::flood::FloodSection>,
     /// `[overload]` as written (on, with defaults, without it).
@@ -486,6 +490,7 @@ impl FileConfig {
             users: over.users.or(self.users),
             auth: over.auth.or(self.auth),
             policy: over.policy.or(self.policy),
+            presence: over.presence.or(self.presence),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
             metrics: over.metrics.or(self.metrics),
@@ -634,6 +639,7 @@ impl FileConfig {
             users: self.users,
             auth: self.auth.unwrap_or_default(),
             policy: self.policy.unwrap_or_default(),
+            presence: self.presence.unwrap_or_default(),
             flood: self.flood,
             overload: self.overload.unwrap_or_default(),
             config_file: None,

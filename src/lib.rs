@@ -39,6 +39,7 @@ pub mod config;
 pub mod hash;
 pub mod location;
 pub mod policy;
+pub mod presence;
 pub mod proxy;
 pub mod registrar;
 pub mod shard;

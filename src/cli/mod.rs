@@ -12,6 +12,7 @@ use crate::auth::{self, Authenticator, Secret, SeededEntropy, Users};
 use crate::config::{Config, FileConfig};
 use crate::location::Replica;
 use crate::policy::{flood, overload, Policy};
+use crate::presence::Presence;
 use crate::proxy::guard::{Guard, Shared};
 use crate::proxy::location::PartitionRegistry;
 use crate::proxy::stateful::{self, Stateful};
@@ -125,6 +126,7 @@ impl RunArgs {
             users: self.users.clone(),
             auth: None,
             policy: None,
+            presence: None,
             flood: None,
             overload: None,
             metrics: self
@@ -294,8 +296,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if hup.swap(false, Ordering::Relaxed) {
             match (&shared, reload(args)) {
                 (Some(s), Ok((users, policy))) => {
+                    if let Ok(c) = args.config() {
+                        s.publish_watchers(crate::proxy::guard::Watchers {
+                            rules: c.presence.rule.clone(),
+                            others: c.presence.others,
+                        });
+                    }
                     s.publish(users, policy);
-                    tracing::info!("SIGHUP: users and policy reloaded");
+                    tracing::info!("SIGHUP: users, policy and watcher rules reloaded");
                 }
                 (Some(_), Err(e)) => tracing::error!(
                     "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
@@ -368,7 +376,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         driver_total.tx_errors,
         driver_total.tx_dropped
     );
-    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
+    for (name, v) in counters
+        .pairs()
+        .into_iter()
+        .chain(counters.presence.pairs())
+        .chain(conn.pairs())
+    {
         if v > 0 {
             tracing::info!("{name} {v}");
         }
@@ -482,13 +495,17 @@ fn start_stateful(
                 partition: me,
                 ..Default::default()
             });
+        let mut pres_cfg = cfg.presence.clone();
+        pres_cfg.secret = secret ^ 0x7072_6573_656e_6365;
+        pres_cfg.contacts = id.sockets.iter().map(contact_uri).collect();
+        let presence = Presence::from_entries(pres_cfg, me, &state.entries, now, wall);
         let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
         let guard = sec.guard(me, &cfg.domains);
         Stateful::new(
             id,
             proxy_cfg.clone(),
             replica,
-            PartitionRegistry::new(registrar, n, me),
+            PartitionRegistry::with_presence(registrar, presence, n, me),
         )
         .with_shards(n)
         .with_guard(guard)
@@ -534,7 +551,12 @@ fn write_metrics(
         }
     }
     let mut text = String::new();
-    for (name, v) in counters.pairs().into_iter().chain(conn.pairs()) {
+    for (name, v) in counters
+        .pairs()
+        .into_iter()
+        .chain(counters.presence.pairs())
+        .chain(conn.pairs())
+    {
         let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
     }
     let _ = writeln!(
@@ -752,4 +774,16 @@ fn startup_secret() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+/// Our Contact URI for dialogs on listener `s` (presence subscriptions).
+fn contact_uri(s: &crate::proxy::LocalSocket) -> Box<[u8]> {
+    let mut u = b"sip:".to_vec();
+    u.extend_from_slice(s.uri_host());
+    u.extend_from_slice(format!(":{}", s.advertised.port()).as_bytes());
+    if s.transport != crate::transport::Transport::Udp {
+        u.extend_from_slice(b";transport=");
+        u.extend_from_slice(s.transport.param().as_bytes());
+    }
+    u.into()
 }

@@ -57,6 +57,47 @@ pub enum Op {
     },
     /// A binding was added or refreshed: this is its whole new value.
     Upsert(Binding),
+    /// A local service's own durable state beside the bindings (presence:
+    /// publications, subscriptions, stored messages) was written: its whole
+    /// new value. Replicas only count it (its seq); the partition's owner
+    /// rebuilds its service from the entries of [`PartitionState`].
+    Put(Entry),
+    /// A local service's entry was deleted.
+    Del {
+        /// The AoR the entry belongs to (it decides the partition).
+        aor: Box<[u8]>,
+        /// The service's kind byte.
+        kind: u8,
+        /// The entry's key, unique within `kind`.
+        key: Box<[u8]>,
+    },
+}
+
+/// One entry of a local service's durable state (see [`Op::Put`]). Opaque
+/// here: the service encodes and decodes `value` itself.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// The service's kind byte (each service owns its own values).
+    pub kind: u8,
+    /// The key, unique within `kind`.
+    pub key: Box<[u8]>,
+    /// The AoR the entry belongs to (it decides the partition).
+    pub aor: Box<[u8]>,
+    /// Wall time (unix µs) after which the entry is gone; 0 for never.
+    pub expires: u64,
+    /// The service's encoding of the value.
+    pub value: Box<[u8]>,
+}
+
+impl Entry {
+    /// Heap bytes held.
+    pub fn heap_size(&self) -> usize {
+        self.key.len() + self.aor.len() + self.value.len()
+    }
+
+    fn live(&self, wall: u64) -> bool {
+        wall == 0 || self.expires == 0 || self.expires > wall
+    }
 }
 
 impl Op {
@@ -65,6 +106,8 @@ impl Op {
         match self {
             Self::Forget { aor } | Self::Remove { aor, .. } => aor,
             Self::Upsert(b) => b.aor(),
+            Self::Put(e) => &e.aor,
+            Self::Del { aor, .. } => aor,
         }
     }
 }
@@ -88,6 +131,8 @@ pub(crate) mod kind {
     pub(crate) const UPSERT: u8 = 1;
     pub(crate) const REMOVE: u8 = 2;
     pub(crate) const FORGET: u8 = 3;
+    pub(crate) const PUT: u8 = 4;
+    pub(crate) const DEL: u8 = 5;
 }
 
 /// Size of the encoded header: kind, partition, seq, commit.
@@ -101,6 +146,8 @@ impl Record {
             Op::Upsert(_) => kind::UPSERT,
             Op::Remove { .. } => kind::REMOVE,
             Op::Forget { .. } => kind::FORGET,
+            Op::Put(_) => kind::PUT,
+            Op::Del { .. } => kind::DEL,
         };
         encode_header(out, k, self.partition, self.seq, self.commit);
         match &self.op {
@@ -110,6 +157,23 @@ impl Record {
                 out.extend_from_slice(aor);
             }
             Op::Forget { aor } => out.extend_from_slice(aor),
+            // kind u8 │ expires u64 │ key len u16 │ aor len u16 │ key │ aor │ value
+            Op::Put(e) => {
+                out.push(e.kind);
+                out.extend_from_slice(&e.expires.to_le_bytes());
+                out.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+                out.extend_from_slice(&(e.aor.len() as u16).to_le_bytes());
+                out.extend_from_slice(&e.key);
+                out.extend_from_slice(&e.aor);
+                out.extend_from_slice(&e.value);
+            }
+            // kind u8 │ key len u16 │ key │ aor
+            Op::Del { aor, kind, key } => {
+                out.push(*kind);
+                out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                out.extend_from_slice(key);
+                out.extend_from_slice(aor);
+            }
         }
     }
 
@@ -123,6 +187,37 @@ impl Record {
                 aor: body.get(8..).ok_or(FeedError::Malformed)?.into(),
             },
             kind::FORGET => Op::Forget { aor: body.into() },
+            kind::PUT => {
+                let k = *body.first().ok_or(FeedError::Malformed)?;
+                if body.len() < 13 {
+                    return Err(FeedError::Malformed);
+                }
+                let klen = usize::from(u16_at(body, 9));
+                let alen = usize::from(u16_at(body, 11));
+                let key = body.get(13..13 + klen).ok_or(FeedError::Malformed)?;
+                let aor = body
+                    .get(13 + klen..13 + klen + alen)
+                    .ok_or(FeedError::Malformed)?;
+                Op::Put(Entry {
+                    kind: k,
+                    key: key.into(),
+                    aor: aor.into(),
+                    expires: u64_at(body, 1),
+                    value: body.get(13 + klen + alen..).unwrap_or_default().into(),
+                })
+            }
+            kind::DEL => {
+                let k = *body.first().ok_or(FeedError::Malformed)?;
+                if body.len() < 3 {
+                    return Err(FeedError::Malformed);
+                }
+                let klen = usize::from(u16_at(body, 1));
+                Op::Del {
+                    kind: k,
+                    key: body.get(3..3 + klen).ok_or(FeedError::Malformed)?.into(),
+                    aor: body.get(3 + klen..).ok_or(FeedError::Malformed)?.into(),
+                }
+            }
             _ => return Err(FeedError::UnknownKind),
         };
         Ok(Self {
@@ -173,6 +268,8 @@ pub struct PartitionState {
     pub bindings: Vec<Binding>,
     /// Known AoRs without bindings, sorted by AoR.
     pub empty: Vec<EmptyAor>,
+    /// The local services' entries (not expired), sorted by (kind, key).
+    pub entries: Vec<Entry>,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +284,7 @@ pub struct StateBuilder {
     partition: u16,
     seq: u64,
     aors: HashMap<Box<[u8]>, AorAcc, KeyHash>,
+    entries: HashMap<(u8, Box<[u8]>), Entry>,
 }
 
 impl StateBuilder {
@@ -196,6 +294,7 @@ impl StateBuilder {
             partition,
             seq: 0,
             aors: HashMap::with_hasher(KeyHash::default()),
+            entries: HashMap::new(),
         }
     }
 
@@ -208,6 +307,9 @@ impl StateBuilder {
         }
         for binding in &state.bindings {
             b.upsert(binding.clone());
+        }
+        for e in &state.entries {
+            b.entries.insert((e.kind, e.key.clone()), e.clone());
         }
         b
     }
@@ -239,6 +341,12 @@ impl StateBuilder {
             }
             Op::Forget { aor } => {
                 self.aors.remove(&**aor);
+            }
+            Op::Put(e) => {
+                self.entries.insert((e.kind, e.key.clone()), e.clone());
+            }
+            Op::Del { kind, key, .. } => {
+                self.entries.remove(&(*kind, key.clone()));
             }
         }
     }
@@ -284,11 +392,18 @@ impl StateBuilder {
         }
         bindings.sort_by(|a, b| (a.aor(), a.id()).cmp(&(b.aor(), b.id())));
         empty.sort();
+        let mut entries: Vec<Entry> = self
+            .entries
+            .into_values()
+            .filter(|e| e.live(wall))
+            .collect();
+        entries.sort();
         PartitionState {
             partition: self.partition,
             seq: self.seq,
             bindings,
             empty,
+            entries,
         }
     }
 }
@@ -317,6 +432,18 @@ mod tests {
             },
             Op::Forget {
                 aor: b"alice@example.com"[..].into(),
+            },
+            Op::Put(Entry {
+                kind: 7,
+                key: b"etag-1"[..].into(),
+                aor: b"alice@example.com"[..].into(),
+                expires: 1234,
+                value: b"<presence/>"[..].into(),
+            }),
+            Op::Del {
+                aor: b"alice@example.com"[..].into(),
+                kind: 7,
+                key: b"etag-1"[..].into(),
             },
         ];
         for (i, op) in ops.into_iter().enumerate() {
@@ -375,5 +502,32 @@ mod tests {
         );
         let again = StateBuilder::from_state(&st).finish(200);
         assert_eq!(again, st);
+    }
+
+    #[test]
+    fn builder_keeps_live_service_entries() {
+        let e = |key: &str, expires| Entry {
+            kind: 2,
+            key: key.as_bytes().into(),
+            aor: b"a@x"[..].into(),
+            expires,
+            value: b"v"[..].into(),
+        };
+        let mut s = StateBuilder::new(1);
+        s.apply(&rec(1, Op::Put(e("k1", 100))));
+        s.apply(&rec(2, Op::Put(e("k2", 300))));
+        s.apply(&rec(3, Op::Put(e("k3", 0))));
+        s.apply(&rec(4, Op::Put(e("k2", 400))));
+        s.apply(&rec(
+            5,
+            Op::Del {
+                aor: b"a@x"[..].into(),
+                kind: 2,
+                key: b"k3"[..].into(),
+            },
+        ));
+        let st = s.finish(200);
+        assert_eq!(st.entries, vec![e("k2", 400)]);
+        assert_eq!(StateBuilder::from_state(&st).finish(200), st);
     }
 }

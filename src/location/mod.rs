@@ -46,7 +46,7 @@ mod table;
 
 pub use crate::hash::{partition_of, KeyHash};
 pub use binding::{Binding, BindingError, BindingParts, Target};
-pub use feed::{EmptyAor, FeedError, Op, PartitionState, Record, StateBuilder};
+pub use feed::{EmptyAor, Entry, FeedError, Op, PartitionState, Record, StateBuilder};
 pub use replica::{Applied, ApplyError, Bindings, Lookup, Replica, Snapshot};
 
 use crate::sip::{scan, Host, Scheme, Uri};

@@ -434,6 +434,9 @@ impl Replica {
                 }
             }
             Op::Forget { aor } => self.take(aor),
+            // A local service's state: its owner keeps it, replicas only
+            // keep the partition's seq.
+            Op::Put(_) | Op::Del { .. } => {}
         }
         Ok(Applied::Applied)
     }

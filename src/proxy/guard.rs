@@ -34,6 +34,16 @@ use crate::policy::Policy;
 pub struct Shared {
     gen: AtomicU64,
     current: Mutex<(Option<Arc<Users>>, Arc<Policy>)>,
+    watchers: Mutex<Option<Arc<Watchers>>>,
+}
+
+/// Presence's watcher rules as reloaded (`[[presence.rule]]`, `[presence] others`).
+#[derive(Debug, Clone, Default)]
+pub struct Watchers {
+    /// The rules, in order.
+    pub rules: Vec<crate::presence::WatcherRule>,
+    /// Watchers of another domain when no rule matched.
+    pub others: crate::presence::Action,
 }
 
 impl Shared {
@@ -42,7 +52,16 @@ impl Shared {
         Self {
             gen: AtomicU64::new(1),
             current: Mutex::new((users, policy)),
+            watchers: Mutex::new(None),
         }
+    }
+
+    /// Publishes reloaded watcher rules; shards take them at their next turn.
+    pub fn publish_watchers(&self, w: Watchers) {
+        if let Ok(mut c) = self.watchers.lock() {
+            *c = Some(Arc::new(w));
+        }
+        self.gen.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes new users and policy (SIGHUP); shards take them at their next turn.
@@ -69,6 +88,8 @@ pub struct Guard {
     pub flood: Option<Flood>,
     /// New-work admission.
     pub overload: Option<Overload>,
+    /// Watcher rules reloaded since the start (presence takes them).
+    pub watchers: Option<Arc<Watchers>>,
     shared: Option<Arc<Shared>>,
     seen: u64,
 }
@@ -82,6 +103,7 @@ impl Guard {
             auth: None,
             flood: None,
             overload: None,
+            watchers: None,
             shared: None,
             seen: 0,
         }
@@ -101,6 +123,7 @@ impl Guard {
             auth,
             flood,
             overload,
+            watchers: None,
             shared,
             seen,
         }
@@ -120,6 +143,9 @@ impl Guard {
             return false;
         };
         self.policy = policy;
+        if let Some(w) = shared.watchers.lock().ok().and_then(|w| w.clone()) {
+            self.watchers = Some(w);
+        }
         if let (Some(a), Some(u)) = (&mut self.auth, users) {
             a.set_users(u);
         }

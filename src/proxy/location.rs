@@ -9,14 +9,16 @@
 //! address), else to the contact's own address (a direct or third-party
 //! registration; see the registrar's module doc).
 
-use crate::location::{Lookup, PartitionState, Record, Replica};
+use crate::location::{AorKey, Binding, Lookup, Op, PartitionState, Record, Replica};
+use crate::presence::{Delivery, Presence, PresenceConfig};
 use crate::registrar::{register_partition, Registrar, RegistrarError};
 use crate::sip::{scan, Message, Method, NameAddr, Uri};
 use crate::time::Instant;
 use crate::transport::{FlowId, Peer, Transport};
 
 use super::route::uri_addr;
-use super::stateful::{Found, LocalService, Location, Owner, Targets};
+use super::stateful::{Found, LocalService, Location, Originated, Owner, Targets};
+use super::Counters;
 
 impl Location for Replica {
     fn lookup(&self, aor: &[u8], wall_us: u64, out: &mut Targets) -> Found {
@@ -73,20 +75,74 @@ impl Location for Replica {
     }
 }
 
-/// A shard's registrar partition, as the stateful proxy uses it.
+/// A shard's partition of the local services — the registrar and, beside
+/// it on the same AoRs, presence (publications, subscriptions, stored
+/// MESSAGEs) — as the stateful proxy uses it. Both write one feed per
+/// partition (presence's changes are entries in it), so one store append
+/// per turn makes a turn's answers durable.
 pub struct PartitionRegistry {
     registrar: Registrar,
+    presence: Presence,
     partitions: u16,
     me: u16,
+    ops: Vec<Op>,
+}
+
+/// Where a stored MESSAGE goes for binding `b`: like a request routed to
+/// it (the first Path URI, else the REGISTER's source, else the contact).
+fn delivery(b: &Binding) -> Option<Delivery> {
+    let path = b.path();
+    let dest = if path.is_empty() {
+        b.received()
+            .or_else(|| Uri::parse(b.contact()).ok().and_then(|u| uri_addr(&u)))
+    } else {
+        scan::CommaValues::new(path)
+            .next()
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|na| na.uri().ok())
+            .and_then(|u| uri_addr(&u))
+    }?;
+    Some(Delivery {
+        to: Peer {
+            transport: Transport::Udp,
+            remote: dest,
+            local: b.socket(),
+            flow: if path.is_empty() {
+                FlowId(b.flow())
+            } else {
+                FlowId::NONE
+            },
+        },
+        target: b.contact().into(),
+        route: path.into(),
+    })
 }
 
 impl PartitionRegistry {
-    /// Shard `me` of `partitions`, owning `registrar` (partition `me`).
+    /// Shard `me` of `partitions`, owning `registrar` (partition `me`) and
+    /// no presence state.
     pub fn new(registrar: Registrar, partitions: u16, me: u16) -> Self {
+        let presence = Presence::new(PresenceConfig::default(), me);
+        Self::with_presence(registrar, presence, partitions, me)
+    }
+
+    /// Shard `me` of `partitions`, owning `registrar` and `presence`
+    /// (partition `me`, both rebuilt from the same state).
+    pub fn with_presence(
+        registrar: Registrar,
+        mut presence: Presence,
+        partitions: u16,
+        me: u16,
+    ) -> Self {
+        for aor in presence.presentity_keys() {
+            presence.set_registered(&aor, registrar.has_bindings(&aor));
+        }
         Self {
             registrar,
+            presence,
             partitions: partitions.max(1),
             me,
+            ops: Vec::new(),
         }
     }
 
@@ -94,14 +150,36 @@ impl PartitionRegistry {
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
     }
+
+    /// Presence.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    fn deliveries(&self, aor: &[u8]) -> Vec<Delivery> {
+        self.registrar
+            .bindings_of(aor)
+            .iter()
+            .filter_map(delivery)
+            .collect()
+    }
+
+    fn to_aor(msg: &Message<'_>) -> Option<AorKey> {
+        let to = msg.to().ok()?;
+        AorKey::from_uri(&to.uri().ok()?).ok()
+    }
 }
 
 impl LocalService for PartitionRegistry {
     fn serves(&self, method: Method) -> bool {
-        method == Method::Register
+        method == Method::Register || self.presence.serves(method)
     }
 
     fn owner(&self, msg: &Message<'_>) -> Owner {
+        if msg.method() != Method::Register && !self.presence.wants(msg) {
+            // A SUBSCRIBE to another event package: proxied to the user.
+            return Owner::Nobody;
+        }
         match register_partition(msg, self.partitions) {
             Some(p) if p != self.me => Owner::Shard(p),
             // No usable AoR: this registrar answers it (400/404) without state.
@@ -117,6 +195,13 @@ impl LocalService for PartitionRegistry {
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
+        if msg.method() != Method::Register {
+            let registered =
+                Self::to_aor(msg).is_some_and(|k| self.registrar.has_bindings(k.as_bytes()));
+            return self
+                .presence
+                .handle_request(now, wall_us, msg, src, registered, reply);
+        }
         match self
             .registrar
             .handle_register(now, wall_us, msg, src, reply)
@@ -130,23 +215,120 @@ impl LocalService for PartitionRegistry {
         }
     }
 
+    fn offline_owner(&self, _msg: &Message<'_>, aor: &[u8]) -> Option<Owner> {
+        if !self.presence.config().store_messages {
+            return None;
+        }
+        let p = crate::hash::partition_of(aor, self.partitions);
+        Some(if p == self.me {
+            Owner::Here
+        } else {
+            Owner::Shard(p)
+        })
+    }
+
+    fn handle_offline(
+        &mut self,
+        now: Instant,
+        wall_us: u64,
+        msg: &Message<'_>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        let targets = msg
+            .essentials()
+            .ok()
+            .and_then(|e| e.uri)
+            .and_then(|u| AorKey::from_uri(&u).ok())
+            .map(|k| self.deliveries(k.as_bytes()))
+            .unwrap_or_default();
+        self.presence
+            .handle_offline_message(now, wall_us, msg, src, &targets, reply)
+    }
+
     fn drain_records(&mut self, out: &mut Vec<Record>) {
+        // Presence's changes take their seqs in the same feed.
+        self.presence.drain_ops(&mut self.ops);
+        let wall = self.presence.wall();
+        for op in self.ops.drain(..) {
+            self.registrar.emit_service(wall, op);
+        }
+        let start = out.len();
         out.extend(self.registrar.drain_records());
+        if out.len() == start {
+            return;
+        }
+        // Location changes: watchers see online/offline, stored MESSAGEs go out.
+        let mut seen: Vec<&[u8]> = Vec::new();
+        for r in out.get(start..).unwrap_or_default() {
+            let aor = match &r.op {
+                Op::Upsert(b) => b.aor(),
+                Op::Remove { aor, .. } | Op::Forget { aor } => aor,
+                Op::Put(_) | Op::Del { .. } => continue,
+            };
+            if !self.presence.interested(aor) || seen.contains(&aor) {
+                continue;
+            }
+            seen.push(aor);
+            let registered = self.registrar.has_bindings(aor);
+            let targets = if registered {
+                self.deliveries(aor)
+            } else {
+                Vec::new()
+            };
+            self.presence.location_changed(aor, registered, &targets);
+        }
+        self.presence.seal();
+    }
+
+    fn handle_persisted(&mut self, ok: bool, records: bool) {
+        if records {
+            self.presence.persisted(ok);
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
-        self.registrar.handle_timeout(now, wall_us);
+        if self.registrar.poll_timeout().is_some_and(|t| t <= now) {
+            self.registrar.handle_timeout(now, wall_us);
+        }
+        self.presence.handle_timeout(now, wall_us);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.registrar.poll_timeout()
+        match (self.registrar.poll_timeout(), self.presence.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn state(&self) -> Option<PartitionState> {
-        Some(self.registrar.snapshot())
+        let mut s = self.registrar.snapshot();
+        s.entries = self.presence.entries();
+        Some(s)
     }
 
     fn handle_flow_closed(&mut self, now: Instant, wall_us: u64, flow: FlowId) {
         self.registrar.handle_flow_closed(now, wall_us, flow.0);
+        self.presence.handle_flow_closed(flow);
+    }
+
+    fn poll_request(&mut self, buf: &mut [u8]) -> Option<Originated> {
+        self.presence.poll_request(buf).map(|o| Originated {
+            to: o.to,
+            len: o.len,
+            token: o.token,
+        })
+    }
+
+    fn handle_outcome(&mut self, now: Instant, token: u64, status: u16) {
+        self.presence.handle_outcome(now, token, status);
+    }
+
+    fn set_watchers(&mut self, w: &super::guard::Watchers) {
+        self.presence.set_rules(w.rules.clone(), w.others);
+    }
+
+    fn export(&self, counters: &mut Counters) {
+        counters.presence = *self.presence.counters();
     }
 }

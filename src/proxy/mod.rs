@@ -420,6 +420,8 @@ pub struct Counters {
     pub transport_upgrades: u64,
     /// Requests a local service originated (NOTIFY), each with a client transaction.
     pub requests_originated: u64,
+    /// Presence's own counters (the shard's partition).
+    pub presence: crate::presence::PresenceCounters,
 }
 
 impl Counters {
@@ -457,6 +459,7 @@ impl Counters {
         self.transport_fallbacks += other.transport_fallbacks;
         self.transport_upgrades += other.transport_upgrades;
         self.requests_originated += other.requests_originated;
+        self.presence.add(&other.presence);
     }
 
     /// (metric name, value) pairs, for export.

@@ -463,6 +463,7 @@ impl Registrar {
             seq: self.seq,
             bindings,
             empty,
+            entries: Vec::new(),
         }
     }
 
@@ -499,6 +500,20 @@ impl Registrar {
         };
         self.index.insert(key.into(), slot);
         slot
+    }
+
+    /// True when `aor_key` has a live binding (at the last time the registrar saw).
+    pub fn has_bindings(&self, aor_key: &[u8]) -> bool {
+        self.index
+            .get(aor_key)
+            .and_then(|&s| self.aor(s))
+            .is_some_and(|a| !a.entries.is_empty())
+    }
+
+    /// Emits `op`, a change of a local service that shares this partition's
+    /// feed (presence), with the next seq.
+    pub fn emit_service(&mut self, wall: u64, op: Op) {
+        self.emit(wall, op);
     }
 
     fn emit(&mut self, wall: u64, op: Op) {

@@ -128,6 +128,7 @@ CSeq: {cseq} REGISTER\r\n\
                 Op::Upsert(_) => "upsert",
                 Op::Remove { .. } => "remove",
                 Op::Forget { .. } => "forget",
+                Op::Put(_) | Op::Del { .. } => "service",
             })
             .collect();
         self.records_checked();

@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use super::{Store, StoreError};
 use crate::location::feed::{decode_header, encode_header};
-use crate::location::{partition_of, PartitionState, Record, StateBuilder};
+use crate::location::{partition_of, Op, PartitionState, Record, StateBuilder};
 
 const MAGIC: &[u8; 8] = b"SELOG001";
 const FRAME_HEADER: usize = 8;
@@ -185,6 +185,17 @@ fn snapshot_bytes(state: &PartitionState) -> Vec<u8> {
             encode_header(o, KIND_EMPTY, p, state.seq, 0);
             o.extend_from_slice(&e.since.to_le_bytes());
             o.extend_from_slice(&e.aor);
+        });
+    }
+    for e in &state.entries {
+        frame(&mut b, |o| {
+            Record {
+                partition: p,
+                seq: state.seq,
+                commit: 0,
+                op: Op::Put(e.clone()),
+            }
+            .encode(o)
         });
     }
     b
@@ -403,6 +414,12 @@ impl LogStore {
                     s.empty.push(e);
                 }
             }
+            for e in st.entries {
+                let np = partition_of(&e.aor, self.partitions);
+                if let Some(s) = states.get_mut(usize::from(np)) {
+                    s.entries.push(e);
+                }
+            }
         }
         for s in &states {
             let path = part_path(&self.cfg.data_dir, s.partition, self.partitions);
@@ -552,7 +569,7 @@ impl Store for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::location::{Binding, BindingParts, EmptyAor, Op};
+    use crate::location::{Binding, BindingParts, EmptyAor, Entry};
     use crate::transport::SocketId;
 
     struct TempDir(PathBuf);
@@ -750,6 +767,72 @@ mod tests {
             }]
         );
         assert_eq!(st[0].seq, 3);
+    }
+
+    fn entry(key: &str, aor: &str, expires: u64) -> Entry {
+        Entry {
+            kind: 9,
+            key: key.as_bytes().into(),
+            aor: aor.as_bytes().into(),
+            expires,
+            value: format!("value of {key}").into_bytes().into(),
+        }
+    }
+
+    /// A local service's entries survive a reload, a compaction and a change
+    /// of the partition count; deleted and expired ones do not come back.
+    #[test]
+    fn service_entries_are_durable() {
+        let d = TempDir::new("entries");
+        let rec = |seq, op| Record {
+            partition: 0,
+            seq,
+            commit: seq,
+            op,
+        };
+        let recs = vec![
+            rec(1, Op::Put(entry("e1", "a@x", 0))),
+            rec(2, Op::Put(entry("e2", "b@x", 5_000))),
+            rec(3, Op::Put(entry("e3", "c@x", 9_000))),
+            rec(
+                4,
+                Op::Del {
+                    aor: b"a@x"[..].into(),
+                    kind: 9,
+                    key: b"e1"[..].into(),
+                },
+            ),
+            rec(5, Op::Put(entry("e4", "d@x", 0))),
+        ];
+        let want = vec![entry("e3", "c@x", 9_000), entry("e4", "d@x", 0)];
+        {
+            let mut s = LogStore::open(&d.cfg(), 1).unwrap();
+            s.load(0).unwrap();
+            s.append(&recs).unwrap();
+        }
+        let mut s = LogStore::open(&d.cfg(), 1).unwrap();
+        let st = s.load(6_000).unwrap().remove(0);
+        assert_eq!(st.entries, want);
+        assert_eq!(st.seq, 5);
+        s.compact(&st).unwrap();
+        drop(s);
+        let mut s = LogStore::open(&d.cfg(), 1).unwrap();
+        assert_eq!(s.load(6_000).unwrap()[0].entries, want);
+        drop(s);
+        let mut s = LogStore::open(&d.cfg(), 3).unwrap();
+        let mut got: Vec<Entry> = s
+            .load(6_000)
+            .unwrap()
+            .into_iter()
+            .flat_map(|p| {
+                for e in &p.entries {
+                    assert_eq!(partition_of(&e.aor, 3), p.partition);
+                }
+                p.entries
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

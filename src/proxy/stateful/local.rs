@@ -27,17 +27,20 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         ours && route::routing(&self.id, msg).is_ok_and(|r| r.next_route.is_none())
     }
 
-    /// A REGISTER for this shard's partition: a server transaction (so
-    /// retransmissions are absorbed or answered again, never re-applied), the
-    /// registrar's answer held until its records are durable.
+    /// A request for this shard's partition of a local service (a
+    /// REGISTER, a PUBLISH, a SUBSCRIBE; with `offline`, a MESSAGE kept for
+    /// a user with no contact): a server transaction (so retransmissions are
+    /// absorbed or answered again, never re-applied), the service's answer
+    /// held until its records are durable.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn register_here(
+    pub(super) fn local_here(
         &mut self,
         _now: Instant,
         msg: &Message<'_>,
         key: u64,
         via: &Via<'_>,
         src: Peer,
+        offline: bool,
         out: &mut Outbox,
     ) {
         if self.txns.live() >= self.cfg.max_transactions {
@@ -52,10 +55,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             );
             return;
         }
-        let Some((n, code)) =
+        let answer = if offline {
+            self.local
+                .handle_offline(_now, self.wall_us, msg, &src, &mut self.scratch)
+        } else {
             self.local
                 .handle_request(_now, self.wall_us, msg, &src, &mut self.scratch)
-        else {
+        };
+        let Some((n, code)) = answer else {
             self.counters.dropped_overflow += 1;
             return;
         };
@@ -65,7 +72,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let txn = Txn {
             gen,
             key,
-            method: Method::Register,
+            method: msg.method(),
             server: Server::NonInvite(NonInviteServer::start(self.cfg.timers, false)),
             request: Some(msg.as_bytes().into()),
             src,
@@ -118,6 +125,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             self.arm(slot, gen, TimerTarget::Server, arm);
             self.put(slot, txn);
         }
+        self.local.handle_persisted(ok, !records.is_empty());
         if ok && !records.is_empty() {
             let records: Arc<[Record]> = records.into();
             for r in records.iter() {
@@ -181,11 +189,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         o: Originated,
         out: &mut Outbox,
     ) -> bool {
-        let egress = self.id.egress(o.to.transport, o.to.remote, o.to.local);
+        // Over the transport of the listener the peer used (a NOTIFY goes
+        // back the way its SUBSCRIBE came, a stored MESSAGE the way the
+        // contact registered).
+        let transport = match self.id.socket(o.to.local) {
+            Some(s) => s.transport,
+            None => o.to.transport,
+        };
+        let egress = self.id.egress(transport, o.to.remote, o.to.local);
         let Some(sock) = self.id.socket(egress).cloned() else {
             return false;
         };
         let to = Peer {
+            transport,
             local: egress,
             ..o.to
         };

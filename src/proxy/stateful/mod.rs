@@ -235,6 +235,44 @@ pub trait LocalService {
     fn handle_outcome(&mut self, now: Instant, token: u64, status: u16) {
         let _ = (now, token, status);
     }
+
+    /// Which shard keeps a MESSAGE for `aor`, a served user with no
+    /// contact, when this service stores such messages; `None`: it does not
+    /// (the sender gets 480).
+    fn offline_owner(&self, msg: &Message<'_>, aor: &[u8]) -> Option<Owner> {
+        let _ = (msg, aor);
+        None
+    }
+
+    /// Handles a MESSAGE [`LocalService::offline_owner`] gave this shard,
+    /// like [`LocalService::handle_request`].
+    fn handle_offline(
+        &mut self,
+        now: Instant,
+        wall_us: u64,
+        msg: &Message<'_>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Option<(usize, u16)> {
+        let _ = (now, wall_us, msg, src, reply);
+        None
+    }
+
+    /// The oldest batch of records taken by `drain_records` is durable (or
+    /// failed to be, `ok` false); `records` false for a batch that had none.
+    fn handle_persisted(&mut self, ok: bool, records: bool) {
+        let _ = (ok, records);
+    }
+
+    /// Presence's watcher rules were reloaded (SIGHUP).
+    fn set_watchers(&mut self, rules: &crate::proxy::guard::Watchers) {
+        let _ = rules;
+    }
+
+    /// Copies the service's counters into the proxy's (once per turn).
+    fn export(&self, counters: &mut Counters) {
+        let _ = counters;
+    }
 }
 
 /// A request a [`LocalService`] originates.
@@ -307,6 +345,15 @@ pub enum MeshMsg {
     /// A connection of the sender's closed: each registrar partition drops
     /// the bindings made over it.
     FlowClosed(FlowId),
+    /// A request for the receiver's local service, already checked,
+    /// admitted and authorized by the sender (a MESSAGE to be stored for a
+    /// user with no contact).
+    Local {
+        /// The request.
+        bytes: Box<[u8]>,
+        /// Where it came from.
+        src: Peer,
+    },
 }
 
 /// One target of a request (§16.5): where to send it and with which Request-URI.
@@ -890,6 +937,24 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             }
             MeshMsg::State(state) => self.location.install(&state),
             MeshMsg::FlowClosed(flow) => self.local.handle_flow_closed(now, self.wall_us, flow),
+            MeshMsg::Local { bytes, src } => {
+                let Some(mut idx) = self.index.take() else {
+                    return;
+                };
+                if let Ok(msg) = sip::parse(&bytes, &mut idx) {
+                    if let Ok(ess) = msg.essentials() {
+                        self.counters.handed_in += 1;
+                        let via = ess.top_via;
+                        let key =
+                            server_key(self.id.secret, &msg, &via, KeyMethod::of(msg.method()));
+                        match self.txns.find(key) {
+                            Some(slot) => self.on_retransmission(slot, out),
+                            None => self.local_here(now, &msg, key, &via, src, true, out),
+                        }
+                    }
+                }
+                self.index = Some(idx);
+            }
             // A send on a connection this shard owns: the shard loop takes
             // stream transmits from the outbox to their connections.
             MeshMsg::Transmit { peer, bytes } => self.send(out, peer, &bytes),
@@ -906,7 +971,12 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
-        self.guard.refresh();
+        self.local.export(&mut self.counters);
+        if self.guard.refresh() {
+            if let Some(w) = self.guard.watchers.clone() {
+                self.local.set_watchers(&w);
+            }
+        }
         if let Some(o) = &mut self.guard.overload {
             o.handle_turn(
                 now,
@@ -929,3 +999,6 @@ mod sim_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod presence_tests;

@@ -53,7 +53,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         if self.serve(now, msg, &req, src, out) {
             return;
         }
-        let Some(routing) = self.route(msg, &req, authenticated, src, out) else {
+        let Some(routing) = self.route(now, msg, &req, authenticated, src, out) else {
             return;
         };
         self.forward(now, msg, &req, &routing, src, out);
@@ -200,7 +200,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) -> bool {
         match req.owner {
             Owner::Here => {
-                self.register_here(now, msg, req.key, &req.via, src, out);
+                self.local_here(now, msg, req.key, &req.via, src, false, out);
                 true
             }
             Owner::Shard(to) => {
@@ -232,6 +232,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Route decisions. `None` when answered (400, 404, 480).
     fn route<'a>(
         &mut self,
+        now: Instant,
         msg: &Message<'a>,
         req: &Checked<'a>,
         authenticated: bool,
@@ -301,13 +302,50 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 return None;
             };
             match self.location.lookup(aor, self.wall_us, &mut self.targets) {
-                Found::Unknown => {
+                // With authentication on, an unauthenticated caller learns
+                // nothing about which users exist: offline and unknown look alike.
+                Found::NoBindings | Found::Unknown
+                    if self.guard.auth.is_some() && !authenticated =>
+                {
                     self.reply(msg, src, 404, "Not Found", b"", out);
                     return None;
                 }
-                // With authentication on, an unauthenticated caller learns
-                // nothing about which users exist: offline and unknown look alike.
-                Found::NoBindings if self.guard.auth.is_some() && !authenticated => {
+                Found::NoBindings | Found::Unknown
+                    if msg.method() == Method::Message && !req.to_tag =>
+                {
+                    // A local service may keep it for the user (RFC 3428
+                    // store and forward, what Kamailio's msilo does).
+                    match self.local.offline_owner(msg, aor) {
+                        Some(Owner::Here) => {
+                            self.local_here(now, msg, req.key, &req.via, src, true, out)
+                        }
+                        Some(Owner::Shard(to)) => {
+                            let m = MeshMsg::Local {
+                                bytes: msg.as_bytes().into(),
+                                src,
+                            };
+                            if self.mesh_out.len() < MESH_OUT_MAX {
+                                self.mesh_out.push_back((usize::from(to), m));
+                                self.counters.handed_over += 1;
+                            } else {
+                                self.counters.overload += 1;
+                                self.reply(
+                                    msg,
+                                    src,
+                                    503,
+                                    "Service Unavailable",
+                                    b"Retry-After: 1\r\n",
+                                    out,
+                                );
+                            }
+                        }
+                        Some(Owner::Nobody) | None => {
+                            self.reply(msg, src, 480, "Temporarily Unavailable", b"", out)
+                        }
+                    }
+                    return None;
+                }
+                Found::Unknown => {
                     self.reply(msg, src, 404, "Not Found", b"", out);
                     return None;
                 }
@@ -548,12 +586,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     self.counters.dropped_overflow += 1;
                     continue 'targets;
                 };
-                if self.cfg.large_requests_over_tcp
+                // A MESSAGE outside a dialog always follows the rule (RFC
+                // 3428 §6: over 1300 bytes, a congestion-controlled
+                // transport), TCP unless the contact insists on UDP.
+                let message = msg.method() == Method::Message && !to_tag;
+                if (self.cfg.large_requests_over_tcp || message)
                     && to.transport == Transport::Udp
                     && to.flow.is_none()
                     && n > UDP_MAX_REQUEST
                 {
-                    if !force_tcp && self.id.serves(Transport::Tcp) {
+                    let udp_only =
+                        memchr::memmem::find(&t.uri.to_ascii_lowercase(), b";transport=udp")
+                            .is_some();
+                    if !force_tcp && self.id.serves(Transport::Tcp) && !udp_only {
                         force_tcp = true;
                         self.counters.transport_upgrades += 1;
                         continue;

@@ -1,0 +1,34 @@
+//! SIMPLE presence and IM for the AoRs a shard owns: PUBLISH (RFC 3903)
+//! with PIDF/RPID bodies, SUBSCRIBE/NOTIFY (RFC 6665) for the `presence`
+//! event package (RFC 3856), and the store of MESSAGEs (RFC 3428) for users
+//! with no contact, delivered when they next register — a local service
+//! like the registrar, and beside it on the owner shard of each AoR.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`pidf`] | PIDF (RFC 3863) with RPID (RFC 4480): parse, validate, compose |
+//! | [`server`] | [`Presence`]: publications, subscriptions, NOTIFYs, stored messages |
+//! | `codec` | the durable encoding of its entries in the partition feed |
+//!
+//! Sans-IO: requests, the time and the location's answers go in; responses,
+//! requests to originate (NOTIFY, MESSAGE) and feed entries come out.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod codec;
+pub mod pidf;
+pub mod server;
+
+pub use server::{
+    Action, Delivery, Outgoing, Presence, PresenceConfig, PresenceCounters, WatcherRule,
+};
+
+#[cfg(test)]
+mod tests;
