@@ -11,7 +11,7 @@
 #   --publish-rate R       PUBLISH/s offered in the PUBLISH/s test (default 10000)
 #   --mem-counts "A B"     memory: subscriptions and presentities held (default "100000 1000000")
 #   --mem-presentities N   memory per subscription: the subscriptions are spread over N
-#                          presentities (default 100; sipedge's max_watchers is per presentity)
+#                          presentities (default 10000: 10 and 100 watchers each)
 #   --setup-rate R         SUBSCRIBE/PUBLISH rate while a population is built (default 10000)
 #   --rounds N             rounds; the servers take turns in each (default 3); the table
 #                          shows medians
@@ -20,11 +20,14 @@
 #   --nice N               nice level of server and load (default -10; 0 = off)
 #   --kam-shm MB           Kamailio shared memory, -m (default 8192; 1,000,000 subscriptions
 #                          need several GiB)
+#   --kam-children N       Kamailio UDP workers, -n, all on --proxy-cpu (default 4: while
+#                          one worker sends a fan-out, the others drain the socket of the
+#                          200s; with -n 1 they overflow its 4 MiB buffer)
 #   --no-build             do not run cargo build
 #   -h | --help
 #
-# Servers: sipedge (`run --shards 1 --domain 127.0.0.1`, [presence] in a generated TOML,
-# notify_interval_ms = 0) or Kamailio 5.6 (kamailio/kam_presence.cfg: presence with
+# Servers: sipedge (`run --shards 1 --domain 127.0.0.1`, [presence] in a generated TOML:
+# notify_interval_ms = 0, offline_when_unregistered = false, limits above the counts) or Kamailio 5.6 (kamailio/kam_presence.cfg: presence with
 # subs_db_mode=0 and publ_cache=2, presence_xml with force_active=1: no database at all;
 # -DD -E -n 1 -x tlsf -X tlsf -A BIGBUF, -m --kam-shm), each pinned to --proxy-cpu, every
 # process of it counted. The load is tools/sipload (--scenario subscribe / publish) pinned
@@ -62,8 +65,8 @@ ulimit -c 0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 SERVERS="kamailio,sipedge" TESTS="fanout,publish,memsub,mempres" WATCHERS=10000
-PUB_COUNT=100000 PUB_RATE=10000 MEM_COUNTS="100000 1000000" MEM_PRES=100 SETUP_RATE=10000
-ROUNDS=3 PORT=17060 PROXY_CPU=1 LG_CPU=0 NICE=-10 KAM_SHM=8192 BUILD=1
+PUB_COUNT=100000 PUB_RATE=10000 MEM_COUNTS="100000 1000000" MEM_PRES=10000 SETUP_RATE=10000
+ROUNDS=3 PORT=17060 PROXY_CPU=1 LG_CPU=0 NICE=-10 KAM_SHM=8192 KAM_CHILDREN=4 BUILD=1
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "presence.sh: $*" >&2; exit 2; }
 while (($#)); do
@@ -82,6 +85,7 @@ while (($#)); do
 	--lg-cpu) LG_CPU="$2"; shift ;;
 	--nice) NICE="$2"; shift ;;
 	--kam-shm) KAM_SHM="$2"; shift ;;
+	--kam-children) KAM_CHILDREN="$2"; shift ;;
 	--no-build) BUILD=0 ;;
 	-h | --help) usage; exit 0 ;;
 	*) die "unknown option $1 (see --help)" ;;
@@ -172,7 +176,10 @@ min_expires = 60
 max_expires = 3600
 max_watchers = 100000
 max_subscriptions = $MAXSUB
+max_presentities = $MAXSUB
 notify_interval_ms = 0
+# Kamailio has no such notion: a PUBLISH is what watchers see, registered or not
+offline_when_unregistered = false
 EOF
 kam_shm_used() { kamcmd -s "unix:$KAM_CTL" core.shmmem 2>/dev/null | awk '$1 == "used:" { print $2; exit }' || echo 0; }
 
@@ -182,7 +189,7 @@ start_server() { # start_server NAME TAG
 	udp_listening "$PORT" && die "UDP port $PORT is in use"
 	case "$name" in
 	kamailio)
-		(cd "$OUT" && pin "$PROXY_CPU" kamailio -f "$OUT/kam_presence.cfg" -DD -E -m "$KAM_SHM" -M 64 -n 1 -x tlsf -X tlsf -A BIGBUF) >"$OUT/kamailio-$tag.log" 2>&1 &
+		(cd "$OUT" && pin "$PROXY_CPU" kamailio -f "$OUT/kam_presence.cfg" -DD -E -m "$KAM_SHM" -M 64 -n "$KAM_CHILDREN" -x tlsf -X tlsf -A BIGBUF) >"$OUT/kamailio-$tag.log" 2>&1 &
 		;;
 	sipedge)
 		[[ -x "$SIPEDGE" ]] || { log "no sipedge binary"; return 1; }
@@ -198,14 +205,28 @@ start_server() { # start_server NAME TAG
 	udp_listening "$PORT" || { log "$name did not come up (see $OUT/$name-$tag.log)"; stop_pid "$SRV_PID"; return 1; }
 	sleep 1
 }
-stop_server() { stop_pid "$SRV_PID"; SRV_PID=""; }
+stop_server() { stop_pid "$SRV_PID"; SRV_PID=""; rm -rf "$OUT/sipedge-data"; }
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+CLK_TCK="$(getconf CLK_TCK)"
+# quiet_wait: up to 15 s for the machine to be idle (other work < 0.3 core over 1 s);
+# logs the cores other work used in the last second either way
+quiet_wait() {
+	local b0 b1 busy i
+	for i in $(seq 15); do
+		b0="$(busy_ticks)"; sleep 1; b1="$(busy_ticks)"
+		busy="$(calc "($b1 - $b0) / $CLK_TCK")"
+		awk -v b="$busy" 'BEGIN { exit !(b < 0.3) }' && return 0
+	done
+	log "machine busy: $busy cores used by other work"
+}
 WATCH_PID=""
 start_watchers() { # start_watchers TAG COUNT PRESENTITIES [sipload args...]: returns once all answered
 	local tag="$1" n="$2" p="$3"
 	shift 3
 	local limit=$((n / SETUP_RATE + 600))
 	(pin "$LG_CPU" timeout "$limit" "$SIPLOAD" --role uac --scenario subscribe --target "127.0.0.1:$PORT" --domain 127.0.0.1 \
-		--users "$n" --count "$n" --presentities "$p" --rate "$SETUP_RATE" --max-inflight 5000 --json "$@") \
+		--users "$n" --count "$n" --presentities "$p" --rate "$SETUP_RATE" --duration "$((n / SETUP_RATE + 30))s" \
+		--max-inflight 5000 --json "$@") \
 		>"$OUT/watchers-$tag.json" 2>"$OUT/watchers-$tag.log" &
 	WATCH_PID=$!
 	PIDS+=("$WATCH_PID")
@@ -235,21 +256,23 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RUNS"; log "round $1 $2 $3 n=
 
 fanout() { # fanout SERVER ROUND
 	local s="$1" r="$2" tag="$1-fanout-$2"
+	quiet_wait
 	start_server "$s" "$tag" || return 0
 	if ! start_watchers "$tag" "$WATCHERS" 1 --hold 300s --expect-notifies "$WATCHERS" || ! wait_initial "$tag" "$WATCHERS"; then
 		stop_pid "$WATCH_PID"; stop_server; return 0
 	fi
 	sleep 2
-	local i0 i1 c0 c1 c2 t0 t1 d0 d1 idle_ns
+	quiet_wait
+	local i0 i1 c0 c1 c2 t0 t1 d0 d1 idle_ns b0 b1
 	i0="$(cpu_ns "$SRV_PID")"; sleep 1; i1="$(cpu_ns "$SRV_PID")"
 	idle_ns=$((i1 - i0))
 	d0="$(udp_drops "$PORT")"
-	c0="$(cpu_ns "$SRV_PID")" t0="$(now_us)"
+	c0="$(cpu_ns "$SRV_PID")" t0="$(now_us)" b0="$(busy_ticks)"
 	(pin "$LG_CPU" timeout 30 "$SIPLOAD" --role uac --scenario publish --target "127.0.0.1:$PORT" --domain 127.0.0.1 \
 		--presentities 1 --count 1 --rate 10 --json) >"$OUT/publish-$tag.json" 2>"$OUT/publish-$tag.log" || true
 	local deadline=$((SECONDS + 60))
 	while kill -0 "$WATCH_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.02; done
-	c1="$(cpu_ns "$SRV_PID")" t1="$(now_us)"
+	c1="$(cpu_ns "$SRV_PID")" t1="$(now_us)" b1="$(busy_ticks)"
 	d1="$(udp_drops "$PORT")"
 	stop_pid "$WATCH_PID"
 	sleep 5
@@ -273,6 +296,8 @@ fanout() { # fanout SERVER ROUND
 		rec "$r" fanout "$s" "$WATCHERS" cleanup_cpu_ms_5s "$(calc "(($c2 - $c1) - $idle_ns * 5) / 1e6")"
 		rec "$r" fanout "$s" "$WATCHERS" notify_retransmissions "$retr"
 		rec "$r" fanout "$s" "$WATCHERS" server_udp_drops "$((d1 - d0))"
+		# all cores busy over the window minus the server's CPU: the load and other work
+		rec "$r" fanout "$s" "$WATCHERS" other_cores "$(calc "(($b1 - $b0) / $CLK_TCK - ($c1 - $c0) / 1e9) / (($t1 - $t0) / 1e6)")"
 	else
 		log "fanout $s round $r: no NOTIFY fan-out measured (watchers: $got updates; see $w)"
 	fi
@@ -281,6 +306,7 @@ fanout() { # fanout SERVER ROUND
 
 publish() { # publish SERVER ROUND
 	local s="$1" r="$2" tag="$1-publish-$2" phase c0 c1 n ok failed f
+	quiet_wait
 	start_server "$s" "$tag" || return 0
 	for phase in new modify; do
 		f="$OUT/pub-$tag-$phase.json"
@@ -311,6 +337,7 @@ publish() { # publish SERVER ROUND
 
 memsub() { # memsub SERVER ROUND: the --mem-counts populations, one after the other, in one server
 	local s="$1" r="$2" tag="$1-memsub-$2" m0 m1 k0 k1 got c have=0 prev_m prev_n=0 step=0 pids=()
+	quiet_wait
 	start_server "$s" "$tag" || return 0
 	m0="$(pss_kib "$SRV_PID")" prev_m="$m0"
 	[[ "$s" == kamailio ]] && k0="$(kam_shm_used)"
@@ -343,6 +370,7 @@ memsub() { # memsub SERVER ROUND: the --mem-counts populations, one after the ot
 
 mempres() { # mempres SERVER ROUND: the --mem-counts presentities published, one population after the other
 	local s="$1" r="$2" tag="$1-mempres-$2" m0 m1 k0 k1 ok f c have=0 prev_m prev_n=0 step=0 total=0
+	quiet_wait
 	start_server "$s" "$tag" || return 0
 	m0="$(pss_kib "$SRV_PID")" prev_m="$m0"
 	[[ "$s" == kamailio ]] && k0="$(kam_shm_used)"
@@ -407,6 +435,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%
 		row "fan-out: server CPU in the next 5 s, ms" fanout "$WATCHERS" cleanup_cpu_ms_5s
 		row "fan-out: NOTIFYs received twice (retransmitted)" fanout "$WATCHERS" notify_retransmissions
 		row "fan-out: server socket UDP drops" fanout "$WATCHERS" server_udp_drops
+		row "fan-out: cores used by the load and other work" fanout "$WATCHERS" other_cores
 	fi
 	if has "$TESTS" publish; then
 		for ph in new modify; do
