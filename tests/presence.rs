@@ -1642,7 +1642,7 @@ fn publications_and_subscriptions_expire() {
 }
 
 /// The scripted flows of these tests against another presence server, the
-/// reference (`benches/e2e/kamailio/kam_presence.cfg`): set
+/// reference (`benches/e2e/kamailio/kam_presence_ref.cfg`): set
 /// SIPEDGE_PRESENCE_REFERENCE=127.0.0.1:25060 and run with `--ignored`.
 /// What is checked is what both must do: subscribe, publish/modify/remove
 /// reach the watcher, 412 on an unknown ETag, refresh, unsubscribe, 481.

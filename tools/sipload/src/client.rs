@@ -5,8 +5,14 @@
 //! call:      Calling ──1xx──► Proceeding ──2xx──► (ACK) ─► Holding ──hold──► ByeTrying ──2xx──► done
 //!              │  Timer A: T1, 2T1, 4T1…   │                                │ Timer E: T1…T2
 //!              └─ Timer B (64*T1) / 3xx–6xx (ACKed, §17.1.1.3) ─► failed     └─ Timer F ─► failed
-//! non-INVITE (REGISTER, MESSAGE, OPTIONS): Trying ──1xx──► Proceeding ──2xx──► done
+//! non-INVITE (REGISTER, MESSAGE, OPTIONS, PUBLISH): Trying ──1xx──► Proceeding ──2xx──► done
 //!              Timer E: T1 doubling, capped at T2 (T2 once Proceeding); Timer F (64*T1) ─► failed
+//! PUBLISH (RFC 3903): initial when no SIP-ETag is known for the presentity, else a
+//!              modify with SIP-If-Match; the 2xx's SIP-ETag is kept per presentity
+//! SUBSCRIBE (RFC 6665): a non-INVITE transaction whose 2xx leaves the slot Subscribed
+//!              (held, not in flight): NOTIFYs in it (To tag = our key) are answered
+//!              200 and counted (the first of each apart from the later ones, a
+//!              retransmission by its CSeq); `Subscription-State: terminated` ends it
 //! 401/407 (with --password, once per transaction): answered with credentials, CSeq+1, new branch
 //! ```
 //! A call's state is a slot in a table; its key (slot and generation) is in
@@ -18,7 +24,7 @@
 //! Every message is a [`Template`] render: no allocation per call once the
 //! table has grown to the peak in flight.
 
-use sipedge::sip::{Contact, HeaderName, Message, Method, NameAddr, Uri};
+use sipedge::sip::{response, Contact, HeaderName, Message, Method, NameAddr, ResponseSpec, Uri};
 
 use crate::digest;
 use crate::id::CallKey;
@@ -33,8 +39,10 @@ use crate::wheel::{Entry, Owner, Wheel};
 pub enum Flow {
     /// INVITE dialog with BYE.
     Call,
-    /// One non-INVITE request (REGISTER, MESSAGE, OPTIONS).
+    /// One non-INVITE request (REGISTER, MESSAGE, OPTIONS, PUBLISH).
     Single(Kind),
+    /// SUBSCRIBE, then the subscription is held and its NOTIFYs answered.
+    Subscribe,
 }
 
 /// The engine's compiled messages.
@@ -118,6 +126,15 @@ pub struct Setup {
     pub hold: u64,
     /// Users.
     pub users: u32,
+    /// Presentities (`{pres}`: index i mod this).
+    pub presentities: u32,
+    /// Subscribe: the run ends once this many NOTIFYs beyond each
+    /// subscription's first arrived (else `hold` after the last was established).
+    pub expect_notifies: Option<u64>,
+    /// Publish: SIP-ETags to start from, by presentity index.
+    pub etags_in: Option<Vec<(u32, String)>>,
+    /// Publish: where to write the last SIP-ETag of each presentity at the end.
+    pub etags_out: Option<std::path::PathBuf>,
     /// User name prefix.
     pub user_prefix: String,
     /// Password (answers challenges).
@@ -141,6 +158,8 @@ enum State {
     InviteProceeding,
     /// 2xx ACKed, waiting for the hold time.
     Holding,
+    /// SUBSCRIBE answered 2xx: the subscription is held (not in flight).
+    Subscribed,
 }
 
 /// Branch digits of a call's transactions.
@@ -153,6 +172,14 @@ struct Slot {
     gen: u32,
     state: State,
     user: u32,
+    /// Presentity index.
+    pres: u32,
+    /// NOTIFYs received in the subscription.
+    notifies: u32,
+    /// CSeq of the last NOTIFY (a repeat is a retransmission).
+    notify_cseq: u32,
+    /// Publish: the request carries SIP-If-Match (a modify).
+    modify: bool,
     /// Branch digit of the transaction in progress.
     k: u8,
     /// Branch digit of the INVITE that got the 2xx (to re-ACK retransmitted 2xx).
@@ -182,6 +209,10 @@ impl Slot {
         gen: 0,
         state: State::Free,
         user: 0,
+        pres: 0,
+        notifies: 0,
+        notify_cseq: 0,
+        modify: false,
         k: 0,
         invite_k: 0,
         cseq: 0,
@@ -236,11 +267,28 @@ pub struct Client {
     started: u64,
     /// Last call start time, µs.
     last_start: u64,
+    /// Publish: the last SIP-ETag of each presentity (empty: none yet).
+    etags: Vec<Vec<u8>>,
+    /// Subscribe: subscriptions established and not terminated.
+    active: u64,
+    /// Subscribe: NOTIFYs beyond each subscription's first.
+    updates: u64,
+    /// Subscribe: when every subscription had its final response (the hold starts).
+    held_since: Option<u64>,
 }
 
 impl Client {
     /// An engine, not yet started.
-    pub fn new(setup: Setup) -> Self {
+    pub fn new(mut setup: Setup) -> Self {
+        let mut etags = Vec::new();
+        if setup.flow == Flow::Single(Kind::Publish) {
+            etags.resize(setup.presentities as usize, Vec::new());
+            for (i, tag) in setup.etags_in.take().unwrap_or_default() {
+                if let Some(e) = etags.get_mut(i as usize) {
+                    *e = tag.into_bytes();
+                }
+            }
+        }
         Self {
             setup,
             slots: Vec::new(),
@@ -251,7 +299,62 @@ impl Client {
             start: None,
             started: 0,
             last_start: 0,
+            etags,
+            active: 0,
+            updates: 0,
+            held_since: None,
         }
+    }
+
+    /// Subscribe: subscriptions established and not terminated.
+    pub fn active(&self) -> u64 {
+        self.active
+    }
+
+    /// True while the load engine, its requests all answered, still holds
+    /// its subscriptions (scenario subscribe): until `expect_notifies`
+    /// updates arrived, or for `hold` after the last subscription was answered.
+    pub fn holding(&mut self, now: u64) -> bool {
+        if self.setup.flow != Flow::Subscribe {
+            return false;
+        }
+        if self
+            .setup
+            .expect_notifies
+            .is_some_and(|n| self.updates >= n)
+        {
+            return false;
+        }
+        let since = match self.held_since {
+            Some(t) => t,
+            None => {
+                // Scripts wait for this line before they change the presentities' state.
+                eprintln!(
+                    "sipload: subscriptions established: {} active (thread {})",
+                    self.active, self.setup.thread
+                );
+                self.held_since = Some(now);
+                now
+            }
+        };
+        now < since + self.setup.hold
+    }
+
+    /// Publish: writes `index etag` for every presentity with a SIP-ETag to --etags-out.
+    pub fn save_etags(&self) -> std::io::Result<()> {
+        let Some(path) = &self.setup.etags_out else {
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(self.etags.len() * 32);
+        for (i, e) in self.etags.iter().enumerate() {
+            if !e.is_empty() {
+                out.extend_from_slice(i.to_string().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(e);
+                out.push(b'\n');
+            }
+        }
+        std::fs::write(path, out)
     }
 
     /// Starts generating at `now`.
@@ -404,6 +507,7 @@ impl Client {
         self.started += 1;
         self.last_start = now;
         st.attempted += 1;
+        st.first_start_us.get_or_insert(now);
         let Some(i) = self.alloc() else {
             st.fail(Failure::SendError);
             return;
@@ -411,8 +515,10 @@ impl Client {
         self.inflight += 1;
         let setup = &self.setup;
         // Users are dealt round-robin over all threads: thread t takes t, t+T, t+2T…
-        let user = ((seq * u64::from(setup.threads) + u64::from(setup.thread))
-            % u64::from(setup.users)) as u32;
+        let global = seq * u64::from(setup.threads) + u64::from(setup.thread);
+        let user = (global % u64::from(setup.users)) as u32;
+        let pres = (global % u64::from(setup.presentities)) as u32;
+        let modify = self.etags.get(pres as usize).is_some_and(|e| !e.is_empty());
         let invite = setup.flow == Flow::Call;
         let Some(slot) = self.slots.get_mut(i as usize) else {
             return;
@@ -426,6 +532,10 @@ impl Client {
                 State::Trying
             },
             user,
+            pres,
+            notifies: 0,
+            notify_cseq: 0,
+            modify,
             k: K_INITIAL,
             invite_k: K_INITIAL,
             cseq: 1,
@@ -460,12 +570,32 @@ impl Client {
             .get(i as usize)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // A modifying PUBLISH names the publication it refreshes (RFC 3903 §4.4).
+        let mut extra = [0u8; 256];
+        let mut n = 0;
+        if s.modify {
+            if let Some(tag) = self.etags.get(s.pres as usize) {
+                let mut w = W {
+                    out: &mut extra,
+                    n: 0,
+                };
+                if w.put(b"SIP-If-Match: ").is_none()
+                    || w.put(tag).is_none()
+                    || w.put(b"\r\n").is_none()
+                {
+                    return false;
+                }
+                n = w.n;
+            }
+        }
         let ctx = Ctx {
             key: &key,
             k: s.k,
             cseq: s.cseq,
             user: s.user,
+            pres: s.pres,
             auth,
+            extra: extra.get(..n).unwrap_or_default(),
             ..Ctx::default()
         };
         tx.push(&self.dest(i), |buf| {
@@ -484,10 +614,12 @@ impl Client {
             k: if bye { s.k } else { K_ACK },
             cseq: if bye { s.cseq } else { s.invite_cseq },
             user: s.user,
+            pres: s.pres,
             ruri: d.part(d.target),
             to_tag: d.part(d.tag),
             route: d.part(d.route),
             auth: if bye { &d.auth } else { b"" },
+            extra: b"",
         };
         let t = if bye {
             &self.setup.templates.bye
@@ -534,7 +666,7 @@ impl Client {
         }
         let timeout = s.t_txn + 64 * self.setup.t1;
         match s.state {
-            State::Free => {}
+            State::Free | State::Subscribed => {}
             State::Holding => {
                 self.begin_bye(now, i, tx, wheel, st);
             }
@@ -630,6 +762,11 @@ impl Client {
             st.stray_responses += 1;
             return;
         };
+        if s.state == State::Subscribed {
+            // A retransmitted 2xx to a SUBSCRIBE already answered.
+            st.stray_responses += 1;
+            return;
+        }
         let invite_txn = matches!(s.state, State::Calling | State::InviteProceeding);
         if k != s.k || (method == Method::Invite) != invite_txn || s.state == State::Holding {
             // Not the transaction in progress: a retransmitted 2xx to the
@@ -669,9 +806,34 @@ impl Client {
                 }
             }
             200..=299 if invite => self.on_invite_2xx(now, i, msg, tx, wheel, st),
+            200..=299 if self.setup.flow == Flow::Subscribe => {
+                st.record(Kind::Subscribe, now - s.t_start);
+                st.succeeded += 1;
+                self.active += 1;
+                self.inflight -= 1;
+                if let Some(slot) = self.slots.get_mut(i as usize) {
+                    slot.state = State::Subscribed;
+                    slot.timer_at = 0;
+                }
+            }
             200..=299 => {
                 if s.in_bye {
                     st.record(Kind::Bye, now - s.t_txn);
+                } else if self.setup.flow == Flow::Single(Kind::Publish) {
+                    let kind = if s.modify {
+                        Kind::PublishModify
+                    } else {
+                        Kind::Publish
+                    };
+                    st.record(kind, now - s.t_start);
+                    // RFC 3903 §11.3: the entity-tag of the publication, for the next modify.
+                    if let (Some(e), Some(tag)) = (
+                        self.etags.get_mut(s.pres as usize),
+                        msg.header(HeaderName::SipETag),
+                    ) {
+                        e.clear();
+                        e.extend_from_slice(sipedge::sip::scan::trim(tag));
+                    }
                 } else if let Flow::Single(kind) = self.setup.flow {
                     st.record(kind, now - s.t_start);
                 }
@@ -858,19 +1020,99 @@ impl Client {
         sent
     }
 
-    /// Fails every call still in flight (the run is over).
+    /// A request arrived on this engine's socket (scenario subscribe: a
+    /// NOTIFY in one of our subscriptions). Answered at once, statelessly:
+    /// 200 to a NOTIFY of a live subscription, 481 to one of none (RFC 6665
+    /// §4.1.3), 405 to anything else.
+    pub fn on_request(
+        &mut self,
+        now: u64,
+        msg: &Message<'_>,
+        src: &RawAddr,
+        tx: &mut Tx,
+        st: &mut ClientStats,
+    ) {
+        if msg.method() != Method::Notify {
+            st.notify.other_requests += 1;
+            reply(msg, src, 405, "Method Not Allowed", tx);
+            return;
+        }
+        // Our From tag is the subscription's key; in the NOTIFY it is the To tag.
+        let live = msg
+            .to()
+            .ok()
+            .and_then(|t| t.tag())
+            .and_then(CallKey::read)
+            .filter(|k| k.client == self.setup.index && k.thread == self.setup.thread)
+            .and_then(|k| {
+                self.slots.get(k.slot as usize).and_then(|s| {
+                    (s.gen == k.gen
+                        && matches!(
+                            s.state,
+                            State::Trying | State::Proceeding | State::Subscribed
+                        ))
+                    .then_some(k.slot)
+                })
+            });
+        let Some(i) = live else {
+            st.notify.stray += 1;
+            reply(msg, src, 481, "Subscription Does Not Exist", tx);
+            return;
+        };
+        let cseq = msg.cseq().number;
+        let terminated = msg.header(HeaderName::SubscriptionState).is_some_and(|v| {
+            sipedge::sip::scan::trim(v)
+                .get(..10)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"terminated"))
+        });
+        let Some(slot) = self.slots.get_mut(i as usize) else {
+            return;
+        };
+        if slot.notifies > 0 && slot.notify_cseq == cseq {
+            // Our 200 was lost or late: the same NOTIFY again.
+            st.notify.retransmissions += 1;
+            reply(msg, src, 200, "OK", tx);
+            return;
+        }
+        let first = slot.notifies == 0;
+        slot.notifies = slot.notifies.saturating_add(1);
+        slot.notify_cseq = cseq;
+        st.notify.record(now, first);
+        if !first {
+            self.updates += 1;
+        }
+        reply(msg, src, 200, "OK", tx);
+        if terminated {
+            st.notify.terminated += 1;
+            if slot.state == State::Subscribed {
+                slot.state = State::Free;
+                self.active -= 1;
+                self.free.push(i);
+            }
+        }
+    }
+
+    /// Fails every call still in flight (the run is over); held
+    /// subscriptions are not in flight.
     pub fn abandon_all(&mut self, st: &mut ClientStats) {
         for i in 0..self.slots.len() as u32 {
             if self
                 .slots
                 .get(i as usize)
-                .is_some_and(|s| s.state != State::Free)
+                .is_some_and(|s| !matches!(s.state, State::Free | State::Subscribed))
             {
                 st.fail(Failure::Abandoned);
                 self.release(i);
             }
         }
     }
+}
+
+/// Answers a request statelessly: its Via, From, To (tagged already in a
+/// NOTIFY), Call-ID and CSeq copied.
+fn reply(msg: &Message<'_>, src: &RawAddr, code: u16, reason: &str, tx: &mut Tx) {
+    let spec = ResponseSpec::new(code, reason);
+    tx.push(src, |out| response(msg, &spec, out).ok());
 }
 
 /// Decodes the first Digest challenge of a header (helper trait on Message).

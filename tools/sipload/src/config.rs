@@ -29,8 +29,16 @@ pub enum Scenario {
     Message,
     /// OPTIONS → 200.
     Options,
+    /// PUBLISH (RFC 3903) of presentity `--presentity-prefix`<i>, a PIDF
+    /// body: the first for a presentity is an initial publication, later
+    /// ones modify it (SIP-If-Match: the SIP-ETag of the last 2xx) → 200.
+    Publish,
     /// REGISTER (user<i>, digest auth when challenged) → 200.
     Register,
+    /// SUBSCRIBE (RFC 6665, Event: presence) of watcher user<i> to presentity
+    /// i mod --presentities → 200; the subscription is then held, and every
+    /// NOTIFY in it is answered 200 and counted with its arrival time.
+    Subscribe,
 }
 
 impl Scenario {
@@ -40,8 +48,15 @@ impl Scenario {
             Self::Call => "call",
             Self::Message => "message",
             Self::Options => "options",
+            Self::Publish => "publish",
             Self::Register => "register",
+            Self::Subscribe => "subscribe",
         }
+    }
+
+    /// A presence scenario (PUBLISH or SUBSCRIBE).
+    pub fn is_presence(self) -> bool {
+        matches!(self, Self::Publish | Self::Subscribe)
     }
 }
 
@@ -161,7 +176,8 @@ pub struct Args {
     /// Most calls in flight at once (all threads together).
     #[arg(long, default_value_t = 20_000)]
     pub max_inflight: u32,
-    /// Time between the 200 to INVITE and the BYE.
+    /// Time between the 200 to INVITE and the BYE; subscribe: how long the
+    /// subscriptions are held once all are established.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub hold: Duration,
     /// Users user<0>..user<N-1>, used in turn (From of calls and messages,
@@ -181,9 +197,30 @@ pub struct Args {
     /// the user name. Default: sip:uas@<UAS address or target>.
     #[arg(long)]
     pub request_uri: Option<String>,
-    /// Expires of REGISTER, seconds.
+    /// Expires of REGISTER, PUBLISH and SUBSCRIBE, seconds.
     #[arg(long, default_value_t = 3600)]
     pub expires: u32,
+    /// Presence: presentities pres<0>..pres<N-1> (--presentity-prefix);
+    /// publish: the presentity of PUBLISH number i is i mod N; subscribe:
+    /// watcher i subscribes to presentity i mod N.
+    #[arg(long, default_value_t = 1)]
+    pub presentities: u32,
+    /// Prefix of presentity names.
+    #[arg(long, default_value = "pres")]
+    pub presentity_prefix: String,
+    /// Publish: read the SIP-ETag of each presentity from this file (as
+    /// written by --etags-out), so the first PUBLISH of each is a modify.
+    #[arg(long)]
+    pub etags_in: Option<std::path::PathBuf>,
+    /// Publish: write the last SIP-ETag of each presentity to this file at
+    /// the end (one `index etag` line each).
+    #[arg(long)]
+    pub etags_out: Option<std::path::PathBuf>,
+    /// Subscribe: end the run once this many NOTIFYs beyond each
+    /// subscription's first have arrived (the fan-out of a PUBLISH), or
+    /// --hold after the last subscription was established, whichever is first.
+    #[arg(long)]
+    pub expect_notifies: Option<u64>,
     /// RFC 3261 T1 (retransmission base).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub t1: Duration,
@@ -305,6 +342,30 @@ fn resolve(s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{s:?} resolves to no address"))
 }
 
+/// Reads an --etags-out file: `index etag` per line.
+fn read_etags(text: &[u8]) -> Result<Vec<(u32, String)>> {
+    let text = std::str::from_utf8(text).context("not UTF-8")?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (i, tag) = line
+            .split_once(' ')
+            .ok_or_else(|| anyhow!("line {}: want `index etag`", n + 1))?;
+        let i: u32 = i
+            .parse()
+            .with_context(|| format!("line {}: bad index", n + 1))?;
+        let tag = tag.trim();
+        if tag.is_empty() || tag.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            bail!("line {}: bad etag", n + 1);
+        }
+        out.push((i, tag.to_string()));
+    }
+    Ok(out)
+}
+
 /// How the UAS challenges.
 #[derive(Debug, Clone)]
 pub struct UasAuth {
@@ -361,8 +422,18 @@ pub struct Config {
     pub password: Option<String>,
     /// Request-URI (may hold `{user}`); None: computed once the UAS port is known.
     pub request_uri: Option<String>,
-    /// REGISTER expiry.
+    /// REGISTER, PUBLISH and SUBSCRIBE expiry.
     pub expires: u32,
+    /// Presentities.
+    pub presentities: u32,
+    /// Presentity name prefix.
+    pub presentity_prefix: String,
+    /// Publish: SIP-ETags to start from (presentity index, etag).
+    pub etags_in: Option<Vec<(u32, String)>>,
+    /// Publish: where to write the SIP-ETags at the end.
+    pub etags_out: Option<std::path::PathBuf>,
+    /// Subscribe: NOTIFYs beyond the first of each subscription that end the run.
+    pub expect_notifies: Option<u64>,
     /// T1.
     pub t1: Duration,
     /// T2.
@@ -451,7 +522,11 @@ impl Config {
             IpAddr::V6(ip) => format!("[{ip}]"),
             IpAddr::V4(ip) => ip.to_string(),
         });
-        for (name, v) in [("--domain", &domain), ("--user-prefix", &a.user_prefix)] {
+        for (name, v) in [
+            ("--domain", &domain),
+            ("--user-prefix", &a.user_prefix),
+            ("--presentity-prefix", &a.presentity_prefix),
+        ] {
             if v.is_empty() || v.bytes().any(|b| b <= b' ' || b"{}<>\"@;".contains(&b)) {
                 bail!("{name} {v:?} has characters not allowed there");
             }
@@ -460,8 +535,11 @@ impl Config {
             if !(u.starts_with("sip:") || u.starts_with("sips:")) || u.bytes().any(|b| b <= b' ') {
                 bail!("--request-uri {u:?} is not a sip: URI");
             }
-            if u.replace("{user}", "").contains(['{', '}']) {
-                bail!("--request-uri: only {{user}} may appear in braces");
+            if u.replace("{user}", "")
+                .replace("{pres}", "")
+                .contains(['{', '}'])
+            {
+                bail!("--request-uri: only {{user}} and {{pres}} may appear in braces");
             }
         }
         if let Some(p) = &a.password {
@@ -515,6 +593,29 @@ impl Config {
         if a.transport.is_stream() && a.no_connect {
             bail!("--no-connect is for UDP only");
         }
+        if a.scenario.is_presence() {
+            if a.transport.is_stream() {
+                bail!("--scenario {} is for UDP only", a.scenario.as_str());
+            }
+            if a.role != Role::Uac {
+                bail!("--scenario {} needs --role uac", a.scenario.as_str());
+            }
+        }
+        if a.presentities == 0 {
+            bail!("--presentities must be at least 1");
+        }
+        if (a.etags_in.is_some() || a.etags_out.is_some())
+            && (a.scenario != Scenario::Publish || a.threads != 1)
+        {
+            bail!("--etags-in/--etags-out are for --scenario publish with --threads 1");
+        }
+        if a.expect_notifies.is_some() && a.scenario != Scenario::Subscribe {
+            bail!("--expect-notifies is for --scenario subscribe");
+        }
+        let etags_in = match &a.etags_in {
+            Some(p) => Some(read_etags(&read(p)?).with_context(|| format!("{}", p.display()))?),
+            None => None,
+        };
         let ca = a.ca.as_deref().map(read).transpose()?;
         Ok(Self {
             role: a.role,
@@ -539,6 +640,11 @@ impl Config {
             password: a.password,
             request_uri: a.request_uri,
             expires: a.expires,
+            presentities: a.presentities,
+            presentity_prefix: a.presentity_prefix,
+            etags_in,
+            etags_out: a.etags_out,
+            expect_notifies: a.expect_notifies,
             t1: a.t1,
             t2: a.t2,
             uas_register: a.uas_register,
@@ -546,7 +652,9 @@ impl Config {
             uas_register_rate: a.uas_register_rate,
             uas_auth,
             uas_dialog_timeout: a.uas_dialog_timeout,
-            no_connect: a.no_connect,
+            // NOTIFYs may come from another address than --target: a connected
+            // socket would not receive them.
+            no_connect: a.no_connect || a.scenario == Scenario::Subscribe,
             transport: a.transport,
             connections,
             tls_server,

@@ -130,6 +130,7 @@ struct Texts<'a> {
     run: &'a str,
     expires: u32,
     transport: Transport,
+    pres_prefix: &'a str,
 }
 
 fn templates(t: &Texts<'_>, user_prefix: &str) -> Result<Templates> {
@@ -149,7 +150,17 @@ fn templates(t: &Texts<'_>, user_prefix: &str) -> Result<Templates> {
     let call_id = format!("Call-ID: {{key}}-{run}@sipload\r\n");
     let (ruri, to_uri) = match t.scenario {
         Scenario::Register => (format!("sip:{domain}"), format!("sip:{{user}}@{domain}")),
+        // The presentity publishes its own state (RFC 3903 §4.1: the AoR in
+        // the Request-URI; From and To name it too).
+        Scenario::Publish => (
+            format!("sip:{{pres}}@{domain}"),
+            format!("sip:{{pres}}@{domain}"),
+        ),
         _ => (t.ruri.to_string(), t.ruri.to_string()),
+    };
+    let from = match t.scenario {
+        Scenario::Publish => format!("From: <sip:{{pres}}@{domain}>;tag={{key}}\r\n"),
+        _ => from,
     };
     let (method, initial) = match t.scenario {
         Scenario::Call => {
@@ -183,6 +194,34 @@ CSeq: {{cseq}} MESSAGE\r\n{{auth}}Content-Type: text/plain\r\nContent-Length: {}
                 ),
             )
         }
+        Scenario::Publish => {
+            // A PIDF document (RFC 3863) naming its presentity; the note
+            // differs per request, so every PUBLISH is a change of state.
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
+<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:{{pres}}@{domain}\">\r\n\
+<tuple id=\"sipload\"><status><basic>open</basic></status><note>{{key}}</note></tuple>\r\n\
+</presence>\r\n"
+            );
+            (
+                Method::Publish,
+                format!(
+                    "PUBLISH {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n{from}To: <{to_uri}>\r\n{call_id}\
+CSeq: {{cseq}} PUBLISH\r\nEvent: presence\r\nExpires: {}\r\n{{extra}}{{auth}}Content-Type: application/pidf+xml\r\n\
+Content-Length: {{clen}}\r\n\r\n{body}",
+                    t.expires
+                ),
+            )
+        }
+        Scenario::Subscribe => (
+            Method::Subscribe,
+            format!(
+                "SUBSCRIBE {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n{from}To: <{to_uri}>\r\n{call_id}\
+CSeq: {{cseq}} SUBSCRIBE\r\nContact: <sip:{{user}}@{local}{uri_params}>\r\nEvent: presence\r\n\
+Accept: application/pidf+xml\r\nExpires: {}\r\n{{auth}}Content-Length: 0\r\n\r\n",
+                t.expires
+            ),
+        ),
         Scenario::Options => (
             Method::Options,
             format!(
@@ -201,13 +240,16 @@ CSeq: {{cseq}} {m}\r\n{auth}Content-Length: 0\r\n\r\n"
         "ACK {ruri} SIP/2.0\r\n{via}Max-Forwards: 70\r\n{from}To: <{to_uri}>{{totag}}\r\n{call_id}\
 CSeq: {{cseq}} ACK\r\nContent-Length: 0\r\n\r\n"
     );
+    let compile = |text: &str| -> Result<Template> {
+        Ok(Template::compile(text, user_prefix)?.with_pres_prefix(t.pres_prefix))
+    };
     Ok(Templates {
-        initial: Template::compile(&initial, user_prefix)?,
-        initial_ruri: Template::compile(&ruri, user_prefix)?,
+        initial: compile(&initial)?,
+        initial_ruri: compile(&ruri)?,
         method,
-        ack_2xx: Template::compile(&in_dialog("ACK", ""), user_prefix)?,
-        ack_non2xx: Template::compile(&ack_non2xx, user_prefix)?,
-        bye: Template::compile(&in_dialog("BYE", "{auth}"), user_prefix)?,
+        ack_2xx: compile(&in_dialog("ACK", ""))?,
+        ack_non2xx: compile(&ack_non2xx)?,
+        bye: compile(&in_dialog("BYE", "{auth}"))?,
     })
 }
 
@@ -225,6 +267,10 @@ fn run(cfg: &Config) -> Result<Report> {
     let mut cfg = cfg.clone();
     net::install_stop_handler();
     let epoch = Instant::now();
+    let epoch_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     let run_id = format!(
         "{:08x}",
         (std::process::id() as u64) << 16
@@ -329,6 +375,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
         }
     }
     let ruri = cfg.request_uri.clone().unwrap_or_else(|| match cfg.role {
+        _ if cfg.scenario.is_presence() => format!("sip:{{pres}}@{}", cfg.domain),
         Role::Uac => format!("sip:uas@{}", host_port(cfg.target)),
         _ => format!("sip:uas@{}", host_port(uas_addr)),
     });
@@ -340,6 +387,8 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
         Scenario::Register => Flow::Single(Kind::Register),
         Scenario::Message => Flow::Single(Kind::Message),
         Scenario::Options => Flow::Single(Kind::Options),
+        Scenario::Publish => Flow::Single(Kind::Publish),
+        Scenario::Subscribe => Flow::Subscribe,
     };
     let drain = cfg.t1 * 64 + cfg.hold + Duration::from_secs(2);
     let mut progress = Vec::new();
@@ -362,6 +411,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                 run: &run_id,
                 expires: cfg.expires,
                 transport: tr,
+                pres_prefix: &cfg.presentity_prefix,
             };
             load = Some(Client::new(client::Setup {
                 index: 0,
@@ -379,6 +429,10 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                 reliable: tr.is_stream(),
                 hold: cfg.hold.as_micros() as u64,
                 users: cfg.users,
+                presentities: cfg.presentities,
+                expect_notifies: cfg.expect_notifies,
+                etags_in: cfg.etags_in.clone(),
+                etags_out: cfg.etags_out.clone(),
                 user_prefix: cfg.user_prefix.clone(),
                 password: cfg.password.as_ref().map(|p| p.as_bytes().to_vec()),
                 templates: templates(&texts, &cfg.user_prefix)?,
@@ -423,6 +477,7 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                     run: &run_id,
                     expires: cfg.expires,
                     transport: tr,
+                    pres_prefix: &cfg.presentity_prefix,
                 };
                 register = Some(Client::new(client::Setup {
                     index: 1,
@@ -436,6 +491,10 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
                     reliable: tr.is_stream(),
                     hold: 0,
                     users: cfg.uas_register,
+                    presentities: 1,
+                    expect_notifies: None,
+                    etags_in: None,
+                    etags_out: None,
                     user_prefix: cfg.user_prefix.clone(),
                     password: cfg.password.as_ref().map(|p| p.as_bytes().to_vec()),
                     templates: templates(&texts, &cfg.user_prefix)?,
@@ -498,8 +557,17 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
         let rate =
             (attempted - last.0.min(attempted)) as f64 / now.duration_since(last.1).as_secs_f64();
         last = (attempted, now);
+        let notify = if cfg.scenario == Scenario::Subscribe {
+            format!(
+                "  notify {} + {}",
+                sum(|p| p.notify_initial.load(Ordering::Relaxed)),
+                sum(|p| p.notify_updates.load(Ordering::Relaxed))
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{:7.1}s] rate {:8.0}/s  attempted {:9}  ok {:9}  failed {:6}  inflight {:6}  retrans {:6}  uas answered {:9}",
+            "[{:7.1}s] rate {:8.0}/s  attempted {:9}  ok {:9}  failed {:6}  inflight {:6}  retrans {:6}  uas answered {:9}{notify}",
             epoch.elapsed().as_secs_f64(),
             rate,
             attempted,
@@ -519,23 +587,42 @@ raise net.core.rmem_max/wmem_max for bursts without loss"
     }
     let elapsed = epoch.elapsed().as_secs_f64();
     let (user, sys) = net::process_cpu();
-    Ok(report(cfg, &total, uas_addr, elapsed, user, sys))
+    let times = Times {
+        elapsed,
+        user,
+        sys,
+        epoch_unix_us,
+    };
+    Ok(report(cfg, &total, uas_addr, &times))
 }
 
-fn report(
-    cfg: &Config,
-    st: &WorkerStats,
-    uas_addr: SocketAddr,
+/// Clocks of a finished run.
+struct Times {
+    /// Wall time, s.
     elapsed: f64,
+    /// Process user CPU.
     user: Duration,
+    /// Process system CPU.
     sys: Duration,
-) -> Report {
+    /// The run's epoch as Unix time, µs.
+    epoch_unix_us: u64,
+}
+
+fn report(cfg: &Config, st: &WorkerStats, uas_addr: SocketAddr, times: &Times) -> Report {
+    let (elapsed, user, sys) = (times.elapsed, times.user, times.sys);
+    let epoch_unix_us = times.epoch_unix_us;
     let gen_s = st.generation_us as f64 / 1e6;
-    let uac = cfg
-        .has_uac()
-        .then(|| ClientReport::new(&st.client[0], gen_s));
+    let uac = cfg.has_uac().then(|| {
+        ClientReport::new(
+            &st.client[0],
+            gen_s,
+            epoch_unix_us,
+            cfg.scenario == Scenario::Subscribe,
+        )
+    });
     let reg_s = st.register_generation_us as f64 / 1e6;
-    let uas_register = (cfg.uas_register > 0).then(|| ClientReport::new(&st.client[1], reg_s));
+    let uas_register = (cfg.uas_register > 0)
+        .then(|| ClientReport::new(&st.client[1], reg_s, epoch_unix_us, false));
     let uas = cfg.has_uas().then(|| st.server.clone());
     let mut attempted = 0u64;
     let mut failed = 0u64;
@@ -578,6 +665,7 @@ fn report(
         threads: cfg.threads,
         rate_target: cfg.rate,
         elapsed_s: r3(elapsed),
+        epoch_unix_us,
         generation_s: r3(gen_s),
         uac,
         uas,
@@ -622,6 +710,8 @@ mod tests {
             Scenario::Register,
             Scenario::Message,
             Scenario::Options,
+            Scenario::Publish,
+            Scenario::Subscribe,
         ] {
             let t = templates(
                 &Texts {
@@ -632,6 +722,7 @@ mod tests {
                     run: "abcd",
                     expires: 60,
                     transport: Transport::Udp,
+                    pres_prefix: "pres",
                 },
                 "user",
             )
@@ -646,6 +737,8 @@ mod tests {
                 to_tag: b"t1",
                 route: b"Route: <sip:127.0.0.1:5060;lr>\r\n",
                 auth: b"",
+                pres: 42,
+                extra: b"SIP-If-Match: abc\r\n",
             };
             for tpl in [&t.initial, &t.ack_2xx, &t.ack_non2xx, &t.bye] {
                 let n = tpl.render(&mut out, &ctx).unwrap_or(0);

@@ -23,15 +23,21 @@ pub enum Kind {
     Message,
     /// OPTIONS → 200.
     Options,
+    /// Initial PUBLISH (no SIP-If-Match) → 200.
+    Publish,
+    /// Modifying PUBLISH (SIP-If-Match) → 200.
+    PublishModify,
     /// First INVITE sent → first 180 received.
     Ringing,
     /// First REGISTER sent → 200 (includes an auth round trip).
     Register,
+    /// SUBSCRIBE → 200.
+    Subscribe,
 }
 
 impl Kind {
     /// How many kinds.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 9;
     /// All, in report order.
     pub const ALL: [Self; Self::COUNT] = [
         Self::CallSetup,
@@ -40,6 +46,9 @@ impl Kind {
         Self::Register,
         Self::Message,
         Self::Options,
+        Self::Publish,
+        Self::PublishModify,
+        Self::Subscribe,
     ];
 
     /// Name in reports.
@@ -49,8 +58,11 @@ impl Kind {
             Self::CallSetup => "call_setup",
             Self::Message => "message",
             Self::Options => "options",
+            Self::Publish => "publish",
+            Self::PublishModify => "publish_modify",
             Self::Ringing => "ringing",
             Self::Register => "register",
+            Self::Subscribe => "subscribe",
         }
     }
 
@@ -62,7 +74,67 @@ impl Kind {
             Self::Register => 3,
             Self::Message => 4,
             Self::Options => 5,
+            Self::Publish => 6,
+            Self::PublishModify => 7,
+            Self::Subscribe => 8,
         }
+    }
+}
+
+/// NOTIFYs received in held subscriptions (scenario subscribe).
+#[derive(Debug, Clone, Default)]
+pub struct NotifyStats {
+    /// The first NOTIFY of each subscription (the state when it began).
+    pub initial: u64,
+    /// NOTIFYs after a subscription's first: state changes (a PUBLISH's fan-out).
+    pub updates: u64,
+    /// NOTIFYs with `Subscription-State: terminated` (the subscription ends).
+    pub terminated: u64,
+    /// NOTIFYs received again (same CSeq as the last one in the subscription).
+    pub retransmissions: u64,
+    /// NOTIFYs for no subscription of ours (answered 481).
+    pub stray: u64,
+    /// Requests other than NOTIFY (answered 405).
+    pub other_requests: u64,
+    /// Arrival of the last initial NOTIFY, µs since the run's epoch.
+    pub last_initial_us: Option<u64>,
+    /// Arrival of the first update, µs since the epoch.
+    pub first_update_us: Option<u64>,
+    /// Arrival of the last update, µs since the epoch.
+    pub last_update_us: Option<u64>,
+    /// Subscriptions established and not terminated at the end.
+    pub active: u64,
+}
+
+impl NotifyStats {
+    /// Counts a NOTIFY that arrived at `now`; `first`: the subscription's first.
+    pub fn record(&mut self, now: u64, first: bool) {
+        if first {
+            self.initial += 1;
+            self.last_initial_us = Some(now);
+        } else {
+            self.updates += 1;
+            self.first_update_us.get_or_insert(now);
+            self.last_update_us = Some(now);
+        }
+    }
+
+    /// Adds another worker's counters.
+    pub fn merge(&mut self, o: &Self) {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.initial += o.initial;
+        self.updates += o.updates;
+        self.terminated += o.terminated;
+        self.retransmissions += o.retransmissions;
+        self.stray += o.stray;
+        self.other_requests += o.other_requests;
+        self.last_initial_us = self.last_initial_us.max(o.last_initial_us);
+        self.first_update_us = min(self.first_update_us, o.first_update_us);
+        self.last_update_us = self.last_update_us.max(o.last_update_us);
+        self.active += o.active;
     }
 }
 
@@ -110,6 +182,10 @@ pub struct ClientStats {
     pub status: Vec<u64>,
     /// Latency histograms in µs, by [`Kind`].
     pub hist: Vec<Histogram<u64>>,
+    /// When the first call started, µs since the run's epoch.
+    pub first_start_us: Option<u64>,
+    /// NOTIFYs (scenario subscribe).
+    pub notify: NotifyStats,
 }
 
 impl ClientStats {
@@ -134,6 +210,8 @@ impl ClientStats {
                         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
                 })
                 .collect(),
+            first_start_us: None,
+            notify: NotifyStats::default(),
         }
     }
 
@@ -180,6 +258,11 @@ impl ClientStats {
             // Same bounds on both sides, so this cannot fail.
             let _ = a.add(b);
         }
+        self.first_start_us = match (self.first_start_us, o.first_start_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.notify.merge(&o.notify);
     }
 }
 
@@ -309,6 +392,10 @@ pub struct Progress {
     pub inflight: AtomicU64,
     /// UAS: INVITEs answered + non-INVITE requests answered.
     pub answered: AtomicU64,
+    /// Subscribe: initial NOTIFYs received.
+    pub notify_initial: AtomicU64,
+    /// Subscribe: NOTIFYs after a subscription's first.
+    pub notify_updates: AtomicU64,
 }
 
 impl Progress {
@@ -321,6 +408,10 @@ impl Progress {
             .store(c.retransmissions, Ordering::Relaxed);
         self.inflight.store(inflight, Ordering::Relaxed);
         self.answered.store(answered, Ordering::Relaxed);
+        self.notify_initial
+            .store(c.notify.initial, Ordering::Relaxed);
+        self.notify_updates
+            .store(c.notify.updates, Ordering::Relaxed);
     }
 }
 
@@ -360,6 +451,60 @@ pub struct Failures {
     pub status: BTreeMap<String, u64>,
 }
 
+/// NOTIFYs in the report (scenario subscribe). Times are µs since the
+/// Unix epoch (`_unix_us`), so another process's send time compares.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyReport {
+    /// The first NOTIFY of each subscription.
+    pub initial: u64,
+    /// NOTIFYs after a subscription's first.
+    pub updates: u64,
+    /// NOTIFYs with `Subscription-State: terminated`.
+    pub terminated: u64,
+    /// NOTIFYs received again (same CSeq), not counted above.
+    pub retransmissions: u64,
+    /// NOTIFYs for no subscription of ours (answered 481).
+    pub stray: u64,
+    /// Requests other than NOTIFY (answered 405).
+    pub other_requests: u64,
+    /// Subscriptions established and not terminated at the end.
+    pub active_subscriptions: u64,
+    /// Arrival of the last initial NOTIFY.
+    pub last_initial_unix_us: Option<u64>,
+    /// Arrival of the first update.
+    pub first_update_unix_us: Option<u64>,
+    /// Arrival of the last update.
+    pub last_update_unix_us: Option<u64>,
+    /// (updates - 1) / (last - first update), per second: the rate they arrived at.
+    pub update_rate: Option<f64>,
+}
+
+impl NotifyReport {
+    /// The report of `n`, with times shifted by the run's epoch (Unix µs).
+    pub fn new(n: &NotifyStats, epoch_unix_us: u64) -> Self {
+        let unix = |t: Option<u64>| t.map(|t| t + epoch_unix_us);
+        let update_rate = match (n.first_update_us, n.last_update_us) {
+            (Some(a), Some(b)) if b > a && n.updates > 1 => {
+                Some(((n.updates - 1) as f64 * 1e6 / (b - a) as f64).round())
+            }
+            _ => None,
+        };
+        Self {
+            initial: n.initial,
+            updates: n.updates,
+            terminated: n.terminated,
+            retransmissions: n.retransmissions,
+            stray: n.stray,
+            other_requests: n.other_requests,
+            active_subscriptions: n.active,
+            last_initial_unix_us: unix(n.last_initial_us),
+            first_update_unix_us: unix(n.first_update_us),
+            last_update_unix_us: unix(n.last_update_us),
+            update_rate,
+        }
+    }
+}
+
 /// The client part of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientReport {
@@ -381,11 +526,16 @@ pub struct ClientReport {
     pub failures: Failures,
     /// Latency by kind, µs (kinds with no sample are left out).
     pub latency_us: BTreeMap<String, Latency>,
+    /// When the first call (request) started, µs since the Unix epoch.
+    pub first_start_unix_us: Option<u64>,
+    /// NOTIFYs received (scenario subscribe only).
+    pub notify: Option<NotifyReport>,
 }
 
 impl ClientReport {
-    /// Builds the report of `c` over a generation time in seconds.
-    pub fn new(c: &ClientStats, generation_s: f64) -> Self {
+    /// Builds the report of `c` over a generation time in seconds; the run
+    /// began at `epoch_unix_us`; `notify`: include the NOTIFY counts.
+    pub fn new(c: &ClientStats, generation_s: f64, epoch_unix_us: u64, notify: bool) -> Self {
         let mut status = BTreeMap::new();
         for (i, &n) in c.status.iter().enumerate() {
             if n > 0 {
@@ -434,6 +584,8 @@ impl ClientReport {
                 status,
             },
             latency_us,
+            first_start_unix_us: c.first_start_us.map(|t| t + epoch_unix_us),
+            notify: notify.then(|| NotifyReport::new(&c.notify, epoch_unix_us)),
         }
     }
 }
@@ -482,6 +634,8 @@ pub struct Report {
     pub rate_target: f64,
     /// Wall time of the run, s.
     pub elapsed_s: f64,
+    /// When the run began, µs since the Unix epoch.
+    pub epoch_unix_us: u64,
     /// Time spent starting calls, s.
     pub generation_s: f64,
     /// The load (roles uac, both).
@@ -537,6 +691,21 @@ impl Report {
                     let _ = write!(line, "  {code}: {n}");
                 }
                 let _ = writeln!(s, "{line}");
+            }
+            if let Some(n) = &c.notify {
+                let _ = writeln!(
+                    s,
+                    "  NOTIFY initial {:>8}   updates {:>8}   retransmitted {:>6}   terminated {:>6}   stray {:>6}   active subscriptions {}",
+                    n.initial, n.updates, n.retransmissions, n.terminated, n.stray, n.active_subscriptions
+                );
+                if let (Some(a), Some(b)) = (n.first_update_unix_us, n.last_update_unix_us) {
+                    let _ = writeln!(
+                        s,
+                        "  updates arrived over {:.3} ms ({}/s)",
+                        b.saturating_sub(a) as f64 / 1e3,
+                        n.update_rate.map_or("-".to_string(), |r| format!("{r:.0}"))
+                    );
+                }
             }
             if !c.latency_us.is_empty() {
                 let _ = writeln!(

@@ -1,8 +1,10 @@
 //! Pre-built message templates: everything that is the same for every call
 //! (addresses, domain, SDP, Content-Length) is laid out once at start-up;
 //! building a message copies the literal pieces and writes the few fields
-//! that differ (call key, branch digit, CSeq, user, Request-URI, To tag,
-//! Route, Authorization).
+//! that differ (call key, branch digit, CSeq, user, presentity, Request-URI,
+//! To tag, Route, Authorization, an extra header line such as SIP-If-Match).
+//! A body whose length varies (a PIDF naming its presentity) takes its
+//! Content-Length from a `{clen}` marker, filled in once the body is written.
 //!
 //! A template is written as text with `{field}` markers (see [`Field`]),
 //! compiled once by [`Template::compile`]; [`Template::render`] never
@@ -15,12 +17,19 @@ use anyhow::{bail, Result};
 pub enum Field {
     /// `{auth}`: an Authorization / Proxy-Authorization line (with CRLF), or nothing.
     Auth,
+    /// `{clen}`: the length of the body (what follows the blank line),
+    /// right-aligned in 6 columns (leading spaces are header whitespace).
+    Clen,
     /// `{cseq}`: the CSeq number.
     Cseq,
+    /// `{extra}`: extra header lines (with CRLF), or nothing.
+    Extra,
     /// `{k}`: the transaction digit of the branch.
     K,
     /// `{key}`: the call key (client digit + 16 hex digits).
     Key,
+    /// `{pres}`: the presentity name (prefix and index).
+    Pres,
     /// `{route}`: Route header lines (with CRLF), or nothing.
     Route,
     /// `{ruri}`: the Request-URI.
@@ -35,9 +44,12 @@ impl Field {
     fn from_name(n: &str) -> Option<Self> {
         Some(match n {
             "auth" => Self::Auth,
+            "clen" => Self::Clen,
             "cseq" => Self::Cseq,
+            "extra" => Self::Extra,
             "k" => Self::K,
             "key" => Self::Key,
+            "pres" => Self::Pres,
             "route" => Self::Route,
             "ruri" => Self::Ruri,
             "totag" => Self::ToTag,
@@ -64,6 +76,8 @@ pub struct Ctx<'a> {
     pub cseq: u32,
     /// User index.
     pub user: u32,
+    /// Presentity index.
+    pub pres: u32,
     /// Request-URI.
     pub ruri: &'a [u8],
     /// To tag value (without `;tag=`), empty for none.
@@ -72,7 +86,12 @@ pub struct Ctx<'a> {
     pub route: &'a [u8],
     /// Authorization line.
     pub auth: &'a [u8],
+    /// Extra header lines.
+    pub extra: &'a [u8],
 }
+
+/// Columns of a `{clen}` value.
+const CLEN_WIDTH: usize = 6;
 
 /// A compiled template.
 #[derive(Debug, Clone)]
@@ -80,6 +99,7 @@ pub struct Template {
     lit: Vec<u8>,
     pieces: Vec<Piece>,
     user_prefix: Vec<u8>,
+    pres_prefix: Vec<u8>,
 }
 
 impl Template {
@@ -120,13 +140,21 @@ impl Template {
             lit,
             pieces,
             user_prefix: user_prefix.as_bytes().to_vec(),
+            pres_prefix: b"pres".to_vec(),
         })
+    }
+
+    /// The same template, naming presentities `prefix`<i> (default `pres`).
+    pub fn with_pres_prefix(mut self, prefix: &str) -> Self {
+        self.pres_prefix = prefix.as_bytes().to_vec();
+        self
     }
 
     /// Builds the message into `out`; returns its length, `None` if it does not fit.
     #[inline]
     pub fn render(&self, out: &mut [u8], c: &Ctx<'_>) -> Option<usize> {
         let mut w = W { out, n: 0 };
+        let mut clen_at = None;
         for p in &self.pieces {
             match *p {
                 Piece::Lit { start, len } => {
@@ -134,9 +162,18 @@ impl Template {
                 }
                 Piece::Var(f) => match f {
                     Field::Auth => w.put(c.auth)?,
+                    Field::Clen => {
+                        clen_at = Some(w.n);
+                        w.put(&[b' '; CLEN_WIDTH])?;
+                    }
                     Field::Cseq => w.dec(u64::from(c.cseq))?,
+                    Field::Extra => w.put(c.extra)?,
                     Field::K => w.put(&[b'0' + c.k % 10])?,
                     Field::Key => w.put(c.key)?,
+                    Field::Pres => {
+                        w.put(&self.pres_prefix)?;
+                        w.dec(u64::from(c.pres))?;
+                    }
                     Field::Route => w.put(c.route)?,
                     Field::Ruri => w.put(c.ruri)?,
                     Field::ToTag => {
@@ -151,6 +188,26 @@ impl Template {
                     }
                 },
             }
+        }
+        if let Some(at) = clen_at {
+            let n = w.n;
+            let msg = w.out.get(..n)?;
+            let body = msg
+                .get(at..)?
+                .windows(4)
+                .position(|x| x == b"\r\n\r\n")
+                .map(|p| n - (at + p + 4))?;
+            let mut digits = [0u8; 20];
+            let mut dw = W {
+                out: &mut digits,
+                n: 0,
+            };
+            dw.dec(body as u64)?;
+            let dn = dw.n;
+            let d = digits.get(..dn)?;
+            let field = w.out.get_mut(at..at + CLEN_WIDTH)?;
+            let pad = CLEN_WIDTH.checked_sub(d.len())?;
+            field.get_mut(pad..)?.copy_from_slice(d);
         }
         Some(w.n)
     }
@@ -224,6 +281,7 @@ mod tests {
                     to_tag: b"abc",
                     route: b"Route: <sip:p;lr>\r\n",
                     auth: b"",
+                    ..Ctx::default()
                 },
             )
             .unwrap();
@@ -233,6 +291,36 @@ mod tests {
         );
         let mut small = [0u8; 10];
         assert_eq!(t.render(&mut small, &Ctx::default()), None);
+    }
+
+    #[test]
+    fn content_length_follows_the_body() {
+        let t = Template::compile(
+            "PUBLISH sip:{pres}@d SIP/2.0\r\n{extra}Content-Length: {clen}\r\n\r\n<p e=\"sip:{pres}@d\"/>",
+            "user",
+        )
+        .unwrap()
+        .with_pres_prefix("p");
+        let mut out = [0u8; 512];
+        for (pres, want) in [(7u32, 17), (123456, 22)] {
+            let n = t
+                .render(
+                    &mut out,
+                    &Ctx {
+                        pres,
+                        extra: b"SIP-If-Match: x\r\n",
+                        ..Ctx::default()
+                    },
+                )
+                .unwrap();
+            let text = std::str::from_utf8(&out[..n]).unwrap();
+            assert!(
+                text.contains(&format!("Content-Length: {want:>6}\r\n")),
+                "{text}"
+            );
+            assert!(text.contains("SIP-If-Match: x\r\n"));
+            assert_eq!(text.split("\r\n\r\n").nth(1).unwrap().len(), want);
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use mio::{Events, Poll};
 use sipedge::sip::{parse, HeaderIndex, ParseConfig};
 use socket2::Socket;
 
-use crate::client::Client;
+use crate::client::{Client, Flow};
 use crate::id::CallKey;
 use crate::net::{self, RxBatch, TxBatch, BATCH};
 use crate::server::Server;
@@ -180,11 +180,13 @@ impl Worker {
                     if gen_over && load_end.is_none() {
                         load_end = Some(now);
                     }
-                    let drained = l.inflight() == 0 && gen_over;
+                    // Scenario subscribe: held subscriptions keep the engine alive.
+                    let drained = l.inflight() == 0 && gen_over && (stop || !l.holding(now));
                     let overdue = load_end.is_some_and(|e| now > e + drain_us)
                         || (stop && load_end.is_some_and(|e| now > e + 1_000_000));
                     if drained || overdue {
                         l.abandon_all(&mut st.client[0]);
+                        st.client[0].notify.active = l.active();
                         st.generation_us = l.generation_us();
                         load_done = true;
                         self.shared.loading.fetch_sub(1, Ordering::AcqRel);
@@ -301,6 +303,15 @@ impl Worker {
                         continue;
                     };
                     if msg.is_request() {
+                        // Scenario subscribe: NOTIFYs come to the load's own socket.
+                        if let Some(l) = self
+                            .load
+                            .as_mut()
+                            .filter(|l| l.setup.flow == Flow::Subscribe && l.setup.sock == si)
+                        {
+                            l.on_request(now, &msg, src, tx, &mut st.client[0]);
+                            continue;
+                        }
                         match self.server.as_mut() {
                             Some(s) => s.on_request(now, &msg, src, tx, &mut wheel, &mut st.server),
                             None => st.server.unexpected += 1,
@@ -398,6 +409,11 @@ impl Worker {
             st.send_dropped += dropped;
         }
         drop(udp_socks);
+        if let Some(l) = self.load.as_ref() {
+            if let Err(e) = l.save_etags() {
+                eprintln!("sipload: --etags-out: {e}");
+            }
+        }
         st
     }
 }
