@@ -656,11 +656,13 @@ fn unknown_unavailable_and_registrar_errors() {
         );
         assert!(r.to_tag().is_some());
         alice.send(&leg.ack_failure(&branch, &r), p.addr);
+        // A MESSAGE to that user is kept for when it registers (RFC 3428
+        // store and forward, the presence issue): 202.
         alice.send(
             &leg.initial("MESSAGE", &uniq("z9hG4bKu"), "anyone?"),
             p.addr,
         );
-        alice.expect_response(404, "MESSAGE");
+        alice.expect_response(202, "MESSAGE");
 
         // Carol registers, then removes her binding: 480 from then on.
         register_self(&p, &carol, "carol", 3600);

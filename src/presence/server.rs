@@ -308,6 +308,85 @@ struct Stored {
     in_flight: u32,
 }
 
+/// Subscriptions in a slab: an id is (generation << 32 | slot), so memory is
+/// one dense vector (a hash map of large values keeps up to half its
+/// buckets empty, and touched).
+#[derive(Default)]
+struct Slab {
+    slots: Vec<(u32, Option<Subscription>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slab {
+    /// The id the next `insert` takes.
+    fn next_id(&self) -> u64 {
+        match self.free.last() {
+            Some(&i) => {
+                let gen = self.slots.get(i as usize).map_or(0, |s| s.0);
+                (u64::from(gen) << 32) | u64::from(i)
+            }
+            None => self.slots.len() as u64,
+        }
+    }
+
+    fn insert(&mut self, sub: Subscription) -> u64 {
+        let id = self.next_id();
+        let i = (id & 0xffff_ffff) as usize;
+        match self.free.pop() {
+            Some(_) => {
+                if let Some(s) = self.slots.get_mut(i) {
+                    s.1 = Some(sub);
+                }
+            }
+            None => self.slots.push((0, Some(sub))),
+        }
+        self.len += 1;
+        id
+    }
+
+    fn get(&self, id: &u64) -> Option<&Subscription> {
+        let (gen, i) = ((id >> 32) as u32, (id & 0xffff_ffff) as usize);
+        self.slots
+            .get(i)
+            .filter(|s| s.0 == gen)
+            .and_then(|s| s.1.as_ref())
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut Subscription> {
+        let (gen, i) = ((id >> 32) as u32, (id & 0xffff_ffff) as usize);
+        self.slots
+            .get_mut(i)
+            .filter(|s| s.0 == gen)
+            .and_then(|s| s.1.as_mut())
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Subscription> {
+        let (gen, i) = ((id >> 32) as u32, (id & 0xffff_ffff) as usize);
+        let slot = self.slots.get_mut(i).filter(|s| s.0 == gen)?;
+        let sub = slot.1.take()?;
+        slot.0 = (slot.0 + 1) & 0x7fff_ffff;
+        self.free.push(i as u32);
+        self.len -= 1;
+        Some(sub)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Subscription)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (gen, s))| s.as_ref().map(|s| ((u64::from(*gen) << 32) | i as u64, s)))
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.iter().map(|(id, _)| id).collect()
+    }
+}
+
 enum Out {
     Notify(u64),
     Deliver { msg: u64, delivery: Delivery },
@@ -329,8 +408,9 @@ pub struct Presence {
     presentities: HashMap<Box<[u8]>, Presentity, KeyHash>,
     /// Publication id (its entity tag, in hex) → presentity.
     pubs: HashMap<u64, Box<[u8]>>,
-    subs: HashMap<u64, Subscription>,
-    dialogs: HashMap<Box<[u8]>, u64, KeyHash>,
+    subs: Slab,
+    /// Hash of a dialog key → its subscription (checked against the key).
+    dialogs: HashMap<u64, u64>,
     messages: HashMap<u64, Stored>,
     inbox: HashMap<Box<[u8]>, Vec<u64>, KeyHash>,
     deliveries: HashMap<u64, u64>,
@@ -408,8 +488,8 @@ impl Presence {
             partition,
             presentities: HashMap::with_hasher(KeyHash::default()),
             pubs: HashMap::new(),
-            subs: HashMap::new(),
-            dialogs: HashMap::with_hasher(KeyHash::default()),
+            subs: Slab::default(),
+            dialogs: HashMap::new(),
             messages: HashMap::new(),
             inbox: HashMap::with_hasher(KeyHash::default()),
             deliveries: HashMap::new(),
@@ -449,7 +529,7 @@ impl Presence {
                 _ => {}
             }
         }
-        let ids: Vec<u64> = p.subs.keys().copied().collect();
+        let ids: Vec<u64> = p.subs.ids();
         for id in ids {
             p.queue(id);
         }
@@ -516,14 +596,15 @@ impl Presence {
         if let Some(e) = self.sub_entry(&sub) {
             self.ops.push(Op::Put(e));
         }
-        let id = self.alloc_id();
+        let id = self.subs.next_id();
         let Some(pres) = self.presentity(&e.aor) else {
             return;
         };
         pres.watchers.push(id);
-        self.dialogs.insert(sub.dialog.clone(), id);
+        let h = self.dialog_hash(&sub.dialog);
+        self.dialogs.insert(h, id);
         self.expiries.push(Reverse((sub.expires, EXPIRE_SUB, id)));
-        self.subs.insert(id, sub);
+        self.subs.insert(sub);
     }
 
     fn load_message(&mut self, e: &Entry) {
@@ -567,7 +648,7 @@ impl Presence {
                 });
             }
         }
-        for s in self.subs.values() {
+        for (_, s) in self.subs.iter() {
             if let Some(e) = self.sub_entry(s) {
                 out.push(e);
             }
@@ -677,6 +758,19 @@ impl Presence {
             }
             _ => false,
         }
+    }
+
+    fn dialog_hash(&self, dialog: &[u8]) -> u64 {
+        hash_bytes(self.cfg.secret ^ 0x6469_616c, dialog)
+    }
+
+    /// The subscription of dialog key `dialog`, if any.
+    fn find_dialog(&self, dialog: &[u8]) -> Option<u64> {
+        let id = *self.dialogs.get(&self.dialog_hash(dialog))?;
+        self.subs
+            .get(&id)
+            .filter(|s| *s.dialog == *dialog)
+            .map(|_| id)
     }
 
     fn alloc_id(&mut self) -> u64 {
@@ -967,7 +1061,7 @@ impl Presence {
     pub fn set_rules(&mut self, rules: Vec<WatcherRule>, others: Action) {
         self.cfg.rule = rules;
         self.cfg.others = others;
-        let ids: Vec<u64> = self.subs.keys().copied().collect();
+        let ids: Vec<u64> = self.subs.ids();
         for id in ids {
             let Some(s) = self.subs.get(&id) else {
                 continue;
@@ -1045,7 +1139,7 @@ impl Presence {
             .and_then(|c| sip::scan::CommaValues::new(c).next())
             .and_then(|v| NameAddr::parse(v).ok())
             .map(|na| na.uri_bytes);
-        let existing = self.dialogs.get(&dialog[..]).copied();
+        let existing = self.find_dialog(&dialog);
         let id = match (ess.to.tag(), existing) {
             (Some(t), Some(id)) if t == tag => id,
             (Some(_), _) => return (481, "Subscription Does Not Exist", None),
@@ -1087,7 +1181,7 @@ impl Presence {
                     }
                     routes.extend_from_slice(rr);
                 }
-                let id = self.alloc_id();
+                let id = self.subs.next_id();
                 let Some(p) = self.presentity(&aor) else {
                     extra.extend_from_slice(b"Retry-After: 60\r\n");
                     return (503, "Service Unavailable (Presentities)", Some(tag));
@@ -1098,31 +1192,29 @@ impl Presence {
                 }
                 p.watchers.push(id);
                 let to = without_tag(msg.header(HeaderName::To).unwrap_or_default());
-                self.subs.insert(
-                    id,
-                    Subscription {
-                        presentity: aor,
-                        dialog: dialog.clone().into(),
-                        to_tag: tag,
-                        from: msg.header(HeaderName::From).unwrap_or_default().into(),
-                        to: to.into(),
-                        target: target.into(),
-                        routes: routes.into(),
-                        peer: *src,
-                        expires: until,
-                        cseq: 0,
-                        state,
-                        watcher,
-                        durable: false,
-                        queued: false,
-                        in_flight: false,
-                        final_sent: false,
-                        dirty: false,
-                        throttled: false,
-                        last_sent: None,
-                    },
-                );
-                self.dialogs.insert(dialog.into(), id);
+                let h = self.dialog_hash(&dialog);
+                self.subs.insert(Subscription {
+                    presentity: aor,
+                    dialog: dialog.clone().into(),
+                    to_tag: tag,
+                    from: msg.header(HeaderName::From).unwrap_or_default().into(),
+                    to: to.into(),
+                    target: target.into(),
+                    routes: routes.into(),
+                    peer: *src,
+                    expires: until,
+                    cseq: 0,
+                    state,
+                    watcher,
+                    durable: false,
+                    queued: false,
+                    in_flight: false,
+                    final_sent: false,
+                    dirty: false,
+                    throttled: false,
+                    last_sent: None,
+                });
+                self.dialogs.insert(h, id);
                 id
             }
         };
@@ -1196,7 +1288,10 @@ impl Presence {
         let Some(s) = self.subs.remove(&id) else {
             return;
         };
-        self.dialogs.remove(&s.dialog);
+        let h = self.dialog_hash(&s.dialog);
+        if self.dialogs.get(&h) == Some(&id) {
+            self.dialogs.remove(&h);
+        }
         if let Some(p) = self.presentities.get_mut(&s.presentity) {
             p.watchers.retain(|w| *w != id);
         }
@@ -1692,7 +1787,7 @@ impl Presence {
             .subs
             .iter()
             .filter(|(_, s)| s.peer.flow == flow && s.peer.transport.is_stream())
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in ids {
             self.counters.subscriptions_dropped += 1;
@@ -1704,8 +1799,8 @@ impl Presence {
     pub fn heap_size(&self) -> usize {
         let subs: usize = self
             .subs
-            .values()
-            .map(|s| {
+            .iter()
+            .map(|(_, s)| {
                 size_of::<Subscription>()
                     + s.presentity.len()
                     + s.dialog.len()
