@@ -272,25 +272,18 @@ enum SubState {
 }
 
 struct Subscription {
-    presentity: Box<[u8]>,
-    /// Call-ID NUL From-tag: the key of the dialog and of its entry.
-    dialog: Box<[u8]>,
+    /// The presentity (AoR key), the dialog key (Call-ID NUL From-tag), the
+    /// watcher's From value (tag included: the To of our NOTIFYs), the
+    /// SUBSCRIBE's To value (no tag: their From), the remote target (its
+    /// Contact URI), the route set (Record-Route values, comma-separated) and
+    /// the watcher's AoR key, in one allocation.
+    text: Packed,
     to_tag: [u8; 16],
-    /// The watcher's From value (its tag included): the To of our NOTIFYs.
-    from: Box<[u8]>,
-    /// The SUBSCRIBE's To value (no tag): the From of our NOTIFYs.
-    to: Box<[u8]>,
-    /// The remote target (the watcher's Contact URI).
-    target: Box<[u8]>,
-    /// The route set (Record-Route values, in order), comma-separated.
-    routes: Box<[u8]>,
     /// Where NOTIFYs go: where the SUBSCRIBE came from.
     peer: Peer,
     expires: u64,
     cseq: u32,
     state: SubState,
-    /// The watcher's user and domain, for the rules.
-    watcher: Box<[u8]>,
     durable: bool,
     queued: bool,
     in_flight: bool,
@@ -299,6 +292,70 @@ struct Subscription {
     dirty: bool,
     throttled: bool,
     last_sent: Option<Instant>,
+}
+
+/// Byte strings packed into one allocation (a subscription's seven).
+struct Packed {
+    buf: Box<[u8]>,
+    ends: [u32; 7],
+}
+
+impl Packed {
+    fn new(parts: [&[u8]; 7]) -> Self {
+        let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 7];
+        for (e, p) in ends.iter_mut().zip(parts) {
+            buf.extend_from_slice(p);
+            *e = buf.len() as u32;
+        }
+        Self {
+            buf: buf.into(),
+            ends,
+        }
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let start = i
+            .checked_sub(1)
+            .and_then(|j| self.ends.get(j))
+            .map_or(0, |&e| e as usize);
+        let end = self.ends.get(i).map_or(0, |&e| e as usize);
+        self.buf.get(start..end).unwrap_or_default()
+    }
+
+    fn parts(&self) -> [&[u8]; 7] {
+        [0, 1, 2, 3, 4, 5, 6].map(|i| self.get(i))
+    }
+}
+
+impl Subscription {
+    fn presentity(&self) -> &[u8] {
+        self.text.get(0)
+    }
+
+    fn dialog(&self) -> &[u8] {
+        self.text.get(1)
+    }
+
+    fn from(&self) -> &[u8] {
+        self.text.get(2)
+    }
+
+    fn to(&self) -> &[u8] {
+        self.text.get(3)
+    }
+
+    fn target(&self) -> &[u8] {
+        self.text.get(4)
+    }
+
+    fn routes(&self) -> &[u8] {
+        self.text.get(5)
+    }
+
+    fn watcher(&self) -> &[u8] {
+        self.text.get(6)
+    }
 }
 
 struct Stored {
@@ -556,11 +613,11 @@ impl Presence {
         let mut r = Reader(&e.value);
         let parsed = (|| {
             let to_tag: [u8; 16] = r.bytes()?.try_into().ok()?;
-            let from = r.bytes()?.into();
-            let to = r.bytes()?.into();
-            let target = r.bytes()?.into();
-            let routes = r.bytes()?.into();
-            let watcher = r.bytes()?.into();
+            let from = r.bytes()?;
+            let to = r.bytes()?;
+            let target = r.bytes()?;
+            let routes = r.bytes()?;
+            let watcher = r.bytes()?;
             let peer = r.peer()?;
             let cseq = u32::try_from(r.u64()?).ok()?;
             let state = match r.u8()? {
@@ -568,18 +625,12 @@ impl Presence {
                 _ => SubState::Pending,
             };
             Some(Subscription {
-                presentity: e.aor.clone(),
-                dialog: e.key.clone(),
+                text: Packed::new([&e.aor, &e.key, from, to, target, routes, watcher]),
                 to_tag,
-                from,
-                to,
-                target,
-                routes,
                 peer,
                 expires: e.expires,
                 cseq: cseq.saturating_add(CSEQ_RESTART_JUMP),
                 state,
-                watcher,
                 durable: true,
                 queued: false,
                 in_flight: false,
@@ -601,7 +652,7 @@ impl Presence {
             return;
         };
         pres.watchers.push(id);
-        let h = self.dialog_hash(&sub.dialog);
+        let h = self.dialog_hash(sub.dialog());
         self.dialogs.insert(h, id);
         self.expiries.push(Reverse((sub.expires, EXPIRE_SUB, id)));
         self.subs.insert(sub);
@@ -673,22 +724,26 @@ impl Presence {
             SubState::Terminated(_) => return None,
         };
         let mut v = Vec::with_capacity(
-            64 + s.from.len() + s.to.len() + s.target.len() + s.routes.len() + s.watcher.len(),
+            64 + s.from().len()
+                + s.to().len()
+                + s.target().len()
+                + s.routes().len()
+                + s.watcher().len(),
         );
         Writer(&mut v)
             .bytes(&s.to_tag)
-            .bytes(&s.from)
-            .bytes(&s.to)
-            .bytes(&s.target)
-            .bytes(&s.routes)
-            .bytes(&s.watcher)
+            .bytes(s.from())
+            .bytes(s.to())
+            .bytes(s.target())
+            .bytes(s.routes())
+            .bytes(s.watcher())
             .peer(&s.peer)
             .u64(u64::from(s.cseq))
             .u8(state);
         Some(Entry {
             kind: kind::SUBSCRIPTION,
-            key: s.dialog.clone(),
-            aor: s.presentity.clone(),
+            key: s.dialog().into(),
+            aor: s.presentity().into(),
             expires: s.expires,
             value: v.into(),
         })
@@ -769,7 +824,7 @@ impl Presence {
         let id = *self.dialogs.get(&self.dialog_hash(dialog))?;
         self.subs
             .get(&id)
-            .filter(|s| *s.dialog == *dialog)
+            .filter(|s| *s.dialog() == *dialog)
             .map(|_| id)
     }
 
@@ -1066,7 +1121,7 @@ impl Presence {
             let Some(s) = self.subs.get(&id) else {
                 continue;
             };
-            let now = self.authorize(&s.watcher, &s.presentity);
+            let now = self.authorize(s.watcher(), s.presentity());
             let next = match (s.state, now) {
                 (SubState::Pending, Action::Allow) => SubState::Active,
                 (SubState::Active | SubState::Pending, Action::Deny) => {
@@ -1194,18 +1249,20 @@ impl Presence {
                 let to = without_tag(msg.header(HeaderName::To).unwrap_or_default());
                 let h = self.dialog_hash(&dialog);
                 self.subs.insert(Subscription {
-                    presentity: aor,
-                    dialog: dialog.clone().into(),
+                    text: Packed::new([
+                        &aor,
+                        &dialog,
+                        msg.header(HeaderName::From).unwrap_or_default(),
+                        to,
+                        target,
+                        &routes,
+                        &watcher,
+                    ]),
                     to_tag: tag,
-                    from: msg.header(HeaderName::From).unwrap_or_default().into(),
-                    to: to.into(),
-                    target: target.into(),
-                    routes: routes.into(),
                     peer: *src,
                     expires: until,
                     cseq: 0,
                     state,
-                    watcher,
                     durable: false,
                     queued: false,
                     in_flight: false,
@@ -1228,8 +1285,10 @@ impl Presence {
         s.peer = *src;
         s.expires = until;
         if let Some(t) = contact {
-            if *t != *s.target {
-                s.target = t.into();
+            if *t != *s.target() {
+                let mut parts = s.text.parts();
+                parts[4] = t;
+                s.text = Packed::new(parts);
             }
         }
         let _ = now;
@@ -1273,7 +1332,7 @@ impl Presence {
         if let Some(r) = reason {
             s.state = SubState::Terminated(r);
         }
-        let (aor, dialog) = (s.presentity.clone(), s.dialog.clone());
+        let (aor, dialog) = (s.presentity().into(), s.dialog().into());
         s.durable = true;
         self.ops.push(Op::Del {
             aor,
@@ -1288,21 +1347,21 @@ impl Presence {
         let Some(s) = self.subs.remove(&id) else {
             return;
         };
-        let h = self.dialog_hash(&s.dialog);
+        let h = self.dialog_hash(s.dialog());
         if self.dialogs.get(&h) == Some(&id) {
             self.dialogs.remove(&h);
         }
-        if let Some(p) = self.presentities.get_mut(&s.presentity) {
+        if let Some(p) = self.presentities.get_mut(s.presentity()) {
             p.watchers.retain(|w| *w != id);
         }
         if !matches!(s.state, SubState::Terminated(_)) {
             self.ops.push(Op::Del {
-                aor: s.presentity.clone(),
+                aor: s.presentity().into(),
                 kind: kind::SUBSCRIPTION,
-                key: s.dialog.clone(),
+                key: s.dialog().into(),
             });
         }
-        self.drop_if_idle(&s.presentity);
+        self.drop_if_idle(s.presentity());
     }
 
     /// Queues a NOTIFY to subscription `id` (at most one queued or in
@@ -1605,7 +1664,7 @@ impl Presence {
         let (state, aor) = {
             let s = self.subs.get_mut(&id)?;
             s.queued = false;
-            (s.state, s.presentity.clone())
+            (s.state, Box::<[u8]>::from(s.presentity()))
         };
         let body = match state {
             SubState::Active => self.document(&aor),
@@ -1630,23 +1689,23 @@ impl Presence {
             .get(usize::from(s.peer.local.0))
             .map_or(&b"sip:invalid"[..], |c| &c[..]);
         let mut ok = w.put(b"NOTIFY ").is_ok()
-            && w.put(&s.target).is_ok()
+            && w.put(s.target()).is_ok()
             && w.put(b" SIP/2.0\r\nMax-Forwards: 70\r\n").is_ok();
-        if !s.routes.is_empty() {
+        if !s.routes().is_empty() {
             ok = ok
                 && w.put(b"Route: ").is_ok()
-                && w.put(&s.routes).is_ok()
+                && w.put(s.routes()).is_ok()
                 && w.put(b"\r\n").is_ok();
         }
         ok = ok
             && w.put(b"From: ").is_ok()
-            && w.put(&s.to).is_ok()
+            && w.put(s.to()).is_ok()
             && w.put(b";tag=").is_ok()
             && w.put(&s.to_tag).is_ok()
             && w.put(b"\r\nTo: ").is_ok()
-            && w.put(&s.from).is_ok()
+            && w.put(s.from()).is_ok()
             && w.put(b"\r\nCall-ID: ").is_ok()
-            && w.put(s.dialog.split(|&b| b == 0).next().unwrap_or_default())
+            && w.put(s.dialog().split(|&b| b == 0).next().unwrap_or_default())
                 .is_ok()
             && w.put(b"\r\nCSeq: ").is_ok()
             && w.put_u64(u64::from(s.cseq)).is_ok()
@@ -1802,13 +1861,13 @@ impl Presence {
             .iter()
             .map(|(_, s)| {
                 size_of::<Subscription>()
-                    + s.presentity.len()
-                    + s.dialog.len()
-                    + s.from.len()
-                    + s.to.len()
-                    + s.target.len()
-                    + s.routes.len()
-                    + s.watcher.len()
+                    + s.presentity().len()
+                    + s.dialog().len()
+                    + s.from().len()
+                    + s.to().len()
+                    + s.target().len()
+                    + s.routes().len()
+                    + s.watcher().len()
             })
             .sum();
         let pres: usize = self
