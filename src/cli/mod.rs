@@ -303,7 +303,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
                         });
                     }
                     s.publish(users, policy);
-                    tracing::info!("SIGHUP: users, policy and watcher rules reloaded");
+                    tracing::info!(
+                        "SIGHUP: users and policy reloaded (presence watcher rules too)"
+                    );
                 }
                 (Some(_), Err(e)) => tracing::error!(
                     "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
