@@ -611,7 +611,8 @@ fn sipp_over_tcp_through_the_edge() {
 /// `[proxy] large_requests = "tcp"` (RFC 3261 §18.1.1): a request over 1300
 /// bytes for a UA registered over UDP goes to it over TCP (the UA listens on
 /// both, as RFC 3261 requires), and is answered 513 by an edge without a
-/// TCP listener; by default it goes over UDP, as Kamailio sends it.
+/// TCP listener; by default it goes over UDP, as Kamailio sends it — except a
+/// MESSAGE outside a dialog, which always goes over TCP (RFC 3428 §6).
 #[test]
 fn large_request_to_a_udp_target_goes_over_tcp() {
     for d in drivers() {
@@ -648,9 +649,16 @@ fn large_request_to_a_udp_target_goes_over_tcp() {
         let e = edge(d, &dir, &[]);
         let udp = e.proxy.listener("udp");
         register_udp(&bob, "bob", udp);
-        alice.send(&large_message(&alice, &body, 2), udp);
-        let (m, _) = bob.expect_request("MESSAGE");
-        assert!(m.body().ends_with(&body), "{d}: the whole MESSAGE over UDP");
+        alice.send(&large_request("INVITE", &alice, &body, 2), udp);
+        let (m, _) = bob.expect_request("INVITE");
+        assert!(m.body().ends_with(&body), "{d}: the whole INVITE over UDP");
+        // … but a MESSAGE outside a dialog still goes over TCP.
+        alice.send(&large_message(&alice, &body, 4), udp);
+        let (mut conn, _) = accept_within(&tcp, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{d}: by default the large MESSAGE came over TCP too"));
+        let req = read_message(&mut conn, Duration::from_secs(5)).expect("a request on TCP");
+        assert!(req.starts_with("MESSAGE sip:bob@"), "{d}: {req}");
+        assert!(req.ends_with(&body), "{d}: whole body");
         drop(e);
 
         // §18.1.1 with no TCP listener to send it from: 513.
@@ -690,10 +698,14 @@ fn register_udp(ua: &Ua, user: &str, edge: SocketAddr) {
 }
 
 fn large_message(from: &Ua, body: &str, n: u32) -> String {
+    large_request("MESSAGE", from, body, n)
+}
+
+fn large_request(method: &str, from: &Ua, body: &str, n: u32) -> String {
     format!(
-        "MESSAGE sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m{n}\r\n\
+        "{method} sip:bob@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m{n}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <sip:bob@{DOMAIN}>\r\n\
-         Call-ID: msg-large-{n}@x\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Call-ID: msg-large-{n}@x\r\nCSeq: 1 {method}\r\nContent-Type: text/plain\r\n\
          Content-Length: {}\r\n\r\n{body}",
         body.len(),
         a = from.addr
@@ -1169,8 +1181,9 @@ fn tls_garbage_and_websocket_without_sip_are_refused() {
 
 /// When the WebSocket connection a browser registered over closes, its
 /// binding goes with it (its `.invalid` contact is reachable only through
-/// that connection): a MESSAGE to it is answered 480 at once, not left to
-/// time out.
+/// that connection): a MESSAGE to him is at once kept for his next
+/// registration (202, as for any user without a contact), not sent into the
+/// dead connection or left to time out.
 #[test]
 fn a_closed_websocket_takes_its_binding_along() {
     if !have_node_peers() {
@@ -1219,13 +1232,13 @@ fn a_closed_websocket_takes_its_binding_along() {
                 .filter(|&c| c >= 200)
                 .collect();
             last = finals.first().copied();
-            if last == Some(480) {
+            if last == Some(202) {
                 break;
             }
         }
         assert_eq!(
             last,
-            Some(480),
+            Some(202),
             "{d}: a MESSAGE to bob after his WebSocket closed ({:?} later)",
             t0.elapsed()
         );
