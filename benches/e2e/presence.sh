@@ -13,6 +13,10 @@
 #   --mem-presentities N   memory per subscription: the subscriptions are spread over N
 #                          presentities (default 10000: 10 and 100 watchers each)
 #   --setup-rate R         SUBSCRIBE/PUBLISH rate while a population is built (default 10000)
+#   --mem-settle S         memory: seconds from a population's last answer to the sample
+#                          (default 40: past Timer J, 32 s, so the server transactions that
+#                          answer retransmitted SUBSCRIBEs/PUBLISHes are gone too; 6 = the
+#                          earlier protocol, with only the initial NOTIFYs' transactions gone)
 #   --rounds N             rounds; the servers take turns in each (default 3); the table
 #                          shows medians
 #   --port P               server UDP port (default 17060)
@@ -49,8 +53,8 @@
 #   p50 / p99 latency, failures.
 # memsub: in one server, subscriptions up to each of --mem-counts in turn (a watcher
 #   process per step adds the difference: watcher i to presentity i mod --mem-presentities,
-#   at --setup-rate), all held; 6 s after the last was established (the initial NOTIFYs'
-#   transactions gone) the PSS of all the server's processes (/proc/PID/smaps_rollup;
+#   at --setup-rate), all held; --mem-settle s after the last was established (the
+#   transactions of the build-up gone) the PSS of all the server's processes (/proc/PID/smaps_rollup;
 #   shared memory counted once) minus its PSS before any load, ÷ subscriptions held; and
 #   the marginal figure from the previous count (what the transient transactions of the
 #   build-up leave in the high-water mark cancels out). Kamailio: also its shm "used"
@@ -66,7 +70,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 SERVERS="kamailio,sipedge" TESTS="fanout,publish,memsub,mempres" WATCHERS=10000
 PUB_COUNT=100000 PUB_RATE=10000 MEM_COUNTS="100000 1000000" MEM_PRES=10000 SETUP_RATE=10000
-ROUNDS=3 PORT=17060 PROXY_CPU=1 LG_CPU=0 NICE=-10 KAM_SHM=8192 KAM_CHILDREN=4 BUILD=1
+MEM_SETTLE=40 ROUNDS=3 PORT=17060 PROXY_CPU=1 LG_CPU=0 NICE=-10 KAM_SHM=8192 KAM_CHILDREN=4 BUILD=1
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 die() { echo "presence.sh: $*" >&2; exit 2; }
 while (($#)); do
@@ -78,6 +82,7 @@ while (($#)); do
 	--publish-rate) PUB_RATE="$2"; shift ;;
 	--mem-counts) MEM_COUNTS="$2"; shift ;;
 	--mem-presentities) MEM_PRES="$2"; shift ;;
+	--mem-settle) MEM_SETTLE="$2"; shift ;;
 	--setup-rate) SETUP_RATE="$2"; shift ;;
 	--rounds) ROUNDS="$2"; shift ;;
 	--port) PORT="$2"; shift ;;
@@ -350,7 +355,7 @@ memsub() { # memsub SERVER ROUND: the --mem-counts populations, one after the ot
 		fi
 		pids+=("$WATCH_PID")
 		wait_initial "$tag-$c" $((c - have)) || true
-		sleep 6 # the initial NOTIFYs' client transactions end (Timer K, 5 s)
+		sleep "$MEM_SETTLE" # the initial NOTIFYs' client transactions end (Timer K, 5 s), the SUBSCRIBEs' (Timer J, 32 s)
 		m1="$(pss_kib "$SRV_PID")"
 		read -r got _ < <(notify_counts "$tag-$c") || true
 		have="$c"
@@ -381,7 +386,7 @@ mempres() { # mempres SERVER ROUND: the --mem-counts presentities published, one
 		(pin "$LG_CPU" timeout $((n / SETUP_RATE * 3 + 60)) "$SIPLOAD" --role uac --scenario publish --target "127.0.0.1:$PORT" \
 			--domain 127.0.0.1 --presentities "$n" --presentity-prefix "p$step-" --count "$n" --rate "$SETUP_RATE" \
 			--duration "$((n / SETUP_RATE + 2))s" --json --quiet) >"$f" 2>"$f.log" || true
-		sleep 6
+		sleep "$MEM_SETTLE"
 		m1="$(pss_kib "$SRV_PID")"
 		ok="$(jget "$f" "r['uac']['succeeded']")"
 		[[ "$ok" != - ]] || ok=0

@@ -284,7 +284,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("cannot install the SIGHUP handler")?;
     let mut last_metrics = std::time::Instant::now();
+    let (mut trimmer, mut last_trim_check) = (shard::trim::Trimmer::default(), last_metrics);
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        if last_trim_check.elapsed() >= std::time::Duration::from_secs(1) {
+            last_trim_check = std::time::Instant::now();
+            let live: u64 = slots
+                .iter()
+                .filter_map(|s| s.lock().ok().map(|r| r.service.transactions_live))
+                .sum();
+            if trimmer.observe(live, last_trim_check) && shard::trim::release_free_memory() {
+                tracing::info!(
+                    "heap trimmed after a burst ({live} live transactions) in {:?}",
+                    last_trim_check.elapsed()
+                );
+            }
+        }
         if let Some((file, every)) = &cfg.metrics {
             if last_metrics.elapsed() >= *every {
                 last_metrics = std::time::Instant::now();
@@ -564,6 +578,11 @@ fn write_metrics(
     let _ = writeln!(
         text,
         "# TYPE sipedge_transport_connections gauge\nsipedge_transport_connections {connections}"
+    );
+    let _ = writeln!(
+        text,
+        "# TYPE sipedge_txn_transactions_live gauge\nsipedge_txn_transactions_live {}",
+        counters.transactions_live
     );
     for (name, v) in [
         ("sipedge_shard_datagrams_received_total", driver.rx),

@@ -422,6 +422,8 @@ pub struct Counters {
     pub requests_originated: u64,
     /// Presence's own counters (the shard's partition).
     pub presence: crate::presence::PresenceCounters,
+    /// Transactions live at the end of the last loop turn (a gauge, not a total).
+    pub transactions_live: u64,
 }
 
 impl Counters {
@@ -460,6 +462,7 @@ impl Counters {
         self.transport_upgrades += other.transport_upgrades;
         self.requests_originated += other.requests_originated;
         self.presence.add(&other.presence);
+        self.transactions_live += other.transactions_live;
     }
 
     /// (metric name, value) pairs, for export.

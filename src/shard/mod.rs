@@ -27,6 +27,7 @@ pub mod mio;
 pub mod socket;
 pub mod streams;
 pub mod sys;
+pub mod trim;
 pub mod turn;
 pub mod uring;
 

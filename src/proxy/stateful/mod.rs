@@ -977,6 +977,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
                 self.local.set_watchers(&w);
             }
         }
+        self.counters.transactions_live = self.txns.live() as u64;
         if let Some(o) = &mut self.guard.overload {
             o.handle_turn(
                 now,
