@@ -337,14 +337,17 @@ fn shape(text: &str, user: &str, ua: &Ua) -> String {
 
 /// SIPp's digest REGISTER scenario (tools/sipp/register_auth.xml: REGISTER
 /// → 401 → REGISTER with `[authentication]` → 200) for 20 users of a users
-/// file. The scenario names the AoR after the registrar's address
-/// (`sip:user@[remote_ip]`), so sipedge serves 127.0.0.1 as its domain, and
-/// the users file has its users there; SIPp 3.6 speaks MD5 only and answers
-/// the first challenge line, so `[auth]` offers MD5 first. Every
-/// registration succeeds (exit 0); the same scenario with wrong passwords
-/// gets a second 401 instead of the 200 and fails.
+/// file, then calls from ten of them to another with tools/sipp/uac_auth.xml (INVITE → 407
+/// → ACK → INVITE with `[authentication]` → 200 → ACK → BYE) to a SIPp UAS
+/// at the users' Contact — against the default `[auth]`: SIPp 3.6 speaks
+/// MD5 only and answers the first challenge line, so this is what fails if
+/// the default ever offers another algorithm first. The scenario names the
+/// AoR after the registrar's address (`sip:user@[remote_ip]`), so sipedge
+/// serves 127.0.0.1 as its domain. Every registration and call succeeds
+/// (exit 0); the REGISTER scenario with wrong passwords gets a second 401
+/// instead of the 200 and fails.
 #[test]
-fn sipp_register_with_digest_authentication() {
+fn sipp_register_and_call_with_digest_authentication_by_default() {
     if !have_peer("sipp") {
         return;
     }
@@ -360,10 +363,6 @@ fn sipp_register_with_digest_authentication() {
             .map(|(n, p)| (n.as_str(), p.as_str()))
             .collect();
         let users = dir.write("users.toml", &users_toml("127.0.0.1", &list));
-        let config = dir.write(
-            "sipedge.toml",
-            "[auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\n",
-        );
         let mut p = Proxy::start(&[
             "--io",
             d,
@@ -375,8 +374,6 @@ fn sipp_register_with_digest_authentication() {
             "2",
             "--users",
             &users,
-            "--config",
-            &config,
         ]);
         let contact = free_udp_port();
         let csv = |wrong: bool| {
@@ -426,11 +423,58 @@ fn sipp_register_with_digest_authentication() {
             "{d}: the wrong password got a second 401\n{}",
             sipp_report(&dir, "bad")
         );
+        // Calls: user00..user09 call user19, challenged with 407, answered
+        // by a SIPp UAS at the registered Contact. SIPp puts
+        // sip:[remote_ip]:[remote_port] in the digest's uri unless told
+        // (-auth_uri), and sipedge checks it against the Request-URI.
+        const CALLS: usize = 10;
+        let callee = list[USERS - 1].0;
+        let mut calls = String::from("SEQUENTIAL\n");
+        for &(n, pw) in &list[..CALLS] {
+            calls.push_str(&format!(
+                "{n};{callee};[authentication username={n} password={pw}]\n"
+            ));
+        }
+        let auth_uri = format!("{callee}@{}", p.addr);
+        let calls = dir.write("calls.csv", &calls);
+        let mut uas = Reaped::spawn(
+            "sipp uas",
+            sipp(&dir, "uas", contact)
+                .args(["-sf", &peer_file("tools/sipp/uas.xml")])
+                .args(["-timeout", "30s"]),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mut uac = Reaped::spawn(
+            "sipp uac_auth",
+            sipp(&dir, "uac", free_udp_port())
+                .args(["-sf", &peer_file("tools/sipp/uac_auth.xml")])
+                .args([
+                    "-inf",
+                    &calls,
+                    "-m",
+                    &CALLS.to_string(),
+                    "-r",
+                    "20",
+                    "-l",
+                    "10",
+                ])
+                .args(["-auth_uri", &auth_uri])
+                .args(["-timeout", "20s", "-timeout_error", "-max_retrans", "3"])
+                .arg(p.addr.to_string()),
+        );
+        let st = uac.wait_for(Duration::from_secs(30));
+        let _ = uas.terminate(Duration::from_secs(2));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{d}: sipp INVITE with digest auth: {st:?}\n{}\n{}",
+            sipp_report(&dir, "uac"),
+            sipp_report(&dir, "uas")
+        );
         p.terminate();
-        // 20 + 2 first REGISTERs and 2 wrong answers were challenged.
+        // 20 + 2 first REGISTERs, 2 wrong answers and 10 INVITEs were challenged.
         let challenges = p.counter("sipedge_auth_challenges_total");
         assert!(
-            challenges >= 24,
+            challenges >= 34,
             "{d}: {challenges} challenges\n{:#?}",
             p.log
         );
@@ -441,7 +485,7 @@ fn sipp_register_with_digest_authentication() {
 // pjsua2
 
 /// Two pjsua2 (PJSIP) user agents with passwords, sipedge with a users file
-/// (its default challenge, SHA-256 then MD5): bob and alice register (401,
+/// (its default challenge, MD5 then SHA-256): bob and alice register (401,
 /// then 200), alice calls bob (407, the INVITE again with credentials, bob
 /// answers, both CONFIRMED), hangs up, and sends bob a MESSAGE (407, then
 /// 200). A third pjsua2 with a wrong password does not register.
@@ -686,12 +730,13 @@ fn sipvicious_learns_nothing() {
                 &[("1000", pw_1000), ("1003", pw_1003), ("1007", pw_1007)],
             ),
         );
-        // svcrack speaks MD5 only and answers the first challenge line. A
-        // source may fail 10 times, then once per minute (the default
-        // refills in 60 s: a slow run would get a guess checked meanwhile).
+        // svcrack speaks MD5 only and answers the first challenge line (the
+        // default offers MD5 first). A source may fail 10 times, then once
+        // per minute (the default refills in 60 s: a slow run would get a
+        // guess checked meanwhile).
         let config = dir.write(
             "sipedge.toml",
-            "[auth]\nalgorithms = [\"MD5\", \"SHA-256\"]\nsource_failures = 10\nsource_window = 600\n",
+            "[auth]\nsource_failures = 10\nsource_window = 600\n",
         );
         let mut p = edge(d, &dir, &["--users", &users, "--config", &config]);
         let phone = Ua::new();

@@ -127,7 +127,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
                 },
             }
         }
-        Outcome::Challenge { realm, stale } => challenge(a, wall, kind, realm, stale, src, extra),
+        Outcome::Challenge { realm, stale } => challenge(a, wall, msg, realm, stale, src, extra),
         Outcome::Forbidden(r) => Gate::Reply {
             status: 403,
             reason: r.reason(),
@@ -135,7 +135,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
         },
         Outcome::Throttled { realm } => match a.throttle_action() {
             ThrottleAction::Drop => Gate::Drop,
-            ThrottleAction::Challenge => challenge(a, wall, kind, realm, false, src, extra),
+            ThrottleAction::Challenge => challenge(a, wall, msg, realm, false, src, extra),
         },
     }
 }
@@ -143,13 +143,15 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
 fn challenge<'buf, 'p, D: UserDirectory>(
     a: &mut Authenticator<D>,
     wall: u64,
-    kind: Kind,
+    msg: &Message<'_>,
     realm: RealmId,
     stale: bool,
     src: SocketAddr,
     extra: &mut [u8],
 ) -> Gate<'buf, 'p> {
-    match a.challenge(wall, kind, realm, stale, src, extra) {
+    let kind = Kind::for_method(msg.method());
+    let ua = msg.header_raw(b"User-Agent");
+    match a.challenge(wall, kind, realm, stale, src, ua, extra) {
         Ok(n) => Gate::Reply {
             status: kind.status(),
             reason: kind.reason(),

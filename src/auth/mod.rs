@@ -180,7 +180,8 @@ pub enum ThrottleAction {
 ///
 /// ```toml
 /// [auth]
-/// algorithms = ["SHA-256", "MD5"]   # offered in this order; also SHA-512-256 and the -sess forms
+/// algorithms = ["MD5", "SHA-256"]   # offered in this order; also SHA-512-256 and the -sess forms
+/// strongest_first = ["Linphone"]    # User-Agent prefixes offered the non-MD5 ones first
 /// qop = ["auth"]                    # add "auth-int" to offer it too
 /// nonce_lifetime = 300
 /// key_rotation = 3600               # >= nonce_lifetime
@@ -199,6 +200,9 @@ pub enum ThrottleAction {
 pub struct AuthSection {
     /// Algorithm tokens, in the order offered.
     pub algorithms: Option<Vec<String>>,
+    /// User-Agent prefixes (case-insensitive) whose requests are offered the
+    /// configured algorithms other than MD5 first.
+    pub strongest_first: Option<Vec<String>>,
     /// `auth` and optionally `auth-int`.
     pub qop: Option<Vec<String>>,
     /// Seconds a nonce stays valid.
@@ -255,7 +259,17 @@ pub enum AuthConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Offered algorithms, in order; the only ones accepted.
+    ///
+    /// MD5 comes first by default: deployed clients (SIPp 3.6, svcrack,
+    /// SIP.js, many phones) read only the first `WWW-Authenticate` and give
+    /// up when it is not MD5, while RFC 8760 clients take the first one they
+    /// support — so with SHA-256 first the former fail, and with MD5 first
+    /// the latter use MD5. An operator whose clients all speak SHA-256 puts
+    /// it first; [`Config::strongest_first`] does it for chosen clients.
     pub algorithms: Vec<Algorithm>,
+    /// User-Agent prefixes, lower case, whose requests get the algorithms
+    /// other than MD5 and MD5-sess first (the configured order otherwise kept).
+    pub strongest_first: Vec<Box<[u8]>>,
     /// Offer and accept qop=auth-int as well as auth.
     pub auth_int: bool,
     /// How long a nonce is valid.
@@ -285,7 +299,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            strongest_first: Vec::new(),
             auth_int: false,
             nonce_lifetime: Duration::from_secs(300),
             key_rotation: Duration::from_secs(3600),
@@ -368,8 +383,21 @@ impl Config {
             Some("challenge") => ThrottleAction::Challenge,
             Some(_) => return Err(AuthConfigError::ThrottleAction),
         };
+        let strongest_first = s
+            .strongest_first
+            .iter()
+            .flatten()
+            .map(|p| {
+                p.trim()
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
         Ok(Self {
             algorithms,
+            strongest_first,
             auth_int,
             nonce_lifetime: lifetime,
             key_rotation: rotation,
@@ -906,6 +934,7 @@ impl<D: UserDirectory> Authenticator<D> {
         realm: RealmId,
         stale: bool,
         src: SocketAddr,
+        user_agent: Option<&[u8]>,
         w: &mut Writer<'_>,
     ) -> Result<(), EmitError> {
         let Some(r) = self.realms.get(usize::from(realm.0)) else {
@@ -922,7 +951,25 @@ impl<D: UserDirectory> Authenticator<D> {
             self.cfg.bind_source.then_some(src.ip()),
             &mut nonce,
         );
-        for a in &self.cfg.algorithms {
+        let strongest_first = user_agent.is_some_and(|ua| {
+            self.cfg.strongest_first.iter().any(|p| {
+                ua.get(..p.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(p))
+            })
+        });
+        let is_md5 = |a: &Algorithm| matches!(a, Algorithm::Md5 | Algorithm::Md5Sess);
+        let order = self
+            .cfg
+            .algorithms
+            .iter()
+            .filter(|a| !strongest_first || !is_md5(a))
+            .chain(
+                self.cfg
+                    .algorithms
+                    .iter()
+                    .filter(|a| strongest_first && is_md5(a)),
+            );
+        for a in order {
             w.put_str(kind.challenge_header())?;
             w.put(b": Digest realm=\"")?;
             w.put(&r.name)?;
@@ -955,10 +1002,11 @@ impl<D: UserDirectory> Authenticator<D> {
         realm: RealmId,
         stale: bool,
         src: SocketAddr,
+        user_agent: Option<&[u8]>,
         out: &mut [u8],
     ) -> Result<usize, EmitError> {
         let mut w = Writer::new(out);
-        self.write_challenge(wall, kind, realm, stale, src, &mut w)?;
+        self.write_challenge(wall, kind, realm, stale, src, user_agent, &mut w)?;
         Ok(w.len())
     }
 }

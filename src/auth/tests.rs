@@ -43,8 +43,14 @@ fn auth_with(cfg: Config) -> Authenticator {
     )
 }
 
+/// SHA-256 offered first (the default offers MD5 first: see
+/// `default_offers_md5_first_and_the_strongest_to_chosen_clients`), so the
+/// first line these tests answer is the stronger one.
 fn auth() -> Authenticator {
-    auth_with(Config::default())
+    auth_with(Config {
+        algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        ..Config::default()
+    })
 }
 
 /// A request; `cred` is a whole header line (with CRLF) or "".
@@ -111,7 +117,7 @@ fn check(a: &mut Authenticator, bytes: &[u8]) -> String {
 fn challenge(a: &mut Authenticator, kind: Kind, wall: u64, stale: bool) -> String {
     let mut buf = [0u8; 1024];
     let n = a
-        .challenge(wall, kind, RealmId(0), stale, src(), &mut buf)
+        .challenge(wall, kind, RealmId(0), stale, src(), None, &mut buf)
         .unwrap();
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
@@ -267,7 +273,7 @@ WWW-Authenticate: Digest realm=\"example.test\", nonce=\"N\", opaque=\"{opaque}\
     // A buffer too small is an error, not a partial header.
     let mut small = [0u8; 40];
     assert_eq!(
-        b.challenge(T0, Kind::Proxy, RealmId(0), false, src(), &mut small),
+        b.challenge(T0, Kind::Proxy, RealmId(0), false, src(), None, &mut small),
         Err(EmitError::BufferFull)
     );
     assert_eq!(a.counters().challenges, 1);
@@ -494,7 +500,7 @@ fn wrong_realm() {
     // A nonce issued for other.test, presented for example.test: its MAC fails.
     let mut buf = [0u8; 1024];
     let n = a
-        .challenge(T0, Kind::Www, RealmId(1), false, src(), &mut buf)
+        .challenge(T0, Kind::Www, RealmId(1), false, src(), None, &mut buf)
         .unwrap();
     let other = String::from_utf8(buf[..n].to_vec())
         .unwrap()
@@ -575,7 +581,7 @@ fn address_domain_is_a_realm() {
         assert_eq!(check(&mut a, &bytes), "challenge stale=false", "{aor}");
         let mut buf = [0u8; 1024];
         let n = a
-            .challenge(T0, Kind::Www, realm, false, src(), &mut buf)
+            .challenge(T0, Kind::Www, realm, false, src(), None, &mut buf)
             .unwrap();
         let ch = String::from_utf8(buf[..n].to_vec()).unwrap();
         let cred = answer(&ch, Kind::Www, &Answer::new(user, "pw", "REGISTER", &ruri));
@@ -604,7 +610,7 @@ fn unknown_user_and_wrong_password_look_the_same() {
         };
         let mut extra = [0u8; 1024];
         let n = a
-            .challenge(T0, Kind::Www, realm, stale, src(), &mut extra)
+            .challenge(T0, Kind::Www, realm, stale, src(), None, &mut extra)
             .unwrap();
         let spec = ResponseSpec {
             extra: &extra[..n],
@@ -715,6 +721,7 @@ fn bound_nonces_and_uri_and_opaque_checks() {
 fn malformed_or_unoffered_credentials_fail() {
     let mut a = auth_with(Config {
         per_source: Gcra::per(100, Duration::from_secs(60)),
+        algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
         ..Config::default()
     });
     let ch = challenge(&mut a, Kind::Www, T0, false);
@@ -946,5 +953,69 @@ fn reloading_users_keeps_nonces() {
     assert_eq!(
         check(&mut a, &register("alice", &cred)),
         "challenge stale=false"
+    );
+}
+
+/// Deployed clients (SIPp 3.6, svcrack, SIP.js) answer only the first
+/// challenge line and only MD5: the default offers MD5 first. Clients named
+/// in `strongest_first` (a User-Agent prefix, any case) get the other
+/// configured algorithms first, in their configured order.
+#[test]
+fn default_offers_md5_first_and_the_strongest_to_chosen_clients() {
+    let algs = |ch: &str| -> Vec<String> {
+        ch.lines()
+            .map(|l| {
+                l.split("algorithm=")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let cfg = Config::from_section(&AuthSection::default()).unwrap();
+    assert_eq!(cfg.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+    let mut a = auth_with(cfg);
+    assert_eq!(
+        algs(&challenge(&mut a, Kind::Www, T0, false)),
+        ["MD5", "SHA-256"]
+    );
+    let cfg = Config::from_section(&AuthSection {
+        algorithms: Some(vec![
+            "MD5".into(),
+            "SHA-512-256".into(),
+            "MD5-sess".into(),
+            "SHA-256".into(),
+        ]),
+        strongest_first: Some(vec!["Linphone".into(), " ".into()]),
+        ..AuthSection::default()
+    })
+    .unwrap();
+    assert_eq!(
+        cfg.strongest_first,
+        vec![b"linphone".to_vec().into_boxed_slice()]
+    );
+    let mut a = auth_with(cfg);
+    let mut ch = |ua: Option<&[u8]>| {
+        let mut buf = [0u8; 2048];
+        let n = a
+            .challenge(T0, Kind::Proxy, RealmId(0), false, src(), ua, &mut buf)
+            .unwrap();
+        algs(std::str::from_utf8(&buf[..n]).unwrap())
+    };
+    assert_eq!(ch(None), ["MD5", "SHA-512-256", "MD5-sess", "SHA-256"]);
+    assert_eq!(
+        ch(Some(b"sipp register_auth.xml")),
+        ["MD5", "SHA-512-256", "MD5-sess", "SHA-256"]
+    );
+    assert_eq!(
+        ch(Some(b"LINPHONE-Desktop/5.2")),
+        ["SHA-512-256", "SHA-256", "MD5", "MD5-sess"]
+    );
+    assert_eq!(
+        ch(Some(b"Linph")),
+        ["MD5", "SHA-512-256", "MD5-sess", "SHA-256"]
     );
 }
