@@ -995,6 +995,7 @@ impl<D: UserDirectory> Authenticator<D> {
 
     /// [`Authenticator::write_challenge`] into `out`; returns the length,
     /// for the `extra` of a locally built response.
+    #[allow(clippy::too_many_arguments)]
     pub fn challenge(
         &mut self,
         wall: u64,
