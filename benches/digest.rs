@@ -83,7 +83,7 @@ fn request_as(
     let src = "192.0.2.10:5060".parse().unwrap();
     let mut ch = [0u8; 512];
     let n = a
-        .challenge(WALL, Kind::Www, RealmId(0), false, src, &mut ch)
+        .challenge(WALL, Kind::Www, RealmId(0), false, src, None, &mut ch)
         .unwrap();
     let line = std::str::from_utf8(&ch[..n]).unwrap();
     let c = Credentials::parse(line.split_once(": ").unwrap().1.trim_end().as_bytes()).unwrap();
@@ -227,8 +227,16 @@ fn verify(c: &mut Criterion) {
     let mut out = [0u8; 512];
     g.bench_function("challenge/SHA-256", |b| {
         b.iter(|| {
-            a.challenge(black_box(WALL), Kind::Www, RealmId(0), false, src, &mut out)
-                .unwrap()
+            a.challenge(
+                black_box(WALL),
+                Kind::Www,
+                RealmId(0),
+                false,
+                src,
+                None,
+                &mut out,
+            )
+            .unwrap()
         })
     });
     let ha1 = digest::ha1(
