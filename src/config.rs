@@ -222,8 +222,10 @@ pub struct FileConfig {
     pub presence: Option<crate::presence::PresenceConfig>,
 }
 
-/// `[metrics]`: counters, latencies and replication lag written as a
-/// Prometheus textfile (for node_exporter's textfile collector, or `cat`).
+/// `[metrics]`: counters, gauges and the replication lag in the Prometheus
+/// text format, served over HTTP (`listen`: `/metrics`, `/health`,
+/// `/ready`) and/or written as a textfile (for node_exporter's textfile
+/// collector, or `cat`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
@@ -231,6 +233,8 @@ pub struct MetricsSection {
     pub file: Option<std::path::PathBuf>,
     /// Seconds between writes (default 10).
     pub interval: Option<u64>,
+    /// Address of the HTTP endpoint (`--metrics-listen`), e.g. 127.0.0.1:9090.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[tls]`: certificates for `tls:` and `wss:` listeners and for outbound TLS.
@@ -437,6 +441,8 @@ pub struct Config {
     pub config_file: Option<std::path::PathBuf>,
     /// The metrics file and its interval.
     pub metrics: Option<(std::path::PathBuf, std::time::Duration)>,
+    /// The metrics HTTP endpoint's address.
+    pub metrics_listen: Option<SocketAddr>,
     /// `[tls]` as written (files read at start and on SIGHUP).
     pub tls: TlsSection,
     /// Stream connection limits.
@@ -493,7 +499,14 @@ impl FileConfig {
             presence: over.presence.or(self.presence),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
-            metrics: over.metrics.or(self.metrics),
+            metrics: match (over.metrics, self.metrics) {
+                (Some(o), Some(f)) => Some(MetricsSection {
+                    file: o.file.or(f.file),
+                    interval: o.interval.or(f.interval),
+                    listen: o.listen.or(f.listen),
+                }),
+                (o, f) => o.or(f),
+            },
             tls: match (over.tls, self.tls) {
                 (Some(o), Some(f)) => Some(TlsSection {
                     cert: o.cert.or(f.cert),
@@ -643,6 +656,7 @@ impl FileConfig {
             flood: self.flood,
             overload: self.overload.unwrap_or_default(),
             config_file: None,
+            metrics_listen: self.metrics.as_ref().and_then(|m| m.listen),
             metrics: self.metrics.and_then(|m| {
                 let every = std::time::Duration::from_secs(m.interval.unwrap_or(10).max(1));
                 m.file.map(|f| (f, every))

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod hash;
 pub mod location;
+pub mod metrics;
 pub mod policy;
 pub mod presence;
 pub mod proxy;

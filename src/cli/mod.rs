@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// textfile every 10 s (`[metrics] file`, `interval`).
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Serve `/metrics` (Prometheus), `/health` and `/ready` over HTTP on
+    /// this address (`[metrics] listen`), e.g. 127.0.0.1:9090.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Users file (TOML `[[user]]` name, domain, password or ha1_*): served
     /// domains then require digest authentication. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -129,13 +133,13 @@ impl RunArgs {
             presence: None,
             flood: None,
             overload: None,
-            metrics: self
-                .metrics_file
-                .as_ref()
-                .map(|f| crate::config::MetricsSection {
-                    file: Some(f.clone()),
+            metrics: (self.metrics_file.is_some() || self.metrics_listen.is_some()).then(|| {
+                crate::config::MetricsSection {
+                    file: self.metrics_file.clone(),
                     interval: None,
-                }),
+                    listen: self.metrics_listen,
+                }
+            }),
             tls: (self.tls_cert.is_some() || self.tls_key.is_some()).then(|| {
                 crate::config::TlsSection {
                     cert: self.tls_cert.clone(),
@@ -238,6 +242,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for (p, s) in plans.iter_mut().zip(&slots) {
         p.io.get_or_insert_with(ShardIo::none).metrics = Some(s.clone());
     }
+    let health = Arc::new(crate::metrics::Health::default());
+    let reports = crate::metrics::Reports::new(slots.clone(), health.clone());
+    // Bound before the shards start: a taken port fails start-up, not later.
+    let metrics_listener = cfg
+        .metrics_listen
+        .map(|a| {
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("cannot listen for metrics on {a}"))
+        })
+        .transpose()?;
     let tls = if cfg.listen.iter().any(|l| l.transport.is_stream()) {
         let (server, client) = load_tls(&cfg.tls)?;
         let t = shard::streams::TlsReload::new(server, client);
@@ -279,6 +293,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
         h
     };
     tracing::info!("{started}");
+    let metrics_stop = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            let (r, h, st) = (reports.clone(), health.clone(), metrics_stop.clone());
+            let t = std::thread::Builder::new()
+                .name("sipedge-metrics".into())
+                .spawn(move || crate::metrics::http::serve(l, r, h, st))
+                .context("cannot start the metrics thread")?;
+            if let Some(a) = addr {
+                tracing::info!("metrics on http://{a}/metrics (and /health, /ready)");
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    health.ready.store(true, Ordering::Release);
     // Wait for the shards; reload users and policy on SIGHUP meanwhile.
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
@@ -286,6 +317,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut last_metrics = std::time::Instant::now();
     let (mut trimmer, mut last_trim_check) = (shard::trim::Trimmer::default(), last_metrics);
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
+        if handles.iter().any(std::thread::JoinHandle::is_finished) {
+            health.shard_down.store(true, Ordering::Release);
+        }
         if last_trim_check.elapsed() >= std::time::Duration::from_secs(1) {
             last_trim_check = std::time::Instant::now();
             let live: u64 = slots
@@ -302,7 +336,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Some((file, every)) = &cfg.metrics {
             if last_metrics.elapsed() >= *every {
                 last_metrics = std::time::Instant::now();
-                if let Err(e) = write_metrics(file, &slots) {
+                if let Err(e) = crate::metrics::write_file(&reports, file) {
                     tracing::warn!("cannot write metrics to {}: {e}", file.display());
                 }
             }
@@ -339,6 +373,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    health.ready.store(false, Ordering::Release);
+    metrics_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = metrics_thread {
+        let _ = t.join();
     }
     let mut driver_total = DriverStats::default();
     let mut counters = Counters::default();
@@ -531,90 +570,6 @@ fn start_stateful(
         return Err(anyhow!("cannot start: {f}"));
     }
     Ok((handles, sec.shared.clone()))
-}
-
-/// Sums the shards' last snapshots and writes them as a Prometheus textfile
-/// (a temporary file renamed over the old one, so readers never see half).
-fn write_metrics(
-    file: &std::path::Path,
-    slots: &[Arc<std::sync::Mutex<shard::ShardReport>>],
-) -> Result<()> {
-    use std::fmt::Write as _;
-    let mut counters = Counters::default();
-    let mut driver = DriverStats::default();
-    let mut lag: Option<hdrhistogram::Histogram<u64>> = None;
-    let mut io = shard::IoStats::default();
-    let mut conn = crate::transport::conn::ConnStats::default();
-    let mut connections = 0;
-    for s in slots {
-        let Ok(r) = s.lock() else { continue };
-        counters.add(&r.service);
-        conn.add(&r.conn);
-        connections += r.connections;
-        driver.add(&r.driver);
-        io.records += r.io.records;
-        io.store_errors += r.io.store_errors;
-        io.compactions += r.io.compactions;
-        io.mesh_sent += r.io.mesh_sent;
-        io.mesh_dropped += r.io.mesh_dropped;
-        if let Some(l) = &r.lag {
-            match &mut lag {
-                Some(t) => {
-                    let _ = t.add(l);
-                }
-                None => lag = Some(l.clone()),
-            }
-        }
-    }
-    let mut text = String::new();
-    for (name, v) in counters
-        .pairs()
-        .into_iter()
-        .chain(counters.presence.pairs())
-        .chain(conn.pairs())
-    {
-        let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
-    }
-    let _ = writeln!(
-        text,
-        "# TYPE sipedge_transport_connections gauge\nsipedge_transport_connections {connections}"
-    );
-    let _ = writeln!(
-        text,
-        "# TYPE sipedge_txn_transactions_live gauge\nsipedge_txn_transactions_live {}",
-        counters.transactions_live
-    );
-    for (name, v) in [
-        ("sipedge_shard_datagrams_received_total", driver.rx),
-        ("sipedge_shard_datagrams_sent_total", driver.tx),
-        ("sipedge_shard_receive_errors_total", driver.rx_errors),
-        ("sipedge_shard_send_errors_total", driver.tx_errors),
-        ("sipedge_shard_send_dropped_total", driver.tx_dropped),
-        ("sipedge_shard_loop_turns_total", driver.turns),
-        ("sipedge_store_records_total", io.records),
-        ("sipedge_store_errors_total", io.store_errors),
-        ("sipedge_store_compactions_total", io.compactions),
-        ("sipedge_mesh_sent_total", io.mesh_sent),
-        ("sipedge_mesh_dropped_total", io.mesh_dropped),
-    ] {
-        let _ = writeln!(text, "# TYPE {name} counter\n{name} {v}");
-    }
-    if let Some(l) = lag.filter(|l| !l.is_empty()) {
-        let name = "sipedge_location_replication_lag_seconds";
-        let _ = writeln!(text, "# TYPE {name} summary");
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(
-                text,
-                "{name}{{quantile=\"{q}\"}} {:.6}",
-                l.value_at_quantile(q) as f64 / 1e6
-            );
-        }
-        let _ = writeln!(text, "{name}_count {}", l.len());
-    }
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, file)?;
-    Ok(())
 }
 
 /// Reads the `[tls]` files: the server configuration (when a certificate is

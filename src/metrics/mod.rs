@@ -1,0 +1,303 @@
+//! Metrics for operators: the shards' published reports encoded in the
+//! Prometheus text format (by `prometheus-client`, not by hand), served over
+//! HTTP (`--metrics-listen`: `/metrics`, `/health`, `/ready`) and written to
+//! a textfile (`--metrics-file`).
+//!
+//! ```text
+//!  shard ──(about once a second, the one lock it takes)──► ShardReport slot
+//!  scrape / textfile tick ──► Reports (a Collector) ──► clones every slot
+//!                              └► families, one sample per shard {shard="N"}
+//! ```
+//!
+//! Why a collector over snapshots rather than live `Counter`s: shards count
+//! in plain integers with no atomics on the hot path (DESIGN.md); the
+//! exporter reads the copies they publish. Label cardinality is bounded by
+//! construction: the only label is the shard index (and `le` of histograms).
+//!
+//! The HTTP side ([`http`]) is a small blocking server on its own thread:
+//! one connection at a time, bounded request size and time, GET only.
+
+pub mod http;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::shard::ShardReport;
+
+/// Histogram buckets of the replication lag, seconds.
+const LAG_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// The process's state as `/health` and `/ready` report it.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Every shard started and the store loaded; false again on shutdown.
+    pub ready: AtomicBool,
+    /// A shard thread ended (a failure, or shutdown).
+    pub shard_down: AtomicBool,
+}
+
+impl Health {
+    /// `/health`: the process serves (no shard thread has ended).
+    pub fn healthy(&self) -> bool {
+        !self.shard_down.load(Ordering::Acquire)
+    }
+
+    /// `/ready`: healthy and past start-up.
+    pub fn is_ready(&self) -> bool {
+        self.healthy() && self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// The shards' report slots, as a Prometheus collector.
+#[derive(Debug, Clone)]
+pub struct Reports {
+    slots: Vec<Arc<Mutex<ShardReport>>>,
+    health: Arc<Health>,
+}
+
+impl Reports {
+    /// A collector over `slots` (one per shard, in shard order).
+    pub fn new(slots: Vec<Arc<Mutex<ShardReport>>>, health: Arc<Health>) -> Self {
+        Self { slots, health }
+    }
+
+    /// A registry holding this collector alone.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register_collector(Box::new(self.clone()));
+        r
+    }
+
+    /// The text exposition of every metric (what `/metrics` serves).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an encoder error would be a bug
+        // of ours (a duplicate name): the partial text is still served.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry());
+        out
+    }
+
+    /// Every slot's last report, labelled by the slot's index (a report's own
+    /// `id` is only set once its shard first published).
+    fn snapshot(&self) -> Vec<ShardReport> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.lock().ok().map(|r| ShardReport {
+                    id: i as u16,
+                    ..r.clone()
+                })
+            })
+            .collect()
+    }
+}
+
+/// `name` without the `_total` the text encoder adds to counters.
+fn base(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+/// One family of per-shard values.
+fn family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: impl Iterator<Item = (u16, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let name = if matches!(kind, MetricType::Counter) {
+        base(name)
+    } else {
+        name
+    };
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (shard, v) in values {
+        let labels = [("shard", shard.to_string())];
+        let mut s = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => {
+                prometheus_client::metrics::counter::ConstCounter::new(v).encode(s)?
+            }
+            _ => s.encode_gauge(&(v as i64))?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Reports {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let reports = self.snapshot();
+        let per = |f: &dyn Fn(&ShardReport) -> u64| -> Vec<(u16, u64)> {
+            reports.iter().map(|r| (r.id, f(r))).collect()
+        };
+        // The proxy's, presence's and the connection table's counters: the
+        // names they carry, one sample per shard.
+        let Some(first) = reports.first() else {
+            return Ok(());
+        };
+        let counter_names: Vec<&'static str> = first
+            .service
+            .pairs()
+            .iter()
+            .chain(first.service.presence.pairs().iter())
+            .chain(first.conn.pairs().iter())
+            .map(|(n, _)| *n)
+            .collect();
+        for (i, name) in counter_names.iter().enumerate() {
+            let values = per(&|r: &ShardReport| {
+                r.service
+                    .pairs()
+                    .iter()
+                    .chain(r.service.presence.pairs().iter())
+                    .chain(r.conn.pairs().iter())
+                    .nth(i)
+                    .map_or(0, |(_, v)| *v)
+            });
+            let help = base(name)
+                .strip_prefix("sipedge_")
+                .unwrap_or(name)
+                .replace('_', " ");
+            family(
+                &mut enc,
+                name,
+                &help,
+                MetricType::Counter,
+                values.into_iter(),
+            )?;
+        }
+        type Get = fn(&ShardReport) -> u64;
+        let counters: [(&str, &str, Get); 11] = [
+            (
+                "sipedge_shard_datagrams_received_total",
+                "datagrams received",
+                |r| r.driver.rx,
+            ),
+            (
+                "sipedge_shard_datagrams_sent_total",
+                "datagrams sent",
+                |r| r.driver.tx,
+            ),
+            (
+                "sipedge_shard_receive_errors_total",
+                "receive errors",
+                |r| r.driver.rx_errors,
+            ),
+            ("sipedge_shard_send_errors_total", "send errors", |r| {
+                r.driver.tx_errors
+            }),
+            (
+                "sipedge_shard_send_dropped_total",
+                "sends dropped (full queue)",
+                |r| r.driver.tx_dropped,
+            ),
+            ("sipedge_shard_loop_turns_total", "loop turns", |r| {
+                r.driver.turns
+            }),
+            ("sipedge_store_records_total", "records made durable", |r| {
+                r.io.records
+            }),
+            ("sipedge_store_errors_total", "store write errors", |r| {
+                r.io.store_errors
+            }),
+            ("sipedge_store_compactions_total", "log compactions", |r| {
+                r.io.compactions
+            }),
+            ("sipedge_mesh_sent_total", "messages to other shards", |r| {
+                r.io.mesh_sent
+            }),
+            (
+                "sipedge_mesh_dropped_total",
+                "messages to other shards dropped (full queue)",
+                |r| r.io.mesh_dropped,
+            ),
+        ];
+        for (name, help, get) in counters {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Counter,
+                per(&get).into_iter(),
+            )?;
+        }
+        let gauges: [(&str, &str, Get); 2] = [
+            (
+                "sipedge_transport_connections",
+                "open stream connections",
+                |r| r.connections as u64,
+            ),
+            ("sipedge_txn_transactions_live", "transactions live", |r| {
+                r.service.transactions_live
+            }),
+        ];
+        for (name, help, get) in gauges {
+            family(
+                &mut enc,
+                name,
+                help,
+                MetricType::Gauge,
+                per(&get).into_iter(),
+            )?;
+        }
+        // Replication lag, from each shard's HDR histogram, as a Prometheus
+        // histogram (cumulative buckets, seconds).
+        let mut m = enc.encode_descriptor(
+            "sipedge_location_replication_lag_seconds",
+            "time from a binding's commit on its owner to its application on a replica",
+            None,
+            MetricType::Histogram,
+        )?;
+        for r in &reports {
+            let Some(h) = r.lag.as_ref() else { continue };
+            // The encoder sums the buckets itself: each gets its own count.
+            let mut below = 0;
+            let buckets: Vec<(f64, u64)> = LAG_BUCKETS
+                .iter()
+                .map(|&le| le * 1e6)
+                .chain(std::iter::once(f64::MAX)) // the encoder's +Inf
+                .map(|us| {
+                    let upto = if us == f64::MAX {
+                        h.len()
+                    } else {
+                        h.count_between(0, us as u64).min(h.len())
+                    };
+                    let n = upto.saturating_sub(below);
+                    below = below.max(upto);
+                    (if us == f64::MAX { us } else { us / 1e6 }, n)
+                })
+                .collect();
+            let sum = h.mean() * h.len() as f64 / 1e6;
+            let labels = [("shard", r.id.to_string())];
+            m.encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum,
+                    h.len(),
+                    &buckets,
+                    None,
+                )?;
+        }
+        let mut up = enc.encode_descriptor(
+            "sipedge_ready",
+            "1 when every shard runs and start-up is over",
+            None,
+            MetricType::Gauge,
+        )?;
+        up.encode_gauge(&i64::from(self.health.is_ready()))?;
+        Ok(())
+    }
+}
+
+/// Writes the text exposition to `file` atomically (`--metrics-file`).
+pub fn write_file(reports: &Reports, file: &std::path::Path) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, reports.render())?;
+    std::fs::rename(&tmp, file)
+}
