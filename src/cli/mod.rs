@@ -322,13 +322,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         if last_trim_check.elapsed() >= std::time::Duration::from_secs(1) {
             last_trim_check = std::time::Instant::now();
-            let live: u64 = slots
+            let (live, compactions) = slots
                 .iter()
-                .filter_map(|s| s.lock().ok().map(|r| r.service.transactions_live))
-                .sum();
-            if trimmer.observe(live, last_trim_check) && shard::trim::release_free_memory() {
+                .filter_map(|s| {
+                    s.lock()
+                        .ok()
+                        .map(|r| (r.service.transactions_live, r.io.compactions))
+                })
+                .fold((0, 0), |(l, c), (a, b)| (l + a, c + b));
+            if trimmer.observe(live, compactions, last_trim_check)
+                && shard::trim::release_free_memory()
+            {
                 tracing::info!(
-                    "heap trimmed after a burst ({live} live transactions) in {:?}",
+                    "heap trimmed after a burst or a compaction ({live} live transactions) in {:?}",
                     last_trim_check.elapsed()
                 );
             }

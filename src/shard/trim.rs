@@ -8,10 +8,11 @@
 //! and only gives back the top of its heap. glibc's `malloc_trim(0)` also
 //! returns the whole free pages inside it (`MADV_DONTNEED`).
 //!
-//! [`Trimmer`] decides when: only after the live transactions of the process
-//! fell to half of their peak since the last trim (a burst ended), that peak
-//! was at least [`Trimmer::MIN_PEAK`], and [`Trimmer::MIN_GAP`] has passed
-//! since the last trim. Under steady load the count stays flat, so nothing
+//! [`Trimmer`] decides when: after the live transactions of the process
+//! fell to half of their peak since the last trim (a burst ended; that peak
+//! at least [`Trimmer::MIN_PEAK`]) or after a store compaction (it copies a
+//! partition's state and frees the copy), and never sooner than
+//! [`Trimmer::MIN_GAP`] after the last trim. Under steady load the count stays flat, so nothing
 //! is trimmed; a trim walks the allocator's free lists while holding each
 //! arena's lock in turn (1–40 ms measured with a million subscriptions), which is why
 //! it runs on the main thread and seldom.
@@ -24,6 +25,9 @@ use std::time::{Duration, Instant};
 pub struct Trimmer {
     peak: u64,
     last: Option<Instant>,
+    compactions: u64,
+    /// A compaction finished since the last trim.
+    compacted: bool,
     /// Trims done.
     pub trims: u64,
 }
@@ -34,16 +38,24 @@ impl Trimmer {
     /// The shortest time between two trims.
     pub const MIN_GAP: Duration = Duration::from_secs(10);
 
-    /// Takes the live transaction count at `now`; true when a trim is due
-    /// (the caller then calls [`release_free_memory`]).
-    pub fn observe(&mut self, live: u64, now: Instant) -> bool {
+    /// Takes the live transaction count and the store compactions done so
+    /// far at `now`; true when a trim is due (the caller then calls
+    /// [`release_free_memory`]). A compaction copies a partition's whole
+    /// state (a million subscriptions: hundreds of megabytes) and frees it
+    /// when written: a trim follows each one, at the same minimum gap.
+    pub fn observe(&mut self, live: u64, compactions: u64, now: Instant) -> bool {
         self.peak = self.peak.max(live);
-        let due = self.peak >= Self::MIN_PEAK
-            && live.saturating_mul(2) <= self.peak
+        if compactions > self.compactions {
+            self.compactions = compactions;
+            self.compacted = true;
+        }
+        let burst_over = self.peak >= Self::MIN_PEAK && live.saturating_mul(2) <= self.peak;
+        let due = (burst_over || self.compacted)
             && self
                 .last
                 .is_none_or(|t| now.saturating_duration_since(t) >= Self::MIN_GAP);
         if due {
+            self.compacted = false;
             self.peak = live;
             self.last = Some(now);
             self.trims += 1;
@@ -79,22 +91,36 @@ mod tests {
         let mut t = Trimmer::default();
         // Steady load: a flat count never trims, however long.
         for s in 0..100 {
-            assert!(!t.observe(50_000, at(s)));
+            assert!(!t.observe(50_000, 0, at(s)));
         }
         // The burst ends: a trim at half the peak, not before.
-        assert!(!t.observe(30_000, at(100)));
-        assert!(t.observe(25_000, at(101)));
+        assert!(!t.observe(30_000, 0, at(100)));
+        assert!(t.observe(25_000, 0, at(101)));
         // Draining further: the next one waits for the gap and half again.
-        assert!(!t.observe(12_000, at(105)));
-        assert!(t.observe(12_000, at(111)));
-        assert!(!t.observe(7_000, at(122)));
-        assert!(t.observe(6_000, at(122)));
+        assert!(!t.observe(12_000, 0, at(105)));
+        assert!(t.observe(12_000, 0, at(111)));
+        assert!(!t.observe(7_000, 0, at(122)));
+        assert!(t.observe(6_000, 0, at(122)));
         // Below the minimum peak nothing is worth it.
-        assert!(!t.observe(0, at(200)));
+        assert!(!t.observe(0, 0, at(200)));
         assert_eq!(t.trims, 3);
         let mut small = Trimmer::default();
-        assert!(!small.observe(9_999, at(0)));
-        assert!(!small.observe(0, at(60)));
+        assert!(!small.observe(9_999, 0, at(0)));
+        assert!(!small.observe(0, 0, at(60)));
+    }
+
+    #[test]
+    fn trims_after_each_compaction_at_the_minimum_gap() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut t = Trimmer::default();
+        assert!(!t.observe(100, 0, at(0)));
+        assert!(t.observe(100, 1, at(1)));
+        // Another one soon after waits for the gap, then is not forgotten.
+        assert!(!t.observe(100, 2, at(5)));
+        assert!(!t.observe(100, 2, at(8)));
+        assert!(t.observe(100, 2, at(11)));
+        assert!(!t.observe(100, 2, at(30)));
     }
 
     #[test]
