@@ -214,6 +214,8 @@ pub struct FileConfig {
     pub overload: Option<crate::policy::overload::OverloadSection>,
     /// `[metrics]`: the Prometheus textfile export.
     pub metrics: Option<MetricsSection>,
+    /// `[control]`: the `sipedge ctl` socket.
+    pub control: Option<ControlSection>,
     /// `[tls]`: certificates.
     pub tls: Option<TlsSection>,
     /// `[tcp]`: connection limits.
@@ -235,6 +237,15 @@ pub struct MetricsSection {
     pub interval: Option<u64>,
     /// Address of the HTTP endpoint (`--metrics-listen`), e.g. 127.0.0.1:9090.
     pub listen: Option<SocketAddr>,
+}
+
+/// `[control]`: the Unix socket `sipedge ctl` talks to (mode 0600; the only
+/// control path, nothing on the network).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// Its path (`--control`).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// `[tls]`: certificates for `tls:` and `wss:` listeners and for outbound TLS.
@@ -443,6 +454,8 @@ pub struct Config {
     pub metrics: Option<(std::path::PathBuf, std::time::Duration)>,
     /// The metrics HTTP endpoint's address.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control socket's path.
+    pub control_socket: Option<std::path::PathBuf>,
     /// `[tls]` as written (files read at start and on SIGHUP).
     pub tls: TlsSection,
     /// Stream connection limits.
@@ -499,6 +512,7 @@ impl FileConfig {
             presence: over.presence.or(self.presence),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
+            control: over.control.or(self.control),
             metrics: match (over.metrics, self.metrics) {
                 (Some(o), Some(f)) => Some(MetricsSection {
                     file: o.file.or(f.file),
@@ -657,6 +671,7 @@ impl FileConfig {
             overload: self.overload.unwrap_or_default(),
             config_file: None,
             metrics_listen: self.metrics.as_ref().and_then(|m| m.listen),
+            control_socket: self.control.and_then(|c| c.socket),
             metrics: self.metrics.and_then(|m| {
                 let every = std::time::Duration::from_secs(m.interval.unwrap_or(10).max(1));
                 m.file.map(|f| (f, every))

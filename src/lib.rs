@@ -37,6 +37,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod hash;
 pub mod location;
 pub mod metrics;

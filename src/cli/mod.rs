@@ -38,6 +38,19 @@ pub struct Cli {
 enum Command {
     /// Run the edge (the default when no subcommand is given).
     Run(Box<RunArgs>),
+    /// Ask a running edge through its control socket: `stats`, `reload`,
+    /// `bindings dump`, `bindings lookup AOR`.
+    Ctl {
+        /// The socket of `run --control`.
+        #[arg(long, value_name = "PATH")]
+        control: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+        command: Vec<String>,
+    },
     /// Check this host against a tuning profile (socket buffers, backlog,
     /// io_uring, IRQ placement, open files); `--apply` writes the sysctls.
     Tune {
@@ -95,6 +108,10 @@ pub struct RunArgs {
     /// this address (`[metrics] listen`), e.g. 127.0.0.1:9090.
     #[arg(long, value_name = "IP:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Open the control socket (`sipedge ctl`) at this path, mode 0600
+    /// (`[control] socket`).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Users file (TOML `[[user]]` name, domain, password or ha1_*): served
     /// domains then require digest authentication. Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -140,6 +157,12 @@ impl RunArgs {
                     listen: self.metrics_listen,
                 }
             }),
+            control: self
+                .control
+                .as_ref()
+                .map(|p| crate::config::ControlSection {
+                    socket: Some(p.clone()),
+                }),
             tls: (self.tls_cert.is_some() || self.tls_key.is_some()).then(|| {
                 crate::config::TlsSection {
                     cert: self.tls_cert.clone(),
@@ -173,6 +196,11 @@ pub fn main() -> Result<()> {
         None => run(&RunArgs::default()),
         Some(Command::Run(args)) => run(&args),
         Some(Command::Tune { profile, apply }) => tune::run(&profile, apply).map(|_| ()),
+        Some(Command::Ctl {
+            control,
+            json,
+            command,
+        }) => crate::control::client(&control, &command, json),
     }
 }
 
@@ -244,7 +272,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let health = Arc::new(crate::metrics::Health::default());
     let reports = crate::metrics::Reports::new(slots.clone(), health.clone());
-    // Bound before the shards start: a taken port fails start-up, not later.
+    // Bound before the shards start: a taken port or socket fails start-up,
+    // not later (and the umask the control socket is made with is not
+    // changed under another thread).
+    let control_listener = cfg
+        .control_socket
+        .as_deref()
+        .map(crate::control::bind)
+        .transpose()?;
     let metrics_listener = cfg
         .metrics_listen
         .map(|a| {
@@ -263,6 +298,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None
     };
     let mut shared: Option<Arc<Shared>> = None;
+    let mut control_inboxes = Vec::new();
     let handles = if cfg.stateless {
         let relay_cfg = stateless::Config {
             upstream: cfg.upstream,
@@ -288,8 +324,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         })?
     } else {
-        let (h, s) = start_stateful(plans, driver, &cfg, secret, &stop)?;
+        let (h, s, inboxes) = start_stateful(plans, driver, &cfg, secret, &stop)?;
         shared = Some(s);
+        control_inboxes = inboxes;
         h
     };
     tracing::info!("{started}");
@@ -308,6 +345,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(t)
         }
         None => None,
+    };
+    let (reload_tx, reload_rx) = std::sync::mpsc::channel::<crate::control::ReloadRequest>();
+    let control_thread = match (control_listener, &cfg.control_socket) {
+        (Some(l), Some(path)) => {
+            let ctl = crate::control::Control {
+                slots: slots.clone(),
+                shards: control_inboxes,
+                reload: reload_tx,
+            };
+            let (p, st) = (path.clone(), metrics_stop.clone());
+            let t = std::thread::Builder::new()
+                .name("sipedge-control".into())
+                .spawn(move || crate::control::serve(l, p, ctl, st))
+                .context("cannot start the control thread")?;
+            tracing::info!("control socket {}", path.display());
+            Some(t)
+        }
+        _ => {
+            drop(reload_tx);
+            None
+        }
     };
     health.ready.store(true, Ordering::Release);
     // Wait for the shards; reload users and policy on SIGHUP meanwhile.
@@ -347,7 +405,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 }
             }
         }
-        if hup.swap(false, Ordering::Relaxed) {
+        let from_ctl = reload_rx.try_recv().ok();
+        if hup.swap(false, Ordering::Relaxed) || from_ctl.is_some() {
+            let who = if from_ctl.is_some() {
+                "ctl reload"
+            } else {
+                "SIGHUP"
+            };
+            let mut done: Vec<&str> = Vec::new();
+            let mut refused: Vec<String> = Vec::new();
             match (&shared, reload(args)) {
                 (Some(s), Ok((users, policy))) => {
                     if let Ok(c) = args.config() {
@@ -357,25 +423,42 @@ pub fn run(args: &RunArgs) -> Result<()> {
                         });
                     }
                     s.publish(users, policy);
-                    tracing::info!(
-                        "SIGHUP: users and policy reloaded (presence watcher rules too)"
-                    );
+                    done.push("users, policy, presence watcher rules");
+                    tracing::info!("{who}: users and policy reloaded (presence watcher rules too)");
                 }
-                (Some(_), Err(e)) => tracing::error!(
-                    "SIGHUP: reload failed, keeping the old users and policy: {e:#}"
-                ),
-                (None, _) => tracing::info!("SIGHUP: nothing to reload in stateless mode"),
+                (Some(_), Err(e)) => {
+                    tracing::error!(
+                        "{who}: reload failed, keeping the old users and policy: {e:#}"
+                    );
+                    refused.push(format!("{e:#}"));
+                }
+                (None, _) => tracing::info!("{who}: nothing to reload in stateless mode"),
             }
             if let Some(t) = &tls {
                 match args.config().and_then(|c| load_tls(&c.tls)) {
                     Ok((server, client)) => {
                         t.set(server, client);
-                        tracing::info!("SIGHUP: TLS certificates reloaded");
+                        done.push("TLS certificates");
+                        tracing::info!("{who}: TLS certificates reloaded");
                     }
-                    Err(e) => tracing::error!(
-                        "SIGHUP: TLS reload failed, keeping the old certificates: {e:#}"
-                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            "{who}: TLS reload failed, keeping the old certificates: {e:#}"
+                        );
+                        refused.push(format!("{e:#}"));
+                    }
                 }
+            }
+            if let Some(answer) = from_ctl {
+                let _ = answer.try_send(if refused.is_empty() {
+                    Ok(if done.is_empty() {
+                        "nothing (stateless mode)".to_owned()
+                    } else {
+                        done.join("; ")
+                    })
+                } else {
+                    Err(refused.join("; "))
+                });
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -383,6 +466,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     health.ready.store(false, Ordering::Release);
     metrics_stop.store(true, Ordering::Relaxed);
     if let Some(t) = metrics_thread {
+        let _ = t.join();
+    }
+    if let Some(t) = control_thread {
         let _ = t.join();
     }
     let mut driver_total = DriverStats::default();
@@ -462,8 +548,9 @@ fn start_stateful(
     cfg: &Config,
     secret: u64,
     stop: &Arc<AtomicBool>,
-) -> Result<(Handles, Arc<Shared>)> {
+) -> Result<(Handles, Arc<Shared>, Vec<Arc<shard::control::Inbox>>)> {
     let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
+    let mut inboxes = Vec::with_capacity(plans.len());
     let wall = shard::Clock::new().wall_us();
     let log_cfg = LogConfig {
         data_dir: cfg.data_dir.clone(),
@@ -509,6 +596,7 @@ fn start_stateful(
         let metrics = plan.io.take().and_then(|io| io.metrics);
         let mut io = ShardIo::new(mesh, store, plan.id)?;
         io.metrics = metrics;
+        inboxes.extend(io.control());
         plan.io = Some(io);
     }
     let reg = &cfg.registrar;
@@ -575,7 +663,7 @@ fn start_stateful(
         stop.store(true, Ordering::Relaxed);
         return Err(anyhow!("cannot start: {f}"));
     }
-    Ok((handles, sec.shared.clone()))
+    Ok((handles, sec.shared.clone(), inboxes))
 }
 
 /// Reads the `[tls]` files: the server configuration (when a certificate is

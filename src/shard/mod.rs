@@ -22,6 +22,7 @@
 
 pub mod affinity;
 pub mod bufring;
+pub mod control;
 pub mod mesh;
 pub mod mio;
 pub mod socket;
@@ -161,6 +162,8 @@ pub struct ShardIo {
     partition: u16,
     batch: Vec<Record>,
     pending: VecDeque<(usize, MeshMsg)>,
+    /// Questions from the control socket.
+    control: Option<Arc<control::Inbox>>,
     /// What this I/O counted.
     pub stats: IoStats,
 }
@@ -192,6 +195,7 @@ impl ShardIo {
             partition: 0,
             batch: Vec::new(),
             pending: VecDeque::new(),
+            control: None,
             stats: IoStats::default(),
         }
     }
@@ -204,7 +208,7 @@ impl ShardIo {
         store: Option<Box<dyn Store + Send>>,
         partition: u16,
     ) -> io::Result<Self> {
-        let (store, store_wake) = match store {
+        let (store, store_wake, control) = match store {
             Some(store) => {
                 let (waker, own) = match mesh.as_ref().and_then(mesh::Mesh::waker) {
                     Some(w) => (w, None),
@@ -213,10 +217,15 @@ impl ShardIo {
                         (w.clone(), Some(w))
                     }
                 };
+                let control = Arc::new(control::Inbox::new(waker.clone()));
                 let wake = Box::new(move || waker.notify());
-                (Some(Worker::spawn(store, partition, wake)?), own)
+                (
+                    Some(Worker::spawn(store, partition, wake)?),
+                    own,
+                    Some(control),
+                )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Self {
             metrics: None,
@@ -227,8 +236,14 @@ impl ShardIo {
             partition,
             batch: Vec::new(),
             pending: VecDeque::new(),
+            control,
             stats: IoStats::default(),
         })
+    }
+
+    /// This shard's end of the control path (shards with a store only).
+    pub fn control(&self) -> Option<Arc<control::Inbox>> {
+        self.control.clone()
     }
 
     /// The eventfd other shards write to wake this one.
@@ -244,6 +259,7 @@ impl ShardIo {
     pub fn prepare_sleep(&self) -> bool {
         self.mesh.as_ref().is_none_or(mesh::Mesh::prepare_sleep)
             && self.pending.is_empty()
+            && self.control.as_ref().is_none_or(|c| !c.pending())
             && self.store.as_ref().is_none_or(|w| !w.has_done())
     }
 
@@ -266,6 +282,19 @@ impl ShardIo {
     /// the messages from other shards to the service (as many as the
     /// outbox has room for).
     pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
+        if let Some(c) = &self.control {
+            while let Some(r) = c.next() {
+                let control::Query::Bindings(aor) = &r.query;
+                let answer = service.partition_state().map(|st| {
+                    st.bindings
+                        .into_iter()
+                        .filter(|b| aor.as_deref().is_none_or(|a| b.aor() == a))
+                        .collect()
+                });
+                // The asker may have given up: nothing to do then.
+                let _ = r.reply.try_send(answer);
+            }
+        }
         if let Some(w) = &mut self.store {
             while let Some(done) = w.poll_done() {
                 match done {

@@ -306,6 +306,18 @@ impl SendBatch {
     }
 }
 
+/// Runs `f` with the process's file-creation mask set to `mask`, then puts
+/// the old one back. The mask is process-wide: call it only while no other
+/// thread creates files (at start-up, before the shards run).
+pub fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps an integer in the process's state; it cannot fail.
+    let old = unsafe { libc::umask(mask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

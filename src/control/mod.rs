@@ -1,0 +1,310 @@
+//! The control socket (`--control PATH`, `[control] socket`) and its client
+//! (`sipedge ctl --control PATH …`): a Unix stream socket, mode 0600 (the
+//! only control path: nothing on the network), one command per connection.
+//!
+//! ```text
+//!  sipedge ctl ──"bindings dump\n"──► control thread ──► each shard's Inbox (shard::control)
+//!              ◄──── one JSON document ────┘        └──► the main loop (reload)
+//! ```
+//!
+//! Commands: `stats` (the counters summed over shards, and the gauges),
+//! `bindings dump`, `bindings lookup AOR` (from each owner shard's
+//! registrar), `reload` (what SIGHUP does: users, policy, presence rules, TLS
+//! certificates; the answer says what happened). The answer is always one
+//! JSON document; `ctl` prints it as is with `--json`, as text otherwise.
+//!
+//! Bounds: a command line of at most [`MAX_LINE`] bytes read within
+//! [`IO_TIMEOUT`]; one connection at a time; a shard that does not answer
+//! within [`SHARD_TIMEOUT`] makes the command fail rather than hang.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::location::Binding;
+use crate::proxy::Counters;
+use crate::shard::control::{Inbox, Query, Request};
+use crate::shard::ShardReport;
+
+/// The longest command line read.
+pub const MAX_LINE: usize = 4096;
+/// Per read and write of a connection.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a shard may take to answer.
+pub const SHARD_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A reload asked of the main loop; the answer (what was reloaded, or why
+/// not) goes back on the channel.
+pub type ReloadRequest = SyncSender<Result<String, String>>;
+
+/// What the control thread reaches.
+pub struct Control {
+    /// The shards' published reports (stats).
+    pub slots: Vec<Arc<Mutex<ShardReport>>>,
+    /// Each shard's control inbox (bindings); empty in stateless mode.
+    pub shards: Vec<Arc<Inbox>>,
+    /// The main loop, for reloads.
+    pub reload: Sender<ReloadRequest>,
+}
+
+/// Binds `path` with mode 0600 before anything else runs (so no other
+/// thread creates files while the umask is narrowed). A stale socket file
+/// (nobody listening) is replaced; a live one is an error.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by a running sipedge", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let l = crate::shard::sys::with_umask(0o177, || UnixListener::bind(path))
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves `listener` until `stop` is set; removes the socket file then.
+pub fn serve(listener: UnixListener, path: PathBuf, ctl: Control, stop: Arc<AtomicBool>) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!("control socket: {e}; not serving");
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, _)) => {
+                if let Err(e) = answer(s, &ctl) {
+                    tracing::debug!("control socket: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                tracing::warn!("control socket: accept: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn answer(s: UnixStream, ctl: &Control) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&s).take(MAX_LINE as u64)).read_line(&mut line)?;
+    let v = match run(line.trim(), ctl) {
+        Ok(v) => v,
+        Err(e) => json!({ "error": format!("{e:#}") }),
+    };
+    let mut w = &s;
+    w.write_all(v.to_string().as_bytes())?;
+    w.write_all(b"\n")?;
+    w.flush()
+}
+
+/// Runs one command line.
+pub fn run(line: &str, ctl: &Control) -> Result<Value> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    match words.as_slice() {
+        ["stats"] => Ok(stats(&ctl.slots)),
+        ["reload"] => reload(ctl),
+        ["bindings", "dump"] => bindings(ctl, None),
+        ["bindings", "lookup", aor] => bindings(ctl, Some(aor_key(aor))),
+        [] => bail!("no command"),
+        _ => bail!("unknown command {line:?}: stats, reload, bindings dump, bindings lookup AOR"),
+    }
+}
+
+/// `sip:Alice@Example.COM;x` → `Alice@example.com` (the registrar's AoR key:
+/// user as written, host lower case).
+pub fn aor_key(aor: &str) -> Vec<u8> {
+    let a = aor
+        .strip_prefix("sips:")
+        .or_else(|| aor.strip_prefix("sip:"))
+        .unwrap_or(aor);
+    let a = a.split([';', '?', '>']).next().unwrap_or(a);
+    match a.split_once('@') {
+        Some((u, h)) => format!("{u}@{}", h.to_ascii_lowercase()).into_bytes(),
+        None => a.to_ascii_lowercase().into_bytes(),
+    }
+}
+
+fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
+    let mut c = Counters::default();
+    let mut conn = crate::transport::conn::ConnStats::default();
+    let (mut connections, mut rx, mut tx, mut records) = (0usize, 0u64, 0u64, 0u64);
+    for s in slots {
+        let Ok(r) = s.lock() else { continue };
+        c.add(&r.service);
+        conn.add(&r.conn);
+        connections += r.connections;
+        rx += r.driver.rx;
+        tx += r.driver.tx;
+        records += r.io.records;
+    }
+    let mut m = serde_json::Map::new();
+    for (name, v) in c
+        .pairs()
+        .into_iter()
+        .chain(c.presence.pairs())
+        .chain(conn.pairs())
+    {
+        m.insert(name.to_owned(), json!(v));
+    }
+    m.insert("sipedge_shard_datagrams_received_total".into(), json!(rx));
+    m.insert("sipedge_shard_datagrams_sent_total".into(), json!(tx));
+    m.insert("sipedge_store_records_total".into(), json!(records));
+    m.insert("sipedge_transport_connections".into(), json!(connections));
+    m.insert(
+        "sipedge_txn_transactions_live".into(),
+        json!(c.transactions_live),
+    );
+    json!({ "shards": slots.len(), "counters": m })
+}
+
+fn reload(ctl: &Control) -> Result<Value> {
+    let (tx, rx) = sync_channel(1);
+    ctl.reload
+        .send(tx)
+        .map_err(|_| anyhow!("the process is shutting down"))?;
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(what)) => Ok(json!({ "reloaded": what })),
+        Ok(Err(why)) => bail!("reload refused, the running configuration stays: {why}"),
+        Err(_) => bail!("no answer from the main loop"),
+    }
+}
+
+fn binding_json(b: &Binding, wall: u64) -> Value {
+    let s = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    json!({
+        "aor": s(b.aor()),
+        "contact": s(b.contact()),
+        "expires_in": b.expires().saturating_sub(wall) / 1_000_000,
+        "q": f64::from(b.q()) / 1000.0,
+        "received": b.received().map(|a| a.to_string()),
+        "path": s(b.path()),
+        "instance": s(b.instance()),
+        "reg_id": b.reg_id(),
+        "call_id": s(b.call_id()),
+        "cseq": b.cseq(),
+        "user_agent": s(b.user_agent()),
+        "flow": b.flow(),
+    })
+}
+
+fn bindings(ctl: &Control, aor: Option<Vec<u8>>) -> Result<Value> {
+    if ctl.shards.is_empty() {
+        bail!("no registrar (stateless mode)");
+    }
+    let mut waits = Vec::with_capacity(ctl.shards.len());
+    for (i, inbox) in ctl.shards.iter().enumerate() {
+        let (tx, rx) = sync_channel(1);
+        inbox
+            .ask(Request {
+                query: Query::Bindings(aor.clone()),
+                reply: tx,
+            })
+            .map_err(|_| anyhow!("shard {i} is busy with other control requests"))?;
+        waits.push(rx);
+    }
+    let wall = crate::shard::Clock::new().wall_us();
+    let mut all = Vec::new();
+    for (i, rx) in waits.into_iter().enumerate() {
+        match rx.recv_timeout(SHARD_TIMEOUT) {
+            Ok(Some(list)) => all.extend(
+                list.iter()
+                    .filter(|b| b.expires() > wall)
+                    .map(|b| binding_json(b, wall)),
+            ),
+            Ok(None) => {}
+            Err(_) => bail!("shard {i} did not answer within {SHARD_TIMEOUT:?}"),
+        }
+    }
+    Ok(json!({ "bindings": all }))
+}
+
+/// `sipedge ctl`: sends `command` to the socket at `path`, prints the answer
+/// (as JSON with `json`); an error answer is an `Err`.
+pub fn client(path: &Path, command: &[String], json_out: bool) -> Result<()> {
+    let mut s = UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to the control socket {}", path.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(format!("{}\n", command.join(" ")).as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let v: Value = serde_json::from_str(text.trim()).context("not a JSON answer")?;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        bail!("{e}");
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if let Some(c) = v.get("counters").and_then(Value::as_object) {
+        for (k, n) in c {
+            println!("{k} {n}");
+        }
+    } else if let Some(list) = v.get("bindings").and_then(Value::as_array) {
+        for b in list {
+            let f = |k: &str| {
+                b.get(k).map_or(String::new(), |x| {
+                    x.to_string().trim_matches('"').to_owned()
+                })
+            };
+            println!(
+                "{}\t{}\texpires {}s\tq={}\t{}",
+                f("aor"),
+                f("contact"),
+                f("expires_in"),
+                f("q"),
+                f("user_agent")
+            );
+        }
+        println!("{} binding(s)", list.len());
+    } else if let Some(r) = v.get("reloaded").and_then(Value::as_str) {
+        println!("reloaded: {r}");
+    } else {
+        println!("{v}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aor_keys() {
+        assert_eq!(aor_key("sip:Alice@Example.COM"), b"Alice@example.com");
+        assert_eq!(aor_key("sips:bob@x.test;transport=tls"), b"bob@x.test");
+        assert_eq!(aor_key("carol@Y.test"), b"carol@y.test");
+    }
+
+    #[test]
+    fn unknown_and_empty_commands_are_errors() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let ctl = Control {
+            slots: vec![Arc::default()],
+            shards: Vec::new(),
+            reload: tx,
+        };
+        assert!(run("", &ctl).is_err());
+        assert!(run("bindings", &ctl).is_err());
+        assert!(run("rm -rf /", &ctl).is_err());
+        assert!(run("bindings dump", &ctl).is_err(), "no registrar");
+        let v = run("stats", &ctl).unwrap();
+        assert_eq!(v["shards"], 1);
+        assert!(v["counters"]["sipedge_proxy_requests_total"].is_u64());
+    }
+}

@@ -1,0 +1,70 @@
+//! Questions from the control socket (`sipedge ctl`) to a shard: pushed on
+//! a bounded queue, answered at the start of the shard's next turn (the
+//! shard's eventfd wakes it), over a channel the asker waits on. A shard
+//! never blocks on it: a full queue refuses the question; a reply nobody
+//! waits for any more is dropped.
+//!
+//! ```text
+//!  ctl thread ──push Request──► Inbox ──notify eventfd──► shard turn: ShardIo::begin
+//!      ▲                                                    └► service.partition_state()
+//!      └──────────── reply (the partition's bindings) ◄─────────┘
+//! ```
+
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+use super::sys::EventFd;
+use crate::location::Binding;
+
+/// What a shard is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// The bindings of the shard's registrar partition; only those of one
+    /// AoR key (`user@domain`) when given.
+    Bindings(Option<Vec<u8>>),
+}
+
+/// A question and where its answer goes.
+#[derive(Debug)]
+pub struct Request {
+    /// The question.
+    pub query: Query,
+    /// Where the answer goes (`None`: the shard has no registrar).
+    pub reply: SyncSender<Option<Vec<Binding>>>,
+}
+
+/// A shard's end of the control path.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: ArrayQueue<Request>,
+    wake: Arc<EventFd>,
+}
+
+impl Inbox {
+    /// An inbox that wakes its shard through `wake`.
+    pub fn new(wake: Arc<EventFd>) -> Self {
+        Self {
+            queue: ArrayQueue::new(16),
+            wake,
+        }
+    }
+
+    /// Asks; `Err` (the request back) when the queue is full.
+    pub fn ask(&self, r: Request) -> Result<(), Request> {
+        self.queue.push(r)?;
+        self.wake.notify();
+        Ok(())
+    }
+
+    /// The next question, for the shard.
+    pub fn next(&self) -> Option<Request> {
+        self.queue.pop()
+    }
+
+    /// True when a question waits.
+    pub fn pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+}

@@ -1,0 +1,176 @@
+//! `sipedge ctl` against a running edge, through its control socket: the
+//! socket is 0600; `stats` and `bindings dump | lookup` answer (as JSON with
+//! `--json`) with what REGISTERs made; `reload` reloads, and a broken config
+//! on reload is refused while the running one stays; another user cannot
+//! connect.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use common::{drivers, Proxy, TempDir, Ua};
+use serde_json::Value;
+
+fn ctl(sock: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["ctl", "--control", sock])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ctl_json(sock: &str, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let out = ctl(sock, &a);
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn register(ua: &Ua, user: &str, to: SocketAddr) {
+    ua.send(
+        &format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-c-{user};rport\r\n\
+Max-Forwards: 70\r\nTo: <sip:{user}@127.0.0.1>\r\nFrom: <sip:{user}@127.0.0.1>;tag=c{user}\r\n\
+Call-ID: ctl-{user}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@{a}>\r\nExpires: 600\r\n\
+User-Agent: ctl-test/1\r\nContent-Length: 0\r\n\r\n",
+            a = ua.addr
+        ),
+        to,
+    );
+    ua.expect_response(200, "REGISTER");
+}
+
+#[test]
+fn ctl_stats_bindings_reload_and_permissions() {
+    for d in drivers() {
+        let dir = TempDir::new("ctl");
+        let sock = dir.path.join("ctl.sock").to_string_lossy().into_owned();
+        let config = dir.write("sipedge.toml", "[auth]\nnonce_lifetime = 300\n");
+        let mut p = Proxy::start(&[
+            "--io",
+            d,
+            "--domain",
+            "127.0.0.1",
+            "--shards",
+            "2",
+            "--data-dir",
+            dir.arg(),
+            "--config",
+            &config,
+            "--control",
+            &sock,
+        ]);
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{d}: socket mode {mode:o}");
+
+        let ua = Ua::new();
+        for i in 0..5 {
+            register(&ua, &format!("u{i}"), p.addr);
+        }
+        // Every binding, from both shards' registrar partitions.
+        let dump = ctl_json(&sock, &["bindings", "dump"]);
+        let list = dump["bindings"].as_array().unwrap();
+        let mut aors: Vec<&str> = list.iter().map(|b| b["aor"].as_str().unwrap()).collect();
+        aors.sort_unstable();
+        assert_eq!(
+            aors,
+            [
+                "u0@127.0.0.1",
+                "u1@127.0.0.1",
+                "u2@127.0.0.1",
+                "u3@127.0.0.1",
+                "u4@127.0.0.1"
+            ],
+            "{d}: {dump}"
+        );
+        assert_eq!(list[0]["user_agent"], "ctl-test/1", "{d}");
+        let e = list[0]["expires_in"].as_u64().unwrap();
+        assert!((590..=600).contains(&e), "{d}: expires_in {e}");
+        // One AoR, written as a URI.
+        let one = ctl_json(&sock, &["bindings", "lookup", "sip:u3@127.0.0.1"]);
+        let one = one["bindings"].as_array().unwrap();
+        assert_eq!(one.len(), 1, "{d}: {one:?}");
+        assert_eq!(one[0]["contact"], format!("sip:u3@{}", ua.addr), "{d}");
+        // Text output too.
+        let text = ctl(&sock, &["bindings", "dump"]);
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("5 binding(s)"),
+            "{d}: {}",
+            String::from_utf8_lossy(&text.stdout)
+        );
+        // Stats: the REGISTERs are counted (shards publish about once a second).
+        let mut requests = 0;
+        for _ in 0..30 {
+            let s = ctl_json(&sock, &["stats"]);
+            requests = s["counters"]["sipedge_proxy_requests_total"]
+                .as_u64()
+                .unwrap();
+            if requests >= 5 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        assert!(requests >= 5, "{d}: {requests} requests counted");
+
+        // Reload: fine, then a broken file is refused and the edge still serves.
+        let ok = ctl(&sock, &["reload"]);
+        assert!(
+            ok.status.success(),
+            "{d}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&ok.stdout).starts_with("reloaded:"),
+            "{d}"
+        );
+        std::fs::write(&config, "[auth\nnonce_lifetime = ").unwrap();
+        let bad = ctl(&sock, &["reload"]);
+        assert!(!bad.status.success(), "{d}: a broken config was accepted");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains("reload refused"),
+            "{d}: {}",
+            String::from_utf8_lossy(&bad.stderr)
+        );
+        register(&ua, "after-bad-reload", p.addr);
+
+        // Unknown commands are errors.
+        assert!(
+            !ctl(&sock, &["bindings", "explode"]).status.success(),
+            "{d}"
+        );
+
+        // Another user is refused by the socket's mode (needs root to switch).
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root && common::have_peer("setpriv") {
+            let out = Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_sipedge"))
+                .args(["ctl", "--control", &sock, "stats"])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{d}: nobody got stats");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                "{d}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        p.terminate();
+        assert!(
+            !std::path::Path::new(&sock).exists(),
+            "{d}: the socket file is removed at exit"
+        );
+    }
+}
