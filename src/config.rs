@@ -131,6 +131,9 @@ pub enum ConfigError {
     /// The io mode is unknown.
     #[error("bad io mode {0:?}: expected auto, uring or mio")]
     BadIo(String),
+    /// A log format other than text or json.
+    #[error("log_format {0:?}: expected \"text\" or \"json\"")]
+    BadLogFormat(String),
     /// Zero shards, or more than 255.
     #[error("shards must be between 1 and 255, got {0}")]
     BadShards(usize),
@@ -180,6 +183,8 @@ pub struct FileConfig {
     pub io: Option<String>,
     /// `log_level = "info"`
     pub log_level: Option<String>,
+    /// `log_format = "text"` or `"json"` (one JSON object per line).
+    pub log_format: Option<String>,
     /// `advertise = "203.0.113.5"`: the address put in Via and Record-Route.
     pub advertise: Option<IpAddr>,
     /// `record_route = true`
@@ -410,6 +415,8 @@ pub struct Config {
     pub io: IoMode,
     /// Log filter (`info`, `debug`, `sipedge=trace`…).
     pub log_level: String,
+    /// Log lines as JSON objects.
+    pub log_json: bool,
     /// Address advertised in Via/Record-Route instead of the bound one.
     pub advertise: Option<IpAddr>,
     /// Add Record-Route in stateless mode.
@@ -496,6 +503,7 @@ impl FileConfig {
             stateless: over.stateless.or(self.stateless),
             io: over.io.or(self.io),
             log_level: over.log_level.or(self.log_level),
+            log_format: over.log_format.or(self.log_format),
             advertise: over.advertise.or(self.advertise),
             record_route: over.record_route.or(self.record_route),
             parser: over.parser.or(self.parser),
@@ -642,6 +650,11 @@ impl FileConfig {
             stateless: self.stateless.unwrap_or(false),
             io,
             log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_json: match self.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => return Err(ConfigError::BadLogFormat(other.to_owned())),
+            },
             advertise: self.advertise,
             record_route: self.record_route.unwrap_or(false),
             parse,

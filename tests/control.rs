@@ -174,3 +174,71 @@ fn ctl_stats_bindings_reload_and_permissions() {
         );
     }
 }
+
+/// `sipedge check-config FILE`: a good file (with the users file it names)
+/// passes with one line; a broken one, or one naming a missing users file,
+/// fails with the reason and exit code 2.
+#[test]
+fn check_config_accepts_good_files_and_refuses_broken_ones() {
+    let dir = TempDir::new("checkcfg");
+    let users = dir.write(
+        "users.toml",
+        "[[user]]\nname = \"alice\"\ndomain = \"example.test\"\npassword = \"pw\"\n",
+    );
+    let good = dir.write(
+        "good.toml",
+        &format!(
+            "domain = [\"example.test\"]\nusers = \"{users}\"\n[auth]\nnonce_lifetime = 300\n"
+        ),
+    );
+    let check = |f: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["check-config", f])
+            .output()
+            .unwrap()
+    };
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("ok (1 listener(s), domains example.test, 1 user(s))"));
+    for (name, text, why) in [
+        ("syntax.toml", "[auth\n", "TOML parse error"),
+        ("key.toml", "[auth]\nno_such_key = 1\n", "no_such_key"),
+        (
+            "users.toml.bad",
+            "users = \"/nonexistent/users.toml\"\n",
+            "users file",
+        ),
+        (
+            "lifetime.toml",
+            "[auth]\nnonce_lifetime = 0\n",
+            "nonce_lifetime",
+        ),
+    ] {
+        let f = dir.write(name, text);
+        let out = check(&f);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{name}: {err}");
+    }
+}
+
+/// `--log-format json`: every log line is one JSON object with a level and
+/// a message (what log shippers parse).
+#[test]
+fn json_log_lines() {
+    let dir = TempDir::new("jsonlog");
+    let mut p = Proxy::start(&["--data-dir", dir.arg(), "--log-format", "json"]);
+    p.terminate();
+    let lines: Vec<&String> = p.log.iter().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{:?}", p.log);
+    for l in lines {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+        assert!(v["fields"]["message"].is_string(), "{l}");
+    }
+}

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 13),
     ("shard", 14),
     ("metrics", 15),
+    ("control", 15),
     ("cli", 16),
 ];
 
