@@ -274,7 +274,10 @@ fn ws_and_wss_in_one_process() {
 /// Calls started in bursts of 500 (a 50 ms tick at 10,000/s) over one TLS
 /// connection: the UAS answers a few hundred requests per turn, more than a
 /// TLS session holds between flushes (64 KiB); nothing may be dropped and
-/// no 2xx re-sent.
+/// no 2xx re-sent. Three bursts: enough to catch the dropped responses (they
+/// came back as 2xx re-sent at T1), few enough that a busy 2-core machine
+/// drains them well within T1 (5,000 calls queued 600 ms there, and their
+/// late ACKs drew 2xx re-sends with nothing lost).
 #[test]
 fn tls_bursts_over_one_connection_lose_nothing() {
     let (_, cert, key) = certs("burst");
@@ -295,7 +298,7 @@ fn tls_bursts_over_one_connection_lose_nothing() {
             "--tick",
             "50ms",
             "--count",
-            "5000",
+            "1500",
             "--duration",
             "5s",
             "--tls-cert",
@@ -313,7 +316,8 @@ fn tls_bursts_over_one_connection_lose_nothing() {
     let (code, out) = finish(child, Duration::from_secs(60));
     let v = json(&out);
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!(n(&v, "uac.succeeded"), 5000, "{v}");
+    assert_eq!(n(&v, "uac.succeeded"), 1500, "{v}");
+    assert_eq!(n(&v, "uas.calls_completed"), 1500, "{v}");
     assert_eq!(n(&v, "datagrams.send_dropped"), 0, "{v}");
     assert_eq!(n(&v, "uas.retransmissions_sent"), 0, "{v}");
 }
