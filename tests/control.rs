@@ -54,7 +54,10 @@ fn ctl_stats_bindings_reload_and_permissions() {
     for d in drivers() {
         let dir = TempDir::new("ctl");
         let sock = dir.path.join("ctl.sock").to_string_lossy().into_owned();
-        let config = dir.write("sipedge.toml", "[auth]\nnonce_lifetime = 300\n");
+        let config = dir.write(
+            "sipedge.toml",
+            "[auth]\nnonce_lifetime = 300\n[flood]\nrate = 20\nburst = 40\nban = 60\n",
+        );
         let mut p = Proxy::start(&[
             "--io",
             d,
@@ -121,6 +124,54 @@ fn ctl_stats_bindings_reload_and_permissions() {
         }
         assert!(requests >= 5, "{d}: {requests} requests counted");
 
+        // Remove one AoR: gone from the dump (and, below, after a restart).
+        let r = ctl_json(&sock, &["bindings", "remove", "sip:u3@127.0.0.1"]);
+        assert_eq!(r["removed"], 1, "{d}: {r}");
+        let left = ctl_json(&sock, &["bindings", "dump"]);
+        assert_eq!(left["bindings"].as_array().unwrap().len(), 4, "{d}: {left}");
+        let again = ctl_json(&sock, &["bindings", "remove", "sip:u3@127.0.0.1"]);
+        assert_eq!(again["removed"], 0, "{d}");
+
+        // A source over its rate is banned, listed, and unbanned.
+        let flooder = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        let probe = format!(
+            "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-flood\r\n\
+Max-Forwards: 70\r\nTo: <sip:127.0.0.1>\r\nFrom: <sip:f@127.0.0.2>;tag=f\r\n\
+Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            a = flooder.local_addr().unwrap()
+        );
+        for _ in 0..200 {
+            flooder.send_to(probe.as_bytes(), p.addr).unwrap();
+        }
+        let mut banned = Value::Null;
+        for _ in 0..20 {
+            banned = ctl_json(&sock, &["flood", "bans"]);
+            if !banned["bans"].as_array().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let bans = banned["bans"].as_array().unwrap();
+        assert_eq!(bans.len(), 1, "{d}: {banned}");
+        assert_eq!(bans[0]["source"], "127.0.0.2", "{d}");
+        let left = bans[0]["seconds_left"].as_u64().unwrap();
+        assert!((55..=60).contains(&left), "{d}: {left}");
+        let un = ctl_json(&sock, &["flood", "unban", "127.0.0.2"]);
+        assert_eq!(un["was_banned"], true, "{d}: {un}");
+        assert!(
+            ctl_json(&sock, &["flood", "bans"])["bans"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{d}"
+        );
+        assert!(
+            !ctl(&sock, &["flood", "unban", "not-an-ip"])
+                .status
+                .success(),
+            "{d}"
+        );
+
         // Reload: fine, then a broken file is refused and the edge still serves.
         let ok = ctl(&sock, &["reload"]);
         assert!(
@@ -172,6 +223,42 @@ fn ctl_stats_bindings_reload_and_permissions() {
             !std::path::Path::new(&sock).exists(),
             "{d}: the socket file is removed at exit"
         );
+        // The removal was durable: after a restart, u3 is still gone.
+        std::fs::write(&config, "[auth]\nnonce_lifetime = 300\n").unwrap();
+        let mut p = Proxy::start(&[
+            "--io",
+            d,
+            "--domain",
+            "127.0.0.1",
+            "--shards",
+            "2",
+            "--data-dir",
+            dir.arg(),
+            "--config",
+            &config,
+            "--control",
+            &sock,
+        ]);
+        let after = ctl_json(&sock, &["bindings", "dump"]);
+        let mut aors: Vec<&str> = after["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["aor"].as_str().unwrap())
+            .collect();
+        aors.sort_unstable();
+        assert_eq!(
+            aors,
+            [
+                "after-bad-reload@127.0.0.1",
+                "u0@127.0.0.1",
+                "u1@127.0.0.1",
+                "u2@127.0.0.1",
+                "u4@127.0.0.1"
+            ],
+            "{d}: {after}"
+        );
+        p.terminate();
     }
 }
 

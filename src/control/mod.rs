@@ -9,7 +9,8 @@
 //!
 //! Commands: `stats` (the counters summed over shards, and the gauges),
 //! `bindings dump`, `bindings lookup AOR` (from each owner shard's
-//! registrar), `reload` (what SIGHUP does: users, policy, presence rules, TLS
+//! registrar), `bindings remove AOR` (with records, like an unregistration:
+//! durable, replicated), `flood bans`, `flood unban IP`, `reload` (what SIGHUP does: users, policy, presence rules, TLS
 //! certificates; the answer says what happened). The answer is always one
 //! JSON document; `ctl` prints it as is with `--json`, as text otherwise.
 //!
@@ -31,7 +32,8 @@ use serde_json::{json, Value};
 
 use crate::location::Binding;
 use crate::proxy::Counters;
-use crate::shard::control::{Inbox, Query, Request};
+use crate::proxy::{Control as Ask, ControlAnswer};
+use crate::shard::control::{Inbox, Request};
 use crate::shard::ShardReport;
 
 /// The longest command line read.
@@ -49,7 +51,7 @@ pub type ReloadRequest = SyncSender<Result<String, String>>;
 pub struct Control {
     /// The shards' published reports (stats).
     pub slots: Vec<Arc<Mutex<ShardReport>>>,
-    /// Each shard's control inbox (bindings); empty in stateless mode.
+    /// Each shard's control inbox; empty in stateless mode.
     pub shards: Vec<Arc<Inbox>>,
     /// The main loop, for reloads.
     pub reload: Sender<ReloadRequest>,
@@ -121,8 +123,14 @@ pub fn run(line: &str, ctl: &Control) -> Result<Value> {
         ["reload"] => reload(ctl),
         ["bindings", "dump"] => bindings(ctl, None),
         ["bindings", "lookup", aor] => bindings(ctl, Some(aor_key(aor))),
+        ["bindings", "remove", aor] => remove(ctl, aor_key(aor)),
+        ["flood", "bans"] => bans(ctl),
+        ["flood", "unban", ip] => unban(ctl, ip),
         [] => bail!("no command"),
-        _ => bail!("unknown command {line:?}: stats, reload, bindings dump, bindings lookup AOR"),
+        _ => bail!(
+            "unknown command {line:?}: stats, reload, bindings dump | lookup AOR | remove AOR, \
+             flood bans | unban IP"
+        ),
     }
 }
 
@@ -203,35 +211,98 @@ fn binding_json(b: &Binding, wall: u64) -> Value {
     })
 }
 
-fn bindings(ctl: &Control, aor: Option<Vec<u8>>) -> Result<Value> {
+/// Asks every shard `q` and collects their answers (in shard order).
+fn ask_all(ctl: &Control, q: &Ask) -> Result<Vec<ControlAnswer>> {
     if ctl.shards.is_empty() {
-        bail!("no registrar (stateless mode)");
+        bail!("no shard answers control questions (stateless mode)");
     }
     let mut waits = Vec::with_capacity(ctl.shards.len());
     for (i, inbox) in ctl.shards.iter().enumerate() {
         let (tx, rx) = sync_channel(1);
         inbox
             .ask(Request {
-                query: Query::Bindings(aor.clone()),
+                query: q.clone(),
                 reply: tx,
             })
             .map_err(|_| anyhow!("shard {i} is busy with other control requests"))?;
         waits.push(rx);
     }
+    waits
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            rx.recv_timeout(SHARD_TIMEOUT)
+                .map_err(|_| anyhow!("shard {i} did not answer within {SHARD_TIMEOUT:?}"))
+        })
+        .collect()
+}
+
+fn bindings(ctl: &Control, aor: Option<Vec<u8>>) -> Result<Value> {
     let wall = crate::shard::Clock::new().wall_us();
     let mut all = Vec::new();
-    for (i, rx) in waits.into_iter().enumerate() {
-        match rx.recv_timeout(SHARD_TIMEOUT) {
-            Ok(Some(list)) => all.extend(
+    for a in ask_all(ctl, &Ask::Bindings(aor))? {
+        if let ControlAnswer::Bindings(list) = a {
+            all.extend(
                 list.iter()
                     .filter(|b| b.expires() > wall)
                     .map(|b| binding_json(b, wall)),
-            ),
-            Ok(None) => {}
-            Err(_) => bail!("shard {i} did not answer within {SHARD_TIMEOUT:?}"),
+            );
         }
     }
     Ok(json!({ "bindings": all }))
+}
+
+fn remove(ctl: &Control, aor: Vec<u8>) -> Result<Value> {
+    let removed: usize = ask_all(ctl, &Ask::RemoveAor(aor.clone()))?
+        .into_iter()
+        .map(|a| match a {
+            ControlAnswer::Removed(n) => n,
+            _ => 0,
+        })
+        .sum();
+    Ok(json!({ "aor": String::from_utf8_lossy(&aor), "removed": removed }))
+}
+
+fn bans(ctl: &Control) -> Result<Value> {
+    let mut all: Vec<(std::net::IpAddr, u64)> = Vec::new();
+    let mut any = false;
+    for a in ask_all(ctl, &Ask::FloodBans)? {
+        if let ControlAnswer::Bans(list) = a {
+            any = true;
+            for (ip, left) in list {
+                match all.iter_mut().find(|(i, _)| *i == ip) {
+                    Some(e) => e.1 = e.1.max(left),
+                    None => all.push((ip, left)),
+                }
+            }
+        }
+    }
+    if !any {
+        bail!("flood protection is off ([flood] not configured)");
+    }
+    let list: Vec<Value> = all
+        .iter()
+        .map(|(ip, left)| json!({ "source": ip.to_string(), "seconds_left": left }))
+        .collect();
+    Ok(json!({ "bans": list }))
+}
+
+fn unban(ctl: &Control, ip: &str) -> Result<Value> {
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .with_context(|| format!("{ip:?} is not an IP address"))?;
+    let mut lifted = false;
+    let mut any = false;
+    for a in ask_all(ctl, &Ask::Unban(ip))? {
+        if let ControlAnswer::Unbanned(was) = a {
+            any = true;
+            lifted |= was;
+        }
+    }
+    if !any {
+        bail!("flood protection is off ([flood] not configured)");
+    }
+    Ok(json!({ "source": ip.to_string(), "was_banned": lifted }))
 }
 
 /// `sipedge ctl`: sends `command` to the socket at `path`, prints the answer
@@ -272,6 +343,26 @@ pub fn client(path: &Path, command: &[String], json_out: bool) -> Result<()> {
             );
         }
         println!("{} binding(s)", list.len());
+    } else if let Some(list) = v.get("bans").and_then(Value::as_array) {
+        for b in list {
+            println!(
+                "{}\t{}s left",
+                b.get("source").and_then(Value::as_str).unwrap_or(""),
+                b.get("seconds_left").unwrap_or(&Value::Null)
+            );
+        }
+        println!("{} banned source(s)", list.len());
+    } else if let Some(n) = v.get("removed") {
+        println!("{n} binding(s) removed");
+    } else if let Some(w) = v.get("was_banned") {
+        println!(
+            "{}",
+            if w == &Value::Bool(true) {
+                "unbanned"
+            } else {
+                "was not banned"
+            }
+        );
     } else if let Some(r) = v.get("reloaded").and_then(Value::as_str) {
         println!("reloaded: {r}");
     } else {
@@ -302,7 +393,8 @@ mod tests {
         assert!(run("", &ctl).is_err());
         assert!(run("bindings", &ctl).is_err());
         assert!(run("rm -rf /", &ctl).is_err());
-        assert!(run("bindings dump", &ctl).is_err(), "no registrar");
+        assert!(run("bindings dump", &ctl).is_err(), "no shard answers");
+        assert!(run("flood unban 999.1.1.1", &ctl).is_err());
         let v = run("stats", &ctl).unwrap();
         assert_eq!(v["shards"], 1);
         assert!(v["counters"]["sipedge_proxy_requests_total"].is_u64());

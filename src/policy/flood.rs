@@ -199,7 +199,13 @@ pub struct Flood {
     v6_mask: u128,
     seed: u64,
     counters: FloodCounters,
+    /// The latest bans, for the operator (`sipedge ctl flood bans`): the
+    /// table keeps hashed keys only. Bounded: the oldest go first.
+    recent: std::collections::VecDeque<(IpAddr, Instant)>,
 }
+
+/// Bans remembered for listing.
+const RECENT_BANS: usize = 1024;
 
 impl Flood {
     /// A limiter with `cfg`, its keys hashed with `seed` (draw it at random).
@@ -224,6 +230,7 @@ impl Flood {
             },
             seed,
             counters: FloodCounters::default(),
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -251,6 +258,10 @@ impl Flood {
             Hit::Limited => {
                 self.counters.bans += 1;
                 self.counters.dropped += 1;
+                if self.recent.len() >= RECENT_BANS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((ip, now + self.table.ban()));
                 Admit::Banned
             }
         }
@@ -268,6 +279,35 @@ impl Flood {
             && self
                 .table
                 .is_limited(now, hash_bytes(self.seed, &k.to_le_bytes()))
+    }
+
+    /// The sources banned at `now` among the latest bans, with the seconds
+    /// left of each (a source banned again is listed once).
+    pub fn bans(&self, now: Instant) -> Vec<(IpAddr, u64)> {
+        let mut out: Vec<(IpAddr, u64)> = Vec::new();
+        for &(ip, until) in self.recent.iter().rev() {
+            if until > now && self.is_banned(now, ip) && !out.iter().any(|(i, _)| *i == ip) {
+                out.push((
+                    ip,
+                    until.saturating_since(now).as_micros().div_ceil(1_000_000),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Lifts the ban of `ip` (its rate state starts afresh); true when it was banned.
+    pub fn unban(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let was = self.is_banned(now, ip);
+        let k = net::key(ip);
+        let k = if k >> 32 == 0xffff {
+            k
+        } else {
+            k & self.v6_mask
+        };
+        self.table.forget(hash_bytes(self.seed, &k.to_le_bytes()));
+        self.recent.retain(|(i, _)| *i != ip);
+        was
     }
 
     /// Sources the table tracks at most.
@@ -298,6 +338,25 @@ mod tests {
             ..Config::default()
         };
         Flood::new(&cfg, 0x5eed)
+    }
+
+    #[test]
+    fn bans_are_listed_and_lifted() {
+        let mut f = flood(10, 2, 30);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..5 {
+            f.admit(ms(0), a);
+        }
+        f.admit(ms(0), b);
+        assert_eq!(f.bans(ms(1_000)), vec![(a, 29)]);
+        assert!(f.unban(ms(1_000), a));
+        assert!(f.bans(ms(1_000)).is_empty());
+        assert_eq!(
+            f.admit(ms(1_000), a),
+            Admit::Yes,
+            "a fresh bucket after the unban"
+        );
+        assert!(!f.unban(ms(1_000), b), "b was never banned");
     }
 
     #[test]

@@ -165,6 +165,24 @@ impl RateTable {
         tat - now_us > self.gcra.tolerance()
     }
 
+    /// The ban period.
+    pub fn ban(&self) -> Duration {
+        self.ban
+    }
+
+    /// Forgets `key` (its rate and any ban).
+    pub fn forget(&mut self, key: u64) {
+        let key = key.max(1);
+        let b = self.bucket_of(key);
+        if let Some(s) = self
+            .buckets
+            .get_mut(b)
+            .and_then(|bucket| bucket.iter_mut().find(|s| s.key == key))
+        {
+            *s = Slot::default();
+        }
+    }
+
     /// Forgets every key.
     pub fn clear(&mut self) {
         for b in &mut self.buckets {

@@ -307,6 +307,10 @@ impl LocalService for PartitionRegistry {
         Some(s)
     }
 
+    fn remove_aor(&mut self, now: Instant, wall_us: u64, aor: &[u8]) -> usize {
+        self.registrar.remove_aor(now, wall_us, aor)
+    }
+
     fn handle_flow_closed(&mut self, now: Instant, wall_us: u64, flow: FlowId) {
         self.registrar.handle_flow_closed(now, wall_us, flow.0);
         self.presence.handle_flow_closed(flow);

@@ -50,6 +50,35 @@ pub(crate) fn stun_keepalive(counters: &mut Counters, data: &[u8], src: &Peer, o
     }
 }
 
+/// A question from the operator (`sipedge ctl`), answered by a shard's
+/// service at the start of a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The bindings of this shard's registrar partition (of one AoR key).
+    Bindings(Option<Vec<u8>>),
+    /// Remove every binding of an AoR key (on the partition that owns it).
+    RemoveAor(Vec<u8>),
+    /// The sources the flood limiter bans now.
+    FloodBans,
+    /// Lift the ban of a source.
+    Unban(IpAddr),
+}
+
+/// A service's answer to a [`Control`] question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAnswer {
+    /// The bindings asked for.
+    Bindings(Vec<crate::location::Binding>),
+    /// Bindings removed.
+    Removed(usize),
+    /// Banned sources and the seconds left of each ban.
+    Bans(Vec<(IpAddr, u64)>),
+    /// Whether a ban was lifted.
+    Unbanned(bool),
+    /// This service has no such thing (no registrar, no flood limiter).
+    NotHere,
+}
+
 /// What a shard runs: the sans-IO service that turns messages and time into
 /// messages to send. The shard loop calls it; it calls nothing back.
 pub trait Service {
@@ -129,6 +158,22 @@ pub trait Service {
     /// The registrar partition this service owns, for store compaction.
     fn partition_state(&self) -> Option<crate::location::PartitionState> {
         None
+    }
+
+    /// Answers the operator's question `q` (see [`Control`]).
+    fn control(&mut self, now: Instant, q: &Control) -> ControlAnswer {
+        let _ = now;
+        match q {
+            Control::Bindings(aor) => self.partition_state().map_or(ControlAnswer::NotHere, |st| {
+                ControlAnswer::Bindings(
+                    st.bindings
+                        .into_iter()
+                        .filter(|b| aor.as_deref().is_none_or(|a| b.aor() == a))
+                        .collect(),
+                )
+            }),
+            _ => ControlAnswer::NotHere,
+        }
     }
 
     /// The service's counters.

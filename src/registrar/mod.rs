@@ -1138,6 +1138,36 @@ impl Registrar {
         }
     }
 
+    /// An operator removes every binding of `aor_key` (`sipedge ctl
+    /// bindings remove`): with records, like an unregistration; the number
+    /// removed.
+    pub fn remove_aor(&mut self, now: Instant, wall: u64, aor_key: &[u8]) -> usize {
+        let Some(&slot) = self.index.get(aor_key) else {
+            return 0;
+        };
+        let Some(aor) = self.aor(slot) else { return 0 };
+        let ids: Vec<u64> = aor.entries.iter().map(|e| e.binding.id()).collect();
+        let key = aor.key.clone();
+        for &id in &ids {
+            self.remove_binding(slot, id);
+            self.emit(
+                wall,
+                Op::Remove {
+                    aor: key.clone(),
+                    id,
+                },
+            );
+        }
+        if !ids.is_empty() {
+            if let Some(aor) = self.aor_mut(slot) {
+                aor.since = wall;
+                aor.gen = aor.gen.wrapping_add(1);
+            }
+            self.schedule_forget(now, slot);
+        }
+        ids.len()
+    }
+
     fn forget(&mut self, wall: u64, slot: u32, gen: u32) {
         let due = self
             .aor(slot)

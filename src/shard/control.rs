@@ -6,8 +6,8 @@
 //!
 //! ```text
 //!  ctl thread ──push Request──► Inbox ──notify eventfd──► shard turn: ShardIo::begin
-//!      ▲                                                    └► service.partition_state()
-//!      └──────────── reply (the partition's bindings) ◄─────────┘
+//!      ▲                                                    └► service.control(now, &q)
+//!      └──────────── reply (a ControlAnswer) ◄──────────────────┘
 //! ```
 
 use std::sync::mpsc::SyncSender;
@@ -16,23 +16,15 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 
 use super::sys::EventFd;
-use crate::location::Binding;
-
-/// What a shard is asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Query {
-    /// The bindings of the shard's registrar partition; only those of one
-    /// AoR key (`user@domain`) when given.
-    Bindings(Option<Vec<u8>>),
-}
+use crate::proxy::{Control, ControlAnswer};
 
 /// A question and where its answer goes.
 #[derive(Debug)]
 pub struct Request {
     /// The question.
-    pub query: Query,
-    /// Where the answer goes (`None`: the shard has no registrar).
-    pub reply: SyncSender<Option<Vec<Binding>>>,
+    pub query: Control,
+    /// Where the answer goes.
+    pub reply: SyncSender<ControlAnswer>,
 }
 
 /// A shard's end of the control path.

@@ -284,13 +284,7 @@ impl ShardIo {
     pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
         if let Some(c) = &self.control {
             while let Some(r) = c.next() {
-                let control::Query::Bindings(aor) = &r.query;
-                let answer = service.partition_state().map(|st| {
-                    st.bindings
-                        .into_iter()
-                        .filter(|b| aor.as_deref().is_none_or(|a| b.aor() == a))
-                        .collect()
-                });
+                let answer = service.control(now, &r.query);
                 // The asker may have given up: nothing to do then.
                 let _ = r.reply.try_send(answer);
             }

@@ -221,6 +221,13 @@ pub trait LocalService {
         let _ = (now, wall_us, flow);
     }
 
+    /// An operator removes every binding of `aor` (the AoR key) from this
+    /// partition; how many were removed.
+    fn remove_aor(&mut self, now: Instant, wall_us: u64, aor: &[u8]) -> usize {
+        let _ = (now, wall_us, aor);
+        0
+    }
+
     /// A request this service originates (a NOTIFY), written whole into
     /// `buf` without a Via (the proxy adds its own, with the branch of the
     /// client transaction it runs for it). Asked after every
@@ -967,6 +974,35 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn partition_state(&self) -> Option<PartitionState> {
         self.local.state()
+    }
+
+    fn control(&mut self, now: Instant, q: &crate::proxy::Control) -> crate::proxy::ControlAnswer {
+        use crate::proxy::{Control, ControlAnswer};
+        match q {
+            Control::Bindings(aor) => self.local.state().map_or(ControlAnswer::NotHere, |st| {
+                ControlAnswer::Bindings(
+                    st.bindings
+                        .into_iter()
+                        .filter(|b| aor.as_deref().is_none_or(|a| b.aor() == a))
+                        .collect(),
+                )
+            }),
+            Control::RemoveAor(aor) => {
+                ControlAnswer::Removed(self.local.remove_aor(now, self.wall_us, aor))
+            }
+            Control::FloodBans => self
+                .guard
+                .flood
+                .as_ref()
+                .map_or(ControlAnswer::NotHere, |f| ControlAnswer::Bans(f.bans(now))),
+            Control::Unban(ip) => self
+                .guard
+                .flood
+                .as_mut()
+                .map_or(ControlAnswer::NotHere, |f| {
+                    ControlAnswer::Unbanned(f.unban(now, *ip))
+                }),
+        }
     }
 
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
