@@ -469,6 +469,65 @@ pub struct Config {
     pub conn: crate::transport::conn::ConnLimits,
 }
 
+impl Config {
+    /// What differs between the running configuration (`self`) and `new` that
+    /// a reload cannot apply (it needs a restart). A reload applies the users
+    /// file, the policy, the presence watcher rules, the TLS certificates and
+    /// the log level; it refuses, whole, a file that changes anything else.
+    pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! differ {
+            ($($f:ident),* $(,)?) => {
+                $(
+                    if format!("{:?}", self.$f) != format!("{:?}", new.$f) {
+                        out.push(stringify!($f));
+                    }
+                )*
+            };
+        }
+        differ!(
+            listen,
+            shards,
+            domains,
+            upstream,
+            upstream_transport,
+            stateless,
+            io,
+            log_json,
+            advertise,
+            record_route,
+            parse,
+            recv_buffer,
+            send_buffer,
+            data_dir,
+            fsync,
+            registrar,
+            timers,
+            max_transactions,
+            stateful_record_route,
+            large_requests_over_tcp,
+            coalesce_us,
+            auth,
+            flood,
+            overload,
+            metrics,
+            metrics_listen,
+            control_socket,
+            conn,
+        );
+        let settings = |p: &crate::presence::PresenceConfig| {
+            let mut p = p.clone();
+            p.rule = Vec::new();
+            p.others = crate::presence::Action::default();
+            format!("{p:?}")
+        };
+        if settings(&self.presence) != settings(&new.presence) {
+            out.push("presence (other than its watcher rules)");
+        }
+        out
+    }
+}
+
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -183,6 +183,35 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             String::from_utf8_lossy(&ok.stdout).starts_with("reloaded:"),
             "{d}"
         );
+        // A restart-only change is refused whole, with what needs the restart;
+        // a new log level is applied.
+        std::fs::write(
+            &config,
+            "[auth]\nnonce_lifetime = 300\n[flood]\nrate = 30\nburst = 40\nban = 60\n",
+        )
+        .unwrap();
+        let restart = ctl(&sock, &["reload"]);
+        assert!(
+            !restart.status.success(),
+            "{d}: a restart-only change was accepted"
+        );
+        assert!(
+            String::from_utf8_lossy(&restart.stderr).contains("needs a restart: flood changed"),
+            "{d}: {}",
+            String::from_utf8_lossy(&restart.stderr)
+        );
+        std::fs::write(
+            &config,
+            "log_level = \"debug\"\n[auth]\nnonce_lifetime = 300\n[flood]\nrate = 20\nburst = 40\nban = 60\n",
+        )
+        .unwrap();
+        let level = ctl(&sock, &["reload"]);
+        assert!(
+            String::from_utf8_lossy(&level.stdout).contains("log level"),
+            "{d}: {} {}",
+            String::from_utf8_lossy(&level.stdout),
+            String::from_utf8_lossy(&level.stderr)
+        );
         std::fs::write(&config, "[auth\nnonce_lifetime = ").unwrap();
         let bad = ctl(&sock, &["reload"]);
         assert!(!bad.status.success(), "{d}: a broken config was accepted");

@@ -241,18 +241,44 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+type LogFilter =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The running log filter, changed by a reload.
+static LOG_FILTER: std::sync::OnceLock<LogFilter> = std::sync::OnceLock::new();
+
 fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        b.json().try_init()
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let ok = if json {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .try_init()
     } else {
-        b.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .try_init()
     };
+    if ok.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// A reload's new log level.
+fn set_log_level(level: &str) -> Result<()> {
+    let f = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| anyhow!("log_level {level:?}: {e}"))?;
+    LOG_FILTER
+        .get()
+        .ok_or_else(|| anyhow!("logging was not set up by this process"))?
+        .reload(f)
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// Runs the edge until SIGINT or SIGTERM.
@@ -453,41 +479,62 @@ pub fn run(args: &RunArgs) -> Result<()> {
             } else {
                 "SIGHUP"
             };
+            // Everything is read and checked first, then applied at once:
+            // a reload changes all it may or nothing.
+            let prepared = (|| -> Result<_> {
+                let c = args.config()?;
+                let blocked = cfg.restart_only_changes(&c);
+                if !blocked.is_empty() {
+                    return Err(anyhow!("needs a restart: {} changed", blocked.join(", ")));
+                }
+                let up = match &shared {
+                    Some(_) => Some(users_and_policy(&c)?),
+                    None => None,
+                };
+                let certs = match &tls {
+                    Some(_) => Some(load_tls(&c.tls)?),
+                    None => None,
+                };
+                Ok((c, up, certs))
+            })();
             let mut done: Vec<&str> = Vec::new();
             let mut refused: Vec<String> = Vec::new();
-            match (&shared, reload(args)) {
-                (Some(s), Ok((users, policy))) => {
-                    if let Ok(c) = args.config() {
+            match prepared {
+                Ok((c, up, certs)) => {
+                    if let (Some(s), Some((users, policy))) = (&shared, up) {
                         s.publish_watchers(crate::proxy::guard::Watchers {
                             rules: c.presence.rule.clone(),
                             others: c.presence.others,
                         });
+                        s.publish(users, policy);
+                        done.push("users, policy, presence watcher rules");
+                        tracing::info!(
+                            "{who}: users and policy reloaded (presence watcher rules too)"
+                        );
                     }
-                    s.publish(users, policy);
-                    done.push("users, policy, presence watcher rules");
-                    tracing::info!("{who}: users and policy reloaded (presence watcher rules too)");
-                }
-                (Some(_), Err(e)) => {
-                    tracing::error!(
-                        "{who}: reload failed, keeping the old users and policy: {e:#}"
-                    );
-                    refused.push(format!("{e:#}"));
-                }
-                (None, _) => tracing::info!("{who}: nothing to reload in stateless mode"),
-            }
-            if let Some(t) = &tls {
-                match args.config().and_then(|c| load_tls(&c.tls)) {
-                    Ok((server, client)) => {
+                    if let (Some(t), Some((server, client))) = (&tls, certs) {
                         t.set(server, client);
                         done.push("TLS certificates");
                         tracing::info!("{who}: TLS certificates reloaded");
                     }
-                    Err(e) => {
-                        tracing::error!(
-                            "{who}: TLS reload failed, keeping the old certificates: {e:#}"
-                        );
-                        refused.push(format!("{e:#}"));
+                    if c.log_level != cfg.log_level {
+                        match set_log_level(&c.log_level) {
+                            Ok(()) => {
+                                done.push("log level");
+                                tracing::info!("{who}: log level now {}", c.log_level);
+                            }
+                            Err(e) => refused.push(format!("log level: {e:#}")),
+                        }
                     }
+                    if done.is_empty() {
+                        tracing::info!("{who}: nothing to reload in stateless mode");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{who}: reload refused, the running configuration stays: {e:#}"
+                    );
+                    refused.push(format!("{e:#}"));
                 }
             }
             if let Some(answer) = from_ctl {
@@ -754,12 +801,6 @@ fn load_tls(
     let client = ClientTls::new(ca.as_deref(), t.verify_server.unwrap_or(true), None)
         .context("[tls] client")?;
     Ok((server, Some(client)))
-}
-
-/// SIGHUP: reads the configuration again and builds new users and policy.
-fn reload(args: &RunArgs) -> Result<(Option<Arc<Users>>, Arc<Policy>)> {
-    let cfg = args.config()?;
-    users_and_policy(&cfg)
 }
 
 /// The security set-up shared by the shards: users, policy, the nonce
