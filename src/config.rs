@@ -472,8 +472,9 @@ pub struct Config {
 impl Config {
     /// What differs between the running configuration (`self`) and `new` that
     /// a reload cannot apply (it needs a restart). A reload applies the users
-    /// file, the policy, the presence watcher rules, the TLS certificates and
-    /// the log level; it refuses, whole, a file that changes anything else.
+    /// file, the policy, the presence watcher rules, `[flood]`, `[overload]`,
+    /// the TLS certificates and the log level; it refuses, whole, a file that
+    /// changes anything else.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let mut out = Vec::new();
         macro_rules! differ {
@@ -508,8 +509,6 @@ impl Config {
             large_requests_over_tcp,
             coalesce_us,
             auth,
-            flood,
-            overload,
             metrics,
             metrics_listen,
             control_socket,

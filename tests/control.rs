@@ -183,11 +183,10 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             String::from_utf8_lossy(&ok.stdout).starts_with("reloaded:"),
             "{d}"
         );
-        // A restart-only change is refused whole, with what needs the restart;
-        // a new log level is applied.
+        // A restart-only change is refused whole, with what needs the restart.
         std::fs::write(
             &config,
-            "[auth]\nnonce_lifetime = 300\n[flood]\nrate = 30\nburst = 40\nban = 60\n",
+            "[auth]\nnonce_lifetime = 600\n[flood]\nrate = 1\nburst = 1\nban = 60\n",
         )
         .unwrap();
         let restart = ctl(&sock, &["reload"]);
@@ -196,22 +195,55 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             "{d}: a restart-only change was accepted"
         );
         assert!(
-            String::from_utf8_lossy(&restart.stderr).contains("needs a restart: flood changed"),
+            String::from_utf8_lossy(&restart.stderr).contains("needs a restart: auth changed"),
             "{d}: {}",
             String::from_utf8_lossy(&restart.stderr)
         );
+        // Nothing of it applied: the flood limit of 1/s is not in force.
+        register(&ua, "after-refused-1", p.addr);
+        register(&ua, "after-refused-2", p.addr);
+        register(&ua, "after-refused-3", p.addr);
+        // A new log level and new [flood] limits are applied: a new source
+        // gets its burst of 3, then nothing (1/s, banned).
         std::fs::write(
             &config,
-            "log_level = \"debug\"\n[auth]\nnonce_lifetime = 300\n[flood]\nrate = 20\nburst = 40\nban = 60\n",
+            "log_level = \"debug\"\n[auth]\nnonce_lifetime = 300\n[flood]\nrate = 1\nburst = 3\nban = 60\n",
         )
         .unwrap();
-        let level = ctl(&sock, &["reload"]);
+        let applied = ctl(&sock, &["reload"]);
+        let said = String::from_utf8_lossy(&applied.stdout).into_owned();
         assert!(
-            String::from_utf8_lossy(&level.stdout).contains("log level"),
-            "{d}: {} {}",
-            String::from_utf8_lossy(&level.stdout),
-            String::from_utf8_lossy(&level.stderr)
+            said.contains("log level") && said.contains("[flood]"),
+            "{d}: {said} {}",
+            String::from_utf8_lossy(&applied.stderr)
         );
+        let probe = Ua::new();
+        let mut answered = 0;
+        for i in 0..6 {
+            probe.send(
+                &format!(
+                    "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-lim{i}\r\n\
+Max-Forwards: 70\r\nTo: <sip:127.0.0.1>\r\nFrom: <sip:p@127.0.0.1>;tag=p\r\n\
+Call-ID: lim-{i}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                    a = probe.addr
+                ),
+                p.addr,
+            );
+            if probe
+                .recv_within(std::time::Duration::from_millis(300))
+                .is_some()
+            {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 3, "{d}: the reloaded [flood] burst of 3 holds");
+        // Back to the first limits for the rest.
+        std::fs::write(
+            &config,
+            "[auth]\nnonce_lifetime = 300\n[flood]\nrate = 20\nburst = 40\nban = 60\n",
+        )
+        .unwrap();
+        assert!(ctl(&sock, &["reload"]).status.success(), "{d}");
         std::fs::write(&config, "[auth\nnonce_lifetime = ").unwrap();
         let bad = ctl(&sock, &["reload"]);
         assert!(!bad.status.success(), "{d}: a broken config was accepted");
@@ -280,6 +312,9 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             aors,
             [
                 "after-bad-reload@127.0.0.1",
+                "after-refused-1@127.0.0.1",
+                "after-refused-2@127.0.0.1",
+                "after-refused-3@127.0.0.1",
                 "u0@127.0.0.1",
                 "u1@127.0.0.1",
                 "u2@127.0.0.1",

@@ -439,6 +439,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("cannot install the SIGHUP handler")?;
+    let mut running_limits = format!("{:?}{:?}", cfg.flood, cfg.overload);
     let mut last_metrics = std::time::Instant::now();
     let (mut trimmer, mut last_trim_check) = (shard::trim::Trimmer::default(), last_metrics);
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
@@ -491,21 +492,46 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     Some(_) => Some(users_and_policy(&c)?),
                     None => None,
                 };
+                let limits = match &up {
+                    Some((_, policy))
+                        if format!("{:?}{:?}", c.flood, c.overload) != running_limits =>
+                    {
+                        Some(crate::proxy::guard::Limits {
+                            flood: match &c.flood {
+                                Some(f) => Some(
+                                    flood::Config::from_section(f, policy.networks())
+                                        .context("[flood]")?,
+                                ),
+                                None => None,
+                            },
+                            overload: overload::Config::from_section(&c.overload)
+                                .context("[overload]")?,
+                            seed: os_random(),
+                        })
+                    }
+                    _ => None,
+                };
                 let certs = match &tls {
                     Some(_) => Some(load_tls(&c.tls)?),
                     None => None,
                 };
-                Ok((c, up, certs))
+                Ok((c, up, limits, certs))
             })();
             let mut done: Vec<&str> = Vec::new();
             let mut refused: Vec<String> = Vec::new();
             match prepared {
-                Ok((c, up, certs)) => {
+                Ok((c, up, limits, certs)) => {
                     if let (Some(s), Some((users, policy))) = (&shared, up) {
                         s.publish_watchers(crate::proxy::guard::Watchers {
                             rules: c.presence.rule.clone(),
                             others: c.presence.others,
                         });
+                        if let Some(l) = limits {
+                            s.publish_limits(l);
+                            running_limits = format!("{:?}{:?}", c.flood, c.overload);
+                            done.push("[flood] and [overload]");
+                            tracing::info!("{who}: [flood] and [overload] reloaded (rates and bans start afresh)");
+                        }
                         s.publish(users, policy);
                         done.push("users, policy, presence watcher rules");
                         tracing::info!(

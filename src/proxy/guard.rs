@@ -35,6 +35,20 @@ pub struct Shared {
     gen: AtomicU64,
     current: Mutex<(Option<Arc<Users>>, Arc<Policy>)>,
     watchers: Mutex<Option<Arc<Watchers>>>,
+    limits: Mutex<Option<Arc<Limits>>>,
+}
+
+/// `[flood]` and `[overload]` as reloaded: each shard builds its limiter
+/// afresh from them (sources' rates and bans start over; so does the
+/// overload state), seeding its hash with `seed`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The flood limits (`None`: off).
+    pub flood: Option<crate::policy::flood::Config>,
+    /// The overload admission settings.
+    pub overload: crate::policy::overload::Config,
+    /// A random seed for the limiters' keyed hashes.
+    pub seed: u64,
 }
 
 /// Presence's watcher rules as reloaded (`[[presence.rule]]`, `[presence] others`).
@@ -53,7 +67,16 @@ impl Shared {
             gen: AtomicU64::new(1),
             current: Mutex::new((users, policy)),
             watchers: Mutex::new(None),
+            limits: Mutex::new(None),
         }
+    }
+
+    /// Publishes reloaded `[flood]` and `[overload]` settings.
+    pub fn publish_limits(&self, l: Limits) {
+        if let Ok(mut c) = self.limits.lock() {
+            *c = Some(Arc::new(l));
+        }
+        self.gen.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes reloaded watcher rules; shards take them at their next turn.
@@ -92,6 +115,7 @@ pub struct Guard {
     pub watchers: Option<Arc<Watchers>>,
     shared: Option<Arc<Shared>>,
     seen: u64,
+    limits_seen: Option<Arc<Limits>>,
 }
 
 impl Guard {
@@ -106,6 +130,7 @@ impl Guard {
             watchers: None,
             shared: None,
             seen: 0,
+            limits_seen: None,
         }
     }
 
@@ -126,6 +151,7 @@ impl Guard {
             watchers: None,
             shared,
             seen,
+            limits_seen: None,
         }
     }
 
@@ -145,6 +171,17 @@ impl Guard {
         self.policy = policy;
         if let Some(w) = shared.watchers.lock().ok().and_then(|w| w.clone()) {
             self.watchers = Some(w);
+        }
+        if let Some(l) = shared.limits.lock().ok().and_then(|l| l.clone()) {
+            if self
+                .limits_seen
+                .as_ref()
+                .is_none_or(|seen| !Arc::ptr_eq(seen, &l))
+            {
+                self.flood = l.flood.as_ref().map(|f| Flood::new(f, l.seed));
+                self.overload = Some(Overload::new(l.overload.clone(), l.seed.rotate_left(17)));
+                self.limits_seen = Some(l);
+            }
         }
         if let (Some(a), Some(u)) = (&mut self.auth, users) {
             a.set_users(u);
