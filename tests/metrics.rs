@@ -165,7 +165,9 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             let m = parse(&http(maddr, "GET", "/metrics").1);
             let moved = total(&m, "sipedge_proxy_requests_total")
                 - total(&before, "sipedge_proxy_requests_total");
-            if moved >= N as f64 || Instant::now() > deadline {
+            let settled = total(&m, "sipedge_registrar_bindings") >= N as f64
+                && total(&m, "sipedge_store_records_total") >= N as f64;
+            if (moved >= N as f64 && settled) || Instant::now() > deadline {
                 break m;
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -186,6 +188,20 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             "{d}: durable records moved by {}",
             moved("sipedge_store_records_total")
         );
+        let register: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|sh| {
+                after.get(&format!(
+                    "sipedge_proxy_requests_by_method_total{{method=\"REGISTER\",shard=\"{sh}\"}}"
+                ))
+            })
+            .sum();
+        assert!(register >= N as f64, "{d}: REGISTERs by method: {register}");
+        let bindings: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|sh| after.get(&format!("sipedge_registrar_bindings{{shard=\"{sh}\"}}")))
+            .sum();
+        assert_eq!(bindings, N as f64, "{d}: the bindings gauge");
         // The bindings reached the other shard's replica: its lag histogram
         // counted them.
         let lag: f64 = ["0", "1"]

@@ -178,6 +178,22 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
         "sipedge_txn_transactions_live".into(),
         json!(c.transactions_live),
     );
+    m.insert("sipedge_registrar_bindings".into(), json!(c.bindings));
+    m.insert(
+        "sipedge_presence_subscriptions".into(),
+        json!(c.subscriptions),
+    );
+    for method in crate::sip::Method::ALL {
+        if let Some(&n) = c.requests_by_method.get(method.index()).filter(|n| **n > 0) {
+            m.insert(
+                format!(
+                    "sipedge_proxy_requests_by_method_total{{method=\"{}\"}}",
+                    method.as_str()
+                ),
+                json!(n),
+            );
+        }
+    }
     json!({ "shards": slots.len(), "counters": m })
 }
 

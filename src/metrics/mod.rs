@@ -228,7 +228,56 @@ impl Collector for Reports {
                 per(&get).into_iter(),
             )?;
         }
-        let gauges: [(&str, &str, Get); 2] = [
+        // By method and by status class: bounded labels (15 methods, 6 classes).
+        let mut m = enc.encode_descriptor(
+            "sipedge_proxy_requests_by_method",
+            "requests received, by method",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &reports {
+            for method in crate::sip::Method::ALL {
+                let labels = [
+                    ("shard", r.id.to_string()),
+                    ("method", method.as_str().to_owned()),
+                ];
+                let v = r
+                    .service
+                    .requests_by_method
+                    .get(method.index())
+                    .copied()
+                    .unwrap_or(0);
+                prometheus_client::metrics::counter::ConstCounter::new(v)
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "sipedge_proxy_responses_by_class",
+            "responses received, by status class",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &reports {
+            for (i, v) in r.service.responses_by_class.iter().enumerate() {
+                let labels = [
+                    ("shard", r.id.to_string()),
+                    ("class", format!("{}xx", i + 1)),
+                ];
+                prometheus_client::metrics::counter::ConstCounter::new(*v)
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [(&str, &str, Get); 4] = [
+            (
+                "sipedge_registrar_bindings",
+                "bindings held by the shard's registrar partition",
+                |r| r.service.bindings,
+            ),
+            (
+                "sipedge_presence_subscriptions",
+                "subscriptions held by the shard's presence partition",
+                |r| r.service.subscriptions,
+            ),
             (
                 "sipedge_transport_connections",
                 "open stream connections",

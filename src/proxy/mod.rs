@@ -469,6 +469,35 @@ pub struct Counters {
     pub presence: crate::presence::PresenceCounters,
     /// Transactions live at the end of the last loop turn (a gauge, not a total).
     pub transactions_live: u64,
+    /// Requests received, by method ([`crate::sip::Method::index`]).
+    pub requests_by_method: [u64; crate::sip::Method::COUNT],
+    /// Responses received, by class: 1xx at 0 … 6xx at 5.
+    pub responses_by_class: [u64; 6],
+    /// Bindings this shard's registrar partition holds (a gauge).
+    pub bindings: u64,
+    /// Subscriptions this shard's presence partition holds (a gauge).
+    pub subscriptions: u64,
+}
+
+impl Counters {
+    /// Counts a request of `method` received.
+    #[inline]
+    pub fn count_request(&mut self, method: crate::sip::Method) {
+        self.requests += 1;
+        if let Some(c) = self.requests_by_method.get_mut(method.index()) {
+            *c += 1;
+        }
+    }
+
+    /// Counts a response of `status` received.
+    #[inline]
+    pub fn count_response(&mut self, status: Option<u16>) {
+        self.responses += 1;
+        let class = usize::from(status.unwrap_or(0) / 100).wrapping_sub(1);
+        if let Some(c) = self.responses_by_class.get_mut(class) {
+            *c += 1;
+        }
+    }
 }
 
 impl Counters {
@@ -508,6 +537,22 @@ impl Counters {
         self.requests_originated += other.requests_originated;
         self.presence.add(&other.presence);
         self.transactions_live += other.transactions_live;
+        for (a, b) in self
+            .requests_by_method
+            .iter_mut()
+            .zip(other.requests_by_method)
+        {
+            *a += b;
+        }
+        for (a, b) in self
+            .responses_by_class
+            .iter_mut()
+            .zip(other.responses_by_class)
+        {
+            *a += b;
+        }
+        self.bindings += other.bindings;
+        self.subscriptions += other.subscriptions;
     }
 
     /// (metric name, value) pairs, for export.

@@ -110,11 +110,11 @@ impl Service for Stateless {
         }
         match sip::parse(data, index) {
             Ok(msg) if msg.is_request() => {
-                counters.requests += 1;
+                counters.count_request(msg.method());
                 relay_request(id, cfg, counters, &msg, src, out);
             }
             Ok(msg) => {
-                counters.responses += 1;
+                counters.count_response(msg.status());
                 relay_response(id, counters, &msg, src.local, out);
             }
             Err(e) => {

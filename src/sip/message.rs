@@ -269,6 +269,35 @@ pub enum Method {
 }
 
 impl Method {
+    /// How many values there are (`Other` included): the size of a table
+    /// indexed by [`Method::index`].
+    pub const COUNT: usize = 15;
+
+    /// Every value, in [`Method::index`] order.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Ack,
+        Self::Bye,
+        Self::Cancel,
+        Self::Info,
+        Self::Invite,
+        Self::Message,
+        Self::Notify,
+        Self::Options,
+        Self::Prack,
+        Self::Publish,
+        Self::Refer,
+        Self::Register,
+        Self::Subscribe,
+        Self::Update,
+        Self::Other,
+    ];
+
+    /// A dense index, `0..COUNT`.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Interns a method token (case-sensitive, §7.1).
     pub fn from_bytes(m: &[u8]) -> Self {
         match m {

@@ -824,11 +824,11 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         };
         match sip::parse(data, &mut idx) {
             Ok(msg) if msg.is_request() => {
-                self.counters.requests += 1;
+                self.counters.count_request(msg.method());
                 self.on_request(now, &msg, src, out);
             }
             Ok(msg) => {
-                self.counters.responses += 1;
+                self.counters.count_response(msg.status());
                 self.on_response(now, &msg, src, out);
             }
             Err(e) => {
