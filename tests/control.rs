@@ -393,3 +393,97 @@ fn json_log_lines() {
         assert!(v["fields"]["message"].is_string(), "{l}");
     }
 }
+
+/// Reloads under call load: SIPp places 300 calls (100/s, each held 300 ms)
+/// through the edge to a SIPp UAS registered as `callee`, while `ctl reload`
+/// and SIGHUP alternate every 150 ms; every call completes (SIPp exits 0).
+#[test]
+fn reload_under_call_load_fails_no_call() {
+    if !common::have_peer("sipp") {
+        return;
+    }
+    for d in drivers() {
+        let dir = TempDir::new("ctl-load");
+        let sock = dir.path.join("ctl.sock").to_string_lossy().into_owned();
+        let config = dir.write("sipedge.toml", "[flood]\nrate = 2000\nburst = 4000\n");
+        let mut p = Proxy::start(&[
+            "--io",
+            d,
+            "--domain",
+            "127.0.0.1",
+            "--shards",
+            "2",
+            "--data-dir",
+            dir.arg(),
+            "--config",
+            &config,
+            "--control",
+            &sock,
+        ]);
+        let uas_port = common::free_udp_port();
+        // The UAS's address registered for `callee`.
+        let ua = Ua::new();
+        ua.send(
+            &format!(
+                "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-load;rport\r\n\
+Max-Forwards: 70\r\nTo: <sip:callee@127.0.0.1>\r\nFrom: <sip:callee@127.0.0.1>;tag=l\r\n\
+Call-ID: load-reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:callee@127.0.0.1:{uas_port}>\r\n\
+Expires: 600\r\nContent-Length: 0\r\n\r\n",
+                a = ua.addr
+            ),
+            p.addr,
+        );
+        ua.expect_response(200, "REGISTER");
+        let csv = dir.write("callee.csv", "SEQUENTIAL\ncallee\n");
+        let mut uas = common::Reaped::spawn(
+            "sipp uas",
+            common::sipp(&dir, "uas", uas_port)
+                .args([
+                    "-sf",
+                    &format!("{}/tools/sipp/uas.xml", env!("CARGO_MANIFEST_DIR")),
+                ])
+                .args(["-timeout", "40s"]),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let mut uac = common::Reaped::spawn(
+            "sipp uac",
+            common::sipp(&dir, "uac", common::free_udp_port())
+                .args([
+                    "-sf",
+                    &format!("{}/tools/sipp/uac_users.xml", env!("CARGO_MANIFEST_DIR")),
+                ])
+                .args([
+                    "-inf", &csv, "-m", "300", "-r", "100", "-l", "100", "-d", "300",
+                ])
+                .args(["-timeout", "30s", "-timeout_error", "-max_retrans", "5"])
+                .arg(p.addr.to_string()),
+        );
+        // Reload while the calls run: the ctl way and the SIGHUP way.
+        let mut reloads = 0;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            if reloads % 2 == 0 {
+                let out = ctl(&sock, &["reload"]);
+                assert!(
+                    out.status.success(),
+                    "{d}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            } else {
+                p.signal("HUP");
+            }
+            reloads += 1;
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        let st = uac.wait_for(std::time::Duration::from_secs(40));
+        let _ = uas.terminate(std::time::Duration::from_secs(2));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{d}: calls failed across {reloads} reloads: {st:?}\n{}\n{}",
+            common::sipp_report(&dir, "uac"),
+            common::sipp_report(&dir, "uas")
+        );
+        assert!(reloads >= 10, "{d}: only {reloads} reloads");
+        p.terminate();
+    }
+}
