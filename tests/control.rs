@@ -487,3 +487,32 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n",
         p.terminate();
     }
 }
+
+/// `sipedge tune --json`: the host report as JSON, with the busy-poll
+/// sysctls of the profile and the kernel's UDP error counters.
+#[test]
+fn tune_reports_as_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["tune", "--json", "--profile"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/edge.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = v["sysctl"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&"net.core.busy_poll") && keys.contains(&"net.core.busy_read"),
+        "{keys:?}"
+    );
+    assert!(v["udp_errors_since_boot"]["RcvbufErrors"].is_u64(), "{v}");
+    assert!(v["cpus"].as_array().is_some_and(|c| !c.is_empty()), "{v}");
+}

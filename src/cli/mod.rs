@@ -63,9 +63,13 @@ enum Command {
         /// The profile to compare with.
         #[arg(long, default_value = "tuning/edge.toml")]
         profile: PathBuf,
-        /// Write the sysctls that differ (needs root).
+        /// Write the sysctls that differ, now and in /etc/sysctl.d (needs
+        /// root); the old values go to a rollback file.
         #[arg(long)]
         apply: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -205,7 +209,11 @@ pub fn main() -> Result<()> {
     match cli.cmd {
         None => run(&RunArgs::default()),
         Some(Command::Run(args)) => run(&args),
-        Some(Command::Tune { profile, apply }) => tune::run(&profile, apply).map(|_| ()),
+        Some(Command::Tune {
+            profile,
+            apply,
+            json,
+        }) => tune::run(&profile, apply, json).map(|_| ()),
         Some(Command::Ctl {
             control,
             json,

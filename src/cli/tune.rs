@@ -177,6 +177,59 @@ pub fn network_irq_cpus(proc_root: &Path, sys_root: &Path) -> Vec<(String, Strin
         .collect()
 }
 
+/// The kernel's UDP counters since boot (/proc/net/snmp): `(name, value)`
+/// for InErrors, RcvbufErrors, SndbufErrors and MemErrors, the evidence that
+/// receive buffers are too small (datagrams dropped before any process saw
+/// them).
+pub fn udp_errors(proc_root: &Path) -> Vec<(String, u64)> {
+    let Ok(text) = std::fs::read_to_string(proc_root.join("net/snmp")) else {
+        return Vec::new();
+    };
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return Vec::new();
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .filter(|(n, _)| {
+            matches!(
+                *n,
+                "InErrors" | "RcvbufErrors" | "SndbufErrors" | "MemErrors"
+            )
+        })
+        .filter_map(|(n, v)| Some((n.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+/// What `--apply` writes to persist the changes: the `sysctl.d` file (the
+/// values wanted) and a rollback file (the values found), both in
+/// `sysctl.conf` syntax; `None` when nothing differs.
+pub fn persistent_files(rows: &[Row]) -> Option<(String, String)> {
+    let changes: Vec<&Row> = rows
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Change(_)))
+        .collect();
+    if changes.is_empty() {
+        return None;
+    }
+    let mut conf = String::from(
+        "# Written by `sipedge tune --apply` (profile values; see tuning/*.toml for why).\n",
+    );
+    let mut back = String::from(
+        "# The values `sipedge tune --apply` replaced: `sysctl -p THIS_FILE` puts them back\n\
+         # (then remove the sysctl.d file it wrote).\n",
+    );
+    for r in changes {
+        if let Verdict::Change(v) = r.verdict {
+            let _ = writeln!(conf, "{} = {v}", r.key);
+            let _ = writeln!(back, "{} = {}", r.key, r.current);
+        }
+    }
+    Some((conf, back))
+}
+
 /// Loads a profile file.
 pub fn load(path: &Path) -> Result<Profile> {
     let text = std::fs::read_to_string(path)
@@ -184,11 +237,62 @@ pub fn load(path: &Path) -> Result<Profile> {
     toml::from_str(&text).with_context(|| format!("profile {}", path.display()))
 }
 
-/// Runs `sipedge tune`: prints the report; with `apply`, writes what differs.
-pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
+/// Where `--apply` makes the changes last.
+pub const SYSCTL_FILE: &str = "/etc/sysctl.d/60-sipedge.conf";
+/// Where `--apply` keeps the values it replaced.
+pub const ROLLBACK_FILE: &str = "/etc/sipedge/sysctl-rollback.conf";
+
+/// The report as JSON (`--json`).
+fn json_report(rows: &[Row], udp: &[(String, u64)], nofile: Option<u64>) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "key": r.key,
+                "current": r.current,
+                "wanted": r.wanted,
+                "verdict": match r.verdict {
+                    Verdict::Ok => "ok",
+                    Verdict::Change(_) => "change",
+                    Verdict::Info => "info",
+                    Verdict::Unknown => "unknown",
+                },
+                "set_to": match r.verdict { Verdict::Change(v) => Some(v), _ => None },
+                "why": r.why,
+            })
+        })
+        .collect();
+    let udp: serde_json::Map<String, serde_json::Value> = udp
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+        .collect();
+    serde_json::json!({
+        "cpus": crate::shard::affinity::allowed_cpus().unwrap_or_default(),
+        "io_uring": crate::shard::uring::probe().is_ok(),
+        "sysctl": rows,
+        "udp_errors_since_boot": udp,
+        "open_files": nofile,
+    })
+}
+
+/// Runs `sipedge tune`: prints the report (as JSON with `json`); with
+/// `apply`, writes what differs, live and persistently, keeping a rollback.
+pub fn run(profile_path: &Path, apply: bool, json: bool) -> Result<bool> {
     let profile = load(profile_path)?;
     let proc_root = Path::new("/proc");
     let rows = check(&profile, proc_root);
+    let udp = udp_errors(proc_root);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(&rows, &udp, nofile(proc_root)))?
+        );
+        let differs = rows.iter().any(|r| matches!(r.verdict, Verdict::Change(_)));
+        if apply {
+            apply_changes(&rows)?;
+        }
+        return Ok(differs);
+    }
     let mut out = String::new();
     let cpus = crate::shard::affinity::allowed_cpus().unwrap_or_default();
     let _ = writeln!(out, "sipedge tune — profile {}\n", profile_path.display());
@@ -217,6 +321,24 @@ pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
         );
         for (name, cpus) in &irqs {
             let _ = writeln!(out, "  {name:<40} CPUs {cpus}");
+        }
+    }
+    if !udp.is_empty() {
+        let list: Vec<String> = udp.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            out,
+            "UDP errors since boot (/proc/net/snmp): {}",
+            list.join(", ")
+        );
+        if let Some((_, n)) = udp
+            .iter()
+            .find(|(k, _)| k == "RcvbufErrors")
+            .filter(|(_, n)| *n > 0)
+        {
+            let _ = writeln!(
+                out,
+                "  {n} datagrams were dropped for a full receive buffer: raise net.core.rmem_max (and [socket] recv_buffer)"
+            );
         }
     }
     let _ = writeln!(out, "\n{:<34} {:>22} {:>14}", "setting", "now", "wanted");
@@ -258,19 +380,45 @@ pub fn run(profile_path: &Path, apply: bool) -> Result<bool> {
     }
     print!("{out}");
     if apply {
-        for r in &rows {
-            if let Verdict::Change(v) = r.verdict {
-                let path = sysctl_path(proc_root, &r.key);
-                match std::fs::write(&path, v.to_string()) {
-                    Ok(()) => println!("applied: {} = {v}", r.key),
-                    Err(e) => println!("could not set {} ({e}); run as root", r.key),
-                }
-            }
-        }
+        apply_changes(&rows)?;
     } else if differs {
-        println!("\n`sipedge tune --apply` writes the sysctls marked CHANGE (as root; not persistent across reboots: copy them to /etc/sysctl.d/ for that).");
+        println!("\n`sipedge tune --apply` writes the sysctls marked CHANGE (as root): now, and in {SYSCTL_FILE} for the next boots, keeping the old values in {ROLLBACK_FILE}.");
     }
     Ok(differs)
+}
+
+/// `--apply`: the rollback file first (so nothing is changed that cannot be
+/// put back), then the persistent file, then the live values.
+fn apply_changes(rows: &[Row]) -> Result<()> {
+    let Some((conf, back)) = persistent_files(rows) else {
+        println!("nothing to apply");
+        return Ok(());
+    };
+    let rollback = Path::new(ROLLBACK_FILE);
+    if let Some(dir) = rollback.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // An earlier rollback file holds the host's original values: keep it.
+    if !rollback.exists() {
+        std::fs::write(rollback, back)
+            .with_context(|| format!("cannot write {ROLLBACK_FILE} (run as root)"))?;
+    }
+    std::fs::write(SYSCTL_FILE, conf)
+        .with_context(|| format!("cannot write {SYSCTL_FILE} (run as root)"))?;
+    println!("wrote {SYSCTL_FILE} (rollback: {ROLLBACK_FILE})");
+    for r in rows {
+        if let Verdict::Change(v) = r.verdict {
+            let path = sysctl_path(Path::new("/proc"), &r.key);
+            match std::fs::write(&path, v.to_string()) {
+                Ok(()) => println!("applied: {} = {v}", r.key),
+                Err(e) => println!(
+                    "could not set {} now ({e}); it applies at the next boot",
+                    r.key
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -299,6 +447,29 @@ mod tests {
         assert_eq!(get("kernel.io_uring_disabled"), Verdict::Change(0));
         assert_eq!(get("net.core.netdev_max_backlog"), Verdict::Unknown);
         assert_eq!(nofile(&root), Some(1024));
+        // The persistent file sets what differs; the rollback holds what was there.
+        let (conf, back) = persistent_files(&rows).unwrap();
+        assert!(conf.contains("net.core.rmem_max = 4194304\n"), "{conf}");
+        assert!(conf.contains("kernel.io_uring_disabled = 0\n"), "{conf}");
+        assert!(!conf.contains("wmem_max"), "{conf}");
+        assert!(back.contains("net.core.rmem_max = 212992\n"), "{back}");
+        assert!(back.contains("kernel.io_uring_disabled = 2\n"), "{back}");
+        // UDP counters from /proc/net/snmp.
+        std::fs::create_dir_all(root.join("net")).unwrap();
+        std::fs::write(
+            root.join("net/snmp"),
+            "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\nUdp: 10 0 7 10 7 0 0 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            udp_errors(&root),
+            vec![
+                ("InErrors".to_owned(), 7),
+                ("RcvbufErrors".to_owned(), 7),
+                ("SndbufErrors".to_owned(), 0),
+                ("MemErrors".to_owned(), 0)
+            ]
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
