@@ -135,7 +135,7 @@ pub enum ConfigError {
     #[error("log_format {0:?}: expected \"text\" or \"json\"")]
     BadLogFormat(String),
     /// Zero shards, or more than 255.
-    #[error("shards must be between 1 and 255, got {0}")]
+    #[error("shards must be between 1 and 64, got {0}")]
     BadShards(usize),
     /// A `tls:` or `wss:` listener without `--tls-cert` and `--tls-key`.
     #[error(
@@ -626,11 +626,11 @@ impl FileConfig {
                 return Err(ConfigError::BadVerifyClient(v.clone()));
             }
         }
-        let shards = self.shards.unwrap_or(cpus.max(1));
-        if shards > usize::from(crate::transport::FlowId::MAX_SHARDS) {
-            return Err(ConfigError::BadShards(shards));
-        }
-        if !(1..=255).contains(&shards) {
+        // One shard per allowed CPU by default, up to the most a flow token
+        // can name (a bigger host starts with that many, not an error).
+        let max = usize::from(crate::transport::FlowId::MAX_SHARDS);
+        let shards = self.shards.unwrap_or(cpus.clamp(1, max));
+        if !(1..=max).contains(&shards) {
             return Err(ConfigError::BadShards(shards));
         }
         let domains = self
@@ -867,7 +867,7 @@ mod tests {
             shards: Some(0),
             ..Default::default()
         })
-        .contains("between 1 and 255"));
+        .contains("between 1 and 64"));
         assert!(bad(FileConfig {
             io: Some("poll".into()),
             ..Default::default()

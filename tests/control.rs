@@ -369,6 +369,17 @@ fn check_config_accepts_good_files_and_refuses_broken_ones() {
             "[auth]\nnonce_lifetime = 0\n",
             "nonce_lifetime",
         ),
+        ("flood.toml", "[flood]\nrate = 0\n", "[flood]"),
+        (
+            "overload.toml",
+            "[overload]\nqueue_low = 99999\n",
+            "[overload]",
+        ),
+        (
+            "ca.toml",
+            "[tls]\nca = \"/nonexistent/ca.pem\"\n",
+            "/nonexistent/ca.pem",
+        ),
     ] {
         let f = dir.write(name, text);
         let out = check(&f);

@@ -231,9 +231,18 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         ..RunArgs::default()
     };
     let cfg = args.config()?;
-    let (users, _) = users_and_policy(&cfg)?;
+    let (users, policy) = users_and_policy(&cfg)?;
     auth::Config::from_section(&cfg.auth).context("[auth]")?;
-    if cfg.listen.iter().any(|l| l.transport.is_stream()) {
+    if let Some(f) = &cfg.flood {
+        flood::Config::from_section(f, policy.networks()).context("[flood]")?;
+    }
+    overload::Config::from_section(&cfg.overload).context("[overload]")?;
+    // The certificate files, whenever any is named (the CA serves outbound
+    // TLS too), not only with a stream listener.
+    if cfg.listen.iter().any(|l| l.transport.is_stream())
+        || cfg.tls.cert.is_some()
+        || cfg.tls.ca.is_some()
+    {
         load_tls(&cfg.tls)?;
     }
     println!(
