@@ -213,6 +213,16 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             })
             .sum();
         assert!(lag >= 1.0, "{d}: replication lag samples: {lag}");
+        // Every REGISTER's records went through a timed store append.
+        let appends: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|sh| {
+                after.get(&format!(
+                    "sipedge_store_append_seconds_count{{shard=\"{sh}\"}}"
+                ))
+            })
+            .sum();
+        assert!(appends >= 1.0, "{d}: store appends timed: {appends}");
         p.terminate();
         // Gone with the process.
         assert!(

@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 
 use crate::shard::ShardReport;
 
-/// Histogram buckets of the replication lag, seconds.
+/// Histogram buckets of the replication lag and the store latency, seconds.
 const LAG_BUCKETS: [f64; 10] = [
     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
@@ -296,43 +296,22 @@ impl Collector for Reports {
                 per(&get).into_iter(),
             )?;
         }
-        // Replication lag, from each shard's HDR histogram, as a Prometheus
-        // histogram (cumulative buckets, seconds).
-        let mut m = enc.encode_descriptor(
+        // Replication lag and store append latency, from each shard's HDR
+        // histogram, as Prometheus histograms (seconds).
+        hdr_family(
+            &mut enc,
             "sipedge_location_replication_lag_seconds",
             "time from a binding's commit on its owner to its application on a replica",
-            None,
-            MetricType::Histogram,
+            &reports,
+            |r| r.lag.as_ref(),
         )?;
-        for r in &reports {
-            let Some(h) = r.lag.as_ref() else { continue };
-            // The encoder sums the buckets itself: each gets its own count.
-            let mut below = 0;
-            let buckets: Vec<(f64, u64)> = LAG_BUCKETS
-                .iter()
-                .map(|&le| le * 1e6)
-                .chain(std::iter::once(f64::MAX)) // the encoder's +Inf
-                .map(|us| {
-                    let upto = if us == f64::MAX {
-                        h.len()
-                    } else {
-                        h.count_between(0, us as u64).min(h.len())
-                    };
-                    let n = upto.saturating_sub(below);
-                    below = below.max(upto);
-                    (if us == f64::MAX { us } else { us / 1e6 }, n)
-                })
-                .collect();
-            let sum = h.mean() * h.len() as f64 / 1e6;
-            let labels = [("shard", r.id.to_string())];
-            m.encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum,
-                    h.len(),
-                    &buckets,
-                    None,
-                )?;
-        }
+        hdr_family(
+            &mut enc,
+            "sipedge_store_append_seconds",
+            "time from a batch's submission to the store to its completion (fsync included when on)",
+            &reports,
+            |r| r.store_latency.as_ref(),
+        )?;
         let mut up = enc.encode_descriptor(
             "sipedge_ready",
             "1 when every shard runs and start-up is over",
@@ -342,6 +321,48 @@ impl Collector for Reports {
         up.encode_gauge(&i64::from(self.health.is_ready()))?;
         Ok(())
     }
+}
+
+/// One histogram family from per-shard HDR histograms of µs (shards
+/// without one are left out).
+fn hdr_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    reports: &[ShardReport],
+    get: impl Fn(&ShardReport) -> Option<&hdrhistogram::Histogram<u64>>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for r in reports {
+        let Some(h) = get(r) else { continue };
+        // The encoder sums the buckets itself: each gets its own count.
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = LAG_BUCKETS
+            .iter()
+            .map(|&le| le * 1e6)
+            .chain(std::iter::once(f64::MAX)) // the encoder's +Inf
+            .map(|us| {
+                let upto = if us == f64::MAX {
+                    h.len()
+                } else {
+                    h.count_between(0, us as u64).min(h.len())
+                };
+                let n = upto.saturating_sub(below);
+                below = below.max(upto);
+                (if us == f64::MAX { us } else { us / 1e6 }, n)
+            })
+            .collect();
+        let sum = h.mean() * h.len() as f64 / 1e6;
+        let labels = [("shard", r.id.to_string())];
+        m.encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum,
+                h.len(),
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 /// Writes the text exposition to `file` atomically (`--metrics-file`).

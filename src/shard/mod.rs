@@ -164,6 +164,11 @@ pub struct ShardIo {
     pending: VecDeque<(usize, MeshMsg)>,
     /// Questions from the control socket.
     control: Option<Arc<control::Inbox>>,
+    /// When each append in flight was submitted (they complete in order).
+    submitted: VecDeque<Instant>,
+    /// Store append latency, µs (submit to completion: the fsync included
+    /// when `[store] fsync`); published with the counters.
+    store_latency: Option<hdrhistogram::Histogram<u64>>,
     /// What this I/O counted.
     pub stats: IoStats,
 }
@@ -196,6 +201,8 @@ impl ShardIo {
             batch: Vec::new(),
             pending: VecDeque::new(),
             control: None,
+            submitted: VecDeque::new(),
+            store_latency: None,
             stats: IoStats::default(),
         }
     }
@@ -237,6 +244,8 @@ impl ShardIo {
             batch: Vec::new(),
             pending: VecDeque::new(),
             control,
+            submitted: VecDeque::new(),
+            store_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             stats: IoStats::default(),
         })
     }
@@ -293,6 +302,11 @@ impl ShardIo {
             while let Some(done) = w.poll_done() {
                 match done {
                     Done::Appended { records, result } => {
+                        if let (Some(t), Some(h)) =
+                            (self.submitted.pop_front(), self.store_latency.as_mut())
+                        {
+                            let _ = h.record(now.saturating_since(t).as_micros().max(1));
+                        }
                         let ok = match result {
                             Ok(()) => {
                                 self.stats.records += records as u64;
@@ -355,6 +369,15 @@ impl ShardIo {
                     None => r.lag = Some(lag.clone()),
                 }
             }
+            if let Some(h) = &self.store_latency {
+                match &mut r.store_latency {
+                    Some(t) => {
+                        t.reset();
+                        let _ = t.add(h);
+                    }
+                    None => r.store_latency = Some(h.clone()),
+                }
+            }
         }
     }
 
@@ -379,7 +402,9 @@ impl ShardIo {
         if service.poll_persist(&mut self.batch) {
             match &mut self.store {
                 Some(w) => {
-                    if !w.append(core::mem::take(&mut self.batch)) {
+                    if w.append(core::mem::take(&mut self.batch)) {
+                        self.submitted.push_back(now);
+                    } else {
                         self.stats.store_errors += 1;
                         tracing::error!("store thread gone: append refused");
                         service.persisted(now, false, out);
@@ -634,6 +659,8 @@ pub struct ShardReport {
     pub connections: usize,
     /// Replication lag of the location feed (µs), if the service keeps a replica.
     pub lag: Option<hdrhistogram::Histogram<u64>>,
+    /// Store append latency (µs), if the shard has a store.
+    pub store_latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Starts one thread per plan, each pinned to its CPU, running the service
@@ -723,6 +750,7 @@ fn run_shard<S: Service>(
         conn: streams.as_ref().map(|s| s.conns.stats).unwrap_or_default(),
         connections: streams.as_ref().map_or(0, |s| s.conns.len()),
         lag: service.replication_lag().cloned(),
+        store_latency: io.store_latency.clone(),
     })
 }
 
