@@ -124,6 +124,10 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             dir.arg(),
             "--metrics-listen",
             &maddr.to_string(),
+            "--listen",
+            "udp:127.0.0.1:0",
+            "--listen",
+            "tcp:127.0.0.1:0",
         ]);
         assert_eq!(http(maddr, "GET", "/health"), (200, "ok\n".into()), "{d}");
         assert_eq!(http(maddr, "GET", "/ready"), (200, "ready\n".into()), "{d}");
@@ -160,12 +164,29 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             ua.send(&register(&ua, &format!("m{i}"), p.addr), p.addr);
             ua.expect_response(200, "REGISTER");
         }
+        // Two idle TCP connections: the gauge by transport counts them.
+        let tcp = p.listener("tcp");
+        let _conns = [
+            TcpStream::connect(tcp).unwrap(),
+            TcpStream::connect(tcp).unwrap(),
+        ];
+        let tcp_open = |m: &HashMap<String, f64>| -> f64 {
+            ["0", "1"]
+                .iter()
+                .filter_map(|sh| {
+                    m.get(&format!(
+                        "sipedge_transport_connections{{shard=\"{sh}\",transport=\"tcp\"}}"
+                    ))
+                })
+                .sum()
+        };
         let deadline = Instant::now() + Duration::from_secs(6);
         let after = loop {
             let m = parse(&http(maddr, "GET", "/metrics").1);
             let moved = total(&m, "sipedge_proxy_requests_total")
                 - total(&before, "sipedge_proxy_requests_total");
             let settled = total(&m, "sipedge_registrar_bindings") >= N as f64
+                && tcp_open(&m) >= 2.0
                 && total(&m, "sipedge_store_records_total") >= N as f64;
             if (moved >= N as f64 && settled) || Instant::now() > deadline {
                 break m;
@@ -213,6 +234,7 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             })
             .sum();
         assert!(lag >= 1.0, "{d}: replication lag samples: {lag}");
+        assert_eq!(tcp_open(&after), 2.0, "{d}: TCP connections by transport");
         // Every REGISTER's records went through a timed store append.
         let appends: f64 = ["0", "1"]
             .iter()

@@ -267,7 +267,7 @@ impl Collector for Reports {
                     .encode(m.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, Get); 4] = [
+        let gauges: [(&str, &str, Get); 3] = [
             (
                 "sipedge_registrar_bindings",
                 "bindings held by the shard's registrar partition",
@@ -277,11 +277,6 @@ impl Collector for Reports {
                 "sipedge_presence_subscriptions",
                 "subscriptions held by the shard's presence partition",
                 |r| r.service.subscriptions,
-            ),
-            (
-                "sipedge_transport_connections",
-                "open stream connections",
-                |r| r.connections as u64,
             ),
             ("sipedge_txn_transactions_live", "transactions live", |r| {
                 r.service.transactions_live
@@ -295,6 +290,29 @@ impl Collector for Reports {
                 MetricType::Gauge,
                 per(&get).into_iter(),
             )?;
+        }
+        let mut m = enc.encode_descriptor(
+            "sipedge_transport_connections",
+            "open stream connections, by transport",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &reports {
+            for t in crate::transport::Transport::ALL {
+                if t == crate::transport::Transport::Udp {
+                    continue;
+                }
+                let labels = [
+                    ("shard", r.id.to_string()),
+                    ("transport", t.param().to_owned()),
+                ];
+                let v = r
+                    .connections_by_transport
+                    .get(t.index())
+                    .copied()
+                    .unwrap_or(0);
+                m.encode_family(&labels)?.encode_gauge(&(v as i64))?;
+            }
         }
         // Replication lag and store append latency, from each shard's HDR
         // histogram, as Prometheus histograms (seconds).

@@ -359,6 +359,7 @@ impl ShardIo {
             if let Some(c) = conns {
                 r.conn = c.stats;
                 r.connections = c.len();
+                r.connections_by_transport = c.by_transport();
             }
             if let Some(lag) = service.replication_lag() {
                 match &mut r.lag {
@@ -657,6 +658,8 @@ pub struct ShardReport {
     pub conn: crate::transport::conn::ConnStats,
     /// Open stream connections.
     pub connections: usize,
+    /// Open stream connections by [`crate::transport::Transport::index`].
+    pub connections_by_transport: [usize; 5],
     /// Replication lag of the location feed (µs), if the service keeps a replica.
     pub lag: Option<hdrhistogram::Histogram<u64>>,
     /// Store append latency (µs), if the shard has a store.
@@ -749,6 +752,7 @@ fn run_shard<S: Service>(
         io: io.stats,
         conn: streams.as_ref().map(|s| s.conns.stats).unwrap_or_default(),
         connections: streams.as_ref().map_or(0, |s| s.conns.len()),
+        connections_by_transport: streams.as_ref().map_or([0; 5], |s| s.conns.by_transport()),
         lag: service.replication_lag().cloned(),
         store_latency: io.store_latency.clone(),
     })

@@ -251,6 +251,8 @@ pub struct Connections {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Live connections by [`Transport::index`].
+    by_transport: [usize; 5],
     by_remote: HashMap<(Transport, SocketAddr), FlowId>,
     per_ip: HashMap<IpAddr, u32>,
     tls_server: Option<ServerTls>,
@@ -280,6 +282,7 @@ impl Connections {
             slots: Vec::new(),
             free: Vec::new(),
             live: 0,
+            by_transport: [0; 5],
             by_remote: HashMap::new(),
             per_ip: HashMap::new(),
             tls_server: None,
@@ -305,6 +308,11 @@ impl Connections {
     /// Live connections.
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// Live connections by [`Transport::index`].
+    pub fn by_transport(&self) -> [usize; 5] {
+        self.by_transport
     }
 
     /// True when there are none.
@@ -356,8 +364,12 @@ impl Connections {
         conn.peer.flow = flow;
         self.by_remote
             .insert((conn.peer.transport, conn.peer.remote), flow);
+        let t = conn.peer.transport.index();
         s.conn = Some(Box::new(conn));
         self.live += 1;
+        if let Some(n) = self.by_transport.get_mut(t) {
+            *n += 1;
+        }
         Some(flow)
     }
 
@@ -476,6 +488,9 @@ impl Connections {
         s.gen = s.gen.wrapping_add(1).max(1);
         self.free.push(flow.slot());
         self.live = self.live.saturating_sub(1);
+        if let Some(n) = self.by_transport.get_mut(c.peer.transport.index()) {
+            *n = n.saturating_sub(1);
+        }
         let key = (c.peer.transport, c.peer.remote);
         if self.by_remote.get(&key) == Some(&flow) {
             self.by_remote.remove(&key);

@@ -50,6 +50,15 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in [`Transport::index`] order.
+    pub const ALL: [Self; 5] = [Self::Tcp, Self::Tls, Self::Udp, Self::Ws, Self::Wss];
+
+    /// A dense index, `0..5`.
+    #[inline]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Reads `udp`, `tcp`, `tls`, `ws`, `wss` (case-insensitive).
     pub fn from_token(t: &str) -> Option<Self> {
         Self::from_bytes(t.as_bytes())
