@@ -245,6 +245,16 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             })
             .sum();
         assert!(appends >= 1.0, "{d}: store appends timed: {appends}");
+        // The turns that received the REGISTERs were timed, receive to flush.
+        let turns: f64 = ["0", "1"]
+            .iter()
+            .filter_map(|sh| {
+                after.get(&format!(
+                    "sipedge_shard_turn_seconds_count{{shard=\"{sh}\"}}"
+                ))
+            })
+            .sum();
+        assert!(turns >= 1.0, "{d}: timed turns: {turns}");
         p.terminate();
         // Gone with the process.
         assert!(

@@ -34,6 +34,11 @@ const LAG_BUCKETS: [f64; 10] = [
     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Histogram buckets of the turn latency, seconds.
+const TURN_BUCKETS: [f64; 9] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+];
+
 /// The process's state as `/health` and `/ready` report it.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -320,6 +325,7 @@ impl Collector for Reports {
             &mut enc,
             "sipedge_location_replication_lag_seconds",
             "time from a binding's commit on its owner to its application on a replica",
+            &LAG_BUCKETS,
             &reports,
             |r| r.lag.as_ref(),
         )?;
@@ -327,8 +333,17 @@ impl Collector for Reports {
             &mut enc,
             "sipedge_store_append_seconds",
             "time from a batch's submission to the store to its completion (fsync included when on)",
+            &LAG_BUCKETS,
             &reports,
             |r| r.store_latency.as_ref(),
+        )?;
+        hdr_family(
+            &mut enc,
+            "sipedge_shard_turn_seconds",
+            "time from a loop turn's receive to its flush, for turns that received: how long a request waits inside the edge before its forward or answer is sent",
+            &TURN_BUCKETS,
+            &reports,
+            |r| r.turn_latency.as_ref(),
         )?;
         let mut up = enc.encode_descriptor(
             "sipedge_ready",
@@ -347,6 +362,7 @@ fn hdr_family(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
+    bounds: &[f64],
     reports: &[ShardReport],
     get: impl Fn(&ShardReport) -> Option<&hdrhistogram::Histogram<u64>>,
 ) -> Result<(), std::fmt::Error> {
@@ -355,7 +371,7 @@ fn hdr_family(
         let Some(h) = get(r) else { continue };
         // The encoder sums the buckets itself: each gets its own count.
         let mut below = 0;
-        let buckets: Vec<(f64, u64)> = LAG_BUCKETS
+        let buckets: Vec<(f64, u64)> = bounds
             .iter()
             .map(|&le| le * 1e6)
             .chain(std::iter::once(f64::MAX)) // the encoder's +Inf

@@ -169,6 +169,8 @@ pub struct ShardIo {
     /// Store append latency, µs (submit to completion: the fsync included
     /// when `[store] fsync`); published with the counters.
     store_latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Receive-to-flush time of the turns that received something, µs.
+    turn_latency: Option<hdrhistogram::Histogram<u64>>,
     /// What this I/O counted.
     pub stats: IoStats,
 }
@@ -203,6 +205,7 @@ impl ShardIo {
             control: None,
             submitted: VecDeque::new(),
             store_latency: None,
+            turn_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             stats: IoStats::default(),
         }
     }
@@ -246,8 +249,16 @@ impl ShardIo {
             control,
             submitted: VecDeque::new(),
             store_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+            turn_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             stats: IoStats::default(),
         })
+    }
+
+    /// Records how long a turn that received something took, receive to flush.
+    pub fn record_turn(&mut self, d: Duration) {
+        if let Some(h) = &mut self.turn_latency {
+            let _ = h.record(d.as_micros().max(1));
+        }
     }
 
     /// This shard's end of the control path (shards with a store only).
@@ -368,6 +379,15 @@ impl ShardIo {
                         let _ = h.add(lag);
                     }
                     None => r.lag = Some(lag.clone()),
+                }
+            }
+            if let Some(h) = &self.turn_latency {
+                match &mut r.turn_latency {
+                    Some(t) => {
+                        t.reset();
+                        let _ = t.add(h);
+                    }
+                    None => r.turn_latency = Some(h.clone()),
                 }
             }
             if let Some(h) = &self.store_latency {
@@ -664,6 +684,8 @@ pub struct ShardReport {
     pub lag: Option<hdrhistogram::Histogram<u64>>,
     /// Store append latency (µs), if the shard has a store.
     pub store_latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Receive-to-flush time of turns that received something (µs).
+    pub turn_latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Starts one thread per plan, each pinned to its CPU, running the service
@@ -755,6 +777,7 @@ fn run_shard<S: Service>(
         connections_by_transport: streams.as_ref().map_or([0; 5], |s| s.conns.by_transport()),
         lag: service.replication_lag().cloned(),
         store_latency: io.store_latency.clone(),
+        turn_latency: io.turn_latency.clone(),
     })
 }
 

@@ -200,6 +200,7 @@ pub fn turn<D: Driver, S: Service>(
         st.refresh();
     }
     io.begin(now, service, d.outbox());
+    let rx_before = d.stats().rx;
     {
         let mut sink = TurnSink {
             service: &mut *service,
@@ -219,6 +220,11 @@ pub fn turn<D: Driver, S: Service>(
     }
     io.end(now, service, d.outbox());
     flush(d, now, streams.as_deref_mut(), io)?;
+    if d.stats().rx != rx_before {
+        // How long what arrived this turn waited inside the edge before
+        // its answers and forwards went out (what the flush sent).
+        io.record_turn(clock.now().saturating_since(now));
+    }
     let conns = match streams {
         Some(st) => {
             st.settle(now, service);
