@@ -471,6 +471,9 @@ fn sipp_register_and_call_with_digest_authentication_by_default() {
             sipp_report(&dir, "uas")
         );
         p.terminate();
+        // The 2 wrong answers are counted as failures.
+        let failures = p.counter("sipedge_auth_failures_total");
+        assert!(failures >= 2, "{d}: {failures} failures");
         // 20 + 2 first REGISTERs, 2 wrong answers and 10 INVITEs were challenged.
         let challenges = p.counter("sipedge_auth_challenges_total");
         assert!(

@@ -658,6 +658,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .pairs()
         .into_iter()
         .chain(counters.presence.pairs())
+        .chain(counters.auth_pairs())
         .chain(conn.pairs())
     {
         if v > 0 {

@@ -166,6 +166,7 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
         .pairs()
         .into_iter()
         .chain(c.presence.pairs())
+        .chain(c.auth_pairs())
         .chain(conn.pairs())
     {
         m.insert(name.to_owned(), json!(v));

@@ -153,6 +153,7 @@ impl Collector for Reports {
             .pairs()
             .iter()
             .chain(first.service.presence.pairs().iter())
+            .chain(first.service.auth_pairs().iter())
             .chain(first.conn.pairs().iter())
             .map(|(n, _)| *n)
             .collect();
@@ -162,6 +163,7 @@ impl Collector for Reports {
                     .pairs()
                     .iter()
                     .chain(r.service.presence.pairs().iter())
+                    .chain(r.service.auth_pairs().iter())
                     .chain(r.conn.pairs().iter())
                     .nth(i)
                     .map_or(0, |(_, v)| *v)

@@ -477,9 +477,22 @@ pub struct Counters {
     pub bindings: u64,
     /// Subscriptions this shard's presence partition holds (a gauge).
     pub subscriptions: u64,
+    /// The authenticator's own counters (a copy, taken each turn).
+    pub auth: crate::auth::AuthCounters,
 }
 
 impl Counters {
+    /// The authenticator's counters not already among [`Counters::pairs`].
+    pub fn auth_pairs(&self) -> [(&'static str, u64); 5] {
+        [
+            ("sipedge_auth_authenticated_total", self.auth.authenticated),
+            ("sipedge_auth_failures_total", self.auth.failures),
+            ("sipedge_auth_forbidden_total", self.auth.forbidden),
+            ("sipedge_auth_replays_total", self.auth.replays),
+            ("sipedge_auth_stale_total", self.auth.stale),
+        ]
+    }
+
     /// Counts a request of `method` received.
     #[inline]
     pub fn count_request(&mut self, method: crate::sip::Method) {
@@ -553,6 +566,7 @@ impl Counters {
         }
         self.bindings += other.bindings;
         self.subscriptions += other.subscriptions;
+        self.auth.add(&other.auth);
     }
 
     /// (metric name, value) pairs, for export.

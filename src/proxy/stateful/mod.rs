@@ -1014,6 +1014,9 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             }
         }
         self.counters.transactions_live = self.txns.live() as u64;
+        if let Some(a) = &self.guard.auth {
+            self.counters.auth.clone_from(a.counters());
+        }
         if let Some(o) = &mut self.guard.overload {
             o.handle_turn(
                 now,
