@@ -22,7 +22,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{sync_channel, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,22 +80,12 @@ pub fn serve(listener: UnixListener, path: PathBuf, ctl: Control, stop: Arc<Atom
         tracing::error!("control socket: {e}; not serving");
         return;
     }
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                if let Err(e) = answer(s, &ctl) {
-                    tracing::debug!("control socket: {e}");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                tracing::warn!("control socket: accept: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    crate::shard::control::accept_loop(
+        "control socket",
+        &stop,
+        || listener.accept().map(|(s, _)| s),
+        |s| answer(s, &ctl),
+    );
     let _ = std::fs::remove_file(&path);
 }
 

@@ -11,7 +11,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,22 +28,12 @@ pub fn serve(listener: TcpListener, reports: Reports, health: Arc<Health>, stop:
         tracing::error!("metrics endpoint: {e}; not serving");
         return;
     }
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((s, _)) => {
-                if let Err(e) = answer(s, &reports, &health) {
-                    tracing::debug!("metrics endpoint: {e}");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                tracing::warn!("metrics endpoint: accept: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    crate::shard::control::accept_loop(
+        "metrics endpoint",
+        &stop,
+        || listener.accept().map(|(s, _)| s),
+        |s| answer(s, &reports, &health),
+    );
 }
 
 /// What a request head asks for.

@@ -60,3 +60,30 @@ impl Inbox {
         !self.queue.is_empty()
     }
 }
+
+/// Accepts one connection at a time from a non-blocking listener and
+/// answers it, until `stop` is set (checked every 50–200 ms). Shared by the
+/// metrics endpoint and the control socket.
+pub fn accept_loop<S>(
+    what: &str,
+    stop: &std::sync::atomic::AtomicBool,
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    mut answer: impl FnMut(S) -> std::io::Result<()>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match accept() {
+            Ok(s) => {
+                if let Err(e) = answer(s) {
+                    tracing::debug!("{what}: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                tracing::warn!("{what}: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}

@@ -372,33 +372,9 @@ impl ShardIo {
                 r.connections = c.len();
                 r.connections_by_transport = c.by_transport();
             }
-            if let Some(lag) = service.replication_lag() {
-                match &mut r.lag {
-                    Some(h) => {
-                        h.reset();
-                        let _ = h.add(lag);
-                    }
-                    None => r.lag = Some(lag.clone()),
-                }
-            }
-            if let Some(h) = &self.turn_latency {
-                match &mut r.turn_latency {
-                    Some(t) => {
-                        t.reset();
-                        let _ = t.add(h);
-                    }
-                    None => r.turn_latency = Some(h.clone()),
-                }
-            }
-            if let Some(h) = &self.store_latency {
-                match &mut r.store_latency {
-                    Some(t) => {
-                        t.reset();
-                        let _ = t.add(h);
-                    }
-                    None => r.store_latency = Some(h.clone()),
-                }
-            }
+            copy_histogram(&mut r.lag, service.replication_lag());
+            copy_histogram(&mut r.turn_latency, self.turn_latency.as_ref());
+            copy_histogram(&mut r.store_latency, self.store_latency.as_ref());
         }
     }
 
@@ -660,6 +636,21 @@ pub fn identity(cfg: &Config, plan: &ShardPlan, secret: u64) -> Identity {
             .map(|d| d.as_bytes().to_vec().into_boxed_slice())
             .collect(),
         secret,
+    }
+}
+
+/// Copies `src` into `dst`, reusing `dst`'s allocation once it has one.
+fn copy_histogram(
+    dst: &mut Option<hdrhistogram::Histogram<u64>>,
+    src: Option<&hdrhistogram::Histogram<u64>>,
+) {
+    let Some(src) = src else { return };
+    match dst {
+        Some(d) => {
+            d.reset();
+            let _ = d.add(src);
+        }
+        None => *dst = Some(src.clone()),
     }
 }
 
