@@ -527,3 +527,40 @@ fn tune_reports_as_json() {
     assert!(v["udp_errors_since_boot"]["RcvbufErrors"].is_u64(), "{v}");
     assert!(v["cpus"].as_array().is_some_and(|c| !c.is_empty()), "{v}");
 }
+
+/// A second edge on a port another edge serves is refused (SO_REUSEPORT
+/// would let it take half the traffic), with one line and exit code 2.
+#[test]
+fn a_second_edge_on_a_served_port_is_refused() {
+    let dir = TempDir::new("second-edge");
+    let mut p = Proxy::start(&[
+        "--domain",
+        "127.0.0.1",
+        "--data-dir",
+        dir.arg(),
+        "--listen",
+        "udp:127.0.0.1:0",
+        "--listen",
+        "tcp:127.0.0.1:0",
+    ]);
+    let other = TempDir::new("second-edge-2");
+    for listen in [
+        format!("udp:{}", p.addr),
+        format!("tcp:{}", p.listener("tcp")),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["run", "--listen", &listen, "--data-dir", other.arg()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{listen}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("already in use by another process"),
+            "{listen}: {err}"
+        );
+    }
+    // The first one still answers.
+    let ua = Ua::new();
+    register(&ua, "still-served", p.addr);
+    p.terminate();
+}

@@ -514,6 +514,10 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// Another process serves the address already (SO_REUSEPORT would let
+    /// us share it and split its traffic with that process).
+    #[error("cannot bind {0}: already in use by another process (a second sipedge?)")]
+    InUse(SocketAddr),
     /// The CPU set could not be read.
     #[error("cannot read the CPU affinity mask: {0}")]
     Affinity(io::Error),
@@ -546,6 +550,31 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
         .filter(|l| l.transport.is_stream())
         .map(|l| (l.transport, l.addr))
         .collect();
+    // SO_REUSEPORT lets any process of the same user join a port: a second
+    // sipedge started by mistake would silently take half the traffic. A
+    // probe bound without it fails where anyone serves the port already.
+    for addr in listen_addrs.iter().filter(|a| a.port() != 0) {
+        if let Err(e) = socket::bind_udp(*addr, false, 1 << 12, 1 << 12) {
+            return Err(match e.kind() {
+                io::ErrorKind::AddrInUse => StartError::InUse(*addr),
+                _ => StartError::Bind {
+                    addr: *addr,
+                    source: e,
+                },
+            });
+        }
+    }
+    for (_, addr) in stream_addrs.iter().filter(|(_, a)| a.port() != 0) {
+        if let Err(e) = socket::probe_tcp(*addr) {
+            return Err(match e.kind() {
+                io::ErrorKind::AddrInUse => StartError::InUse(*addr),
+                _ => StartError::Bind {
+                    addr: *addr,
+                    source: e,
+                },
+            });
+        }
+    }
     for id in 0..cfg.shards {
         let mut sockets = Vec::new();
         let mut locals = Vec::new();

@@ -67,6 +67,23 @@ pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListe
     Ok(s.into())
 }
 
+/// Binds and drops a TCP socket on `addr` without SO_REUSEPORT: fails with
+/// `AddrInUse` where any socket is bound there already (a socket in
+/// TIME_WAIT does not count: SO_REUSEADDR).
+pub fn probe_tcp(addr: SocketAddr) -> io::Result<()> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
+}
+
 /// The address a listener is bound to.
 pub fn tcp_local_addr(s: &std::net::TcpListener) -> io::Result<SocketAddr> {
     s.local_addr()
