@@ -529,6 +529,9 @@ pub enum StartError {
     Spawn(io::Error),
 }
 
+/// How long start-up waits for a port's previous holder to let it go.
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds every shard's sockets per `cfg`: the public sockets with
 /// SO_REUSEPORT on each listen address, and with more than one shard, a
 /// shard socket per listen address on an ephemeral port of the same IP.
@@ -551,29 +554,37 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
         .map(|l| (l.transport, l.addr))
         .collect();
     // SO_REUSEPORT lets any process of the same user join a port: a second
-    // sipedge started by mistake would silently take half the traffic. A
-    // probe bound without it fails where anyone serves the port already.
-    for addr in listen_addrs.iter().filter(|a| a.port() != 0) {
-        if let Err(e) = socket::bind_udp(*addr, false, 1 << 12, 1 << 12) {
-            return Err(match e.kind() {
-                io::ErrorKind::AddrInUse => StartError::InUse(*addr),
-                _ => StartError::Bind {
-                    addr: *addr,
-                    source: e,
-                },
-            });
+    // sipedge started by mistake would silently take half the traffic, and
+    // so would the sockets of a predecessor killed a moment ago (io_uring
+    // releases them asynchronously, after the process is gone): its share of
+    // the datagrams would be lost. A probe bound without SO_REUSEPORT fails
+    // while anyone holds the port; a dying holder lets go within
+    // PORT_RELEASE_WAIT, a live one does not.
+    let probe = |addr: SocketAddr, stream: bool| -> Result<(), StartError> {
+        let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+        loop {
+            let r = if stream {
+                socket::probe_tcp(addr)
+            } else {
+                socket::bind_udp(addr, false, 1 << 12, 1 << 12).map(drop)
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StartError::InUse(addr));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => return Err(StartError::Bind { addr, source }),
+            }
         }
+    };
+    for addr in listen_addrs.iter().filter(|a| a.port() != 0) {
+        probe(*addr, false)?;
     }
     for (_, addr) in stream_addrs.iter().filter(|(_, a)| a.port() != 0) {
-        if let Err(e) = socket::probe_tcp(*addr) {
-            return Err(match e.kind() {
-                io::ErrorKind::AddrInUse => StartError::InUse(*addr),
-                _ => StartError::Bind {
-                    addr: *addr,
-                    source: e,
-                },
-            });
-        }
+        probe(*addr, true)?;
     }
     for id in 0..cfg.shards {
         let mut sockets = Vec::new();
