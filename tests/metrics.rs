@@ -77,10 +77,20 @@ for fam in text_string_to_metric_families(sys.stdin.read()):
         .collect()
 }
 
-/// The sum over shards of counter `name` (`name_total{shard=…}`).
+/// The sum over shards of sample `name` (`name{shard=…}`).
 fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
+    total_with(m, name, &[])
+}
+
+/// The sum over shards of the samples `name{…}` that carry every label of
+/// `labels` (written `key="value"`).
+fn total_with(m: &HashMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
     m.iter()
-        .filter(|(k, _)| k.starts_with(&format!("{name}{{")))
+        .filter(|(k, _)| {
+            k.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .is_some_and(|l| labels.iter().all(|want| l.contains(want)))
+        })
         .map(|(_, v)| v)
         .sum()
 }
@@ -170,15 +180,8 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             TcpStream::connect(tcp).unwrap(),
             TcpStream::connect(tcp).unwrap(),
         ];
-        let tcp_open = |m: &HashMap<String, f64>| -> f64 {
-            ["0", "1"]
-                .iter()
-                .filter_map(|sh| {
-                    m.get(&format!(
-                        "sipedge_transport_connections{{shard=\"{sh}\",transport=\"tcp\"}}"
-                    ))
-                })
-                .sum()
+        let tcp_open = |m: &HashMap<String, f64>| {
+            total_with(m, "sipedge_transport_connections", &["transport=\"tcp\""])
         };
         let deadline = Instant::now() + Duration::from_secs(6);
         let after = loop {
@@ -209,51 +212,28 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             "{d}: durable records moved by {}",
             moved("sipedge_store_records_total")
         );
-        let register: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|sh| {
-                after.get(&format!(
-                    "sipedge_proxy_requests_by_method_total{{method=\"REGISTER\",shard=\"{sh}\"}}"
-                ))
-            })
-            .sum();
+        let register = total_with(
+            &after,
+            "sipedge_proxy_requests_by_method_total",
+            &["method=\"REGISTER\""],
+        );
         assert!(register >= N as f64, "{d}: REGISTERs by method: {register}");
-        let bindings: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|sh| after.get(&format!("sipedge_registrar_bindings{{shard=\"{sh}\"}}")))
-            .sum();
+        let bindings = total(&after, "sipedge_registrar_bindings");
         assert_eq!(bindings, N as f64, "{d}: the bindings gauge");
         // The bindings reached the other shard's replica: its lag histogram
         // counted them.
-        let lag: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|sh| {
-                after.get(&format!(
-                    "sipedge_location_replication_lag_seconds_bucket{{le=\"+Inf\",shard=\"{sh}\"}}"
-                ))
-            })
-            .sum();
+        let lag = total_with(
+            &after,
+            "sipedge_location_replication_lag_seconds_bucket",
+            &["le=\"+Inf\""],
+        );
         assert!(lag >= 1.0, "{d}: replication lag samples: {lag}");
         assert_eq!(tcp_open(&after), 2.0, "{d}: TCP connections by transport");
         // Every REGISTER's records went through a timed store append.
-        let appends: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|sh| {
-                after.get(&format!(
-                    "sipedge_store_append_seconds_count{{shard=\"{sh}\"}}"
-                ))
-            })
-            .sum();
+        let appends = total(&after, "sipedge_store_append_seconds_count");
         assert!(appends >= 1.0, "{d}: store appends timed: {appends}");
         // The turns that received the REGISTERs were timed, receive to flush.
-        let turns: f64 = ["0", "1"]
-            .iter()
-            .filter_map(|sh| {
-                after.get(&format!(
-                    "sipedge_shard_turn_seconds_count{{shard=\"{sh}\"}}"
-                ))
-            })
-            .sum();
+        let turns = total(&after, "sipedge_shard_turn_seconds_count");
         assert!(turns >= 1.0, "{d}: timed turns: {turns}");
         p.terminate();
         // Gone with the process.

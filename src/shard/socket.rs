@@ -47,9 +47,9 @@ pub fn bind_udp(
     Ok((s.into(), granted))
 }
 
-/// Binds a nonblocking TCP listener on `addr` with SO_REUSEPORT (every
-/// shard listens on the public port; the kernel spreads connections).
-pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr` (IPv6 only for an IPv6 address) with
+/// SO_REUSEADDR (a port whose old connections linger in TIME_WAIT binds).
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -60,6 +60,13 @@ pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListe
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    Ok(s)
+}
+
+/// Binds a nonblocking TCP listener on `addr` with SO_REUSEPORT (every
+/// shard listens on the public port; the kernel spreads connections).
+pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let s = tcp_socket(addr)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -71,17 +78,7 @@ pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListe
 /// `AddrInUse` where any socket is bound there already (a socket in
 /// TIME_WAIT does not count: SO_REUSEADDR).
 pub fn probe_tcp(addr: SocketAddr) -> io::Result<()> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())
+    tcp_socket(addr)?.bind(&addr.into())
 }
 
 /// The address a listener is bound to.

@@ -1029,6 +1029,17 @@ impl<'buf> Iterator for Values<'buf> {
 mod tests {
     use super::*;
 
+    /// `Method::ALL` lists every method once, in `index` order, and the
+    /// tables sized `COUNT` (per-method counters) hold each of them.
+    #[test]
+    fn method_indexes_are_dense() {
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i, "{m:?}");
+            assert_eq!(Method::from_bytes(m.as_str().as_bytes()), *m);
+        }
+        assert_eq!(Method::Other.index(), Method::COUNT - 1);
+    }
+
     const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds\r\n\
 Max-Forwards: 70\r\n\
