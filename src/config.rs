@@ -472,9 +472,9 @@ pub struct Config {
 impl Config {
     /// What differs between the running configuration (`self`) and `new` that
     /// a reload cannot apply (it needs a restart). A reload applies the users
-    /// file, the policy, the presence watcher rules, `[flood]`, `[overload]`,
-    /// the TLS certificates and the log level; it refuses, whole, a file that
-    /// changes anything else.
+    /// file, the policy, the presence watcher rules, `[auth]`, `[flood]`,
+    /// `[overload]`, the TLS certificates and the log level; it refuses,
+    /// whole, a file that changes anything else.
     pub fn restart_only_changes(&self, new: &Self) -> Vec<&'static str> {
         let mut out = Vec::new();
         macro_rules! differ {
@@ -508,12 +508,16 @@ impl Config {
             stateful_record_route,
             large_requests_over_tcp,
             coalesce_us,
-            auth,
             metrics,
             metrics_listen,
             control_socket,
             conn,
         );
+        // A users file can change (users are reloaded), not appear or go:
+        // the authenticators are built at start.
+        if self.users.is_some() != new.users.is_some() {
+            out.push("users (a users file added or removed)");
+        }
         let settings = |p: &crate::presence::PresenceConfig| {
             let mut p = p.clone();
             p.rule = Vec::new();

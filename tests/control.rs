@@ -186,7 +186,7 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
         // A restart-only change is refused whole, with what needs the restart.
         std::fs::write(
             &config,
-            "[auth]\nnonce_lifetime = 600\n[flood]\nrate = 1\nburst = 1\nban = 60\n",
+            "[auth]\nnonce_lifetime = 300\n[registrar]\nmax_expires = 900\n[flood]\nrate = 1\nburst = 1\nban = 60\n",
         )
         .unwrap();
         let restart = ctl(&sock, &["reload"]);
@@ -195,7 +195,7 @@ Call-ID: flood\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
             "{d}: a restart-only change was accepted"
         );
         assert!(
-            String::from_utf8_lossy(&restart.stderr).contains("needs a restart: auth changed"),
+            String::from_utf8_lossy(&restart.stderr).contains("needs a restart: registrar changed"),
             "{d}: {}",
             String::from_utf8_lossy(&restart.stderr)
         );

@@ -515,6 +515,29 @@ struct Realm {
     opaque: [u8; 16],
 }
 
+impl Realm {
+    fn new(name: &str, secret: &Secret) -> Self {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let mac = secret.mac(&[b"sipedge opaque", name.as_bytes()]);
+        let mut opaque = [0u8; 16];
+        hex_into(mac.get(..8).unwrap_or_default(), &mut opaque);
+        Self {
+            name: name.into_bytes().into_boxed_slice(),
+            opaque,
+        }
+    }
+}
+
+/// Nonce keys a reload replaced: a nonce they signed is answered with a
+/// stale challenge (never accepted) until `until_ms`, so that clients
+/// re-authenticate without seeing a failure.
+#[derive(Clone)]
+struct Retired {
+    keys: NonceKeys,
+    opaques: Vec<[u8; 16]>,
+    until_ms: u64,
+}
+
 /// The digest parameters of one credentials value, read in one pass.
 #[derive(Debug, Default, Clone, Copy)]
 struct Fields<'b> {
@@ -577,6 +600,9 @@ pub struct Authenticator<D: UserDirectory = Users> {
     users: Arc<D>,
     keys: NonceKeys,
     realms: Vec<Realm>,
+    /// The keys and opaques before a reload changed the secret or the
+    /// rotation, until the nonces they signed have expired.
+    retired: Option<Retired>,
     replay: ReplayTable,
     by_source: RateTable,
     by_user: RateTable,
@@ -611,37 +637,21 @@ impl<D: UserDirectory> Authenticator<D> {
     ) -> Self {
         let realms = realms
             .iter()
-            .map(|r| {
-                let name = r.as_ref().trim_end_matches('.').to_ascii_lowercase();
-                let mac = secret.mac(&[b"sipedge opaque", name.as_bytes()]);
-                let mut opaque = [0u8; 16];
-                hex_into(mac.get(..8).unwrap_or_default(), &mut opaque);
-                Realm {
-                    name: name.into_bytes().into_boxed_slice(),
-                    opaque,
-                }
-            })
+            .map(|r| Realm::new(r.as_ref(), secret))
             .collect();
-        let dummy_for = |h: HashFn| {
-            let mac = secret.mac(&[b"sipedge dummy ha1"]);
-            digest::hash(h, &mac)
-        };
         let mut r = [0u8; 16];
         entropy.fill(&mut r);
         let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = r;
         Self {
             keys: NonceKeys::new(secret.clone(), cfg.key_rotation),
             realms,
+            retired: None,
             replay: ReplayTable::new(cfg.replay_slots),
             by_source: RateTable::new(cfg.throttle_slots, cfg.per_source, Duration::ZERO),
             by_user: RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO),
             seed: u64::from_le_bytes([a, b, c, d, e, f, g, h]),
             serial: u64::from_le_bytes([i, j, k, l, m, n, o, p]) & ((1 << 40) - 1),
-            dummy: [
-                dummy_for(HashFn::Md5),
-                dummy_for(HashFn::Sha256),
-                dummy_for(HashFn::Sha512t256),
-            ],
+            dummy: dummies(secret),
             users,
             cfg,
             counters: AuthCounters::default(),
@@ -661,6 +671,60 @@ impl<D: UserDirectory> Authenticator<D> {
     /// What the caller does with [`Outcome::Throttled`].
     pub fn throttle_action(&self) -> ThrottleAction {
         self.cfg.throttle_action
+    }
+
+    /// Applies reloaded `[auth]` settings (`cfg`; the issuer id is kept) and
+    /// nonce `secret` at wall-clock `wall_ms`, without ever accepting a
+    /// replayed nonce-count:
+    ///
+    /// - algorithms, qop, `strongest_first`, source binding and the throttle
+    ///   action apply to the next challenge and check;
+    /// - a new secret or rotation period retires the old keys: a nonce they
+    ///   signed draws a stale challenge (one round trip, no failure counted)
+    ///   until it would have expired anyway;
+    /// - a resized nonce-count table, or a longer nonce lifetime (which would
+    ///   revive nonces whose counts were dropped as expired), forgets every
+    ///   nonce issued until now: each draws one stale challenge;
+    /// - resized or re-rated throttle tables start empty.
+    pub fn reconfigure(&mut self, cfg: Config, secret: &Secret, wall_ms: u64) {
+        let cfg = Config {
+            issuer: self.cfg.issuer,
+            ..cfg
+        };
+        if self.keys.secret() != secret || cfg.key_rotation != self.cfg.key_rotation {
+            let lifetime = self.cfg.nonce_lifetime.max(cfg.nonce_lifetime);
+            let until_ms = wall_ms
+                .saturating_add(lifetime.as_millis())
+                .saturating_add(self.cfg.max_skew.as_millis());
+            let old = core::mem::replace(
+                &mut self.keys,
+                NonceKeys::new(secret.clone(), cfg.key_rotation),
+            );
+            let opaques = self.realms.iter().map(|r| r.opaque).collect();
+            self.retired = Some(Retired {
+                keys: old,
+                opaques,
+                until_ms,
+            });
+            for r in &mut self.realms {
+                let name = String::from_utf8_lossy(&r.name).into_owned();
+                *r = Realm::new(&name, secret);
+            }
+            self.dummy = dummies(secret);
+        }
+        if cfg.replay_slots != self.cfg.replay_slots {
+            self.replay = ReplayTable::new(cfg.replay_slots);
+            self.replay.forget_issued_until(wall_ms);
+        } else if cfg.nonce_lifetime > self.cfg.nonce_lifetime {
+            self.replay.forget_issued_until(wall_ms);
+        }
+        if cfg.throttle_slots != self.cfg.throttle_slots || cfg.per_source != self.cfg.per_source {
+            self.by_source = RateTable::new(cfg.throttle_slots, cfg.per_source, Duration::ZERO);
+        }
+        if cfg.throttle_slots != self.cfg.throttle_slots || cfg.per_user != self.cfg.per_user {
+            self.by_user = RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO);
+        }
+        self.cfg = cfg;
     }
 
     /// Replaces the user directory (a reload); nonces and tables are kept.
@@ -858,14 +922,28 @@ impl<D: UserDirectory> Authenticator<D> {
         let Some(count) = parse_nc(nc) else {
             return Verified::Failed;
         };
-        if f.opaque.is_some_and(|o| o != r.opaque) {
-            return Verified::Failed;
-        }
         if !uri_matches(uri, msg.request_uri_bytes()) {
             return Verified::Failed;
         }
-        let Ok(info) = self.keys.open(nonce, &r.name, src.ip()) else {
-            return Verified::Failed;
+        let wall_ms = wall / 1_000;
+        // A nonce of the keys a reload retired: checked like any other, but
+        // at best stale.
+        let (info, retired) = match self.keys.open(nonce, &r.name, src.ip()) {
+            Ok(info) if f.opaque.is_none_or(|o| o == r.opaque) => (info, false),
+            Ok(_) => return Verified::Failed,
+            Err(_) => {
+                let Some(old) = self.retired.as_mut().filter(|o| wall_ms <= o.until_ms) else {
+                    return Verified::Failed;
+                };
+                let opaque = old.opaques.get(usize::from(realm.0));
+                if f.opaque.is_some_and(|o| opaque.is_none_or(|x| o != &x[..])) {
+                    return Verified::Failed;
+                }
+                match old.keys.open(nonce, &r.name, src.ip()) {
+                    Ok(info) => (info, true),
+                    Err(_) => return Verified::Failed,
+                }
+            }
         };
         // The response, against a dummy HA1 when the user is unknown (same work).
         let h = algorithm.hash();
@@ -904,7 +982,9 @@ impl<D: UserDirectory> Authenticator<D> {
             return Verified::Failed;
         }
         // Right credentials: is the nonce still usable, here?
-        let wall_ms = wall / 1_000;
+        if retired {
+            return Verified::Stale;
+        }
         let lifetime = self.cfg.nonce_lifetime.as_millis();
         let expired = info.issued_ms.saturating_add(lifetime) < wall_ms;
         let future = info.issued_ms > wall_ms.saturating_add(self.cfg.max_skew.as_millis());
@@ -1010,6 +1090,16 @@ impl<D: UserDirectory> Authenticator<D> {
         self.write_challenge(wall, kind, realm, stale, src, user_agent, &mut w)?;
         Ok(w.len())
     }
+}
+
+/// The dummy HA1s (MD5, SHA-256, SHA-512-256) checked for unknown users.
+fn dummies(secret: &Secret) -> [Hex; 3] {
+    let mac = secret.mac(&[b"sipedge dummy ha1"]);
+    [
+        digest::hash(HashFn::Md5, &mac),
+        digest::hash(HashFn::Sha256, &mac),
+        digest::hash(HashFn::Sha512t256, &mac),
+    ]
 }
 
 enum Verified {

@@ -146,6 +146,11 @@ impl NonceKeys {
         }
     }
 
+    /// The secret the keys derive from.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
     /// The keyed HMAC state for the epoch of `ms`.
     fn key(&mut self, ms: u64) -> Option<HmacSha256> {
         let epoch = ms / self.rotation_ms;

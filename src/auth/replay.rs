@@ -129,6 +129,16 @@ impl ReplayTable {
         }
     }
 
+    /// Forgets every nonce issued at or before `ms`: each becomes stale
+    /// (as after an eviction), so none can be replayed. For a reload that
+    /// resized the table or lengthened the nonce lifetime.
+    pub fn forget_issued_until(&mut self, ms: u64) {
+        self.clear();
+        for b in &mut self.buckets {
+            b.watermark_ms = b.watermark_ms.max(ms);
+        }
+    }
+
     /// Forgets everything, watermarks included: used nonces become new
     /// again. For benches only.
     #[doc(hidden)]

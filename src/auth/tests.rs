@@ -1019,3 +1019,128 @@ fn default_offers_md5_first_and_the_strongest_to_chosen_clients() {
         ["MD5", "SHA-512-256", "MD5-sess", "SHA-256"]
     );
 }
+
+/// A reload of `[auth]` applies at once and never lets a replay in: the
+/// counts of nonces in use survive a reload that keeps the table; a resized
+/// table or a longer lifetime makes every earlier nonce stale (not fresh); a
+/// new secret makes the old nonces stale (a clean re-challenge, not a failure)
+/// until they would have expired.
+#[test]
+fn reconfigure_is_replay_safe() {
+    let secret = Secret::new([42; 32]);
+    let base = Config {
+        algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        ..Config::default()
+    };
+    // Settings that leave the tables alone: a used count stays used.
+    let mut a = auth();
+    let cred = alice_register(&mut a, T0);
+    assert_eq!(
+        check(&mut a, &register("alice", &cred)),
+        "ok alice@example.test"
+    );
+    a.reconfigure(
+        Config {
+            algorithms: vec![Algorithm::Md5, Algorithm::Sha256],
+            nonce_lifetime: Duration::from_secs(200),
+            ..base.clone()
+        },
+        &secret,
+        T0 / 1_000,
+    );
+    assert_eq!(
+        check(&mut a, &register("alice", &cred)),
+        "challenge stale=true"
+    );
+    assert_eq!(a.counters().replays, 1);
+    assert!(challenge(&mut a, Kind::Www, T0, false)
+        .starts_with("WWW-Authenticate: Digest realm=\"example.test\", nonce=\""));
+    assert!(challenge(&mut a, Kind::Www, T0, false).contains("algorithm=MD5"));
+
+    // A longer lifetime: a nonce issued before the reload is stale, used or not.
+    let mut a = auth();
+    let used = alice_register(&mut a, T0);
+    let unused = alice_register(&mut a, T0);
+    assert_eq!(
+        check(&mut a, &register("alice", &used)),
+        "ok alice@example.test"
+    );
+    a.reconfigure(
+        Config {
+            nonce_lifetime: Duration::from_secs(900),
+            key_rotation: Duration::from_secs(3600),
+            ..base.clone()
+        },
+        &secret,
+        T0 / 1_000,
+    );
+    assert_eq!(
+        check(&mut a, &register("alice", &used)),
+        "challenge stale=true"
+    );
+    assert_eq!(
+        check(&mut a, &register("alice", &unused)),
+        "challenge stale=true"
+    );
+    assert_eq!(a.counters().replays, 0, "stale, not taken for replays");
+    let fresh = alice_register(&mut a, T0 + 1_000);
+    assert_eq!(
+        check_at(&mut a, at(1), T0 + 2_000, &register("alice", &fresh), src()),
+        "ok alice@example.test"
+    );
+
+    // A resized table: the same.
+    let mut a = auth();
+    let used = alice_register(&mut a, T0);
+    assert_eq!(
+        check(&mut a, &register("alice", &used)),
+        "ok alice@example.test"
+    );
+    a.reconfigure(
+        Config {
+            replay_slots: 1024,
+            ..base.clone()
+        },
+        &secret,
+        T0 / 1_000,
+    );
+    assert_eq!(a.replay_table().capacity(), 1024);
+    assert_eq!(
+        check(&mut a, &register("alice", &used)),
+        "challenge stale=true"
+    );
+
+    // A new secret: old nonces are stale until they expire, then failures;
+    // a wrong password with an old nonce is a failure at once.
+    let mut a = auth();
+    let old = alice_register(&mut a, T0);
+    let ch = challenge(&mut a, Kind::Www, T0, false);
+    let bad = answer(
+        &ch,
+        Kind::Www,
+        &Answer::new("alice", "nope", "REGISTER", "sip:example.test"),
+    );
+    a.reconfigure(base.clone(), &Secret::new([7; 32]), T0 / 1_000);
+    assert_eq!(
+        check(&mut a, &register("alice", &old)),
+        "challenge stale=true"
+    );
+    assert_eq!(a.counters().failures, 0);
+    assert_eq!(
+        check(&mut a, &register("alice", &bad)),
+        "challenge stale=false"
+    );
+    assert_eq!(a.counters().failures, 1);
+    let late = T0 + 400 * 1_000_000;
+    assert_eq!(
+        check_at(&mut a, at(400), late, &register("alice", &old), src()),
+        "challenge stale=false"
+    );
+    let new = alice_register(&mut a, late);
+    assert_eq!(
+        check_at(&mut a, at(400), late, &register("alice", &new), src()),
+        "ok alice@example.test"
+    );
+    // The issuer id is the shard's, whatever the reloaded settings say.
+    assert_eq!(a.config().issuer, 0);
+}

@@ -457,6 +457,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .context("cannot install the SIGHUP handler")?;
     let mut running_limits = format!("{:?}{:?}", cfg.flood, cfg.overload);
+    let mut running_auth = format!("{:?}", cfg.auth);
     let mut last_metrics = std::time::Instant::now();
     let (mut trimmer, mut last_trim_check) = (shard::trim::Trimmer::default(), last_metrics);
     while !handles.iter().all(std::thread::JoinHandle::is_finished) {
@@ -528,16 +529,38 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     }
                     _ => None,
                 };
+                let auth = match &shared {
+                    Some(s) if format!("{:?}", c.auth) != running_auth => {
+                        let cfg = auth::Config::from_section(&c.auth).context("[auth]")?;
+                        let running = s.auth_settings();
+                        // The configured secret; without one, the one in use
+                        // (drawn at start), unless it was a configured one
+                        // just removed: then a fresh one.
+                        let secret = match (&cfg.secret, &running) {
+                            (Some(x), _) => x.clone(),
+                            (None, Some(r)) if r.cfg.secret.is_none() => r.secret.clone(),
+                            (None, _) => Secret::generate(&mut SeededEntropy::new(os_random())),
+                        };
+                        Some(crate::proxy::guard::AuthSettings { cfg, secret })
+                    }
+                    _ => None,
+                };
                 let certs = match &tls {
                     Some(_) => Some(load_tls(&c.tls)?),
                     None => None,
                 };
-                Ok((c, up, limits, certs))
+                Ok((c, up, limits, auth, certs))
             })();
             let mut done: Vec<&str> = Vec::new();
             let mut refused: Vec<String> = Vec::new();
             match prepared {
-                Ok((c, up, limits, certs)) => {
+                Ok((c, up, limits, auth, certs)) => {
+                    if let (Some(s), Some(a)) = (&shared, auth) {
+                        s.publish_auth(a);
+                        running_auth = format!("{:?}", c.auth);
+                        done.push("[auth]");
+                        tracing::info!("{who}: [auth] reloaded (nonces in use stay replay-safe; some may draw one stale challenge)");
+                    }
                     if let (Some(s), Some((users, policy))) = (&shared, up) {
                         s.publish_watchers(crate::proxy::guard::Watchers {
                             rules: c.presence.rule.clone(),
@@ -906,8 +929,13 @@ impl Security {
         if let Some(u) = &users {
             tracing::info!("digest authentication on: {} user(s)", u.len());
         }
+        let shared = Arc::new(Shared::new(users.clone(), policy.clone()));
+        shared.publish_auth(crate::proxy::guard::AuthSettings {
+            cfg: auth.clone(),
+            secret: secret.clone(),
+        });
         Ok(Self {
-            shared: Arc::new(Shared::new(users.clone(), policy.clone())),
+            shared,
             users,
             policy,
             secret,

@@ -19,7 +19,9 @@
 //! The users file and the policy are shared, immutable and swapped whole on
 //! SIGHUP: each shard checks a generation counter once per loop turn (one
 //! uncontended load) and picks up the new `Arc`s when it moved. The nonce
-//! secret is kept across reloads, so outstanding challenges stay valid.
+//! secret is kept across reloads, so outstanding challenges stay valid; a
+//! reloaded `[auth]` is applied to each shard's authenticator in place
+//! (see [`Authenticator::reconfigure`]: nonces in use stay replay-safe).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,18 @@ pub struct Shared {
     current: Mutex<(Option<Arc<Users>>, Arc<Policy>)>,
     watchers: Mutex<Option<Arc<Watchers>>>,
     limits: Mutex<Option<Arc<Limits>>>,
+    auth: Mutex<Option<Arc<AuthSettings>>>,
+}
+
+/// `[auth]` as reloaded, with the nonce secret (the configured one, or the
+/// one drawn at start when none is configured): each shard's authenticator
+/// takes them with [`Authenticator::reconfigure`], which keeps it replay-safe.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The validated settings (each shard keeps its issuer id).
+    pub cfg: crate::auth::Config,
+    /// The nonce secret.
+    pub secret: crate::auth::Secret,
 }
 
 /// `[flood]` and `[overload]` as reloaded: each shard builds its limiter
@@ -68,7 +82,22 @@ impl Shared {
             current: Mutex::new((users, policy)),
             watchers: Mutex::new(None),
             limits: Mutex::new(None),
+            auth: Mutex::new(None),
         }
+    }
+
+    /// The `[auth]` settings published last (at start, then by reloads).
+    pub fn auth_settings(&self) -> Option<Arc<AuthSettings>> {
+        self.auth.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Publishes `[auth]` settings: at start (what the shards' authenticators
+    /// are built with), then on reloads; shards apply them at their next turn.
+    pub fn publish_auth(&self, a: AuthSettings) {
+        if let Ok(mut c) = self.auth.lock() {
+            *c = Some(Arc::new(a));
+        }
+        self.gen.fetch_add(1, Ordering::Release);
     }
 
     /// Publishes reloaded `[flood]` and `[overload]` settings.
@@ -116,6 +145,7 @@ pub struct Guard {
     shared: Option<Arc<Shared>>,
     seen: u64,
     limits_seen: Option<Arc<Limits>>,
+    auth_seen: Option<Arc<AuthSettings>>,
 }
 
 impl Guard {
@@ -131,6 +161,7 @@ impl Guard {
             shared: None,
             seen: 0,
             limits_seen: None,
+            auth_seen: None,
         }
     }
 
@@ -143,6 +174,7 @@ impl Guard {
         shared: Option<Arc<Shared>>,
     ) -> Self {
         let seen = shared.as_ref().map_or(0, |s| s.gen.load(Ordering::Acquire));
+        let auth_seen = shared.as_ref().and_then(|s| s.auth_settings());
         Self {
             policy,
             auth,
@@ -152,11 +184,13 @@ impl Guard {
             shared,
             seen,
             limits_seen: None,
+            auth_seen,
         }
     }
 
-    /// Once per loop turn: takes reloaded users and policy, if any.
-    pub fn refresh(&mut self) -> bool {
+    /// Once per loop turn (at wall-clock `wall_us`): takes reloaded users,
+    /// policy, limits, watcher rules and `[auth]` settings, if any.
+    pub fn refresh(&mut self, wall_us: u64) -> bool {
         let Some(shared) = &self.shared else {
             return false;
         };
@@ -185,6 +219,16 @@ impl Guard {
         }
         if let (Some(a), Some(u)) = (&mut self.auth, users) {
             a.set_users(u);
+        }
+        if let (Some(a), Some(new)) = (&mut self.auth, shared.auth_settings()) {
+            if self
+                .auth_seen
+                .as_ref()
+                .is_none_or(|seen| !Arc::ptr_eq(seen, &new))
+            {
+                a.reconfigure(new.cfg.clone(), &new.secret, wall_us / 1_000);
+                self.auth_seen = Some(new);
+            }
         }
         true
     }

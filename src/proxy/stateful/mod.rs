@@ -1008,7 +1008,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
         self.local.export(&mut self.counters);
-        if self.guard.refresh() {
+        if self.guard.refresh(wall_us) {
             if let Some(w) = self.guard.watchers.clone() {
                 self.local.set_watchers(&w);
             }
