@@ -218,6 +218,16 @@ fn metrics_endpoint_serves_prometheus_health_and_ready() {
             &["method=\"REGISTER\""],
         );
         assert!(register >= N as f64, "{d}: REGISTERs by method: {register}");
+        // The edge's own 200s, by class; each REGISTER's wait for its answer
+        // (store write included) is in the response-time histogram.
+        let ok2xx = total_with(
+            &after,
+            "sipedge_proxy_local_responses_by_class_total",
+            &["class=\"2xx\""],
+        );
+        assert!(ok2xx >= N as f64, "{d}: local 2xx: {ok2xx}");
+        let answered = total(&after, "sipedge_proxy_response_seconds_count");
+        assert!(answered >= N as f64, "{d}: timed answers: {answered}");
         let bindings = total(&after, "sipedge_registrar_bindings");
         assert_eq!(bindings, N as f64, "{d}: the bindings gauge");
         // The bindings reached the other shard's replica: its lag histogram

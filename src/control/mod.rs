@@ -185,6 +185,17 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
             );
         }
     }
+    for (by, what) in [
+        (&c.responses_by_class, "responses_by_class"),
+        (&c.local_responses_by_class, "local_responses_by_class"),
+    ] {
+        for (i, &n) in by.iter().enumerate().filter(|(_, n)| **n > 0) {
+            m.insert(
+                format!("sipedge_proxy_{what}_total{{class=\"{}xx\"}}", i + 1),
+                json!(n),
+            );
+        }
+    }
     json!({ "shards": slots.len(), "counters": m })
 }
 

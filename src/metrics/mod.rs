@@ -34,6 +34,12 @@ const LAG_BUCKETS: [f64; 10] = [
     0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
+/// Histogram buckets of the request-to-response time, seconds (an INVITE's
+/// post-dial delay runs to seconds; Timer F is 32 s).
+const RESPONSE_BUCKETS: [f64; 12] = [
+    0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 32.0,
+];
+
 /// Histogram buckets of the turn latency, seconds.
 const TURN_BUCKETS: [f64; 9] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
@@ -274,6 +280,22 @@ impl Collector for Reports {
                     .encode(m.encode_family(&labels)?)?;
             }
         }
+        let mut m = enc.encode_descriptor(
+            "sipedge_proxy_local_responses_by_class",
+            "responses the edge wrote itself (100 Trying, challenges, refusals, registrar and presence answers, 408/487/500), by status class",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &reports {
+            for (i, v) in r.service.local_responses_by_class.iter().enumerate() {
+                let labels = [
+                    ("shard", r.id.to_string()),
+                    ("class", format!("{}xx", i + 1)),
+                ];
+                prometheus_client::metrics::counter::ConstCounter::new(*v)
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
         let gauges: [(&str, &str, Get); 3] = [
             (
                 "sipedge_registrar_bindings",
@@ -338,6 +360,14 @@ impl Collector for Reports {
             &LAG_BUCKETS,
             &reports,
             |r| r.store_latency.as_ref(),
+        )?;
+        hdr_family(
+            &mut enc,
+            "sipedge_proxy_response_seconds",
+            "time from a new request's arrival to the first response other than 100 Trying sent back for it, forwarded or the edge's own (an INVITE's post-dial delay to its 18x; a REGISTER's includes its store write)",
+            &RESPONSE_BUCKETS,
+            &reports,
+            |r| r.response_time.as_ref(),
         )?;
         hdr_family(
             &mut enc,

@@ -155,6 +155,12 @@ pub trait Service {
         None
     }
 
+    /// Time from a new request's arrival to the first response other than
+    /// 100 Trying sent back for it (forwarded or the edge's own), µs.
+    fn response_time(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        None
+    }
+
     /// The registrar partition this service owns, for store compaction.
     fn partition_state(&self) -> Option<crate::location::PartitionState> {
         None
@@ -473,6 +479,10 @@ pub struct Counters {
     pub requests_by_method: [u64; crate::sip::Method::COUNT],
     /// Responses received, by class: 1xx at 0 … 6xx at 5.
     pub responses_by_class: [u64; 6],
+    /// Responses the edge wrote itself (100 Trying, challenges, refusals,
+    /// registrar and presence answers, 408/487/500 for a transaction), by
+    /// class: 1xx at 0 … 6xx at 5.
+    pub local_responses_by_class: [u64; 6],
     /// Bindings this shard's registrar partition holds (a gauge).
     pub bindings: u64,
     /// Subscriptions this shard's presence partition holds (a gauge).
@@ -498,6 +508,24 @@ impl Counters {
     pub fn count_request(&mut self, method: crate::sip::Method) {
         self.requests += 1;
         if let Some(c) = self.requests_by_method.get_mut(method.index()) {
+            *c += 1;
+        }
+    }
+
+    /// Counts a final response of `status` the edge wrote itself
+    /// (`responses_local`, and its class).
+    #[inline]
+    pub fn count_local_response(&mut self, status: u16) {
+        self.responses_local += 1;
+        self.count_local_class(status);
+    }
+
+    /// Counts the class of a response the edge wrote itself, alone (a 100
+    /// Trying, which `responses_local` leaves out).
+    #[inline]
+    pub fn count_local_class(&mut self, status: u16) {
+        let class = usize::from(status / 100).wrapping_sub(1);
+        if let Some(c) = self.local_responses_by_class.get_mut(class) {
             *c += 1;
         }
     }
@@ -561,6 +589,13 @@ impl Counters {
             .responses_by_class
             .iter_mut()
             .zip(other.responses_by_class)
+        {
+            *a += b;
+        }
+        for (a, b) in self
+            .local_responses_by_class
+            .iter_mut()
+            .zip(other.local_responses_by_class)
         {
             *a += b;
         }

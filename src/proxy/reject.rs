@@ -122,10 +122,27 @@ fn put_line(w: &mut Writer<'_>, data: &[u8], start: usize, end: usize) -> Result
     w.put(b"\r\n")
 }
 
+/// The status code of a status line we wrote (`SIP/2.0 400 …`), 0 if none.
+pub fn status_of(response: &[u8]) -> u16 {
+    match response.get(8..11) {
+        Some([a, b, c]) if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() => {
+            u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0')
+        }
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sip::{parse, HeaderIndex};
+
+    #[test]
+    fn status_of_reads_our_status_lines() {
+        assert_eq!(status_of(b"SIP/2.0 413 Request Entity Too Large\r\n"), 413);
+        assert_eq!(status_of(b"SIP/2.0 4x3 X"), 0);
+        assert_eq!(status_of(b"SIP/2.0"), 0);
+    }
 
     fn answer(data: &[u8], err: ParseError) -> Option<Vec<u8>> {
         let mut out = vec![0u8; 4096];

@@ -119,11 +119,15 @@ impl Service for Stateless {
             }
             Err(e) => {
                 counters.parse_errors += 1;
+                let mut code = 0;
                 let sent = out.push_with(src, |buf| {
-                    reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
+                    let n = reject::error_response(data, e, buf)?
+                        .ok_or(sip::EmitError::MissingHeader)?;
+                    code = reject::status_of(buf);
+                    Ok(n)
                 });
                 match sent {
-                    Ok(()) => counters.responses_local += 1,
+                    Ok(()) => counters.count_local_response(code),
                     Err(_) => counters.dropped_malformed += 1,
                 }
             }
@@ -166,7 +170,7 @@ fn respond(
         ..ResponseSpec::new(code, reason)
     };
     match out.push_with(dest, |buf| sip::response(msg, &spec, buf)) {
-        Ok(()) => counters.responses_local += 1,
+        Ok(()) => counters.count_local_response(code),
         Err(_) => counters.dropped_overflow += 1,
     }
 }

@@ -373,6 +373,7 @@ impl ShardIo {
                 r.connections_by_transport = c.by_transport();
             }
             copy_histogram(&mut r.lag, service.replication_lag());
+            copy_histogram(&mut r.response_time, service.response_time());
             copy_histogram(&mut r.turn_latency, self.turn_latency.as_ref());
             copy_histogram(&mut r.store_latency, self.store_latency.as_ref());
         }
@@ -713,6 +714,9 @@ pub struct ShardReport {
     pub connections_by_transport: [usize; 5],
     /// Replication lag of the location feed (µs), if the service keeps a replica.
     pub lag: Option<hdrhistogram::Histogram<u64>>,
+    /// Request arrival to the first response (other than 100 Trying) sent
+    /// back (µs), if the service keeps transactions.
+    pub response_time: Option<hdrhistogram::Histogram<u64>>,
     /// Store append latency (µs), if the shard has a store.
     pub store_latency: Option<hdrhistogram::Histogram<u64>>,
     /// Receive-to-flush time of turns that received something (µs).
@@ -807,6 +811,7 @@ fn run_shard<S: Service>(
         connections: streams.as_ref().map_or(0, |s| s.conns.len()),
         connections_by_transport: streams.as_ref().map_or([0; 5], |s| s.conns.by_transport()),
         lag: service.replication_lag().cloned(),
+        response_time: service.response_time().cloned(),
         store_latency: io.store_latency.clone(),
         turn_latency: io.turn_latency.clone(),
     })

@@ -82,6 +82,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             best: None,
             final_sent: false,
             cancelled: false,
+            started: Some(_now),
         };
         self.put(slot, txn);
         self.held.push((
@@ -116,7 +117,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             };
             if let Some(b) = bytes {
                 self.send(out, txn.reply_to, &b);
-                self.counters.responses_local += 1;
+                self.answered(now, &mut txn);
+                self.counters.count_local_response(code);
                 txn.last_response = Some(b);
             }
             txn.final_sent = true;
@@ -278,6 +280,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             best: None,
             final_sent: false,
             cancelled: false,
+            started: None,
         };
         self.put(slot, txn);
         true

@@ -553,6 +553,9 @@ struct Txn {
     best: Option<(u16, Box<[u8]>)>,
     final_sent: bool,
     cancelled: bool,
+    /// When the request arrived, until the first response other than 100
+    /// Trying goes back for it (`None` for the edge's own requests).
+    started: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -610,6 +613,8 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     mesh_out: VecDeque<(usize, MeshMsg)>,
     /// Replication lag of the records applied from other shards, µs.
     lag: hdrhistogram::Histogram<u64>,
+    /// Request arrival to first response (other than 100 Trying) sent back, µs.
+    response_time: hdrhistogram::Histogram<u64>,
     /// Policy, authentication, flood and overload checks.
     pub guard: Guard,
 }
@@ -654,6 +659,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             persisting: VecDeque::new(),
             mesh_out: VecDeque::new(),
             lag: lag_histogram(),
+            response_time: lag_histogram(),
             guard: Guard::open(),
             cfg,
         }
@@ -715,8 +721,18 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             ..ResponseSpec::new(code, reason)
         };
         match out.push_with(dest, |buf| sip::response(msg, &spec, buf)) {
-            Ok(()) => self.counters.responses_local += 1,
+            Ok(()) => self.counters.count_local_response(code),
             Err(_) => self.counters.dropped_overflow += 1,
+        }
+    }
+
+    /// Records, once per transaction, how long its request waited for the
+    /// response now being sent back.
+    fn answered(&mut self, now: Instant, txn: &mut Txn) {
+        if let Some(t0) = txn.started.take() {
+            let _ = self
+                .response_time
+                .record(now.saturating_since(t0).as_micros().max(1));
         }
     }
 
@@ -833,11 +849,15 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             }
             Err(e) => {
                 self.counters.parse_errors += 1;
+                let mut code = 0;
                 let sent = out.push_with(src, |buf| {
-                    reject::error_response(data, e, buf)?.ok_or(sip::EmitError::MissingHeader)
+                    let n = reject::error_response(data, e, buf)?
+                        .ok_or(sip::EmitError::MissingHeader)?;
+                    code = reject::status_of(buf);
+                    Ok(n)
                 });
                 match sent {
-                    Ok(()) => self.counters.responses_local += 1,
+                    Ok(()) => self.counters.count_local_response(code),
                     Err(_) => self.counters.dropped_malformed += 1,
                 }
             }
@@ -970,6 +990,10 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
         Some(&self.lag)
+    }
+
+    fn response_time(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        Some(&self.response_time)
     }
 
     fn partition_state(&self) -> Option<PartitionState> {

@@ -441,6 +441,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             best: None,
             final_sent: false,
             cancelled: false,
+            started: Some(now),
         };
         self.txns.index(key, slot);
         self.counters.transactions += 1;
@@ -455,6 +456,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             if let Ok(n) = sip::response(msg, &spec, &mut self.scratch) {
                 let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
                 self.send(out, reply_to, &bytes);
+                self.counters.count_local_class(100);
                 txn.last_response = Some(bytes);
             }
         }

@@ -90,7 +90,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             // or Timer M): dropping it left the callee retransmitting an
             // answer nobody would ACK while this context lived (found by the
             // simulations).
-            self.forward_up(msg, &txn, out);
+            self.forward_up(now, msg, &mut txn, out);
         }
         match action {
             Action::AckAndPass | Action::Ack => {
@@ -179,7 +179,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 if wanted {
                     self.cancel_fork(now, slot, txn, i, out);
                 } else if code > 100 && !txn.final_sent && txn.server.can_send(code) {
-                    if let Some(bytes) = self.forward_up(msg, txn, out) {
+                    if let Some(bytes) = self.forward_up(now, msg, txn, out) {
                         txn.last_response = Some(bytes);
                     }
                 }
@@ -192,7 +192,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 }
                 if invite {
                     // Every 2xx goes up, at once (§16.7 step 5).
-                    self.forward_up(msg, txn, out);
+                    self.forward_up(now, msg, txn, out);
                     // Accepted (RFC 6026) absorbs INVITE retransmissions
                     // without answering them: the last 1xx is not needed
                     // for the 32 s the transaction lingers.
@@ -209,7 +209,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         }
                     }
                 } else if !txn.final_sent {
-                    if let Some(bytes) = self.forward_up(msg, txn, out) {
+                    if let Some(bytes) = self.forward_up(now, msg, txn, out) {
                         txn.last_response = Some(bytes);
                     }
                     txn.final_sent = true;
@@ -253,8 +253,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Forwards `msg` upstream with our Via removed; returns the bytes sent.
     pub(super) fn forward_up(
         &mut self,
+        now: Instant,
         msg: &Message<'_>,
-        txn: &Txn,
+        txn: &mut Txn,
         out: &mut Outbox,
     ) -> Option<Box<[u8]>> {
         if let Server::Local(token) = txn.server {
@@ -272,6 +273,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let n = sip::edit(msg, &edits, &mut self.scratch).ok()?;
         let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
         self.send(out, txn.reply_to, &bytes);
+        self.answered(now, txn);
         self.counters.responses_forwarded += 1;
         Some(bytes)
     }
@@ -299,8 +301,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             };
             if let Some(b) = bytes {
                 self.send(out, txn.reply_to, &b);
+                self.answered(now, &mut txn);
                 if local {
-                    self.counters.responses_local += 1;
+                    self.counters.count_local_response(code);
                 } else {
                     self.counters.responses_forwarded += 1;
                 }

@@ -676,3 +676,40 @@ fn a_local_service_originates_requests_with_client_transactions() {
     assert_eq!(p.local.outcomes, vec![(1, 200), (2, 408)]);
     assert!(now >= Instant::ZERO + Duration::from_secs(32));
 }
+
+/// The response-time histogram takes one sample per transaction: from the
+/// request's arrival to the first response other than 100 Trying sent back
+/// (the 180 here, not the 200 after it), and for a transaction the edge ends
+/// itself, to its own final response (the 408). Responses the edge writes
+/// are counted by class, the 100 Trying among them.
+#[test]
+fn response_time_and_local_responses_by_class() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKrt1"), UAC);
+    let fwd = out[1].1.clone();
+    h.now += Duration::from_millis(1_500);
+    h.feed(&respond(&fwd, 180, "b1"), "192.0.2.4:5060");
+    h.now += Duration::from_millis(3_000);
+    h.feed(&respond(&fwd, 200, "b1"), "192.0.2.4:5060");
+    let rt = h.p.response_time().unwrap();
+    assert_eq!(rt.len(), 1);
+    let got = rt.max();
+    assert!((1_480_000..=1_520_000).contains(&got), "{got} µs");
+    assert_eq!(h.p.counters().local_responses_by_class, [1, 0, 0, 0, 0, 0]);
+
+    h.feed(&invite("sip:bob@example.test", "z9hG4bKrt2"), UAC);
+    let mut finals = Vec::new();
+    for _ in 0..70 {
+        for (_, m) in h.advance(Duration::from_millis(500)) {
+            if !m.starts_with("INVITE") {
+                finals.push(status(&m));
+            }
+        }
+    }
+    assert_eq!(finals.first(), Some(&408));
+    let rt = h.p.response_time().unwrap();
+    assert_eq!(rt.len(), 2);
+    assert!(rt.max() >= 30_000_000, "{} µs", rt.max());
+    assert_eq!(h.p.counters().local_responses_by_class, [2, 0, 0, 1, 0, 0]);
+    assert_eq!(h.p.counters().responses_local, 1, "the 100s are not in it");
+}
