@@ -157,6 +157,7 @@ fn binding(i: usize, id: u64) -> Binding {
 
 fn record(partition: u16, seq: u64, b: Binding) -> Record {
     Record {
+        remote: false,
         partition,
         seq,
         commit: 0,

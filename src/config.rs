@@ -334,12 +334,22 @@ pub struct RegistrarSection {
     pub flow_timer: Option<u32>,
 }
 
-/// `[store]`: durability.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// `[store]`: durability, and the shared store of several nodes.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// fdatasync each batch (survives power loss; kill -9 is survived without it).
     pub fsync: Option<bool>,
+    /// `redis://[:password@]host:port[/db]` or `rediss://…` (`--store`):
+    /// bindings written through Redis and shared with the other nodes
+    /// using it, instead of the embedded log.
+    pub url: Option<String>,
+    /// This node's name among them (default: host name and first port).
+    pub node: Option<String>,
+    /// Key prefix in Redis (default `sipedge`).
+    pub prefix: Option<String>,
+    /// Approximate length of the change stream (default 1,000,000 entries).
+    pub stream_max: Option<usize>,
 }
 
 /// `[timers]`: RFC 3261 timer base values.
@@ -431,6 +441,9 @@ pub struct Config {
     pub data_dir: std::path::PathBuf,
     /// fdatasync each store batch.
     pub fsync: bool,
+    /// The shared store (`--store redis://…`); `None`: the embedded log.
+    /// An empty `node` is filled in at start (host name and first port).
+    pub redis: Option<crate::store::redis::RedisConfig>,
     /// Registrar bounds.
     pub registrar: RegistrarSection,
     /// RFC 3261 timers.
@@ -502,6 +515,7 @@ impl Config {
             send_buffer,
             data_dir,
             fsync,
+            redis,
             registrar,
             timers,
             max_transactions,
@@ -572,7 +586,16 @@ impl FileConfig {
             socket: over.socket.or(self.socket),
             data_dir: over.data_dir.or(self.data_dir),
             registrar: over.registrar.or(self.registrar),
-            store: over.store.or(self.store),
+            store: match (over.store, self.store) {
+                (Some(o), Some(f)) => Some(StoreSection {
+                    fsync: o.fsync.or(f.fsync),
+                    url: o.url.or(f.url),
+                    node: o.node.or(f.node),
+                    prefix: o.prefix.or(f.prefix),
+                    stream_max: o.stream_max.or(f.stream_max),
+                }),
+                (o, f) => o.or(f),
+            },
             timers: over.timers.or(self.timers),
             proxy: over.proxy.or(self.proxy),
             io_tuning: over.io_tuning.or(self.io_tuning),
@@ -723,7 +746,19 @@ impl FileConfig {
             recv_buffer: s.recv_buffer.unwrap_or(4 << 20),
             send_buffer: s.send_buffer.unwrap_or(4 << 20),
             data_dir: self.data_dir.unwrap_or_else(|| "sipedge-data".into()),
-            fsync: self.store.and_then(|st| st.fsync).unwrap_or(false),
+            fsync: self.store.as_ref().and_then(|st| st.fsync).unwrap_or(false),
+            redis: self.store.as_ref().and_then(|st| {
+                let url = st.url.clone()?;
+                let node = st.node.clone().unwrap_or_default();
+                let mut r = crate::store::redis::RedisConfig::new(&url, &node);
+                if let Some(p) = &st.prefix {
+                    r.prefix.clone_from(p);
+                }
+                if let Some(m) = st.stream_max {
+                    r.stream_max = m.max(1000);
+                }
+                Some(r)
+            }),
             registrar: self.registrar.unwrap_or_default(),
             timers,
             max_transactions: proxy.max_transactions.unwrap_or(1 << 20).max(1),

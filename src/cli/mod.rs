@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Directory of the registrar's durable store (default ./sipedge-data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Share bindings with the other edge nodes of the domain through Redis
+    /// (or Valkey): `redis://[:password@]HOST:PORT[/DB]`, `rediss://` for TLS
+    /// (`[store] url`). Instead of the embedded log in `--data-dir`.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Write counters, latencies and replication lag to this Prometheus
     /// textfile every 10 s (`[metrics] file`, `interval`).
     #[arg(long, value_name = "FILE")]
@@ -154,7 +159,10 @@ impl RunArgs {
             socket: None,
             data_dir: self.data_dir.clone(),
             registrar: None,
-            store: None,
+            store: self.store.as_ref().map(|u| crate::config::StoreSection {
+                url: Some(u.clone()),
+                ..Default::default()
+            }),
             timers: None,
             proxy: None,
             io_tuning: None,
@@ -694,6 +702,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// This node's name in a shared store when `[store] node` is not set: the
+/// host name and the first listener's port.
+fn default_node_name(cfg: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sipedge".to_owned());
+    match cfg.listen.first().map_or(5060, |l| l.addr.port()) {
+        // An ephemeral port names nothing stable: the process does.
+        0 => format!("{host}:pid{}", std::process::id()),
+        port => format!("{host}:{port}"),
+    }
+}
+
+/// `url` without its password, for the log.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// The stateful edge: opens the registrar's store, loads every partition,
 /// and gives each shard its registrar partition, a replica of all of them,
 /// its store and its end of the mesh.
@@ -706,34 +735,73 @@ fn start_stateful(
 ) -> Result<(Handles, Arc<Shared>, Vec<Arc<shard::control::Inbox>>)> {
     let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
     let mut inboxes = Vec::with_capacity(plans.len());
+    let mut remotes = Vec::with_capacity(plans.len());
     let wall = shard::Clock::new().wall_us();
-    let log_cfg = LogConfig {
-        data_dir: cfg.data_dir.clone(),
-        fsync: cfg.fsync,
-        ..LogConfig::default()
+    let redis = cfg.redis.clone().map(|mut r| {
+        if r.node.is_empty() {
+            r.node = default_node_name(cfg);
+        }
+        r
+    });
+    let (states, mut stores, follow_from) = match &redis {
+        Some(r) => {
+            let t0 = std::time::Instant::now();
+            let (states, pos) = crate::store::redis::load(r, n, wall)
+                .with_context(|| format!("cannot load the bindings from {}", redact(&r.url)))?;
+            let bindings: usize = states.iter().map(|s| s.bindings.len()).sum();
+            tracing::info!(
+                "shared store {} (node {:?}): {bindings} binding(s) loaded in {:?}, following its change stream from {}",
+                redact(&r.url),
+                r.node,
+                t0.elapsed(),
+                pos.0
+            );
+            let status = Arc::new(crate::store::redis::Status::default());
+            let stores: Vec<Option<Box<dyn Store + Send>>> = (0..n)
+                .map(|_| {
+                    Some(Box::new(crate::store::redis::RedisStore::new(
+                        r.clone(),
+                        status.clone(),
+                    )) as Box<dyn Store + Send>)
+                })
+                .collect();
+            (states, stores, Some((r.clone(), pos, status)))
+        }
+        None => {
+            let log_cfg = LogConfig {
+                data_dir: cfg.data_dir.clone(),
+                fsync: cfg.fsync,
+                ..LogConfig::default()
+            };
+            let mut store = LogStore::open(&log_cfg, n).with_context(|| {
+                format!(
+                    "cannot open the registrar store in {}",
+                    cfg.data_dir.display()
+                )
+            })?;
+            let states = store.load(wall).with_context(|| {
+                format!(
+                    "cannot load the registrar store in {}",
+                    cfg.data_dir.display()
+                )
+            })?;
+            let bindings: usize = states.iter().map(|s| s.bindings.len()).sum();
+            tracing::info!(
+                "registrar store {}: {} partition(s), {bindings} binding(s) loaded",
+                cfg.data_dir.display(),
+                states.len()
+            );
+            for r in store.reports() {
+                tracing::debug!("store report: {r:?}");
+            }
+            let stores: Vec<Option<Box<dyn Store + Send>>> = store
+                .split()
+                .into_iter()
+                .map(|s| Some(Box::new(s) as Box<dyn Store + Send>))
+                .collect();
+            (states, stores, None)
+        }
     };
-    let mut store = LogStore::open(&log_cfg, n).with_context(|| {
-        format!(
-            "cannot open the registrar store in {}",
-            cfg.data_dir.display()
-        )
-    })?;
-    let states = store.load(wall).with_context(|| {
-        format!(
-            "cannot load the registrar store in {}",
-            cfg.data_dir.display()
-        )
-    })?;
-    let bindings: usize = states.iter().map(|s| s.bindings.len()).sum();
-    tracing::info!(
-        "registrar store {}: {} partition(s), {bindings} binding(s) loaded",
-        cfg.data_dir.display(),
-        states.len()
-    );
-    for r in store.reports() {
-        tracing::debug!("store report: {r:?}");
-    }
-    let mut stores: Vec<Option<LogStore>> = store.split().into_iter().map(Some).collect();
     let mut meshes: Vec<Option<Mesh<stateful::MeshMsg>>> = if n > 1 {
         Mesh::build(usize::from(n), 65_536)?
             .into_iter()
@@ -743,16 +811,21 @@ fn start_stateful(
         Vec::new()
     };
     for (i, plan) in plans.iter_mut().enumerate() {
-        let store = stores
-            .get_mut(i)
-            .and_then(Option::take)
-            .map(|s| Box::new(s) as Box<dyn Store + Send>);
+        let store = stores.get_mut(i).and_then(Option::take);
         let mesh = meshes.get_mut(i).and_then(Option::take);
         let metrics = plan.io.take().and_then(|io| io.metrics);
         let mut io = ShardIo::new(mesh, store, plan.id)?;
         io.metrics = metrics;
         inboxes.extend(io.control());
+        remotes.extend(io.remote());
         plan.io = Some(io);
+    }
+    if let Some((r, pos, status)) = follow_from {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("sipedge-follow".into())
+            .spawn(move || crate::store::redis::follow(&r, pos, &remotes, &status, &stop))
+            .context("cannot start the Redis follower thread")?;
     }
     let reg = &cfg.registrar;
     let d = RegistrarConfig::default();
@@ -772,7 +845,7 @@ fn start_stateful(
         tag_secret: secret,
         ..d
     };
-    let sec = Security::load(cfg)?;
+    let sec = Security::load(cfg, redis.as_ref())?;
     let proxy_cfg = stateful::Config {
         upstream: cfg.upstream,
         upstream_transport: cfg.upstream_transport,
@@ -911,12 +984,23 @@ fn users_and_policy(cfg: &Config) -> Result<(Option<Arc<Users>>, Arc<Policy>)> {
 }
 
 impl Security {
-    fn load(cfg: &Config) -> Result<Self> {
+    fn load(cfg: &Config, redis: Option<&crate::store::redis::RedisConfig>) -> Result<Self> {
         let (users, policy) = users_and_policy(cfg)?;
         let auth = auth::Config::from_section(&cfg.auth).context("[auth]")?;
-        let secret = match auth.secret.clone() {
-            Some(s) => s,
-            None => {
+        let secret = match (auth.secret.clone(), redis) {
+            (Some(s), _) => s,
+            // Nodes sharing a store share a nonce secret: a challenge from
+            // one verifies on another.
+            (None, Some(r)) => {
+                let mut mine = [0u8; 32];
+                for c in mine.chunks_mut(8) {
+                    c.copy_from_slice(&os_random().to_le_bytes());
+                }
+                let got = crate::store::redis::shared_secret(r, &mine)
+                    .context("cannot read the shared nonce secret from Redis")?;
+                Secret::new(got)
+            }
+            (None, None) => {
                 let mut seed = SeededEntropy::new(os_random());
                 Secret::generate(&mut seed)
             }

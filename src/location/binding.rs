@@ -226,6 +226,20 @@ impl Binding {
         Self { bytes }
     }
 
+    /// A copy for another node: its connection (flow) and local socket mean
+    /// nothing there, so they are cleared (the node sends from its first
+    /// socket to the contact or its received address).
+    pub fn for_another_node(&self) -> Self {
+        let mut bytes = self.bytes.clone();
+        if let Some(s) = bytes.get_mut(at::FLOW..at::FLOW + 4) {
+            s.copy_from_slice(&0u32.to_le_bytes());
+        }
+        if let Some(s) = bytes.get_mut(at::SOCKET) {
+            *s = 0;
+        }
+        Self { bytes }
+    }
+
     fn string(&self, index: usize) -> &[u8] {
         let lens = [
             at::CONTACT_LEN,

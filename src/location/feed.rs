@@ -36,6 +36,11 @@ pub struct Record {
     pub commit: u64,
     /// The change.
     pub op: Op,
+    /// Written by another node and applied here from the shared store's
+    /// change stream: the shared store has it already (it is not written
+    /// again) and this node's feed carries it to its replicas. Not encoded:
+    /// false in every decoded record.
+    pub remote: bool,
 }
 
 /// What changed.
@@ -225,6 +230,7 @@ impl Record {
             seq,
             commit,
             op,
+            remote: false,
         })
     }
 }
@@ -415,6 +421,7 @@ mod tests {
 
     fn rec(seq: u64, op: Op) -> Record {
         Record {
+            remote: false,
             partition: 1,
             seq,
             commit: seq * 10,

@@ -557,6 +557,7 @@ impl core::fmt::Debug for Replica {
 #[doc(hidden)]
 pub fn upsert_record(partition: u16, seq: u64, b: Binding) -> Record {
     Record {
+        remote: false,
         partition,
         seq,
         commit: 0,
@@ -594,6 +595,7 @@ mod tests {
 
     fn rec(partition: u16, seq: u64, op: Op) -> Record {
         Record {
+            remote: false,
             partition,
             seq,
             commit: 0,

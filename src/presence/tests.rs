@@ -525,6 +525,7 @@ fn a_restart_keeps_publications_and_subscriptions_and_notifies_watchers() {
     let mut b = crate::location::StateBuilder::new(0);
     for (i, op) in h.ops.iter().enumerate() {
         b.apply(&crate::location::Record {
+            remote: false,
             partition: 0,
             seq: i as u64 + 1,
             commit: 0,

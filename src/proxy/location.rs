@@ -215,6 +215,10 @@ impl LocalService for PartitionRegistry {
         }
     }
 
+    fn apply_remote(&mut self, now: Instant, wall_us: u64, op: &Op) {
+        let _ = self.registrar.apply_remote(now, wall_us, op);
+    }
+
     fn offline_owner(&self, _msg: &Message<'_>, aor: &[u8]) -> Option<Owner> {
         if !self.presence.config().store_messages {
             return None;

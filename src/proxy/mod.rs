@@ -150,6 +150,12 @@ pub trait Service {
         let _ = (now, msg, out);
     }
 
+    /// Changes other nodes made, from the shared store's stream, for this
+    /// shard's partition (the store routed them here by AoR).
+    fn handle_remote(&mut self, now: Instant, records: Vec<crate::location::Record>) {
+        let _ = (now, records);
+    }
+
     /// Replication lag of the location feed, µs, if this service keeps a replica.
     fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
         None

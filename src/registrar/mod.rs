@@ -519,6 +519,7 @@ impl Registrar {
     fn emit(&mut self, wall: u64, op: Op) {
         self.seq += 1;
         self.records.push_back(Record {
+            remote: false,
             partition: self.partition,
             seq: self.seq,
             commit: wall,
@@ -1166,6 +1167,80 @@ impl Registrar {
             self.schedule_forget(now, slot);
         }
         ids.len()
+    }
+
+    /// Applies `op`, a change another node made and the shared store's
+    /// stream brought (this registrar's partition), to this writer's state,
+    /// and emits it as a record marked `remote` so this node's replicas
+    /// follow it in order (the shared store is not written again). An
+    /// `Upsert` older than what is held (same Call-ID, lower CSeq: RFC 3261
+    /// §10.3 step 7) is skipped. Returns whether anything changed.
+    pub fn apply_remote(&mut self, now: Instant, wall: u64, op: &Op) -> bool {
+        match op {
+            Op::Upsert(b) => {
+                let b = b.for_another_node();
+                let slot = self.slot_for(b.aor());
+                let stale = self.aor(slot).is_some_and(|a| {
+                    a.entries.iter().any(|e| {
+                        e.binding.id() == b.id()
+                            && e.binding.call_id() == b.call_id()
+                            && e.binding.cseq() > b.cseq()
+                    })
+                });
+                if stale || b.expires() <= wall {
+                    return false;
+                }
+                let deadline = now + Duration::from_micros(b.expires().saturating_sub(wall));
+                if let Some(aor) = self.aor_mut(slot) {
+                    aor.gen = aor.gen.wrapping_add(1);
+                }
+                self.put_binding(slot, b.clone(), deadline);
+                self.emit_remote(wall, Op::Upsert(b));
+                true
+            }
+            Op::Remove { aor, id } => {
+                let Some(&slot) = self.index.get(&aor[..]) else {
+                    return false;
+                };
+                let had = self
+                    .aor(slot)
+                    .is_some_and(|a| a.entries.iter().any(|e| e.binding.id() == *id));
+                if !had {
+                    return false;
+                }
+                self.remove_binding(slot, *id);
+                if self.aor(slot).is_some_and(|a| a.entries.is_empty()) {
+                    if let Some(a) = self.aor_mut(slot) {
+                        a.since = wall;
+                        a.gen = a.gen.wrapping_add(1);
+                    }
+                    self.schedule_forget(now, slot);
+                }
+                self.emit_remote(wall, op.clone());
+                true
+            }
+            Op::Forget { aor } => {
+                let Some(&slot) = self.index.get(&aor[..]) else {
+                    return false;
+                };
+                let gen = self.aor(slot).map_or(0, |a| a.gen);
+                let before = self.seq;
+                self.forget(wall, slot, gen);
+                if let Some(r) = self.records.back_mut().filter(|_| self.seq != before) {
+                    r.remote = true;
+                }
+                self.seq != before
+            }
+            // Presence entries are this node's own (not in the stream).
+            Op::Put(_) | Op::Del { .. } => false,
+        }
+    }
+
+    fn emit_remote(&mut self, wall: u64, op: Op) {
+        self.emit(wall, op);
+        if let Some(r) = self.records.back_mut() {
+            r.remote = true;
+        }
     }
 
     fn forget(&mut self, wall: u64, slot: u32, gen: u32) {

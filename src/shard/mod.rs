@@ -25,6 +25,7 @@ pub mod bufring;
 pub mod control;
 pub mod mesh;
 pub mod mio;
+pub mod remote;
 pub mod socket;
 pub mod streams;
 pub mod sys;
@@ -164,6 +165,8 @@ pub struct ShardIo {
     pending: VecDeque<(usize, MeshMsg)>,
     /// Questions from the control socket.
     control: Option<Arc<control::Inbox>>,
+    /// Changes other nodes made (shared store), for this shard's partition.
+    remote: Option<Arc<remote::Inbox>>,
     /// When each append in flight was submitted (they complete in order).
     submitted: VecDeque<Instant>,
     /// Store append latency, µs (submit to completion: the fsync included
@@ -203,6 +206,7 @@ impl ShardIo {
             batch: Vec::new(),
             pending: VecDeque::new(),
             control: None,
+            remote: None,
             submitted: VecDeque::new(),
             store_latency: None,
             turn_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
@@ -218,7 +222,7 @@ impl ShardIo {
         store: Option<Box<dyn Store + Send>>,
         partition: u16,
     ) -> io::Result<Self> {
-        let (store, store_wake, control) = match store {
+        let (store, store_wake, control, remote) = match store {
             Some(store) => {
                 let (waker, own) = match mesh.as_ref().and_then(mesh::Mesh::waker) {
                     Some(w) => (w, None),
@@ -228,14 +232,16 @@ impl ShardIo {
                     }
                 };
                 let control = Arc::new(control::Inbox::new(waker.clone()));
+                let remote = Arc::new(remote::Inbox::new(waker.clone()));
                 let wake = Box::new(move || waker.notify());
                 (
                     Some(Worker::spawn(store, partition, wake)?),
                     own,
                     Some(control),
+                    Some(remote),
                 )
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         Ok(Self {
             metrics: None,
@@ -247,6 +253,7 @@ impl ShardIo {
             batch: Vec::new(),
             pending: VecDeque::new(),
             control,
+            remote,
             submitted: VecDeque::new(),
             store_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             turn_latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
@@ -280,6 +287,7 @@ impl ShardIo {
         self.mesh.as_ref().is_none_or(mesh::Mesh::prepare_sleep)
             && self.pending.is_empty()
             && self.control.as_ref().is_none_or(|c| !c.pending())
+            && self.remote.as_ref().is_none_or(|r| r.is_empty())
             && self.store.as_ref().is_none_or(|w| !w.has_done())
     }
 
@@ -293,6 +301,11 @@ impl ShardIo {
         }
     }
 
+    /// This shard's end of the remote-change path (with a store).
+    pub fn remote(&self) -> Option<Arc<remote::Inbox>> {
+        self.remote.clone()
+    }
+
     /// Appends submitted to the store and not yet completed.
     pub fn store_in_flight(&self) -> usize {
         self.store.as_ref().map_or(0, Worker::in_flight)
@@ -302,6 +315,14 @@ impl ShardIo {
     /// the messages from other shards to the service (as many as the
     /// outbox has room for).
     pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
+        if let Some(r) = &self.remote {
+            for _ in 0..64 {
+                match r.next() {
+                    Some(batch) => service.handle_remote(now, batch),
+                    None => break,
+                }
+            }
+        }
         if let Some(c) = &self.control {
             while let Some(r) = c.next() {
                 let answer = service.control(now, &r.query);

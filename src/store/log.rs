@@ -190,6 +190,7 @@ fn snapshot_bytes(state: &PartitionState) -> Vec<u8> {
     for e in &state.entries {
         frame(&mut b, |o| {
             Record {
+                remote: false,
                 partition: p,
                 seq: state.seq,
                 commit: 0,
@@ -633,6 +634,7 @@ mod tests {
                     Op::Upsert(binding(&aor, k + 1, expires + seq))
                 };
                 Record {
+                    remote: false,
                     partition,
                     seq,
                     commit: 1_000 + seq,
@@ -732,18 +734,21 @@ mod tests {
         let d = TempDir::new("expired");
         let recs = vec![
             Record {
+                remote: false,
                 partition: 0,
                 seq: 1,
                 commit: 10,
                 op: Op::Upsert(binding("a@x", 1, 5_000)),
             },
             Record {
+                remote: false,
                 partition: 0,
                 seq: 2,
                 commit: 11,
                 op: Op::Upsert(binding("a@x", 2, 9_000)),
             },
             Record {
+                remote: false,
                 partition: 0,
                 seq: 3,
                 commit: 12,
@@ -785,6 +790,7 @@ mod tests {
     fn service_entries_are_durable() {
         let d = TempDir::new("entries");
         let rec = |seq, op| Record {
+            remote: false,
             partition: 0,
             seq,
             commit: seq,
@@ -893,6 +899,7 @@ mod tests {
                     .map(|a| {
                         seq += 1;
                         Record {
+                            remote: false,
                             partition: p,
                             seq,
                             commit: 0,
@@ -940,6 +947,7 @@ mod tests {
         let seq = st[2].seq;
         let b = binding("new@x", seq + 1, u64::MAX);
         let rec = Record {
+            remote: false,
             partition: 2,
             seq: seq + 1,
             commit: 0,

@@ -11,15 +11,17 @@
 //!  when wants_compaction(p): store.compact(&registrar.snapshot())
 //! ```
 //!
-//! The [`Store`] trait is what a shared store (Redis, a later issue) will
-//! implement too: it appends the same records, loads the same states, and
-//! also *pushes* records other nodes wrote ([`Store::poll_remote`]), which
-//! the shard feeds to its replicas like its own.
+//! The [`Store`] trait is what the shared store ([`redis`]) implements too:
+//! it appends the same records (the ones this node wrote: a record marked
+//! `remote` is already there), and its follower thread hands the records
+//! other nodes wrote to the shard owning their AoR, whose registrar applies
+//! them and feeds them to this node's replicas like its own.
 //!
 //! This module does I/O (files, fsync); the registrar and the replicas stay
 //! sans-IO. The embedded implementation is [`log::LogStore`].
 
 pub mod log;
+pub mod redis;
 pub mod worker;
 
 pub use log::{LogConfig, LogStore, PartitionReport};
@@ -61,6 +63,9 @@ pub enum StoreError {
     /// A record could not be decoded.
     #[error("record: {0}")]
     Feed(#[from] FeedError),
+    /// The shared store (Redis) refused or could not be reached.
+    #[error("shared store: {0}")]
+    Shared(String),
 }
 
 /// A durable home for the location feed (module doc).
@@ -72,7 +77,7 @@ pub trait Store {
     /// Makes `records` durable, in order. Call once per loop turn with all
     /// the records of the turn, and release the turn's 200s only after it
     /// returns `Ok`. On `Err`, nothing of the batch counts as written: answer
-    /// the turn's REGISTERs with 500 instead.
+    /// the turn's REGISTERs with 503 (Retry-After) instead.
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError>;
 
     /// True when `partition`'s storage should be compacted.
@@ -81,12 +86,4 @@ pub trait Store {
     /// Replaces `state.partition`'s storage with `state` (the registrar's
     /// snapshot, taken after the last `append`).
     fn compact(&mut self, state: &PartitionState) -> Result<(), StoreError>;
-
-    /// Records that other nodes wrote since the last call (a shared store's
-    /// change stream), appended to `out`; returns how many. The embedded
-    /// store has none.
-    fn poll_remote(&mut self, out: &mut Vec<Record>) -> Result<usize, StoreError> {
-        let _ = out;
-        Ok(0)
-    }
 }

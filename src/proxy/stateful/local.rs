@@ -113,7 +113,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 (Some(bytes), code)
             } else {
                 self.counters.store_failures += 1;
-                (self.local_final(&txn, 500), 500)
+                (self.local_final(&txn, 503), 503)
             };
             if let Some(b) = bytes {
                 self.send(out, txn.reply_to, &b);

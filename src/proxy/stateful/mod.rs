@@ -201,6 +201,12 @@ pub trait LocalService {
         let _ = out;
     }
 
+    /// A change another node made (from the shared store's stream), for
+    /// this shard's partition: applied and re-emitted as a `remote` record.
+    fn apply_remote(&mut self, now: Instant, wall_us: u64, op: &crate::location::Op) {
+        let _ = (now, wall_us, op);
+    }
+
     /// Binding expiries.
     fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
         let _ = (now, wall_us);
@@ -990,6 +996,12 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
         Some(&self.lag)
+    }
+
+    fn handle_remote(&mut self, now: Instant, records: Vec<Record>) {
+        for r in &records {
+            self.local.apply_remote(now, self.wall_us, &r.op);
+        }
     }
 
     fn response_time(&self) -> Option<&hdrhistogram::Histogram<u64>> {

@@ -327,8 +327,16 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             408 => "Request Timeout",
             487 => "Request Terminated",
             500 => "Server Internal Error",
+            503 => "Service Unavailable",
             513 => "Message Too Large",
             _ => "Error",
+        };
+        // 503 here: the store could not make the change durable (a full
+        // disk, Redis unreachable); the UA may try again later.
+        let extra: &[u8] = if code == 503 {
+            b"Retry-After: 5\r\n"
+        } else {
+            b""
         };
         let built = match sip::parse(req, &mut idx) {
             Ok(m) => {
@@ -339,6 +347,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         ip: txn.src.remote.ip(),
                         port: txn.src.remote.port(),
                     }),
+                    extra,
                     ..ResponseSpec::new(code, reason)
                 };
                 sip::response(&m, &spec, &mut self.scratch).ok()

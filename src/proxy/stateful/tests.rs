@@ -425,7 +425,7 @@ impl LocalService for CountingRegistry {
 }
 
 /// Store appends complete turns later, in order: each completion
-/// releases its own turn's answers (200 on success, 500 on failure)
+/// releases its own turn's answers (200 on success, 503 with Retry-After on failure)
 /// and no other.
 #[test]
 fn held_answers_are_released_batch_by_batch() {
@@ -472,7 +472,8 @@ Contact: <sip:a@{UAC}>\r\nContent-Length: 0\r\n\r\n"
         .map(|t| String::from_utf8_lossy(out.bytes(t)).into_owned())
         .collect();
     assert_eq!(second.len(), 1, "{second:#?}");
-    assert_eq!(status(&second[0]), 500);
+    assert_eq!(status(&second[0]), 503);
+    assert!(second[0].contains("Retry-After: 5\r\n"), "{}", second[0]);
     assert!(second[0].contains("Call-ID: fifo1"), "{second:#?}");
 }
 
