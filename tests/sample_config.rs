@@ -85,7 +85,7 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     // src/config.rs `StoreSection`.
-    ("store", &["fsync"]),
+    ("store", &["fsync", "url", "node", "prefix", "stream_max"]),
     // src/config.rs `TimersSection`.
     ("timers", &["t1", "t2", "t4", "timer_c"]),
     // src/config.rs `ProxySection`.

@@ -346,7 +346,13 @@ impl ShardIo {
                             }
                             Err(e) => {
                                 self.stats.store_errors += 1;
-                                tracing::error!("store append failed: {e}");
+                                // An outage fails every turn's batch: log the 1st, 2nd, 4th…
+                                if self.stats.store_errors.is_power_of_two() {
+                                    tracing::error!(
+                                        "store append failed ({} so far): {e}",
+                                        self.stats.store_errors
+                                    );
+                                }
                                 false
                             }
                         };

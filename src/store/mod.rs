@@ -86,4 +86,8 @@ pub trait Store {
     /// Replaces `state.partition`'s storage with `state` (the registrar's
     /// snapshot, taken after the last `append`).
     fn compact(&mut self, state: &PartitionState) -> Result<(), StoreError>;
+
+    /// Called by the store thread when no operation came for a while (about
+    /// every 500 ms): a store that keeps a backlog retries it here.
+    fn idle(&mut self) {}
 }

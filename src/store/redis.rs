@@ -130,8 +130,29 @@ fn unavailable(e: &redis::RedisError) -> StoreError {
     StoreError::Shared(e.to_string())
 }
 
+/// Runs `f` again (up to 5 times) when it failed with EINTR: a read on a
+/// socket with a receive timeout fails so, without any signal handler, when
+/// the process is stopped and continued (signal(7)), and the redis crate
+/// passes it on. Start-up's reads are all whole and repeatable.
+fn retry_eintr<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(StoreError::Shared(e)) if tries < 5 && e.contains("os error 4") => {
+                tries += 1;
+                tracing::debug!("Redis: {e}; trying again");
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Opens a client for `cfg.url` and checks it answers (PING) within 2 s.
 pub fn connect(cfg: &RedisConfig) -> Result<redis::Connection, StoreError> {
+    retry_eintr(|| connect_once(cfg))
+}
+
+fn connect_once(cfg: &RedisConfig) -> Result<redis::Connection, StoreError> {
     let client = redis::Client::open(cfg.url.as_str()).map_err(|e| unavailable(&e))?;
     let mut c = client
         .get_connection_with_timeout(Duration::from_secs(2))
@@ -149,6 +170,10 @@ pub fn connect(cfg: &RedisConfig) -> Result<redis::Connection, StoreError> {
 /// The nonce secret every node shares: the one stored, or `mine` stored
 /// now if there is none yet (SET NX: the first node's wins).
 pub fn shared_secret(cfg: &RedisConfig, mine: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+    retry_eintr(|| shared_secret_once(cfg, mine))
+}
+
+fn shared_secret_once(cfg: &RedisConfig, mine: &[u8; 32]) -> Result<[u8; 32], StoreError> {
     let mut c = connect(cfg)?;
     let key = format!("{}:secret", cfg.prefix);
     let _: Option<String> = redis::cmd("SET")
@@ -208,9 +233,24 @@ pub struct Status {
     pub disconnects: AtomicU64,
 }
 
+/// Records a store keeps for a later write while Redis is unreachable;
+/// beyond it the oldest are dropped (counted, alarmed): their bindings
+/// converge again as the UAs refresh.
+const BACKLOG_MAX: usize = 100_000;
+
+/// Records written per script call.
+const CHUNK: usize = 512;
+
 /// One shard's write path (module doc).
 pub struct RedisStore {
     cfg: RedisConfig,
+    /// This shard's records not yet written, oldest first: a batch whose
+    /// write failed stays here (its REGISTERs were answered 503) and is
+    /// written, in order, before anything newer, once Redis answers again.
+    /// So no node ever sees an older value of a binding after a newer one,
+    /// and what was acknowledged was written.
+    backlog: std::collections::VecDeque<Record>,
+    dropped: u64,
     conn: Option<redis::Connection>,
     script: redis::Script,
     backoff: Backoff,
@@ -238,7 +278,26 @@ impl RedisStore {
             backoff: Backoff::new(),
             status,
             args: Vec::new(),
+            backlog: std::collections::VecDeque::new(),
+            dropped: 0,
         }
+    }
+
+    /// Records waiting for Redis.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Writes the backlog in order, a chunk per script call; stops at the
+    /// first failure (what was not written stays).
+    fn flush(&mut self) -> Result<(), StoreError> {
+        while !self.backlog.is_empty() {
+            let n = self.backlog.len().min(CHUNK);
+            let chunk: Vec<Record> = self.backlog.iter().take(n).cloned().collect();
+            self.write(&chunk)?;
+            self.backlog.drain(..n);
+        }
+        Ok(())
     }
 
     fn conn(&mut self) -> Result<&mut redis::Connection, StoreError> {
@@ -308,8 +367,42 @@ impl Store for RedisStore {
     }
 
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.backlog
+            .extend(records.iter().filter(|r| !r.remote).cloned());
+        let over = self.backlog.len().saturating_sub(BACKLOG_MAX);
+        if over > 0 {
+            self.backlog.drain(..over);
+            if self.dropped == 0 {
+                tracing::error!("ALARM: Redis unreachable for too long: {BACKLOG_MAX} records waiting, dropping the oldest (bindings converge again as UAs refresh)");
+            }
+            self.dropped += over as u64;
+        }
+        self.flush()
+    }
+
+    fn idle(&mut self) {
+        if !self.backlog.is_empty() && self.backoff.ready() {
+            let n = self.backlog.len();
+            if self.flush().is_ok() {
+                tracing::info!("Redis answers again: {n} waiting record(s) written");
+                self.dropped = 0;
+            }
+        }
+    }
+
+    fn wants_compaction(&self, _partition: u16) -> bool {
+        false
+    }
+
+    fn compact(&mut self, _state: &PartitionState) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    fn write(&mut self, records: &[Record]) -> Result<(), StoreError> {
         self.args.clear();
-        for r in records.iter().filter(|r| !r.remote) {
+        for r in records {
             self.push_args(r);
         }
         if self.args.is_empty() {
@@ -343,14 +436,6 @@ impl Store for RedisStore {
                 Err(unavailable(&e))
             }
         }
-    }
-
-    fn wants_compaction(&self, _partition: u16) -> bool {
-        false
-    }
-
-    fn compact(&mut self, _state: &PartitionState) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 
@@ -397,6 +482,14 @@ const SCAN_COUNT: usize = 1000;
 /// node's presence entries into `partitions` states, and the stream
 /// position to follow from (taken before the scan: module doc).
 pub fn load(
+    cfg: &RedisConfig,
+    partitions: u16,
+    wall: u64,
+) -> Result<(Vec<PartitionState>, StreamPos), StoreError> {
+    retry_eintr(|| load_once(cfg, partitions, wall))
+}
+
+fn load_once(
     cfg: &RedisConfig,
     partitions: u16,
     wall: u64,

@@ -84,8 +84,16 @@ impl Worker {
         let (done2, wants2) = (done.clone(), wants.clone());
         let thread = std::thread::Builder::new()
             .name(format!("store-{partition}"))
-            .spawn(move || {
-                for op in rx {
+            .spawn(move || loop {
+                let op = match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+                    Ok(op) => op,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        store.idle();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                {
                     let d = match op {
                         Op::Append(records) => {
                             let result = store.append(&records);

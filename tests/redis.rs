@@ -1,0 +1,544 @@
+//! Several edge nodes serving one domain through one real Redis
+//! (`redis-server` on loopback, started and removed by each test):
+//!
+//! - three nodes (2, 1 and 2 shards): a UA registered on A is reached by a
+//!   request that arrives on B or C; unregistered through B, A and C stop
+//!   routing to it;
+//! - a registration storm on a node killed with SIGKILL half-way: every
+//!   REGISTER that was answered 200 is seen by the other node and by a node
+//!   started afterwards (from the snapshot);
+//! - Redis killed: requests through any node still reach registered users,
+//!   REGISTER is refused with 503 and Retry-After (and reaches no other
+//!   node); Redis back: REGISTER works again and every node catches up;
+//! - a node restarted: snapshot plus stream give it the same bindings as
+//!   its peer (compared dumps);
+//! - snapshots of 999, 1,000 and 1,001 AoRs (the SCAN batch is 1,000) load
+//!   whole.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{drivers, have_peer, response_to, Msg, Proxy, Reaped, TempDir, Ua};
+use serde_json::Value;
+
+const DOMAIN: &str = "example.test";
+
+/// A redis-server on a free loopback port, its files in `dir`
+/// (append-only file, fsync always: a restart keeps what it acknowledged).
+struct Redis {
+    proc: Reaped,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Self {
+        let port = free_tcp_port();
+        Self::start_on(dir, port)
+    }
+
+    fn start_on(dir: &Path, port: u16) -> Self {
+        let proc = Reaped::spawn(
+            "redis-server",
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--dir", dir.to_str().unwrap()])
+                .args([
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                    "--save",
+                    "",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            proc,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL (once: `kill -KILL 0` would take the whole process group).
+    fn kill(&mut self) {
+        let pid = self.proc.id();
+        if pid != 0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let _ = self.proc.wait_for(Duration::from_secs(5));
+        }
+    }
+
+    /// Started again on the same port and files.
+    fn restart(mut self) -> Self {
+        self.kill();
+        let dir = self.dir.clone();
+        Self::start_on(&dir, self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node: `sipedge run` on the shared store, with a control socket.
+struct Node {
+    p: Proxy,
+    sock: String,
+}
+
+fn node(dir: &TempDir, name: &str, redis: &Redis, shards: &str, driver: &str) -> Node {
+    let sock = dir.path.join(format!("{name}.sock"));
+    let sock = sock.to_str().unwrap().to_owned();
+    let data = dir.path.join(format!("{name}-data"));
+    let p = Proxy::start(&[
+        "--io",
+        driver,
+        "--domain",
+        DOMAIN,
+        "--shards",
+        shards,
+        "--store",
+        &redis.url(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--control",
+        &sock,
+    ]);
+    Node { p, sock }
+}
+
+fn ctl(sock: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args(["ctl", "--control", sock, "--json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every (AoR, contact) a node's registrar partitions hold.
+fn dump(n: &Node) -> BTreeSet<(String, String)> {
+    let out = ctl(&n.sock, &["bindings", "dump"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["aor"].as_str().unwrap().to_owned(),
+                b["contact"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `cond` holds of `n`'s dump.
+fn dump_until(
+    n: &Node,
+    wait: Duration,
+    cond: impl Fn(&BTreeSet<(String, String)>) -> bool,
+) -> BTreeSet<(String, String)> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let d = dump(n);
+        if cond(&d) || Instant::now() > deadline {
+            return d;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn aors(d: &BTreeSet<(String, String)>) -> BTreeSet<String> {
+    d.iter().map(|(a, _)| a.clone()).collect()
+}
+
+/// A REGISTER of `user` binding `ua`'s address with `expires`; its
+/// Call-ID and CSeq from `call_id`, `cseq`.
+fn register_text(ua: &Ua, user: &str, expires: u32, call_id: &str, cseq: u32) -> String {
+    format!(
+        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-{call_id}-{cseq}\r\n\
+Max-Forwards: 70\r\nTo: <sip:{user}@{DOMAIN}>\r\nFrom: <sip:{user}@{DOMAIN}>;tag=r{cseq}\r\n\
+Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{a}>\r\nExpires: {expires}\r\n\
+Content-Length: 0\r\n\r\n",
+        a = ua.addr
+    )
+}
+
+fn register(ua: &Ua, user: &str, to: SocketAddr, expires: u32, cseq: u32) -> Msg {
+    ua.send(
+        &register_text(ua, user, expires, &format!("reg-{user}"), cseq),
+        to,
+    );
+    ua.expect(&format!("a final response to REGISTER {user}"), |m| {
+        m.status().is_some_and(|s| s >= 200) && m.method() == "REGISTER"
+    })
+    .0
+}
+
+/// A MESSAGE from `from` to `user` through `via`.
+fn message(from: &Ua, user: &str, via: SocketAddr, id: &str) {
+    from.send(
+        &format!(
+            "MESSAGE sip:{user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m{id}\r\n\
+Max-Forwards: 70\r\nTo: <sip:{user}@{DOMAIN}>\r\nFrom: <sip:caller@{DOMAIN}>;tag=m{id}\r\n\
+Call-ID: msg-{id}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+            a = from.addr
+        ),
+        via,
+    );
+}
+
+/// `to` receives the MESSAGE and answers 200; `from` gets the 200.
+fn message_reaches(from: &Ua, to: &Ua, user: &str, via: SocketAddr, id: &str) {
+    message(from, user, via, id);
+    let (m, _) = to.expect_request("MESSAGE");
+    to.answer(&m, &response_to(&m, 200, "OK", "u", "", ""));
+    from.expect_response(200, "MESSAGE");
+}
+
+/// An INVITE to `user` through `via`: its final response.
+fn invite_status(from: &Ua, user: &str, via: SocketAddr, id: &str) -> u16 {
+    from.send(
+        &format!(
+            "INVITE sip:{user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-i{id}\r\n\
+Max-Forwards: 70\r\nTo: <sip:{user}@{DOMAIN}>\r\nFrom: <sip:caller@{DOMAIN}>;tag=i{id}\r\n\
+Call-ID: inv-{id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@{a}>\r\nContent-Length: 0\r\n\r\n",
+            a = from.addr
+        ),
+        via,
+    );
+    let (m, _, _) = from.expect("a final response to the INVITE", |m| {
+        m.status().is_some_and(|s| s >= 200)
+    });
+    m.status().unwrap()
+}
+
+#[test]
+fn registered_on_one_node_reached_through_the_others() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    for d in drivers() {
+        let dir = TempDir::new("redis-x");
+        let redis = Redis::start(&dir.path);
+        let a = node(&dir, "a", &redis, "2", d);
+        let b = node(&dir, "b", &redis, "1", d);
+        let c = node(&dir, "c", &redis, "2", d);
+        let (alice, caller) = (Ua::new(), Ua::new());
+        assert_eq!(
+            register(&alice, "alice", a.p.addr, 600, 1).status(),
+            Some(200)
+        );
+        let want = (
+            "alice@example.test".to_owned(),
+            format!("sip:alice@{}", alice.addr),
+        );
+        for n in [&b, &c] {
+            let seen = dump_until(n, Duration::from_secs(3), |x| x.contains(&want));
+            assert!(seen.contains(&want), "{d}: {seen:?}");
+        }
+        message_reaches(&caller, &alice, "alice", b.p.addr, &format!("{d}b"));
+        message_reaches(&caller, &alice, "alice", c.p.addr, &format!("{d}c"));
+
+        // Unregistered through B: A and C stop routing to her.
+        assert_eq!(
+            register(&alice, "alice", b.p.addr, 0, 2).status(),
+            Some(200)
+        );
+        for n in [&a, &c] {
+            let seen = dump_until(n, Duration::from_secs(3), |x| !x.contains(&want));
+            assert!(!seen.contains(&want), "{d}: {seen:?}");
+        }
+        assert_eq!(
+            invite_status(&caller, "alice", a.p.addr, &format!("{d}a")),
+            480,
+            "{d}"
+        );
+        assert_eq!(
+            invite_status(&caller, "alice", c.p.addr, &format!("{d}c")),
+            480,
+            "{d}"
+        );
+        alice.expect_silence(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_node_killed_mid_storm_loses_no_acknowledged_binding() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    let dir = TempDir::new("redis-kill");
+    let redis = Redis::start(&dir.path);
+    let mut a = node(&dir, "a", &redis, "2", "auto");
+    let b = node(&dir, "b", &redis, "2", "auto");
+    // 600 users registered as fast as A answers; A is killed once 300
+    // were answered.
+    const USERS: usize = 600;
+    let ua = Arc::new(Ua::new());
+    let target = a.p.addr;
+    let sender = {
+        let ua = ua.clone();
+        std::thread::spawn(move || {
+            for i in 0..USERS {
+                ua.send(
+                    &register_text(&ua, &format!("s{i}"), 600, &format!("st-{i}"), 1),
+                    target,
+                );
+                if i % 50 == 49 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })
+    };
+    let mut answered = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.len() < USERS / 2 && Instant::now() < deadline {
+        if let Some((m, _)) = ua.recv_within(Duration::from_millis(500)) {
+            if m.status() == Some(200) {
+                let to = m.header(sipedge::sip::HeaderName::To).unwrap();
+                let user = to.split(['<', ':', '@']).nth(2).unwrap().to_owned();
+                answered.insert(format!("{user}@{DOMAIN}"));
+            }
+        }
+    }
+    a.p.kill9();
+    sender.join().unwrap();
+    // Answers already on their way count too.
+    while let Some((m, _)) = ua.recv_within(Duration::from_millis(200)) {
+        if m.status() == Some(200) {
+            let to = m.header(sipedge::sip::HeaderName::To).unwrap();
+            let user = to.split(['<', ':', '@']).nth(2).unwrap().to_owned();
+            answered.insert(format!("{user}@{DOMAIN}"));
+        }
+    }
+    assert!(
+        answered.len() >= USERS / 2,
+        "only {} answered",
+        answered.len()
+    );
+    let seen = aors(&dump_until(&b, Duration::from_secs(5), |x| {
+        answered.is_subset(&aors(x))
+    }));
+    let lost: Vec<_> = answered.difference(&seen).collect();
+    assert!(
+        lost.is_empty(),
+        "B lacks {} acknowledged: {lost:?}",
+        lost.len()
+    );
+    // A node started now, from the snapshot, has them too.
+    let c = node(&dir, "c", &redis, "1", "auto");
+    let fresh = aors(&dump(&c));
+    let lost: Vec<_> = answered.difference(&fresh).collect();
+    assert!(
+        lost.is_empty(),
+        "C lacks {} acknowledged: {lost:?}",
+        lost.len()
+    );
+    drop(a);
+}
+
+#[test]
+fn redis_down_calls_still_route_register_is_refused_then_all_catch_up() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    let dir = TempDir::new("redis-down");
+    let mut redis = Redis::start(&dir.path);
+    let a = node(&dir, "a", &redis, "2", "auto");
+    let b = node(&dir, "b", &redis, "2", "auto");
+    let (alice, bob, caller) = (Ua::new(), Ua::new(), Ua::new());
+    assert_eq!(
+        register(&alice, "alice", a.p.addr, 600, 1).status(),
+        Some(200)
+    );
+    let want = (
+        "alice@example.test".to_owned(),
+        format!("sip:alice@{}", alice.addr),
+    );
+    assert!(dump_until(&b, Duration::from_secs(3), |x| x.contains(&want)).contains(&want));
+
+    redis.kill();
+    // Calls still route, through either node.
+    message_reaches(&caller, &alice, "alice", a.p.addr, "down-a");
+    message_reaches(&caller, &alice, "alice", b.p.addr, "down-b");
+    // REGISTER is refused cleanly, fast (bob on A, dave on B).
+    let dave = Ua::new();
+    for (n, user, ua) in [(&a, "bob", &bob), (&b, "dave", &dave)] {
+        let t0 = Instant::now();
+        let r = register(ua, user, n.p.addr, 600, 10);
+        assert_eq!(r.status(), Some(503), "{}", r.text);
+        assert!(r.text.contains("\r\nRetry-After: 5\r\n"), "{}", r.text);
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+    // The refused REGISTERs reached no other node (they wait, in order,
+    // in A's backlog, and are written once Redis is back).
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!aors(&dump(&b)).contains("bob@example.test"));
+    assert!(!aors(&dump(&a)).contains("dave@example.test"));
+
+    // Back (same files): REGISTER works again once the store reconnects,
+    // and the other node sees it.
+    let redis = redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut cseq = 20;
+    let ok = loop {
+        cseq += 1;
+        let r = register(&bob, "bob", a.p.addr, 600, cseq);
+        if r.status() == Some(200) || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(ok.status(), Some(200), "{}", ok.text);
+    let bob_b = (
+        "bob@example.test".to_owned(),
+        format!("sip:bob@{}", bob.addr),
+    );
+    let seen = dump_until(&b, Duration::from_secs(10), |x| x.contains(&bob_b));
+    assert!(seen.contains(&bob_b), "{seen:?}");
+    message_reaches(&caller, &bob, "bob", b.p.addr, "back-b");
+    // What Redis acknowledged before the kill is still there.
+    let mut c = redis.conn();
+    let n: usize = redis::cmd("HLEN")
+        .arg("sipedge:loc:alice@example.test")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_restarted_node_sees_what_its_peer_sees() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    let dir = TempDir::new("redis-restart");
+    let redis = Redis::start(&dir.path);
+    let a = node(&dir, "a", &redis, "2", "auto");
+    let mut b = node(&dir, "b", &redis, "2", "auto");
+    let ua = Ua::new();
+    for i in 0..40 {
+        let via = if i % 2 == 0 { a.p.addr } else { b.p.addr };
+        assert_eq!(
+            register(&ua, &format!("r{i}"), via, 600, 1).status(),
+            Some(200)
+        );
+    }
+    for i in (0..40).step_by(5) {
+        assert_eq!(
+            register(&ua, &format!("r{i}"), a.p.addr, 0, 2).status(),
+            Some(200)
+        );
+    }
+    let want = dump_until(&a, Duration::from_secs(3), |x| x.len() == 32);
+    assert_eq!(want.len(), 32);
+    b.p.terminate();
+    // Changes while B is down come from the stream after its restart.
+    for i in 40..45 {
+        assert_eq!(
+            register(&ua, &format!("r{i}"), a.p.addr, 600, 1).status(),
+            Some(200)
+        );
+    }
+    assert_eq!(register(&ua, "r1", a.p.addr, 0, 3).status(), Some(200));
+    let want = dump_until(&a, Duration::from_secs(3), |x| x.len() == 36);
+    let b = node(&dir, "b2", &redis, "1", "auto");
+    let got = dump_until(&b, Duration::from_secs(5), |x| *x == want);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn snapshots_of_999_1000_and_1001_aors_load_whole() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    use sipedge::location::{Binding, BindingParts, Op, Record};
+    use sipedge::store::redis::{RedisConfig, RedisStore, Status};
+    use sipedge::store::Store;
+    let dir = TempDir::new("redis-snap");
+    let redis = Redis::start(&dir.path);
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    for n in [999usize, 1000, 1001] {
+        let mut c = redis.conn();
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let cfg = RedisConfig::new(&redis.url(), "writer");
+        let mut store = RedisStore::new(cfg.clone(), Arc::new(Status::default()));
+        let records: Vec<Record> = (0..n)
+            .map(|i| {
+                let aor = format!("u{i}@{DOMAIN}");
+                let contact = format!("sip:u{i}@127.0.0.1:5999");
+                let b = Binding::new(&BindingParts {
+                    aor: aor.as_bytes(),
+                    contact: contact.as_bytes(),
+                    expires: wall + 600_000_000,
+                    id: i as u64 + 1,
+                    call_id: b"c",
+                    cseq: 1,
+                    q: 1000,
+                    received: None,
+                    socket: sipedge::transport::SocketId(0),
+                    flow: 0,
+                    path: b"",
+                    instance: b"",
+                    reg_id: None,
+                    user_agent: b"",
+                })
+                .unwrap();
+                Record {
+                    partition: 0,
+                    seq: i as u64 + 1,
+                    commit: wall,
+                    op: Op::Upsert(b),
+                    remote: false,
+                }
+            })
+            .collect();
+        store.append(&records).unwrap();
+        for partitions in [1u16, 3] {
+            let (states, _) = sipedge::store::redis::load(&cfg, partitions, wall).unwrap();
+            let total: usize = states.iter().map(|s| s.bindings.len()).sum();
+            assert_eq!(total, n, "{n} AoRs into {partitions} partition(s)");
+        }
+        let node = node(&dir, &format!("n{n}"), &redis, "2", "auto");
+        assert_eq!(dump(&node).len(), n);
+    }
+}
