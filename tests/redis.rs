@@ -103,6 +103,19 @@ impl Redis {
     }
 }
 
+/// The body of an HTTP GET.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -118,10 +131,22 @@ struct Node {
 }
 
 fn node(dir: &TempDir, name: &str, redis: &Redis, shards: &str, driver: &str) -> Node {
+    node_with(dir, name, redis, shards, driver, &[])
+}
+
+fn node_with(
+    dir: &TempDir,
+    name: &str,
+    redis: &Redis,
+    shards: &str,
+    driver: &str,
+    extra: &[&str],
+) -> Node {
     let sock = dir.path.join(format!("{name}.sock"));
     let sock = sock.to_str().unwrap().to_owned();
     let data = dir.path.join(format!("{name}-data"));
-    let p = Proxy::start(&[
+    let url = redis.url();
+    let mut args = vec![
         "--io",
         driver,
         "--domain",
@@ -129,12 +154,14 @@ fn node(dir: &TempDir, name: &str, redis: &Redis, shards: &str, driver: &str) ->
         "--shards",
         shards,
         "--store",
-        &redis.url(),
+        &url,
         "--data-dir",
         data.to_str().unwrap(),
         "--control",
         &sock,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let p = Proxy::start(&args);
     Node { p, sock }
 }
 
@@ -381,9 +408,30 @@ fn redis_down_calls_still_route_register_is_refused_then_all_catch_up() {
     }
     let dir = TempDir::new("redis-down");
     let mut redis = Redis::start(&dir.path);
-    let a = node(&dir, "a", &redis, "2", "auto");
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
+    let mut a = node_with(
+        &dir,
+        "a",
+        &redis,
+        "2",
+        "auto",
+        &["--metrics-listen", &metrics],
+    );
     let b = node(&dir, "b", &redis, "2", "auto");
     let (alice, bob, caller) = (Ua::new(), Ua::new(), Ua::new());
+    let up = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = http_get(&metrics, "/metrics");
+            if body.contains(&format!("\nsipedge_store_shared_up {want}\n"))
+                || Instant::now() > deadline
+            {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(up("1").contains("sipedge_store_shared_up 1"));
     assert_eq!(
         register(&alice, "alice", a.p.addr, 600, 1).status(),
         Some(200)
@@ -395,6 +443,13 @@ fn redis_down_calls_still_route_register_is_refused_then_all_catch_up() {
     assert!(dump_until(&b, Duration::from_secs(3), |x| x.contains(&want)).contains(&want));
 
     redis.kill();
+    assert!(
+        a.p.wait_log("ALARM: Redis unreachable", Duration::from_secs(5))
+            .is_some(),
+        "{:#?}",
+        a.p.log
+    );
+    assert!(up("0").contains("sipedge_store_shared_up 0"));
     // Calls still route, through either node.
     message_reaches(&caller, &alice, "alice", a.p.addr, "down-a");
     message_reaches(&caller, &alice, "alice", b.p.addr, "down-b");
@@ -434,6 +489,7 @@ fn redis_down_calls_still_route_register_is_refused_then_all_catch_up() {
     let seen = dump_until(&b, Duration::from_secs(10), |x| x.contains(&bob_b));
     assert!(seen.contains(&bob_b), "{seen:?}");
     message_reaches(&caller, &bob, "bob", b.p.addr, "back-b");
+    assert!(up("1").contains("sipedge_store_shared_up 1"));
     // What Redis acknowledged before the kill is still there.
     let mut c = redis.conn();
     let n: usize = redis::cmd("HLEN")

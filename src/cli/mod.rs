@@ -416,7 +416,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         })?
     } else {
-        let (h, s, inboxes) = start_stateful(plans, driver, &cfg, secret, &stop)?;
+        let (h, s, inboxes) = start_stateful(plans, driver, &cfg, secret, &stop, &health)?;
         shared = Some(s);
         control_inboxes = inboxes;
         h
@@ -732,6 +732,7 @@ fn start_stateful(
     cfg: &Config,
     secret: u64,
     stop: &Arc<AtomicBool>,
+    health: &crate::metrics::Health,
 ) -> Result<(Handles, Arc<Shared>, Vec<Arc<shard::control::Inbox>>)> {
     let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
     let mut inboxes = Vec::with_capacity(plans.len());
@@ -757,6 +758,8 @@ fn start_stateful(
                 pos.0
             );
             let status = Arc::new(crate::store::redis::Status::default());
+            status.up.store(true, Ordering::Relaxed);
+            let _ = health.shared_store.set(status.clone());
             let stores: Vec<Option<Box<dyn Store + Send>>> = (0..n)
                 .map(|_| {
                     Some(Box::new(crate::store::redis::RedisStore::new(

@@ -52,6 +52,8 @@ pub struct Health {
     pub ready: AtomicBool,
     /// A shard thread ended (a failure, or shutdown).
     pub shard_down: AtomicBool,
+    /// The shared store's state (with `--store redis://…`).
+    pub shared_store: std::sync::OnceLock<Arc<crate::store::redis::Status>>,
 }
 
 impl Health {
@@ -377,6 +379,36 @@ impl Collector for Reports {
             &reports,
             |r| r.turn_latency.as_ref(),
         )?;
+        if let Some(st) = self.health.shared_store.get() {
+            let mut g = enc.encode_descriptor(
+                "sipedge_store_shared_up",
+                "1 while the shared store (Redis) answers the change-stream follower",
+                None,
+                MetricType::Gauge,
+            )?;
+            g.encode_gauge(&i64::from(st.up.load(Ordering::Relaxed)))?;
+            for (name, help, v) in [
+                (
+                    "sipedge_store_shared_applied",
+                    "records other nodes wrote, applied here",
+                    &st.applied,
+                ),
+                (
+                    "sipedge_store_shared_gaps",
+                    "times the change stream was trimmed past this node's position",
+                    &st.gaps,
+                ),
+                (
+                    "sipedge_store_shared_disconnects",
+                    "connections to the shared store lost",
+                    &st.disconnects,
+                ),
+            ] {
+                let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+                prometheus_client::metrics::counter::ConstCounter::new(v.load(Ordering::Relaxed))
+                    .encode(m)?;
+            }
+        }
         let mut up = enc.encode_descriptor(
             "sipedge_ready",
             "1 when every shard runs and start-up is over",
