@@ -215,8 +215,8 @@ impl LocalService for PartitionRegistry {
         }
     }
 
-    fn apply_remote(&mut self, now: Instant, wall_us: u64, op: &Op) {
-        let _ = self.registrar.apply_remote(now, wall_us, op);
+    fn apply_remote(&mut self, now: Instant, wall_us: u64, commit: u64, op: &Op) {
+        let _ = self.registrar.apply_remote(now, wall_us, commit, op);
     }
 
     fn offline_owner(&self, _msg: &Message<'_>, aor: &[u8]) -> Option<Owner> {

@@ -1171,11 +1171,11 @@ impl Registrar {
 
     /// Applies `op`, a change another node made and the shared store's
     /// stream brought (this registrar's partition), to this writer's state,
-    /// and emits it as a record marked `remote` so this node's replicas
-    /// follow it in order (the shared store is not written again). An
+    /// and emits it (with the writer's `commit` time) as a record marked
+    /// `remote` so this node's replicas follow it in order (the shared store is not written again). An
     /// `Upsert` older than what is held (same Call-ID, lower CSeq: RFC 3261
     /// §10.3 step 7) is skipped. Returns whether anything changed.
-    pub fn apply_remote(&mut self, now: Instant, wall: u64, op: &Op) -> bool {
+    pub fn apply_remote(&mut self, now: Instant, wall: u64, commit: u64, op: &Op) -> bool {
         match op {
             Op::Upsert(b) => {
                 let b = b.for_another_node();
@@ -1195,7 +1195,7 @@ impl Registrar {
                     aor.gen = aor.gen.wrapping_add(1);
                 }
                 self.put_binding(slot, b.clone(), deadline);
-                self.emit_remote(wall, Op::Upsert(b));
+                self.emit_remote(commit, Op::Upsert(b));
                 true
             }
             Op::Remove { aor, id } => {
@@ -1216,7 +1216,7 @@ impl Registrar {
                     }
                     self.schedule_forget(now, slot);
                 }
-                self.emit_remote(wall, op.clone());
+                self.emit_remote(commit, op.clone());
                 true
             }
             Op::Forget { aor } => {
@@ -1236,8 +1236,10 @@ impl Registrar {
         }
     }
 
-    fn emit_remote(&mut self, wall: u64, op: Op) {
-        self.emit(wall, op);
+    /// Emits `op` with the writer's `commit` time (so the replicas' lag
+    /// measures from the other node's commit: cross-node visibility).
+    fn emit_remote(&mut self, commit: u64, op: Op) {
+        self.emit(commit, op);
         if let Some(r) = self.records.back_mut() {
             r.remote = true;
         }

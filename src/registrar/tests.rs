@@ -1029,3 +1029,71 @@ fn bindings_over_a_closed_flow_are_removed() {
     h.advance(3600);
     assert_eq!(h.ops(), vec!["remove", "forget", "forget"]);
 }
+
+/// Changes another node made (from the shared store's stream): applied to
+/// the writer's state, re-emitted as `remote` records with the writer's
+/// commit time, the node-local flow and socket cleared; an older refresh of
+/// the same binding (same Call-ID, lower CSeq) and an expired one skipped;
+/// a Remove of what is not held emits nothing.
+#[test]
+fn changes_of_other_nodes_are_applied_and_marked_remote() {
+    use crate::location::BindingParts;
+    let mut h = H::new();
+    let binding = |cseq: u32, expires: u64| {
+        Binding::new(&BindingParts {
+            id: 7,
+            aor: b"alice@example.com",
+            contact: b"sip:alice@192.0.2.1:5060",
+            expires,
+            q: 1000,
+            call_id: b"c1",
+            cseq,
+            received: None,
+            socket: SocketId(3),
+            flow: 9,
+            path: b"",
+            instance: b"",
+            reg_id: None,
+            user_agent: b"",
+        })
+        .unwrap()
+    };
+    let commit = WALL0 - 5_000;
+    let later = WALL0 + 600_000_000;
+    assert!(h
+        .reg
+        .apply_remote(h.now, h.wall, commit, &Op::Upsert(binding(2, later))));
+    let held = h.reg.bindings_of(b"alice@example.com");
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].flow(), held[0].socket()), (0, SocketId(0)));
+    let recs: Vec<Record> = h.reg.drain_records().collect();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].remote);
+    assert_eq!((recs[0].seq, recs[0].commit), (1, commit));
+    // Older (CSeq 1 < 2) and expired: skipped.
+    assert!(!h
+        .reg
+        .apply_remote(h.now, h.wall, commit, &Op::Upsert(binding(1, later))));
+    assert!(!h
+        .reg
+        .apply_remote(h.now, h.wall, commit, &Op::Upsert(binding(3, WALL0 - 1))));
+    assert_eq!(h.reg.pending_records(), 0);
+    // Removed; removed again: nothing.
+    let rm = Op::Remove {
+        aor: b"alice@example.com"[..].into(),
+        id: 7,
+    };
+    assert!(h.reg.apply_remote(h.now, h.wall, commit, &rm));
+    assert!(!h.reg.apply_remote(h.now, h.wall, commit, &rm));
+    assert!(h.reg.bindings_of(b"alice@example.com").is_empty());
+    let recs: Vec<Record> = h.reg.drain_records().collect();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].remote && recs[0].seq == 2);
+    // Forgotten: the AoR is unknown again.
+    let forget = Op::Forget {
+        aor: b"alice@example.com"[..].into(),
+    };
+    assert!(h.reg.apply_remote(h.now, h.wall, commit, &forget));
+    assert_eq!(h.reg.aors(), 0);
+    assert!(h.reg.drain_records().all(|r| r.remote));
+}

@@ -203,8 +203,8 @@ pub trait LocalService {
 
     /// A change another node made (from the shared store's stream), for
     /// this shard's partition: applied and re-emitted as a `remote` record.
-    fn apply_remote(&mut self, now: Instant, wall_us: u64, op: &crate::location::Op) {
-        let _ = (now, wall_us, op);
+    fn apply_remote(&mut self, now: Instant, wall_us: u64, commit: u64, op: &crate::location::Op) {
+        let _ = (now, wall_us, commit, op);
     }
 
     /// Binding expiries.
@@ -1000,7 +1000,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn handle_remote(&mut self, now: Instant, records: Vec<Record>) {
         for r in &records {
-            self.local.apply_remote(now, self.wall_us, &r.op);
+            self.local.apply_remote(now, self.wall_us, r.commit, &r.op);
         }
     }
 
