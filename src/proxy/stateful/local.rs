@@ -131,6 +131,13 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         if ok && !records.is_empty() {
             let records: Arc<[Record]> = records.into();
             for r in records.iter() {
+                if r.remote {
+                    // Another node's change reaching this node's replicas:
+                    // the lag from its commit there is the cross-node visibility.
+                    let _ = self
+                        .lag
+                        .record(self.wall_us.saturating_sub(r.commit).max(1));
+                }
                 if let Err(p) = self.location.apply(r) {
                     self.request_resync(p);
                 }
