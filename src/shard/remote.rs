@@ -19,6 +19,12 @@ use crate::location::Record;
 /// Batches a shard's inbox holds before the follower waits.
 const DEPTH: usize = 1024;
 
+impl crate::store::redis::RemoteSink for Inbox {
+    fn push(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
+        Inbox::push(self, batch)
+    }
+}
+
 /// A shard's end of the remote-change path.
 #[derive(Debug)]
 pub struct Inbox {

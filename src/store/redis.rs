@@ -43,7 +43,6 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::Commands;
 
 use crate::location::{Binding, EmptyAor, Entry, Op, PartitionState, Record};
-use crate::shard::remote;
 
 use super::{Store, StoreError};
 
@@ -615,12 +614,19 @@ fn scan_hashes(
     }
 }
 
+/// Where the follower hands a shard its batch of other nodes' records (the
+/// shard runtime's inbox, `shard::remote::Inbox`).
+pub trait RemoteSink {
+    /// Queues `batch` for the shard; `Err` (the batch back) when full.
+    fn push(&self, batch: Vec<Record>) -> Result<(), Vec<Record>>;
+}
+
 /// The follower (module doc): reads the stream from `pos` and hands each
 /// record another node wrote to the shard owning its AoR, until `stop`.
-pub fn follow(
+pub fn follow<S: RemoteSink>(
     cfg: &RedisConfig,
     mut pos: StreamPos,
-    shards: &[Arc<remote::Inbox>],
+    shards: &[Arc<S>],
     status: &Status,
     stop: &AtomicBool,
 ) {
