@@ -21,7 +21,7 @@ const DEPTH: usize = 1024;
 
 impl crate::store::redis::RemoteSink for Inbox {
     fn push(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
-        Inbox::push(self, batch)
+        Self::push(self, batch)
     }
 }
 
