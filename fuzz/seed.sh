@@ -10,10 +10,10 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 corpus="$here/corpus/parse_message"
-mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf"
+mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf" "$here/corpus/feed_record"
 cp "$here"/../tests/fixtures/torture/*.sip "$corpus"/
 cp "$here"/../tests/fixtures/pidf/*.xml "$here/corpus/pidf"/
-for t in parse_message stream_framing ws_decode pidf; do
+for t in parse_message stream_framing ws_decode pidf feed_record; do
     if [ -d "$here/regressions/$t" ]; then
         cp "$here"/regressions/$t/* "$here/corpus/$t"/ 2>/dev/null || true
     fi
