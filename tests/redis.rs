@@ -12,6 +12,9 @@
 //!   node); Redis back: REGISTER works again and every node catches up;
 //! - a node restarted: snapshot plus stream give it the same bindings as
 //!   its peer (compared dumps);
+//! - a UA registered over TCP on A (its connection kept there) is reached
+//!   through B: the binding other nodes read has a Path through A with the
+//!   flow's token (RFC 5626), so B sends to A and A down the connection;
 //! - snapshots of 999, 1,000 and 1,001 AoRs (the SCAN batch is 1,000) load
 //!   whole.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -596,5 +599,74 @@ fn snapshots_of_999_1000_and_1001_aors_load_whole() {
         }
         let node = node(&dir, &format!("n{n}"), &redis, "2", "auto");
         assert_eq!(dump(&node).len(), n);
+    }
+}
+
+#[test]
+fn a_ua_on_a_connection_of_one_node_is_reached_through_another() {
+    use std::io::{Read, Write};
+    if !have_peer("redis-server") {
+        return;
+    }
+    for d in drivers() {
+        let dir = TempDir::new("redis-flow");
+        let redis = Redis::start(&dir.path);
+        let listen = ["--listen", "udp:127.0.0.1:0", "--listen", "tcp:127.0.0.1:0"];
+        let a = node_with(&dir, "a", &redis, "2", d, &listen);
+        let b = node(&dir, "b", &redis, "1", d);
+        let mut tcp = TcpStream::connect(a.p.listener("tcp")).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let me = tcp.local_addr().unwrap();
+        write!(
+            tcp,
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP {me};branch=z9hG4bK-tcpreg\r\n\
+Max-Forwards: 70\r\nTo: <sip:tom@{DOMAIN}>\r\nFrom: <sip:tom@{DOMAIN}>;tag=t1\r\n\
+Call-ID: tcp-reg\r\nCSeq: 1 REGISTER\r\nContact: <sip:tom@{me};transport=tcp>\r\n\
+Expires: 600\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let read_until = |tcp: &mut TcpStream, got: &mut Vec<u8>, needle: &str| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !String::from_utf8_lossy(got).contains(needle) && Instant::now() < deadline {
+                let mut buf = [0u8; 4096];
+                match tcp.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+            String::from_utf8_lossy(got).into_owned()
+        };
+        let text = read_until(&mut tcp, &mut got, "\r\n\r\n");
+        assert!(text.starts_with("SIP/2.0 200 OK\r\n"), "{d}: {text}");
+        got.clear();
+        let want = (
+            "tom@example.test".to_owned(),
+            format!("sip:tom@{me};transport=tcp"),
+        );
+        let seen = dump_until(&b, Duration::from_secs(3), |x| x.contains(&want));
+        assert!(seen.contains(&want), "{d}: {seen:?}");
+        // A MESSAGE through B arrives on tom's connection to A.
+        let caller = Ua::new();
+        message(&caller, "tom", b.p.addr, &format!("flow{d}"));
+        let text = read_until(&mut tcp, &mut got, "\r\n\r\nhi");
+        assert!(text.starts_with("MESSAGE sip:tom@"), "{d}: {text}");
+        // Answered on the connection: the 200 goes back through A and B.
+        let req = text.split("\r\n\r\n").next().unwrap();
+        let mut resp = String::from("SIP/2.0 200 OK\r\n");
+        for l in req.lines().skip(1) {
+            let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+            if ["via", "from", "call-id", "cseq"].contains(&name.as_str()) {
+                resp.push_str(l);
+                resp.push_str("\r\n");
+            } else if name == "to" {
+                resp.push_str(l);
+                resp.push_str(";tag=tom\r\n");
+            }
+        }
+        resp.push_str("Content-Length: 0\r\n\r\n");
+        tcp.write_all(resp.as_bytes()).unwrap();
+        caller.expect_response(200, "MESSAGE");
     }
 }

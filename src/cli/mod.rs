@@ -857,6 +857,7 @@ fn start_stateful(
         timers: cfg.timers,
         max_transactions: cfg.max_transactions,
         parse: cfg.parse.clone(),
+        shared_store: redis.is_some(),
         ..stateful::Config::default()
     };
     let now = crate::time::Instant::ZERO;

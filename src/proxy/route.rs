@@ -27,6 +27,16 @@ pub fn uri_transport(uri: &Uri<'_>) -> Transport {
     }
 }
 
+/// The transport of the flow a Route URI of ours names: its `ft` parameter
+/// when present (a Path this node wrote for other nodes of a shared store:
+/// they reach us over UDP, the flow is a stream), else the URI's transport.
+pub fn flow_transport(uri: &Uri<'_>) -> Transport {
+    uri.param(b"ft")
+        .flatten()
+        .and_then(Transport::from_bytes)
+        .unwrap_or_else(|| uri_transport(uri))
+}
+
 /// Where our own response to a request from `src` goes (§18.2.2): over a
 /// stream, back on the connection it came in on; over UDP, as the Via says
 /// ([`reply_dest`]).
@@ -159,7 +169,7 @@ pub fn routing<'buf>(
         let u = NameAddr::parse(first)?.uri()?;
         if id.is_us(&u) {
             r.pop_route = true;
-            r.flows[0] = (flow::from_uri(id, &u), uri_transport(&u));
+            r.flows[0] = (flow::from_uri(id, &u), flow_transport(&u));
             next = values.next();
             // RFC 5658: a double Record-Route of ours (one per transport or
             // flow) comes back as two Route values naming us.
@@ -167,7 +177,7 @@ pub fn routing<'buf>(
                 let u2 = NameAddr::parse(second)?.uri()?;
                 if id.is_us(&u2) {
                     r.pop_second_route = true;
-                    r.flows[1] = (flow::from_uri(id, &u2), uri_transport(&u2));
+                    r.flows[1] = (flow::from_uri(id, &u2), flow_transport(&u2));
                     next = values.next();
                 }
             }

@@ -92,6 +92,11 @@ pub struct Config {
     pub retry_after: u32,
     /// Parser limits.
     pub parse: ParseConfig,
+    /// The records go to a store other nodes read (Redis): a binding over a
+    /// connection is written there with a Path through this node (its
+    /// public UDP address, the flow's token in the user part; RFC 5626
+    /// §5.3), so other nodes reach the UA through the connection it keeps here.
+    pub shared_store: bool,
 }
 
 impl Default for Config {
@@ -106,6 +111,7 @@ impl Default for Config {
             max_forks: 16,
             retry_after: 5,
             parse: ParseConfig::default(),
+            shared_store: false,
         }
     }
 }
@@ -732,6 +738,65 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         }
     }
 
+    /// The copy of `r` other nodes get (see [`Config::shared_store`]): a
+    /// binding over one of this node's connections, with no Path of its own,
+    /// gets a Path to this node naming the flow, and no flow.
+    fn for_other_nodes(&self, r: &Record) -> Record {
+        let crate::location::Op::Upsert(b) = &r.op else {
+            return r.clone();
+        };
+        if r.remote || b.flow() == 0 || !b.path().is_empty() {
+            return r.clone();
+        }
+        let Some(sock) =
+            self.id.sockets.iter().find(|s| {
+                s.transport == Transport::Udp && s.role == crate::proxy::SocketRole::Public
+            })
+        else {
+            return r.clone();
+        };
+        let mut uri = [0u8; 256];
+        let uri = flow::rr_uri(self.id.secret, sock, FlowId(b.flow()), &mut uri);
+        if uri.is_empty() {
+            return r.clone();
+        }
+        // The flow's own transport rides in `ft` (route::flow_transport).
+        let ft = self
+            .id
+            .sockets
+            .get(usize::from(b.socket().0))
+            .map_or(Transport::Udp, |s| s.transport);
+        let mut path = Vec::with_capacity(uri.len() + 16);
+        path.push(b'<');
+        path.extend_from_slice(uri);
+        path.extend_from_slice(b";ob;ft=");
+        path.extend_from_slice(ft.param().as_bytes());
+        path.push(b'>');
+        let parts = crate::location::BindingParts {
+            id: b.id(),
+            aor: b.aor(),
+            contact: b.contact(),
+            expires: b.expires(),
+            q: b.q(),
+            call_id: b.call_id(),
+            cseq: b.cseq(),
+            received: b.received(),
+            socket: SocketId(0),
+            flow: 0,
+            path: &path,
+            instance: b.instance(),
+            reg_id: b.reg_id(),
+            user_agent: b.user_agent(),
+        };
+        match crate::location::Binding::new(&parts) {
+            Ok(shared) => Record {
+                op: crate::location::Op::Upsert(shared),
+                ..r.clone()
+            },
+            Err(_) => r.clone(),
+        }
+    }
+
     /// Records, once per transaction, how long its request waited for the
     /// response now being sent back.
     fn answered(&mut self, now: Instant, txn: &mut Txn) {
@@ -902,7 +967,11 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         if records.is_empty() && self.held.is_empty() {
             return false;
         }
-        batch.extend(records.iter().cloned());
+        if self.cfg.shared_store {
+            batch.extend(records.iter().map(|r| self.for_other_nodes(r)));
+        } else {
+            batch.extend(records.iter().cloned());
+        }
         self.persisting
             .push_back((core::mem::take(&mut self.held), records));
         true
