@@ -10,6 +10,8 @@
 //! - Redis killed: requests through any node still reach registered users,
 //!   REGISTER is refused with 503 and Retry-After (and reaches no other
 //!   node); Redis back: REGISTER works again and every node catches up;
+//! - Redis restarted empty: the nodes write what they hold again, and a
+//!   node started afterwards finds it;
 //! - a node restarted: snapshot plus stream give it the same bindings as
 //!   its peer (compared dumps);
 //! - a UA registered over TCP on A (its connection kept there) is reached
@@ -669,4 +671,59 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n"
         tcp.write_all(resp.as_bytes()).unwrap();
         caller.expect_response(200, "MESSAGE");
     }
+}
+
+#[test]
+fn redis_restarted_empty_is_filled_again_by_the_nodes() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    let dir = TempDir::new("redis-empty");
+    let first = dir.path.join("first");
+    let second = dir.path.join("second");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let mut redis = Redis::start(&first);
+    let a = node(&dir, "a", &redis, "2", "auto");
+    let b = node(&dir, "b", &redis, "1", "auto");
+    let (alice, caller) = (Ua::new(), Ua::new());
+    for (i, user) in ["alice", "amy", "ann"].iter().enumerate() {
+        let via = if i % 2 == 0 { a.p.addr } else { b.p.addr };
+        assert_eq!(register(&alice, user, via, 600, 1).status(), Some(200));
+    }
+    redis.kill();
+    let port = redis.port;
+    let redis = Redis::start_on(&second, port);
+    let mut c = redis.conn();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut keys: Vec<String> = Vec::new();
+    while Instant::now() < deadline {
+        keys = redis::cmd("KEYS")
+            .arg("sipedge:loc:*")
+            .query(&mut c)
+            .unwrap();
+        if keys.len() == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "sipedge:loc:alice@example.test",
+            "sipedge:loc:amy@example.test",
+            "sipedge:loc:ann@example.test"
+        ]
+    );
+    // A node started now finds them; calls through it reach the UA.
+    let n = node(&dir, "c", &redis, "2", "auto");
+    let seen = aors(&dump(&n));
+    assert!(
+        ["alice", "amy", "ann"]
+            .iter()
+            .all(|u| seen.contains(&format!("{u}@example.test"))),
+        "{seen:?}"
+    );
+    message_reaches(&caller, &alice, "amy", n.p.addr, "reseeded");
 }

@@ -215,6 +215,14 @@ impl LocalService for PartitionRegistry {
         }
     }
 
+    fn reseed(&mut self, wall_us: u64) {
+        let n = self.registrar.reseed(wall_us);
+        tracing::info!(
+            "partition {}: {n} binding(s) written to the shared store again",
+            self.me
+        );
+    }
+
     fn apply_remote(&mut self, now: Instant, wall_us: u64, commit: u64, op: &Op) {
         let _ = self.registrar.apply_remote(now, wall_us, commit, op);
     }

@@ -150,6 +150,12 @@ pub trait Service {
         let _ = (now, msg, out);
     }
 
+    /// The shared store lost its data (Redis restarted empty): write this
+    /// shard's partition again.
+    fn reseed(&mut self, now: Instant) {
+        let _ = now;
+    }
+
     /// Changes other nodes made, from the shared store's stream, for this
     /// shard's partition (the store routed them here by AoR).
     fn handle_remote(&mut self, now: Instant, records: Vec<crate::location::Record>) {

@@ -1238,6 +1238,24 @@ impl Registrar {
 
     /// Emits `op` with the writer's `commit` time (so the replicas' lag
     /// measures from the other node's commit: cross-node visibility).
+    /// Emits an `Upsert` of every binding held (live at `wall`), for a
+    /// shared store that lost its data (Redis restarted empty): the store
+    /// writes them again. Returns how many.
+    pub fn reseed(&mut self, wall: u64) -> usize {
+        let all: Vec<Binding> = self
+            .aors
+            .iter()
+            .flatten()
+            .flat_map(|a| a.entries.iter().map(|e| e.binding.clone()))
+            .filter(|b| b.expires() > wall)
+            .collect();
+        let n = all.len();
+        for b in all {
+            self.emit(wall, Op::Upsert(b));
+        }
+        n
+    }
+
     fn emit_remote(&mut self, commit: u64, op: Op) {
         self.emit(commit, op);
         if let Some(r) = self.records.back_mut() {

@@ -316,6 +316,9 @@ impl ShardIo {
     /// outbox has room for).
     pub fn begin<S: Service>(&mut self, now: Instant, service: &mut S, out: &mut Outbox) {
         if let Some(r) = &self.remote {
+            if r.take_reseed() {
+                service.reseed(now);
+            }
             for _ in 0..64 {
                 match r.next() {
                     Some(batch) => service.handle_remote(now, batch),

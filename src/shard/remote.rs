@@ -9,6 +9,7 @@
 //!                                                              └► service.handle_remote(now, records)
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -23,6 +24,11 @@ impl crate::store::redis::RemoteSink for Inbox {
     fn push(&self, batch: Vec<Record>) -> Result<(), Vec<Record>> {
         Self::push(self, batch)
     }
+
+    fn reseed(&self) {
+        self.reseed.store(true, Ordering::Release);
+        self.wake.notify();
+    }
 }
 
 /// A shard's end of the remote-change path.
@@ -30,6 +36,7 @@ impl crate::store::redis::RemoteSink for Inbox {
 pub struct Inbox {
     queue: ArrayQueue<Vec<Record>>,
     wake: Arc<EventFd>,
+    reseed: AtomicBool,
 }
 
 impl Inbox {
@@ -38,6 +45,7 @@ impl Inbox {
         Self {
             queue: ArrayQueue::new(DEPTH),
             wake,
+            reseed: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +63,12 @@ impl Inbox {
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && !self.reseed.load(Ordering::Acquire)
+    }
+
+    /// True once after the follower asked for the partition to be written
+    /// again (the shared store lost its data).
+    pub fn take_reseed(&self) -> bool {
+        self.reseed.load(Ordering::Acquire) && self.reseed.swap(false, Ordering::AcqRel)
     }
 }

@@ -619,6 +619,9 @@ fn scan_hashes(
 pub trait RemoteSink {
     /// Queues `batch` for the shard; `Err` (the batch back) when full.
     fn push(&self, batch: Vec<Record>) -> Result<(), Vec<Record>>;
+
+    /// Asks the shard to write its partition's bindings again.
+    fn reseed(&self);
 }
 
 /// The follower (module doc): reads the stream from `pos` and hands each
@@ -655,6 +658,18 @@ pub fn follow<S: RemoteSink>(
                                     "the Redis change stream was trimmed past this node's position ({} < {first}): changes in between are lost here; bindings converge as UAs refresh",
                                     pos.0
                                 );
+                            }
+                            // The stream this node followed is gone: Redis
+                            // lost its data (restarted without persistence,
+                            // or flushed). Every node writes what it holds
+                            // again (whole values: N copies are harmless).
+                            Ok(None) => {
+                                status.gaps.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!("the Redis change stream is gone (Redis restarted empty?): writing this node's bindings to it again");
+                                for s in shards {
+                                    s.reseed();
+                                }
+                                pos = StreamPos("0-0".to_owned());
                             }
                             _ => {}
                         }

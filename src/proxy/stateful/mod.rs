@@ -213,6 +213,11 @@ pub trait LocalService {
         let _ = (now, wall_us, commit, op);
     }
 
+    /// The shared store lost its data: write every binding held again.
+    fn reseed(&mut self, wall_us: u64) {
+        let _ = wall_us;
+    }
+
     /// Binding expiries.
     fn handle_timeout(&mut self, now: Instant, wall_us: u64) {
         let _ = (now, wall_us);
@@ -1065,6 +1070,10 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn replication_lag(&self) -> Option<&hdrhistogram::Histogram<u64>> {
         Some(&self.lag)
+    }
+
+    fn reseed(&mut self, _now: Instant) {
+        self.local.reseed(self.wall_us);
     }
 
     fn handle_remote(&mut self, now: Instant, records: Vec<Record>) {
