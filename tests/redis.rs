@@ -331,6 +331,16 @@ fn registered_on_one_node_reached_through_the_others() {
     }
 }
 
+/// The AoR a 200 to a REGISTER answered (from its To), if it is one.
+fn ok_aor(m: &Msg) -> Option<String> {
+    if m.status() != Some(200) {
+        return None;
+    }
+    let to = m.header(sipedge::sip::HeaderName::To)?;
+    let user = to.split(['<', ':', '@']).nth(2)?;
+    Some(format!("{user}@{DOMAIN}"))
+}
+
 #[test]
 fn a_node_killed_mid_storm_loses_no_acknowledged_binding() {
     if !have_peer("redis-server") {
@@ -363,22 +373,14 @@ fn a_node_killed_mid_storm_loses_no_acknowledged_binding() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while answered.len() < USERS / 2 && Instant::now() < deadline {
         if let Some((m, _)) = ua.recv_within(Duration::from_millis(500)) {
-            if m.status() == Some(200) {
-                let to = m.header(sipedge::sip::HeaderName::To).unwrap();
-                let user = to.split(['<', ':', '@']).nth(2).unwrap().to_owned();
-                answered.insert(format!("{user}@{DOMAIN}"));
-            }
+            answered.extend(ok_aor(&m));
         }
     }
     a.p.kill9();
     sender.join().unwrap();
     // Answers already on their way count too.
     while let Some((m, _)) = ua.recv_within(Duration::from_millis(200)) {
-        if m.status() == Some(200) {
-            let to = m.header(sipedge::sip::HeaderName::To).unwrap();
-            let user = to.split(['<', ':', '@']).nth(2).unwrap().to_owned();
-            answered.insert(format!("{user}@{DOMAIN}"));
-        }
+        answered.extend(ok_aor(&m));
     }
     assert!(
         answered.len() >= USERS / 2,
