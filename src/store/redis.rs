@@ -290,11 +290,23 @@ impl RedisStore {
     /// Writes the backlog in order, a chunk per script call; stops at the
     /// first failure (what was not written stays).
     fn flush(&mut self) -> Result<(), StoreError> {
+        let mut interrupted = 0;
         while !self.backlog.is_empty() {
             let n = self.backlog.len().min(CHUNK);
             let chunk: Vec<Record> = self.backlog.iter().take(n).cloned().collect();
-            self.write(&chunk)?;
-            self.backlog.drain(..n);
+            match self.write(&chunk) {
+                Ok(()) => {
+                    self.backlog.drain(..n);
+                }
+                // EINTR (see retry_eintr): not Redis failing. Writing the
+                // chunk again is safe: every record is a whole value, and a
+                // Remove or Forget already done adds nothing to the stream.
+                Err(StoreError::Shared(e)) if interrupted < 2 && e.contains("os error 4") => {
+                    interrupted += 1;
+                    self.backoff.succeeded();
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
