@@ -795,8 +795,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         };
         match crate::location::Binding::new(&parts) {
             Ok(shared) => Record {
+                partition: r.partition,
+                seq: r.seq,
+                commit: r.commit,
                 op: crate::location::Op::Upsert(shared),
-                ..r.clone()
+                remote: false,
             },
             Err(_) => r.clone(),
         }
