@@ -350,6 +350,9 @@ pub struct StoreSection {
     pub prefix: Option<String>,
     /// Approximate length of the change stream (default 1,000,000 entries).
     pub stream_max: Option<usize>,
+    /// ms the change-stream follower gathers changes before reading again
+    /// (default 2; 0 reads each change as it comes).
+    pub follow_window_ms: Option<u64>,
 }
 
 /// `[timers]`: RFC 3261 timer base values.
@@ -593,6 +596,7 @@ impl FileConfig {
                     node: o.node.or(f.node),
                     prefix: o.prefix.or(f.prefix),
                     stream_max: o.stream_max.or(f.stream_max),
+                    follow_window_ms: o.follow_window_ms.or(f.follow_window_ms),
                 }),
                 (o, f) => o.or(f),
             },
@@ -756,6 +760,9 @@ impl FileConfig {
                 }
                 if let Some(m) = st.stream_max {
                     r.stream_max = m.max(1000);
+                }
+                if let Some(w) = st.follow_window_ms {
+                    r.follow_window_ms = w.min(1000);
                 }
                 Some(r)
             }),

@@ -85,7 +85,17 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     // src/config.rs `StoreSection`.
-    ("store", &["fsync", "url", "node", "prefix", "stream_max"]),
+    (
+        "store",
+        &[
+            "fsync",
+            "url",
+            "node",
+            "prefix",
+            "stream_max",
+            "follow_window_ms",
+        ],
+    ),
     // src/config.rs `TimersSection`.
     ("timers", &["t1", "t2", "t4", "timer_c"]),
     // src/config.rs `ProxySection`.
