@@ -353,6 +353,8 @@ pub struct StoreSection {
     /// ms the change-stream follower gathers changes before reading again
     /// (default 2; 0 reads each change as it comes).
     pub follow_window_ms: Option<u64>,
+    /// PEM file of the CA that signs Redis's certificate (`rediss://`).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// `[timers]`: RFC 3261 timer base values.
@@ -597,6 +599,7 @@ impl FileConfig {
                     prefix: o.prefix.or(f.prefix),
                     stream_max: o.stream_max.or(f.stream_max),
                     follow_window_ms: o.follow_window_ms.or(f.follow_window_ms),
+                    tls_ca: o.tls_ca.or(f.tls_ca),
                 }),
                 (o, f) => o.or(f),
             },
@@ -764,6 +767,7 @@ impl FileConfig {
                 if let Some(w) = st.follow_window_ms {
                     r.follow_window_ms = w.min(1000);
                 }
+                r.tls_ca.clone_from(&st.tls_ca);
                 Some(r)
             }),
             registrar: self.registrar.unwrap_or_default(),

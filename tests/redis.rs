@@ -18,7 +18,9 @@
 //!   through B: the binding other nodes read has a Path through A with the
 //!   flow's token (RFC 5626), so B sends to A and A down the connection;
 //! - snapshots of 999, 1,000 and 1,001 AoRs (the SCAN batch is 1,000) load
-//!   whole.
+//!   whole;
+//! - `rediss://` with a password and a private CA (`[store] tls_ca`); a node
+//!   that does not trust the CA refuses to start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -736,4 +738,105 @@ fn redis_restarted_empty_is_filled_again_by_the_nodes() {
         "{seen:?}"
     );
     message_reaches(&caller, &alice, "amy", n.p.addr, "reseeded");
+}
+
+/// `rediss://` with a password, to a Redis that speaks only TLS with a
+/// certificate from a private CA (`[store] tls_ca`): two nodes share a
+/// binding through it; a node that trusts only the public roots cannot
+/// write (its REGISTER is refused 503), so the CA is what let them in.
+#[test]
+fn nodes_share_bindings_through_redis_over_tls_with_a_password() {
+    if !have_peer("redis-server") {
+        return;
+    }
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = TempDir::new("redis-tls");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &*ca)
+        .unwrap();
+    let ca_pem = dir.write("ca.pem", &ca.pem());
+    let cert_pem = dir.write("redis.pem", &cert.pem());
+    let key_pem = dir.write("redis-key.pem", &key.serialize_pem());
+    let port = free_tcp_port();
+    let _redis = Reaped::spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-cert-file", &cert_pem, "--tls-key-file", &key_pem])
+            .args(["--tls-auth-clients", "no", "--requirepass", "s3cret"])
+            .args(["--dir", dir.path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}");
+    let config = dir.write(
+        "edge.toml",
+        &format!("[store]\nurl = \"{url}\"\ntls_ca = \"{ca_pem}\"\n"),
+    );
+    let start = |name: &str, config: &str| {
+        let data = dir.path.join(format!("{name}-data"));
+        let sock = dir.path.join(format!("{name}.sock"));
+        let sock = sock.to_str().unwrap().to_owned();
+        let p = Proxy::start(&[
+            "--config",
+            config,
+            "--domain",
+            DOMAIN,
+            "--shards",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--control",
+            &sock,
+        ]);
+        Node { p, sock }
+    };
+    let a = start("a", &config);
+    let b = start("b", &config);
+    let (alice, caller) = (Ua::new(), Ua::new());
+    assert_eq!(
+        register(&alice, "alice", a.p.addr, 600, 1).status(),
+        Some(200)
+    );
+    let want = (
+        "alice@example.test".to_owned(),
+        format!("sip:alice@{}", alice.addr),
+    );
+    let seen = dump_until(&b, Duration::from_secs(3), |x| x.contains(&want));
+    assert!(seen.contains(&want), "{seen:?}");
+    message_reaches(&caller, &alice, "alice", b.p.addr, "tls");
+
+    // Without the CA (public roots only) the TLS handshake fails: a node
+    // cannot load the bindings and does not start, saying why.
+    let untrusting = dir.write("plain.toml", &format!("[store]\nurl = \"{url}\"\n"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        .args([
+            "run",
+            "--config",
+            &untrusting,
+            "--listen",
+            "udp:127.0.0.1:0",
+        ])
+        .args(["--domain", DOMAIN, "--shards", "1", "--data-dir"])
+        .arg(dir.path.join("c-data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(!err.contains("s3cret"), "the password is not logged: {err}");
 }

@@ -94,6 +94,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "prefix",
             "stream_max",
             "follow_window_ms",
+            "tls_ca",
         ],
     ),
     // src/config.rs `TimersSection`.

@@ -64,6 +64,9 @@ pub struct RedisConfig {
     /// before it reads again, so one read carries the changes of that
     /// window (ms; 0: read again at once, one Redis round trip per change).
     pub follow_window_ms: u64,
+    /// PEM file of the CA that signs Redis's certificate (`rediss://`),
+    /// instead of the public web roots.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -75,6 +78,7 @@ impl RedisConfig {
             prefix: "sipedge".to_owned(),
             stream_max: 1_000_000,
             follow_window_ms: 2,
+            tls_ca: None,
         }
     }
 
@@ -159,7 +163,30 @@ pub fn connect(cfg: &RedisConfig) -> Result<redis::Connection, StoreError> {
 }
 
 fn connect_once(cfg: &RedisConfig) -> Result<redis::Connection, StoreError> {
-    let client = redis::Client::open(cfg.url.as_str()).map_err(|e| unavailable(&e))?;
+    let client = if cfg.url.starts_with("rediss:") {
+        // rustls needs a process-wide provider chosen before its first
+        // client config (the TLS listeners pass theirs explicitly).
+        static PROVIDER: std::sync::Once = std::sync::Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        });
+        let root_cert = match &cfg.tls_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                StoreError::Shared(format!("[store] tls_ca {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            cfg.url.as_str(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert,
+            },
+        )
+    } else {
+        redis::Client::open(cfg.url.as_str())
+    }
+    .map_err(|e| unavailable(&e))?;
     let mut c = client
         .get_connection_with_timeout(Duration::from_secs(2))
         .map_err(|e| unavailable(&e))?;
