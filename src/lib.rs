@@ -45,6 +45,7 @@ pub mod policy;
 pub mod presence;
 pub mod proxy;
 pub mod registrar;
+pub mod routing;
 pub mod shard;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
