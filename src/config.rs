@@ -160,6 +160,9 @@ pub enum ConfigError {
     /// Timer values that break RFC 3261's relations.
     #[error("bad [timers]: t1 must be > 0, t2 >= t1, and timer_c (s) >= 64*t1")]
     BadTimers,
+    /// A `[[dispatcher]]` set that cannot work.
+    #[error("[[dispatcher]] {0}")]
+    BadDispatcher(String),
 }
 
 /// Default io_uring completion coalescing (µs); see [`IoSection`].
@@ -227,6 +230,185 @@ pub struct FileConfig {
     pub tcp: Option<TcpSection>,
     /// `[presence]`: PUBLISH, SUBSCRIBE/NOTIFY and stored MESSAGEs.
     pub presence: Option<crate::presence::PresenceConfig>,
+    /// `[[dispatcher]]`: sets of gateways requests for their domains are spread over.
+    pub dispatcher: Option<Vec<DispatcherSection>>,
+}
+
+/// `[[dispatcher]]`: a set of destinations (gateways, trunks) that the
+/// requests whose Request-URI domain is one of `domains` are spread over,
+/// with health probes and serial failover ([`crate::routing::dispatcher`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSection {
+    /// The set's name (control channel, metrics).
+    pub name: String,
+    /// Request-URI domains that use the set.
+    pub domains: Vec<String>,
+    /// `"sip:HOST:PORT[;transport=…]"`, or `{ uri, weight, priority, max_load }`.
+    pub destinations: Vec<DestinationEntry>,
+    /// `round-robin` (default), `weighted`, `hash`, `priority`, `least-loaded`.
+    pub algorithm: Option<String>,
+    /// What `hash` hashes: `call-id` (default), `from-user`, `ruri-user`.
+    pub hash: Option<String>,
+    /// Between OPTIONS probes of each destination (`"2s"`, `"500ms"`;
+    /// `"0s"`: none). Default 10 s.
+    pub probe_interval: Option<String>,
+    /// A probe unanswered this long failed (default 1 s, at most the interval).
+    pub probe_timeout: Option<String>,
+    /// Probes failed in a row that take a destination down (default 2).
+    pub failures_down: Option<u32>,
+    /// Probes answered in a row that bring it back (default 2).
+    pub successes_up: Option<u32>,
+    /// Most destinations one request tries, serially (default 3).
+    pub attempts: Option<u32>,
+    /// A call in progress longer than this counts as ended (default `"2h"`).
+    pub call_timeout: Option<String>,
+}
+
+/// A destination: its URI alone, or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DestinationEntry {
+    /// `"sip:127.0.0.1:35081"`
+    Uri(String),
+    /// `{ uri = "sip:…", weight = 2, priority = 1, max_load = 100 }`
+    Table(DestinationTable),
+}
+
+/// A destination as a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTable {
+    /// `sip:HOST:PORT[;transport=udp|tcp|tls]` (a name is resolved once, at start).
+    pub uri: String,
+    /// Share under `weighted` (default 1).
+    pub weight: Option<u32>,
+    /// Order under `priority`, lower first (default 0).
+    pub priority: Option<u32>,
+    /// Most calls in progress per shard; 0 (default): no limit.
+    pub max_load: Option<u32>,
+}
+
+/// `"2s"`, `"500ms"`, `"1m"`, `"2h"` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<crate::time::Duration> {
+    use crate::time::Duration;
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" | "min" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+impl DispatcherSection {
+    /// The validated set.
+    pub fn build(&self) -> Result<crate::routing::dispatcher::SetConfig, ConfigError> {
+        use crate::routing::dispatcher::{Algorithm, DestConfig, HashKey, SetConfig};
+        let bad = |what: String| ConfigError::BadDispatcher(format!("{:?}: {what}", self.name));
+        if self.name.is_empty() {
+            return Err(ConfigError::BadDispatcher("a set needs a name".into()));
+        }
+        if self.domains.is_empty() {
+            return Err(bad("needs at least one domain".into()));
+        }
+        if self.destinations.is_empty() || self.destinations.len() > 256 {
+            return Err(bad("needs 1 to 256 destinations".into()));
+        }
+        let hash = match self.hash.as_deref() {
+            None | Some("call-id") => HashKey::CallId,
+            Some("from-user") => HashKey::FromUser,
+            Some("ruri-user") => HashKey::RuriUser,
+            Some(o) => {
+                return Err(bad(format!(
+                    "hash = {o:?}: expected call-id, from-user or ruri-user"
+                )))
+            }
+        };
+        let algorithm = match self.algorithm.as_deref() {
+            None | Some("round-robin") => Algorithm::RoundRobin,
+            Some("weighted") => Algorithm::Weighted,
+            Some("hash") => Algorithm::Hash(hash),
+            Some("priority") => Algorithm::Priority,
+            Some("least-loaded") => Algorithm::LeastLoaded,
+            Some(o) => return Err(bad(format!(
+                "algorithm = {o:?}: expected round-robin, weighted, hash, priority or least-loaded"
+            ))),
+        };
+        let dur = |key: &str, v: &Option<String>, default: crate::time::Duration| match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s)
+                .ok_or_else(|| bad(format!("{key} = {s:?}: expected e.g. \"2s\" or \"500ms\""))),
+        };
+        let probe_interval = dur(
+            "probe_interval",
+            &self.probe_interval,
+            crate::time::Duration::from_secs(10),
+        )?;
+        let probe_timeout = dur(
+            "probe_timeout",
+            &self.probe_timeout,
+            crate::time::Duration::from_secs(1).min(probe_interval),
+        )?;
+        if probe_interval != crate::time::Duration::ZERO
+            && (probe_timeout > probe_interval || probe_timeout == crate::time::Duration::ZERO)
+        {
+            return Err(bad(
+                "probe_timeout must be above 0 and at most probe_interval".into(),
+            ));
+        }
+        let mut dests = Vec::with_capacity(self.destinations.len());
+        for d in &self.destinations {
+            let (uri, weight, priority, max_load) = match d {
+                DestinationEntry::Uri(u) => (u.as_str(), 1, 0, 0),
+                DestinationEntry::Table(t) => (
+                    t.uri.as_str(),
+                    t.weight.unwrap_or(1),
+                    t.priority.unwrap_or(0),
+                    t.max_load.unwrap_or(0),
+                ),
+            };
+            if weight == 0 {
+                return Err(bad(format!("{uri}: weight must be at least 1")));
+            }
+            let addr = parse_upstream(uri)
+                .map_err(|_| bad(format!("bad destination {uri:?}: expected sip:HOST:PORT")))?;
+            let transport =
+                upstream_transport(uri).map_err(|_| bad(format!("bad transport in {uri:?}")))?;
+            dests.push(DestConfig {
+                uri: uri.to_owned(),
+                addr,
+                transport,
+                weight,
+                priority,
+                max_load,
+            });
+        }
+        Ok(SetConfig {
+            name: self.name.clone(),
+            domains: self
+                .domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            dests,
+            algorithm,
+            probe_interval,
+            probe_timeout,
+            failures_down: self.failures_down.unwrap_or(2).max(1),
+            successes_up: self.successes_up.unwrap_or(2).max(1),
+            attempts: self.attempts.unwrap_or(3).clamp(1, 16),
+            call_timeout: dur(
+                "call_timeout",
+                &self.call_timeout,
+                crate::time::Duration::from_secs(7200),
+            )?,
+        })
+    }
 }
 
 /// `[metrics]`: counters, gauges and the replication lag in the Prometheus
@@ -485,6 +667,8 @@ pub struct Config {
     pub tls: TlsSection,
     /// Stream connection limits.
     pub conn: crate::transport::conn::ConnLimits,
+    /// `[[dispatcher]]` sets.
+    pub dispatcher: Vec<crate::routing::dispatcher::SetConfig>,
 }
 
 impl Config {
@@ -531,6 +715,7 @@ impl Config {
             metrics_listen,
             control_socket,
             conn,
+            dispatcher,
         );
         // A users file can change (users are reloaded), not appear or go:
         // the authenticators are built at start.
@@ -610,6 +795,7 @@ impl FileConfig {
             auth: over.auth.or(self.auth),
             policy: over.policy.or(self.policy),
             presence: over.presence.or(self.presence),
+            dispatcher: over.dispatcher.or(self.dispatcher),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
             control: over.control.or(self.control),
@@ -733,6 +919,32 @@ impl FileConfig {
             return Err(ConfigError::BadTimers);
         }
         let proxy = self.proxy.unwrap_or_default();
+        let dispatcher = self
+            .dispatcher
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(DispatcherSection::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.stateless == Some(true) && !dispatcher.is_empty() {
+            return Err(ConfigError::BadDispatcher(
+                "needs the transaction-stateful proxy (not stateless = true)".into(),
+            ));
+        }
+        for (i, a) in dispatcher.iter().enumerate() {
+            if dispatcher.iter().skip(i + 1).any(|b| b.name == a.name) {
+                return Err(ConfigError::BadDispatcher(format!(
+                    "{:?}: two sets of that name",
+                    a.name
+                )));
+            }
+            if let Some(d) = a.domains.iter().find(|d| domains.contains(d)) {
+                return Err(ConfigError::BadDispatcher(format!(
+                    "{:?}: {d} is a served domain (its users are routed by the registrar)",
+                    a.name
+                )));
+            }
+        }
         Ok(Config {
             listen,
             shards,
@@ -814,6 +1026,7 @@ impl FileConfig {
                 }
             },
             tls: tls_section,
+            dispatcher,
         })
     }
 }

@@ -170,6 +170,7 @@ impl RunArgs {
             auth: None,
             policy: None,
             presence: None,
+            dispatcher: None,
             flood: None,
             overload: None,
             metrics: (self.metrics_file.is_some() || self.metrics_listen.is_some()).then(|| {
@@ -890,6 +891,7 @@ fn start_stateful(
         )
         .with_shards(n)
         .with_guard(guard)
+        .with_dispatcher(&cfg.dispatcher)
     })?;
     if let Some(f) = failure {
         stop.store(true, Ordering::Relaxed);

@@ -483,6 +483,10 @@ pub struct Counters {
     pub transport_upgrades: u64,
     /// Requests a local service originated (NOTIFY), each with a client transaction.
     pub requests_originated: u64,
+    /// Requests for a dispatcher set none of whose destinations could take them (503).
+    pub dispatcher_unavailable: u64,
+    /// Requests moved to another destination of their set after a failure.
+    pub dispatcher_failovers: u64,
     /// Presence's own counters (the shard's partition).
     pub presence: crate::presence::PresenceCounters,
     /// Transactions live at the end of the last loop turn (a gauge, not a total).
@@ -588,6 +592,8 @@ impl Counters {
         self.transport_fallbacks += other.transport_fallbacks;
         self.transport_upgrades += other.transport_upgrades;
         self.requests_originated += other.requests_originated;
+        self.dispatcher_unavailable += other.dispatcher_unavailable;
+        self.dispatcher_failovers += other.dispatcher_failovers;
         self.presence.add(&other.presence);
         self.transactions_live += other.transactions_live;
         for (a, b) in self
@@ -617,7 +623,7 @@ impl Counters {
     }
 
     /// (metric name, value) pairs, for export.
-    pub fn pairs(&self) -> [(&'static str, u64); 32] {
+    pub fn pairs(&self) -> [(&'static str, u64); 34] {
         [
             ("sipedge_proxy_requests_total", self.requests),
             ("sipedge_proxy_responses_total", self.responses),
@@ -692,6 +698,14 @@ impl Counters {
             (
                 "sipedge_proxy_requests_originated_total",
                 self.requests_originated,
+            ),
+            (
+                "sipedge_dispatcher_unavailable_total",
+                self.dispatcher_unavailable,
+            ),
+            (
+                "sipedge_dispatcher_failovers_total",
+                self.dispatcher_failovers,
             ),
         ]
     }

@@ -83,6 +83,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             final_sent: false,
             cancelled: false,
             started: Some(_now),
+            dispatch: None,
         };
         self.put(slot, txn);
         self.held.push((
@@ -167,6 +168,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// (§17.1.2). What cannot be sent now (outbox or table full) stays
     /// queued in the service for the next turn.
     pub(super) fn originate(&mut self, now: Instant, out: &mut Outbox) {
+        self.send_probes(now, out);
         for _ in 0..256 {
             if !out.has_room() || self.txns.live() >= self.cfg.max_transactions {
                 return;
@@ -183,8 +185,62 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     }
 
     fn send_originated(&mut self, now: Instant, buf: &[u8], o: Originated, out: &mut Outbox) {
-        if !self.start_originated(now, buf.get(..o.len).unwrap_or_default(), o, out) {
-            self.outcomes.push((o.token, 500));
+        if !self.start_originated(now, buf.get(..o.len).unwrap_or_default(), o, false, out) {
+            self.outcomes.push((false, o.token, 500));
+        }
+    }
+
+    /// Sends the dispatcher's OPTIONS probes, each as a client transaction
+    /// of the edge's own; one that cannot be sent now is a failed probe.
+    fn send_probes(&mut self, now: Instant, out: &mut Outbox) {
+        while out.has_room() && self.txns.live() < self.cfg.max_transactions {
+            let Some(p) = self.dispatcher.poll_probe() else {
+                return;
+            };
+            let egress = self.id.egress(p.transport, p.addr, SocketId(0));
+            let host = self
+                .id
+                .socket(egress)
+                .map(|s| s.via_host().to_vec())
+                .unwrap_or_default();
+            let uri = self
+                .dispatcher
+                .dest(p.set, p.dest)
+                .map(|d| d.uri.split(';').next().unwrap_or_default().to_owned())
+                .unwrap_or_default();
+            let mut buf = core::mem::take(&mut self.originated);
+            let mut w = sip::Writer::new(&mut buf);
+            let ok = w.put(b"OPTIONS ").is_ok()
+                && w.put(uri.as_bytes()).is_ok()
+                && w.put(b" SIP/2.0\r\nMax-Forwards: 70\r\nFrom: <sip:sipedge@")
+                    .is_ok()
+                && w.put(&host).is_ok()
+                && w.put(b">;tag=").is_ok()
+                && w.put_u64(p.token).is_ok()
+                && w.put(b"\r\nTo: <").is_ok()
+                && w.put(uri.as_bytes()).is_ok()
+                && w.put(b">\r\nCall-ID: probe-").is_ok()
+                && w.put_u64(p.token).is_ok()
+                && w.put(b"-").is_ok()
+                && w.put_u64(u64::from(self.id.shard_id)).is_ok()
+                && w.put(b"@sipedge\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+                    .is_ok();
+            let o = Originated {
+                to: Peer {
+                    transport: p.transport,
+                    remote: p.addr,
+                    local: egress,
+                    flow: FlowId::NONE,
+                },
+                len: w.len(),
+                token: p.token,
+            };
+            if !ok
+                || !self.start_originated(now, buf.get(..o.len).unwrap_or_default(), o, true, out)
+            {
+                self.outcomes.push((true, p.token, 408));
+            }
+            self.originated = buf;
         }
     }
 
@@ -196,6 +252,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         now: Instant,
         req: &[u8],
         o: Originated,
+        probe: bool,
         out: &mut Outbox,
     ) -> bool {
         // Over the transport of the listener the peer used (a NOTIFY goes
@@ -269,7 +326,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             gen,
             key: 0,
             method,
-            server: Server::Local(o.token),
+            server: if probe {
+                Server::Probe(o.token)
+            } else {
+                Server::Local(o.token)
+            },
             request: None,
             src: to,
             reply_to: to,
@@ -283,11 +344,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 cancel_wanted: false,
                 cancel: None,
                 timer_c: None,
+                dest: None,
+                loaded: false,
             }],
             best: None,
             final_sent: false,
             cancelled: false,
             started: None,
+            dispatch: None,
         };
         self.put(slot, txn);
         true
@@ -295,8 +359,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
 
     /// Hands the final statuses of originated requests to the service.
     pub(super) fn report_outcomes(&mut self, now: Instant) {
-        for (token, status) in self.outcomes.drain(..) {
-            self.local.handle_outcome(now, token, status);
+        for (probe, token, status) in self.outcomes.drain(..) {
+            if probe {
+                self.dispatcher.probe_outcome(token, status);
+            } else {
+                self.local.handle_outcome(now, token, status);
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::location::{PartitionState, Record};
+use crate::routing::dispatcher::Dispatcher;
 use crate::sip::{
     self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia,
     ParseConfig, Received, ResponseSpec, Via,
@@ -58,6 +59,7 @@ use super::branch::{self, Branch, TxnRef};
 use super::guard::Guard;
 use super::{flow, reject, route, stateless, stun_keepalive, Counters, Identity, Service};
 
+mod dispatch;
 mod local;
 mod request;
 mod response;
@@ -369,6 +371,9 @@ pub enum MeshMsg {
     /// A connection of the sender's closed: each registrar partition drops
     /// the bindings made over it.
     FlowClosed(FlowId),
+    /// A BYE ended the dialog with this Call-ID hash: the shard whose
+    /// dispatcher counts it as a call in progress releases it.
+    DialogEnded(u64),
     /// A request for the receiver's local service, already checked,
     /// admitted and authorized by the sender (a MESSAGE to be stored for a
     /// user with no contact).
@@ -471,6 +476,9 @@ enum Server {
     /// No server transaction: a request a local service originated; its
     /// final status goes back to the service under this token.
     Local(u64),
+    /// No server transaction: a dispatcher's OPTIONS probe; its final
+    /// status goes back to the dispatcher under this token.
+    Probe(u64),
 }
 
 impl Server {
@@ -478,7 +486,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.state() == InviteServerState::Terminated,
             Self::NonInvite(s) => s.state() == NonInviteServerState::Terminated,
-            Self::Local(_) => true,
+            Self::Local(_) | Self::Probe(_) => true,
         }
     }
 
@@ -486,7 +494,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.can_send(code),
             Self::NonInvite(s) => s.can_send(),
-            Self::Local(_) => true,
+            Self::Local(_) | Self::Probe(_) => true,
         }
     }
 
@@ -494,7 +502,7 @@ impl Server {
         match self {
             Self::Invite(s) => s.on_send(now, code),
             Self::NonInvite(s) => s.on_send(now, code),
-            Self::Local(_) => Arm::NONE,
+            Self::Local(_) | Self::Probe(_) => Arm::NONE,
         }
     }
 }
@@ -550,6 +558,10 @@ struct Fork {
     /// transaction lingers 32 s after the call is set up.
     cancel: Option<Box<(NonInviteClient, Box<[u8]>)>>,
     timer_c: Option<Instant>,
+    /// The dispatcher destination (set, destination) it went to.
+    dest: Option<(u16, u16)>,
+    /// It counts as a call in progress on `dest` (an INVITE not final yet).
+    loaded: bool,
 }
 
 /// A response context (§16): the server transaction and its forks.
@@ -573,6 +585,8 @@ struct Txn {
     /// When the request arrived, until the first response other than 100
     /// Trying goes back for it (`None` for the edge's own requests).
     started: Option<Instant>,
+    /// Routed by a dispatcher set: (set, hash key), for failover.
+    dispatch: Option<(u16, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -608,8 +622,9 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     txns: Table<Txn>,
     wheel: Wheel<TimerItem>,
     fired: Vec<TimerItem>,
-    /// Final statuses of originated requests, for the local service.
-    outcomes: Vec<(u64, u16)>,
+    /// Final statuses of originated requests, for the local service
+    /// (`false`) or the dispatcher's probes (`true`).
+    outcomes: Vec<(bool, u64, u16)>,
     /// Scratch: a request a local service originates.
     originated: Vec<u8>,
     targets: Targets,
@@ -634,6 +649,11 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     response_time: hdrhistogram::Histogram<u64>,
     /// Policy, authentication, flood and overload checks.
     pub guard: Guard,
+    /// Dispatcher sets.
+    pub dispatcher: Dispatcher,
+    /// The route phase's dispatcher choice for the request being handled:
+    /// (set, destination, hash key), taken by the forward phase.
+    dispatched: Option<(u16, u16, u64)>,
 }
 
 /// A histogram of µs from 1 µs to 60 s at 2 significant digits.
@@ -678,8 +698,16 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             lag: lag_histogram(),
             response_time: lag_histogram(),
             guard: Guard::open(),
+            dispatcher: Dispatcher::default(),
+            dispatched: None,
             cfg,
         }
+    }
+
+    /// Sets the dispatcher sets.
+    pub fn with_dispatcher(mut self, sets: &[crate::routing::dispatcher::SetConfig]) -> Self {
+        self.dispatcher = Dispatcher::new(sets, Instant::ZERO);
+        self
     }
 
     /// Sets the checks (policy, authentication, flood, overload).
@@ -948,6 +976,9 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         if self.local.poll_timeout().is_some_and(|t| t <= now) {
             self.local.handle_timeout(now, self.wall_us);
         }
+        if self.dispatcher.poll_timeout().is_some_and(|t| t <= now) {
+            self.dispatcher.handle_timeout(now);
+        }
         let mut fired = core::mem::take(&mut self.fired);
         self.wheel.expire(now, |_, item| fired.push(item));
         for item in fired.drain(..) {
@@ -963,10 +994,14 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             // Outcomes of originated requests wait for the service: at once.
             return Some(Instant::ZERO);
         }
-        match (self.wheel.next_deadline(), self.local.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.wheel.next_deadline(),
+            self.local.poll_timeout(),
+            self.dispatcher.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn poll_persist(&mut self, batch: &mut Vec<Record>) -> bool {
@@ -1047,6 +1082,9 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             }
             MeshMsg::State(state) => self.location.install(&state),
             MeshMsg::FlowClosed(flow) => self.local.handle_flow_closed(now, self.wall_us, flow),
+            MeshMsg::DialogEnded(call) => {
+                self.dispatcher.dialog_ended(call);
+            }
             MeshMsg::Local { bytes, src } => {
                 let Some(mut idx) = self.index.take() else {
                     return;

@@ -21,6 +21,16 @@ struct Checked<'a> {
     owner: Owner,
 }
 
+/// What every fork of one request shares (see [`Stateful::fork_plan`]).
+pub(super) struct ForkPlan {
+    invite: bool,
+    record_route: bool,
+    ingress: Option<crate::proxy::LocalSocket>,
+    loop_hash: u64,
+    received: Option<Received>,
+    to_tag: bool,
+}
+
 impl<L: Location, S: LocalService> Stateful<L, S> {
     /// A new request, through the phases in order (RFC 3261 §16), each of
     /// which may answer it and stop it:
@@ -41,9 +51,13 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         src: Peer,
         out: &mut Outbox,
     ) {
+        self.dispatched = None;
         let Some(req) = self.check(now, msg, src, out) else {
             return;
         };
+        if msg.method() == Method::Bye && !self.dispatcher.is_empty() {
+            self.bye_seen(msg);
+        }
         if !self.admit(now, msg, &req, src, out) {
             return;
         }
@@ -295,6 +309,37 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     return None;
                 }
             }
+        } else if let Some(set) = (!req.to_tag && !self.dispatcher.is_empty())
+            .then(|| self.dispatcher.set_for_domain(uri.host_bytes))
+            .flatten()
+        {
+            // A dispatcher set's domain: one of its destinations.
+            let key = self.dispatch_key(set, msg, &uri);
+            let chosen = self.dispatcher.select(set, key, &[]);
+            let Some((d, dest)) =
+                chosen.and_then(|d| Some((d, self.dispatcher.dest(set, d)?.clone())))
+            else {
+                self.counters.dispatcher_unavailable += 1;
+                self.reply(
+                    msg,
+                    src,
+                    503,
+                    "Service Unavailable (No Destination)",
+                    b"Retry-After: 5\r\n",
+                    out,
+                );
+                return None;
+            };
+            self.targets.push_over(
+                b"",
+                b"",
+                Some(dest.addr),
+                1000,
+                dest.transport,
+                None,
+                FlowId::NONE,
+            );
+            self.dispatched = Some((set, d, key));
         } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
             let mut aor = [0u8; 512];
             let Some(aor) = aor_key(&uri, &mut aor) else {
@@ -401,6 +446,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         out: &mut Outbox,
     ) {
         let (via, key, to_tag) = (req.via, req.key, req.to_tag);
+        let dispatched = self.dispatched.take();
         if self.txns.live() >= self.cfg.max_transactions {
             self.counters.overload += 1;
             let mut extra = [0u8; 40];
@@ -442,6 +488,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             final_sent: false,
             cancelled: false,
             started: Some(now),
+            dispatch: None,
         };
         self.txns.index(key, slot);
         self.counters.transactions += 1;
@@ -460,182 +507,37 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 txn.last_response = Some(bytes);
             }
         }
-        let record_route = self.cfg.record_route
-            && !to_tag
-            && matches!(
-                msg.method(),
-                Method::Invite | Method::Subscribe | Method::Refer
-            );
-        let ingress = self.id.public_for(src.remote.ip(), src.local).cloned();
-        let loop_hash = branch::loop_hash(self.id.secret, msg, &via);
-        let received = emit::needs_received(&via, src.remote.ip()).then_some(Received {
-            ip: src.remote.ip(),
-            port: src.remote.port(),
-        });
+        let plan = self.fork_plan(msg, &via, src, to_tag);
         let n_targets = self.targets.len().min(self.cfg.max_forks);
         let mut too_large = false;
-        'targets: for i in 0..n_targets {
+        for i in 0..n_targets {
             let Some(t) = self.targets.as_slice().get(i).cloned() else {
                 break;
             };
-            let Some(dest) = t.dest.or(self.cfg.upstream) else {
-                continue;
-            };
-            // §18.1.1 (with `[proxy] large_requests = "tcp"`): a request
-            // larger than 1300 bytes (path MTU unknown) goes over a
-            // congestion-controlled transport: TCP where we have a TCP
-            // listener, else the branch fails with 513. Off by default: a UA
-            // behind NAT registered over UDP is rarely reachable over TCP.
-            let mut force_tcp = false;
-            let (to, bytes) = loop {
-                let mut transport = if force_tcp {
-                    Transport::Tcp
-                } else {
-                    t.socket.map_or(t.transport, |s| self.id.transport_of(s))
-                };
-                if !self.id.serves(transport) {
-                    // No listener of that transport to name in our Via: the
-                    // best we can do is UDP (counted, as a carrier wants to see it).
-                    self.counters.transport_fallbacks += 1;
-                    transport = Transport::Udp;
-                }
-                let egress = self.id.egress(transport, dest, src.local);
-                let Some(egress_sock) = self.id.socket(egress).cloned() else {
-                    continue 'targets;
-                };
-                let to = Peer {
-                    transport,
-                    remote: dest,
-                    local: egress,
-                    flow: t.flow,
-                };
-                // RFC 5658: where the transport changes, or a flow must be
-                // named (RFC 5626 §5.3), Record-Route twice: the first value
-                // faces the next hop, the second the previous one.
-                let mut rr1 = [0u8; 256];
-                let mut rr2 = [0u8; 256];
-                let (rr, rr_in) = match &ingress {
-                    Some(ing) if record_route => {
-                        if transport == Transport::Udp && src.transport == Transport::Udp {
-                            (Some(ing.rr_uri()), None)
-                        } else {
-                            let out_sock = self
-                                .id
-                                .public_of(transport, dest.ip())
-                                .unwrap_or(&egress_sock);
-                            let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
-                            let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
-                            (Some(a), Some(b))
+            match self.send_fork(
+                now,
+                msg,
+                routing,
+                src,
+                &plan,
+                (slot, gen),
+                txn.forks.len(),
+                &t,
+                out,
+            ) {
+                Ok(mut fork) => {
+                    if let Some((set, dest, key)) = dispatched {
+                        fork.dest = Some((set, dest));
+                        txn.dispatch = Some((set, key));
+                        if invite {
+                            self.dispatcher.call_started(set, dest);
+                            fork.loaded = true;
                         }
                     }
-                    _ => (None, None),
-                };
-                let br = Branch::transaction(
-                    TxnRef {
-                        shard: self.id.shard_id,
-                        slot,
-                        gen,
-                        fork: i as u8,
-                    },
-                    loop_hash,
-                );
-                let mut route_line = [0u8; 1024];
-                let route_len = if t.route.is_empty() {
-                    0
-                } else {
-                    let mut w = sip::Writer::new(&mut route_line);
-                    let ok = w.put(b"Route: ").is_ok()
-                        && w.put(&t.route).is_ok()
-                        && w.put(b"\r\n").is_ok();
-                    if ok {
-                        w.len()
-                    } else {
-                        0
-                    }
-                };
-                let mut strict_line = [0u8; 1024];
-                let strict = routing
-                    .append_route
-                    .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
-                let append_len = route_len + strict.len();
-                if let Some(d) = route_line.get_mut(route_len..append_len) {
-                    d.copy_from_slice(strict);
+                    txn.forks.push(fork);
                 }
-                let edits = Edits {
-                    request_uri: if t.uri.is_empty() {
-                        routing.request_uri
-                    } else {
-                        Some(t.uri.as_slice())
-                    },
-                    push_via: Some(NewVia {
-                        transport: transport.via_token(),
-                        host: egress_sock.via_host(),
-                        port: egress_sock.advertised.port(),
-                        branch: br.as_bytes(),
-                        rport: true,
-                    }),
-                    received,
-                    max_forwards: MaxForwardsEdit::Decrement,
-                    record_route: rr,
-                    record_route2: rr_in,
-                    pop_route: routing.pop_route,
-                    pop_second_route: routing.pop_second_route,
-                    pop_last_route: routing.pop_last_route,
-                    append: route_line.get(..append_len).unwrap_or_default(),
-                    ..Edits::default()
-                };
-                let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
-                    self.counters.dropped_overflow += 1;
-                    continue 'targets;
-                };
-                // A MESSAGE outside a dialog always follows the rule (RFC
-                // 3428 §6: over 1300 bytes, a congestion-controlled
-                // transport), TCP unless the contact insists on UDP.
-                let message = msg.method() == Method::Message && !to_tag;
-                if (self.cfg.large_requests_over_tcp || message)
-                    && to.transport == Transport::Udp
-                    && to.flow.is_none()
-                    && n > UDP_MAX_REQUEST
-                {
-                    let udp_only =
-                        memchr::memmem::find(&t.uri.to_ascii_lowercase(), b";transport=udp")
-                            .is_some();
-                    if !force_tcp && self.id.serves(Transport::Tcp) && !udp_only {
-                        force_tcp = true;
-                        self.counters.transport_upgrades += 1;
-                        continue;
-                    }
-                    too_large = true;
-                    continue 'targets;
-                }
-                let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
-                break (to, bytes);
-            };
-            self.send(out, to, &bytes);
-            self.counters.requests_forwarded += 1;
-            let (client, arm) = if invite {
-                let (c, a) = InviteClient::start(now, self.cfg.timers, false);
-                (Client::Invite(c), a)
-            } else {
-                let (c, a) = NonInviteClient::start(now, self.cfg.timers, false);
-                (Client::NonInvite(c), a)
-            };
-            self.arm(slot, gen, TimerTarget::Fork(i as u8), arm);
-            // §16.6 step 11: Timer C runs from the moment an INVITE is
-            // proxied, not from its first provisional response, or a branch
-            // that answers only 100 Trying (no Timer B once Proceeding) would
-            // hold its context forever.
-            let timer_c = invite.then(|| self.arm_timer_c(now, slot, gen, i));
-            txn.forks.push(Fork {
-                client,
-                bytes: Some(bytes),
-                to,
-                final_code: None,
-                provisional: false,
-                cancel_wanted: false,
-                cancel: None,
-                timer_c,
-            });
+                Err(large) => too_large |= large,
+            }
         }
         if txn.forks.is_empty() {
             // Every target failed to be written: answer for them.
@@ -649,6 +551,212 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             return;
         }
         self.put(slot, txn);
+    }
+
+    /// What every fork of `msg` shares: computed once per request.
+    pub(super) fn fork_plan(
+        &self,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        src: Peer,
+        to_tag: bool,
+    ) -> ForkPlan {
+        ForkPlan {
+            invite: msg.method() == Method::Invite,
+            record_route: self.cfg.record_route
+                && !to_tag
+                && matches!(
+                    msg.method(),
+                    Method::Invite | Method::Subscribe | Method::Refer
+                ),
+            ingress: self.id.public_for(src.remote.ip(), src.local).cloned(),
+            loop_hash: branch::loop_hash(self.id.secret, msg, via),
+            received: emit::needs_received(via, src.remote.ip()).then_some(Received {
+                ip: src.remote.ip(),
+                port: src.remote.port(),
+            }),
+            to_tag,
+        }
+    }
+
+    /// Forwards `msg` to target `t` as fork `i` of the transaction at
+    /// (slot, gen) and starts its client transaction (§16.6). `Err(true)`:
+    /// too large for the target's transport (513); `Err(false)`: not sent.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_fork(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        routing: &route::Routing<'_>,
+        src: Peer,
+        plan: &ForkPlan,
+        (slot, gen): (u32, u32),
+        i: usize,
+        t: &Target,
+        out: &mut Outbox,
+    ) -> Result<Fork, bool> {
+        let (invite, record_route, to_tag) = (plan.invite, plan.record_route, plan.to_tag);
+        let (ingress, loop_hash, received) = (&plan.ingress, plan.loop_hash, plan.received);
+        if i > usize::from(u8::MAX) {
+            return Err(false);
+        }
+        let Some(dest) = t.dest.or(self.cfg.upstream) else {
+            return Err(false);
+        };
+        // §18.1.1 (with `[proxy] large_requests = "tcp"`): a request
+        // larger than 1300 bytes (path MTU unknown) goes over a
+        // congestion-controlled transport: TCP where we have a TCP
+        // listener, else the branch fails with 513. Off by default: a UA
+        // behind NAT registered over UDP is rarely reachable over TCP.
+        let mut force_tcp = false;
+        let (to, bytes) = loop {
+            let mut transport = if force_tcp {
+                Transport::Tcp
+            } else {
+                t.socket.map_or(t.transport, |s| self.id.transport_of(s))
+            };
+            if !self.id.serves(transport) {
+                // No listener of that transport to name in our Via: the
+                // best we can do is UDP (counted, as a carrier wants to see it).
+                self.counters.transport_fallbacks += 1;
+                transport = Transport::Udp;
+            }
+            let egress = self.id.egress(transport, dest, src.local);
+            let Some(egress_sock) = self.id.socket(egress).cloned() else {
+                return Err(false);
+            };
+            let to = Peer {
+                transport,
+                remote: dest,
+                local: egress,
+                flow: t.flow,
+            };
+            // RFC 5658: where the transport changes, or a flow must be
+            // named (RFC 5626 §5.3), Record-Route twice: the first value
+            // faces the next hop, the second the previous one.
+            let mut rr1 = [0u8; 256];
+            let mut rr2 = [0u8; 256];
+            let (rr, rr_in) = match &ingress {
+                Some(ing) if record_route => {
+                    if transport == Transport::Udp && src.transport == Transport::Udp {
+                        (Some(ing.rr_uri()), None)
+                    } else {
+                        let out_sock = self
+                            .id
+                            .public_of(transport, dest.ip())
+                            .unwrap_or(&egress_sock);
+                        let a = flow::rr_uri(self.id.secret, out_sock, to.flow, &mut rr1);
+                        let b = flow::rr_uri(self.id.secret, ing, src.flow, &mut rr2);
+                        (Some(a), Some(b))
+                    }
+                }
+                _ => (None, None),
+            };
+            let br = Branch::transaction(
+                TxnRef {
+                    shard: self.id.shard_id,
+                    slot,
+                    gen,
+                    fork: i as u8,
+                },
+                loop_hash,
+            );
+            let mut route_line = [0u8; 1024];
+            let route_len = if t.route.is_empty() {
+                0
+            } else {
+                let mut w = sip::Writer::new(&mut route_line);
+                let ok =
+                    w.put(b"Route: ").is_ok() && w.put(&t.route).is_ok() && w.put(b"\r\n").is_ok();
+                if ok {
+                    w.len()
+                } else {
+                    0
+                }
+            };
+            let mut strict_line = [0u8; 1024];
+            let strict = routing
+                .append_route
+                .map_or(&b""[..], |u| route::route_line(u, &mut strict_line));
+            let append_len = route_len + strict.len();
+            if let Some(d) = route_line.get_mut(route_len..append_len) {
+                d.copy_from_slice(strict);
+            }
+            let edits = Edits {
+                request_uri: if t.uri.is_empty() {
+                    routing.request_uri
+                } else {
+                    Some(t.uri.as_slice())
+                },
+                push_via: Some(NewVia {
+                    transport: transport.via_token(),
+                    host: egress_sock.via_host(),
+                    port: egress_sock.advertised.port(),
+                    branch: br.as_bytes(),
+                    rport: true,
+                }),
+                received,
+                max_forwards: MaxForwardsEdit::Decrement,
+                record_route: rr,
+                record_route2: rr_in,
+                pop_route: routing.pop_route,
+                pop_second_route: routing.pop_second_route,
+                pop_last_route: routing.pop_last_route,
+                append: route_line.get(..append_len).unwrap_or_default(),
+                ..Edits::default()
+            };
+            let Ok(n) = sip::edit(msg, &edits, &mut self.scratch) else {
+                self.counters.dropped_overflow += 1;
+                return Err(false);
+            };
+            // A MESSAGE outside a dialog always follows the rule (RFC
+            // 3428 §6: over 1300 bytes, a congestion-controlled
+            // transport), TCP unless the contact insists on UDP.
+            let message = msg.method() == Method::Message && !to_tag;
+            if (self.cfg.large_requests_over_tcp || message)
+                && to.transport == Transport::Udp
+                && to.flow.is_none()
+                && n > UDP_MAX_REQUEST
+            {
+                let udp_only =
+                    memchr::memmem::find(&t.uri.to_ascii_lowercase(), b";transport=udp").is_some();
+                if !force_tcp && self.id.serves(Transport::Tcp) && !udp_only {
+                    force_tcp = true;
+                    self.counters.transport_upgrades += 1;
+                    continue;
+                }
+                return Err(true);
+            }
+            let bytes: Box<[u8]> = self.scratch.get(..n).unwrap_or_default().into();
+            break (to, bytes);
+        };
+        self.send(out, to, &bytes);
+        self.counters.requests_forwarded += 1;
+        let (client, arm) = if invite {
+            let (c, a) = InviteClient::start(now, self.cfg.timers, false);
+            (Client::Invite(c), a)
+        } else {
+            let (c, a) = NonInviteClient::start(now, self.cfg.timers, false);
+            (Client::NonInvite(c), a)
+        };
+        self.arm(slot, gen, TimerTarget::Fork(i as u8), arm);
+        // §16.6 step 11: Timer C runs from the moment an INVITE is
+        // proxied, not from its first provisional response, or a branch
+        // that answers only 100 Trying (no Timer B once Proceeding) would
+        // hold its context forever.
+        let timer_c = invite.then(|| self.arm_timer_c(now, slot, gen, i));
+        Ok(Fork {
+            client,
+            bytes: Some(bytes),
+            to,
+            final_code: None,
+            provisional: false,
+            cancel_wanted: false,
+            cancel: None,
+            timer_c,
+            dest: None,
+            loaded: false,
+        })
     }
 
     /// Policy and authentication of a new request. `Some(authenticated)`
@@ -715,7 +823,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let action = match &mut txn.server {
             Server::Invite(s) => s.on_request(),
             Server::NonInvite(s) => s.on_request(),
-            Server::Local(_) => Action::None,
+            Server::Local(_) | Server::Probe(_) => Action::None,
         };
         if action == Action::RetransmitResponse {
             if let Some(r) = txn.last_response.clone() {

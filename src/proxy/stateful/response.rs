@@ -190,6 +190,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     f.bytes = None;
                     f.timer_c = None;
                 }
+                self.dispatched_final(now, slot, txn, i, code, Some(msg), out);
                 if invite {
                     // Every 2xx goes up, at once (§16.7 step 5).
                     self.forward_up(now, msg, txn, out);
@@ -246,6 +247,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         }
                     }
                 }
+                self.dispatched_final(now, slot, txn, i, code, Some(msg), out);
             }
         }
     }
@@ -258,10 +260,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         txn: &mut Txn,
         out: &mut Outbox,
     ) -> Option<Box<[u8]>> {
-        if let Server::Local(token) = txn.server {
-            // Our own request: its final status is for the local service.
+        if let Server::Local(token) | Server::Probe(token) = txn.server {
+            // Our own request: its final status is for the local service
+            // (or the dispatcher).
             if let Some(code) = msg.status().filter(|&c| c >= 200) {
-                self.outcomes.push((token, code));
+                let probe = matches!(txn.server, Server::Probe(_));
+                self.outcomes.push((probe, token, code));
             }
             return None;
         }
@@ -291,8 +295,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 None if txn.cancelled => (487, true),
                 None => (408, true),
             };
-            let bytes = if let Server::Local(token) = txn.server {
-                self.outcomes.push((token, code));
+            let bytes = if let Server::Local(token) | Server::Probe(token) = txn.server {
+                let probe = matches!(txn.server, Server::Probe(_));
+                self.outcomes.push((probe, token, code));
                 None
             } else if local {
                 self.local_final(&txn, code)

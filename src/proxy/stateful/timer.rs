@@ -48,7 +48,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 let (action, arm) = match &mut txn.server {
                     Server::Invite(s) => s.on_timer(now, item.name, item.at),
                     Server::NonInvite(s) => (s.on_timer(item.name, item.at), Arm::NONE),
-                    Server::Local(_) => (Action::None, Arm::NONE),
+                    Server::Local(_) | Server::Probe(_) => (Action::None, Arm::NONE),
                 };
                 self.arm(slot, txn.gen, TimerTarget::Server, arm);
                 if action == Action::RetransmitResponse {
@@ -102,6 +102,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                                     c.terminate();
                                 }
                             }
+                            self.dispatched_final(now, slot, &mut txn, i, 408, None, out);
                         }
                         Action::Terminate => {
                             if let Some(f) = txn.forks.get_mut(i) {
@@ -142,7 +143,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         f.final_code = Some(408);
                         f.client.terminate();
                         f.bytes = None;
+                        resend = None;
+                        gave_up = true;
+                    } else {
+                        gave_up = false;
                     }
+                }
+                if gave_up {
+                    self.dispatched_final(now, slot, &mut txn, i, 408, None, out);
                 }
                 if let Some((to, b)) = resend {
                     self.send(out, to, &b);
