@@ -263,6 +263,10 @@ pub struct DispatcherSection {
     pub attempts: Option<u32>,
     /// A call in progress longer than this counts as ended (default `"2h"`).
     pub call_timeout: Option<String>,
+    /// A destination silent this long after a request (not even 100
+    /// Trying) failed it and the request moves on (default `"2s"`; `"0s"`:
+    /// wait for the transaction timeout, 32 s).
+    pub fork_timeout: Option<String>,
 }
 
 /// A destination: its URI alone, or a table.
@@ -335,9 +339,11 @@ impl DispatcherSection {
             Some("hash") => Algorithm::Hash(hash),
             Some("priority") => Algorithm::Priority,
             Some("least-loaded") => Algorithm::LeastLoaded,
-            Some(o) => return Err(bad(format!(
+            Some(o) => {
+                return Err(bad(format!(
                 "algorithm = {o:?}: expected round-robin, weighted, hash, priority or least-loaded"
-            ))),
+            )))
+            }
         };
         let dur = |key: &str, v: &Option<String>, default: crate::time::Duration| match v {
             None => Ok(default),
@@ -406,6 +412,11 @@ impl DispatcherSection {
                 "call_timeout",
                 &self.call_timeout,
                 crate::time::Duration::from_secs(7200),
+            )?,
+            fork_timeout: dur(
+                "fork_timeout",
+                &self.fork_timeout,
+                crate::time::Duration::from_secs(2),
             )?,
         })
     }

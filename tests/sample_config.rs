@@ -56,6 +56,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "tls",
             "tcp",
             "presence",
+            "dispatcher",
         ],
     ),
     // src/config.rs `ParserSection`.
@@ -224,6 +225,24 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_messages",
             "max_message_body",
             "message_expires",
+        ],
+    ),
+    // src/config.rs `DispatcherSection` (destination tables are inline).
+    (
+        "dispatcher",
+        &[
+            "name",
+            "domains",
+            "destinations",
+            "algorithm",
+            "hash",
+            "probe_interval",
+            "probe_timeout",
+            "failures_down",
+            "successes_up",
+            "attempts",
+            "call_timeout",
+            "fork_timeout",
         ],
     ),
     // src/presence/server.rs `WatcherRule`.
@@ -546,6 +565,8 @@ fn sample_with_everything_uncommented_passes_check_config() {
     assert_eq!(cfg.presence.rule.len(), 1);
     assert_eq!(cfg.tls.sni.len(), 1);
     assert!(cfg.tls.ca.is_some());
+    assert_eq!(cfg.dispatcher.len(), 1);
+    assert_eq!(cfg.dispatcher[0].dests.len(), 2);
     let auth = sipedge::auth::Config::from_section(&cfg.auth).unwrap();
     assert!(auth.secret.is_some());
     let policy = Policy::compile(&cfg.policy, &cfg.domains, true).unwrap();

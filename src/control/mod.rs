@@ -10,7 +10,8 @@
 //! Commands: `stats` (the counters summed over shards, and the gauges),
 //! `bindings dump`, `bindings lookup AOR` (from each owner shard's
 //! registrar), `bindings remove AOR` (with records, like an unregistration:
-//! durable, replicated), `flood bans`, `flood unban IP`, `reload` (what SIGHUP does: users, policy, presence rules, TLS
+//! durable, replicated), `flood bans`, `flood unban IP`, `dispatcher list`,
+//! `dispatcher set-state SET URI active|probing|down`, `reload` (what SIGHUP does: users, policy, presence rules, TLS
 //! certificates; the answer says what happened). The answer is always one
 //! JSON document; `ctl` prints it as is with `--json`, as text otherwise.
 //!
@@ -116,10 +117,12 @@ pub fn run(line: &str, ctl: &Control) -> Result<Value> {
         ["bindings", "remove", aor] => remove(ctl, aor_key(aor)),
         ["flood", "bans"] => bans(ctl),
         ["flood", "unban", ip] => unban(ctl, ip),
+        ["dispatcher", "list"] => dispatcher(ctl),
+        ["dispatcher", "set-state", set, uri, state] => set_state(ctl, set, uri, state),
         [] => bail!("no command"),
         _ => bail!(
             "unknown command {line:?}: stats, reload, bindings dump | lookup AOR | remove AOR, \
-             flood bans | unban IP"
+             flood bans | unban IP, dispatcher list | set-state SET URI active|probing|down"
         ),
     }
 }
@@ -323,6 +326,66 @@ fn unban(ctl: &Control, ip: &str) -> Result<Value> {
     Ok(json!({ "source": ip.to_string(), "was_banned": lifted }))
 }
 
+/// Every destination: its state on each shard (`state`: theirs when they
+/// agree, else `mixed`), and its loads and counts summed over the shards.
+fn dispatcher(ctl: &Control) -> Result<Value> {
+    /// (set, URI, each shard's state, load, calls, failures)
+    type Row = (String, String, Vec<&'static str>, u64, u64, u64);
+    let mut rows: Vec<Row> = Vec::new();
+    let mut any = false;
+    for a in ask_all(ctl, &Ask::Dispatcher)? {
+        let ControlAnswer::Dispatcher(list) = a else {
+            continue;
+        };
+        any = true;
+        for d in list {
+            let i = match rows.iter().position(|r| r.0 == d.set && r.1 == d.uri) {
+                Some(i) => i,
+                None => {
+                    rows.push((d.set.clone(), d.uri.clone(), Vec::new(), 0, 0, 0));
+                    rows.len() - 1
+                }
+            };
+            if let Some(r) = rows.get_mut(i) {
+                r.2.push(d.state.name());
+                r.3 += u64::from(d.load);
+                r.4 += d.calls;
+                r.5 += d.failures;
+            }
+        }
+    }
+    if !any {
+        bail!("no dispatcher set configured ([[dispatcher]])");
+    }
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|(set, uri, states, load, calls, failures)| {
+            let first = states.first().copied().unwrap_or("down");
+            let state = if states.iter().all(|s| *s == first) {
+                first
+            } else {
+                "mixed"
+            };
+            json!({ "set": set, "uri": uri, "state": state, "shard_states": states,
+                    "load": load, "calls": calls, "failures": failures })
+        })
+        .collect();
+    Ok(json!({ "destinations": list }))
+}
+
+fn set_state(ctl: &Control, set: &str, uri: &str, state: &str) -> Result<Value> {
+    let st = crate::routing::dispatcher::State::parse(state)
+        .with_context(|| format!("{state:?}: expected active, probing or down"))?;
+    let q = Ask::DispatcherSetState(set.to_owned(), uri.to_owned(), st);
+    let found = ask_all(ctl, &q)?
+        .iter()
+        .any(|a| matches!(a, ControlAnswer::StateSet(true)));
+    if !found {
+        bail!("no destination {uri} in a dispatcher set {set:?}");
+    }
+    Ok(json!({ "set": set, "uri": uri, "state": state }))
+}
+
 /// `sipedge ctl`: sends `command` to the socket at `path`, prints the answer
 /// (as JSON with `json`); an error answer is an `Err`.
 pub fn client(path: &Path, command: &[String], json_out: bool) -> Result<()> {
@@ -370,6 +433,23 @@ pub fn client(path: &Path, command: &[String], json_out: bool) -> Result<()> {
             );
         }
         println!("{} banned source(s)", list.len());
+    } else if let Some(list) = v.get("destinations").and_then(Value::as_array) {
+        for d in list {
+            let f = |k: &str| {
+                d.get(k).map_or(String::new(), |x| {
+                    x.to_string().trim_matches('"').to_owned()
+                })
+            };
+            println!(
+                "{}\t{}\t{}\tload {}\tcalls {}\tfailures {}",
+                f("set"),
+                f("uri"),
+                f("state"),
+                f("load"),
+                f("calls"),
+                f("failures")
+            );
+        }
     } else if let Some(n) = v.get("removed") {
         println!("{n} binding(s) removed");
     } else if let Some(w) = v.get("was_banned") {

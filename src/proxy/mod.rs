@@ -62,6 +62,10 @@ pub enum Control {
     FloodBans,
     /// Lift the ban of a source.
     Unban(IpAddr),
+    /// The dispatcher destinations, their states and loads.
+    Dispatcher,
+    /// An operator sets a destination's state: (set, URI, state).
+    DispatcherSetState(String, String, crate::routing::dispatcher::State),
 }
 
 /// A service's answer to a [`Control`] question.
@@ -75,6 +79,10 @@ pub enum ControlAnswer {
     Bans(Vec<(IpAddr, u64)>),
     /// Whether a ban was lifted.
     Unbanned(bool),
+    /// The dispatcher destinations of this shard.
+    Dispatcher(Vec<crate::routing::dispatcher::DestStatus>),
+    /// Whether such a destination exists.
+    StateSet(bool),
     /// This service has no such thing (no registrar, no flood limiter).
     NotHere,
 }

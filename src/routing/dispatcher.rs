@@ -93,6 +93,10 @@ pub struct SetConfig {
     pub attempts: u32,
     /// A call in progress longer than this is counted as ended (a BYE lost).
     pub call_timeout: Duration,
+    /// A destination that has not answered a request at all (not even 100
+    /// Trying) by then failed it (408): the request moves on. Zero: only
+    /// the transaction timers (Timer B/F, 32 s).
+    pub fork_timeout: Duration,
 }
 
 /// A destination's health.

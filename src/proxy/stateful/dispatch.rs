@@ -13,6 +13,27 @@
 use super::*;
 
 impl<L: Location, S: LocalService> Stateful<L, S> {
+    /// Arms fork `i`'s `fork_timeout` of set `set`.
+    pub(super) fn arm_no_answer(&mut self, now: Instant, set: u16, slot: u32, gen: u32, i: usize) {
+        let Some(t) = self.dispatcher.config(set).map(|c| c.fork_timeout) else {
+            return;
+        };
+        if t == crate::time::Duration::ZERO {
+            return;
+        }
+        let at = now + t;
+        self.wheel.insert(
+            at,
+            TimerItem {
+                slot,
+                gen,
+                target: TimerTarget::NoAnswer(i as u8),
+                name: TimerName::B,
+                at,
+            },
+        );
+    }
+
     /// The value a set's `hash` algorithm hashes for `msg`.
     pub(super) fn dispatch_key(&self, set: u16, msg: &Message<'_>, uri: &sip::Uri<'_>) -> u64 {
         use crate::routing::dispatcher::{Algorithm, HashKey};
@@ -157,6 +178,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     out,
                 ) {
                     fork.dest = Some((set, d));
+                    self.arm_no_answer(now, set, slot, txn.gen, i);
                     if txn.method == Method::Invite {
                         self.dispatcher.call_started(set, d);
                         fork.loaded = true;

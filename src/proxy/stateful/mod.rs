@@ -594,6 +594,9 @@ enum TimerTarget {
     Server,
     Fork(u8),
     Cancel(u8),
+    /// A dispatched fork's `fork_timeout`: no response at all by then is a
+    /// failed destination (408), and the request moves on.
+    NoAnswer(u8),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1150,6 +1153,11 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
                 .flood
                 .as_ref()
                 .map_or(ControlAnswer::NotHere, |f| ControlAnswer::Bans(f.bans(now))),
+            Control::Dispatcher if self.dispatcher.is_empty() => ControlAnswer::NotHere,
+            Control::Dispatcher => ControlAnswer::Dispatcher(self.dispatcher.status()),
+            Control::DispatcherSetState(set, uri, state) => {
+                ControlAnswer::StateSet(self.dispatcher.set_state(set, uri, *state))
+            }
             Control::Unban(ip) => self
                 .guard
                 .flood

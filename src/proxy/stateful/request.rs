@@ -528,6 +528,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 Ok(mut fork) => {
                     if let Some((set, dest, key)) = dispatched {
                         fork.dest = Some((set, dest));
+                        self.arm_no_answer(now, set, slot, gen, txn.forks.len());
                         txn.dispatch = Some((set, key));
                         if invite {
                             self.dispatcher.call_started(set, dest);

@@ -113,6 +113,22 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     }
                 }
             }
+            TimerTarget::NoAnswer(i) => {
+                let i = usize::from(i);
+                let silent = txn
+                    .forks
+                    .get(i)
+                    .is_some_and(|f| !f.provisional && f.final_code.is_none());
+                if silent {
+                    if let Some(f) = txn.forks.get_mut(i) {
+                        f.final_code = Some(408);
+                        f.client.terminate();
+                        f.bytes = None;
+                        f.timer_c = None;
+                    }
+                    self.dispatched_final(now, slot, &mut txn, i, 408, None, out);
+                }
+            }
             TimerTarget::Cancel(i) => {
                 let i = usize::from(i);
                 let mut resend = None;

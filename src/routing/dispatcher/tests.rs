@@ -23,6 +23,7 @@ fn set(algorithm: Algorithm, dests: Vec<DestConfig>) -> SetConfig {
         successes_up: 2,
         attempts: 3,
         call_timeout: Duration::from_secs(3600),
+        fork_timeout: Duration::from_secs(2),
     }
 }
 
