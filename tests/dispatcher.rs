@@ -177,24 +177,34 @@ fn have_peers() -> bool {
     have_peer("sipp")
 }
 
+/// Two SIPp gateways (uas.xml) and an edge whose set "gw" for
+/// pstn.example.test lists them, with the set keys `keys` (TOML lines).
+fn two_gateways(dir: &TempDir, keys: &str) -> (Gateway, Gateway, Proxy, String) {
+    let (a, b) = (
+        Gateway::start(dir, "gwa", "uas.xml", &[]),
+        Gateway::start(dir, "gwb", "uas.xml", &[]),
+    );
+    let (p, sock) = edge(
+        dir,
+        &format!(
+            "[[dispatcher]]\nname = \"gw\"\ndomains = [\"pstn.example.test\"]\n\
+             destinations = [\"{}\", \"{}\"]\n{keys}",
+            a.uri(),
+            b.uri()
+        ),
+    );
+    (a, b, p, sock)
+}
+
 #[test]
 fn round_robin_spreads_calls_and_loads_return_to_zero() {
     if !have_peers() {
         return;
     }
     let dir = TempDir::new("ds-rr");
-    let (a, b) = (
-        Gateway::start(&dir, "gwa", "uas.xml", &[]),
-        Gateway::start(&dir, "gwb", "uas.xml", &[]),
-    );
-    let (p, sock) = edge(
+    let (a, b, p, sock) = two_gateways(
         &dir,
-        &format!(
-            "[[dispatcher]]\nname = \"gw\"\ndomains = [\"pstn.example.test\"]\n\
-             destinations = [\"{}\", \"{}\"]\nalgorithm = \"round-robin\"\nprobe_interval = \"2s\"\n",
-            a.uri(),
-            b.uri()
-        ),
+        "algorithm = \"round-robin\"\nprobe_interval = \"2s\"\n",
     );
     calls(&dir, "uac", p.addr, 40, 40, 0);
     let (na, nb) = (a.completed(20), b.completed(20));
@@ -307,20 +317,9 @@ fn a_killed_gateway_is_marked_down_by_probes_and_no_call_fails() {
         return;
     }
     let dir = TempDir::new("ds-down");
-    let (mut a, b) = (
-        Gateway::start(&dir, "gwa", "uas.xml", &[]),
-        Gateway::start(&dir, "gwb", "uas.xml", &[]),
-    );
-    let (p, sock) = edge(
-        &dir,
-        &format!(
-            "[[dispatcher]]\nname = \"gw\"\ndomains = [\"pstn.example.test\"]\n\
-             destinations = [\"{}\", \"{}\"]\nprobe_interval = \"1s\"\nprobe_timeout = \"500ms\"\n\
-             failures_down = 2\nfork_timeout = \"1s\"\n",
-            a.uri(),
-            b.uri()
-        ),
-    );
+    let keys = "probe_interval = \"1s\"\nprobe_timeout = \"500ms\"\n\
+                failures_down = 2\nfork_timeout = \"1s\"\n";
+    let (mut a, b, p, sock) = two_gateways(&dir, keys);
     calls(&dir, "warm", p.addr, 10, 20, 0);
     assert!(destinations(&sock).iter().all(|d| d.1 == "active"));
     let uri_a = a.uri();
@@ -401,19 +400,7 @@ fn least_loaded_follows_calls_held_and_returns_to_zero() {
         return;
     }
     let dir = TempDir::new("ds-ll");
-    let (a, b) = (
-        Gateway::start(&dir, "gwa", "uas.xml", &[]),
-        Gateway::start(&dir, "gwb", "uas.xml", &[]),
-    );
-    let (p, sock) = edge(
-        &dir,
-        &format!(
-            "[[dispatcher]]\nname = \"gw\"\ndomains = [\"pstn.example.test\"]\n\
-             destinations = [\"{}\", \"{}\"]\nalgorithm = \"least-loaded\"\n",
-            a.uri(),
-            b.uri()
-        ),
-    );
+    let (a, b, p, sock) = two_gateways(&dir, "algorithm = \"least-loaded\"\n");
     // 8 calls held 3 s, in the background.
     let port = free_udp_port();
     let mut held = sipp(&dir, "held", port);
