@@ -230,7 +230,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     }
                 }
                 let better = txn.best.as_ref().is_none_or(|(b, _)| rank(code) < rank(*b));
-                if better && !txn.final_sent {
+                if better && !txn.final_sent && !only_our_via(msg) {
                     let edits = Edits {
                         pop_via: true,
                         max_forwards: MaxForwardsEdit::Keep,
@@ -267,6 +267,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 let probe = matches!(txn.server, Server::Probe(_));
                 self.outcomes.push((probe, token, code));
             }
+            return None;
+        }
+        if only_our_via(msg) {
+            // §16.7 step 3: no Via left once ours is gone: it was for us.
+            self.counters.dropped_malformed += 1;
             return None;
         }
         let edits = Edits {
@@ -362,4 +367,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         self.index2 = Some(idx);
         built.map(|n| self.scratch.get(..n).unwrap_or_default().into())
     }
+}
+
+/// True when `msg` has a single Via (ours): nothing to forward it to.
+fn only_our_via(msg: &Message<'_>) -> bool {
+    msg.values(HeaderName::Via).nth(1).is_none()
 }

@@ -714,3 +714,172 @@ fn response_time_and_local_responses_by_class() {
     assert_eq!(h.p.counters().local_responses_by_class, [2, 0, 0, 1, 0, 0]);
     assert_eq!(h.p.counters().responses_local, 1, "the 100s are not in it");
 }
+
+/// A response with our Via only (a UA that copied the Vias of the wrong
+/// request) is not forwarded with no Via at all (§16.7 step 3): the
+/// caller gets the proxy's own final answer instead.
+#[test]
+fn a_response_with_only_our_via_is_not_forwarded() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKv1"), UAC);
+    let fwd = out[1].1.clone();
+    let ours = fwd
+        .split("\r\n")
+        .find(|l| l.starts_with("Via:"))
+        .unwrap()
+        .to_owned();
+    let only_ours = respond(&fwd, 486, "b9")
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Via:"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        .replacen("\r\n", &format!("\r\n{ours}\r\n"), 1);
+    let out = h.feed(&only_ours, "192.0.2.4:5060");
+    for (to, m) in &out {
+        assert!(m.contains("Via:"), "sent to {to} without a Via: {m}");
+    }
+    assert!(
+        out.iter().any(|(to, m)| to == UAC && status(m) == 408),
+        "{out:#?}"
+    );
+}
+
+/// The gateway set of the dispatcher tests: three destinations,
+/// round-robin, fork_timeout 2 s, probes off.
+fn with_gateways(h: &mut H) -> [&'static str; 3] {
+    use crate::routing::dispatcher::{Algorithm, DestConfig, SetConfig};
+    let gws = ["192.0.2.21:5060", "192.0.2.22:5060", "192.0.2.23:5060"];
+    let set = SetConfig {
+        name: "gw".into(),
+        domains: vec!["pstn.example.test".into()],
+        dests: gws
+            .iter()
+            .map(|g| DestConfig {
+                uri: format!("sip:{g}"),
+                addr: g.parse().unwrap(),
+                transport: Transport::Udp,
+                weight: 1,
+                priority: 0,
+                max_load: 0,
+            })
+            .collect(),
+        algorithm: Algorithm::RoundRobin,
+        probe_interval: Duration::ZERO,
+        probe_timeout: Duration::from_secs(1),
+        failures_down: 2,
+        successes_up: 2,
+        attempts: 3,
+        call_timeout: Duration::from_secs(3600),
+        fork_timeout: Duration::from_secs(2),
+    };
+    h.p.dispatcher = crate::routing::dispatcher::Dispatcher::new(&[set], h.now);
+    gws
+}
+
+fn loads(h: &H) -> Vec<u32> {
+    h.p.dispatcher.status().iter().map(|d| d.load).collect()
+}
+
+#[test]
+fn a_dispatched_call_fails_over_on_503_and_on_silence_then_its_bye_ends_the_load() {
+    let mut h = H::new(&[]);
+    let gws = with_gateways(&mut h);
+    let inv = invite("sip:123@pstn.example.test", "z9hG4bKd1");
+    let out = h.feed(&inv, UAC);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[1].0, gws[0]);
+    // The R-URI is kept (the destination is the next hop).
+    assert!(out[1]
+        .1
+        .starts_with("INVITE sip:123@pstn.example.test SIP/2.0"));
+    assert_eq!(loads(&h), [1, 0, 0]);
+    // 503 with Retry-After: ACKed there, the call goes to the next one,
+    // which is then held down; the caller sees nothing yet.
+    let busy = respond(&out[1].1, 503, "g1").replacen(
+        "Content-Length",
+        "Retry-After: 60\r\nContent-Length",
+        1,
+    );
+    let out = h.feed(&busy, gws[0]);
+    let sent: Vec<(&str, String)> = out.iter().map(|(a, m)| (a.as_str(), method(m))).collect();
+    assert_eq!(
+        sent,
+        [(gws[0], "ACK".into()), (gws[1], "INVITE".into())],
+        "{out:#?}"
+    );
+    assert_eq!(loads(&h), [0, 1, 0]);
+    assert_eq!(h.p.dispatcher.status()[0].state.name(), "down");
+    // The second says nothing at all: after fork_timeout the third gets it.
+    let out = h.advance(Duration::from_millis(1900));
+    assert!(
+        out.iter().all(|(a, _)| a == gws[1]),
+        "only retransmissions: {out:#?}"
+    );
+    let out = h.advance(Duration::from_millis(200));
+    let third = out
+        .iter()
+        .find(|(a, _)| a == gws[2])
+        .expect("failover")
+        .1
+        .clone();
+    assert_eq!(loads(&h), [0, 0, 1]);
+    // Answered: the caller gets the 200 (one final answer); the call still counts.
+    let ok = respond(&third, 200, "g3");
+    let out = h.feed(&ok, gws[2]);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 200));
+    assert_eq!(loads(&h), [0, 0, 1]);
+    assert_eq!(h.p.counters().dispatcher_failovers, 2);
+    // The BYE (same Call-ID) ends it.
+    let bye = inv
+        .replacen(
+            "INVITE sip:123@pstn.example.test",
+            "BYE sip:123@192.0.2.23:5060",
+            1,
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
+        .replace("branch=z9hG4bKd1", "branch=z9hG4bKd1b");
+    let _ = h.feed(&bye, UAC);
+    assert_eq!(loads(&h), [0, 0, 0]);
+}
+
+#[test]
+fn a_dispatched_call_is_not_moved_on_after_a_cancel_or_a_busy() {
+    let mut h = H::new(&[]);
+    let gws = with_gateways(&mut h);
+    // 486 is an answer, not a failure: forwarded, no failover.
+    let out = h.feed(&invite("sip:1@pstn.example.test", "z9hG4bKd2"), UAC);
+    let out = h.feed(&respond(&out[1].1, 486, "g1"), gws[0]);
+    assert!(
+        out.iter().any(|(a, m)| a == UAC && status(m) == 486),
+        "{out:#?}"
+    );
+    assert!(!out.iter().any(|(a, m)| a != UAC && method(m) == "INVITE"));
+    // A ringing call CANCELed by the caller: 487, the load released, no failover.
+    let inv = invite("sip:2@pstn.example.test", "z9hG4bKd3");
+    let out = h.feed(&inv, UAC);
+    let (gw, fwd) = (out[1].0.clone(), out[1].1.clone());
+    let _ = h.feed(&respond(&fwd, 180, "g2"), &gw);
+    let cancel = inv
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = h.feed(&cancel, UAC);
+    let down_cancel = out
+        .iter()
+        .find(|(a, m)| *a == gw && method(m) == "CANCEL")
+        .unwrap()
+        .1
+        .clone();
+    let _ = h.feed(&respond(&down_cancel, 200, "g2"), &gw);
+    let out = h.feed(&respond(&fwd, 487, "g2"), &gw);
+    assert!(
+        out.iter().any(|(a, m)| a == UAC && status(m) == 487),
+        "{out:#?}"
+    );
+    assert!(
+        !out.iter().any(|(_, m)| m.starts_with("INVITE ")),
+        "{out:#?}"
+    );
+    assert_eq!(loads(&h), [0, 0, 0]);
+    assert_eq!(h.p.counters().dispatcher_failovers, 0);
+}
