@@ -772,7 +772,7 @@ fn with_gateways(h: &mut H) -> [&'static str; 3] {
         call_timeout: Duration::from_secs(3600),
         fork_timeout: Duration::from_secs(2),
     };
-    h.p.dispatcher = crate::routing::dispatcher::Dispatcher::new(&[set], h.now);
+    h.p.dispatcher = Dispatcher::new(&[set], h.now);
     gws
 }
 
