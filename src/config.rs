@@ -232,6 +232,112 @@ pub struct FileConfig {
     pub presence: Option<crate::presence::PresenceConfig>,
     /// `[[dispatcher]]`: sets of gateways requests for their domains are spread over.
     pub dispatcher: Option<Vec<DispatcherSection>>,
+    /// `[[group]]`: hunt groups (`sip:NAME@DOMAIN` rings one member).
+    pub group: Option<Vec<GroupSection>>,
+}
+
+/// `[[group]]`: a hunt group — a call to `sip:NAME@DOMAIN` rings one of the
+/// registered `members` (all of its contacts), chosen by `strategy`; no
+/// answer within `ring_timeout`, busy or unavailable: the next member;
+/// nobody free: `nobody` (486 or 480).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// The group's user part.
+    pub name: String,
+    /// Its domain (a served domain).
+    pub domain: String,
+    /// The members' AoRs (`sip:op1@example.test`), users of served domains.
+    pub members: Vec<String>,
+    /// `least-loaded` (default), `round-robin`, `longest-idle`, `ring-all`.
+    pub strategy: Option<String>,
+    /// Ringing a member this long without an answer: the next (default `"15s"`).
+    pub ring_timeout: Option<String>,
+    /// Calls in progress a member takes at most (0, default: no limit).
+    pub max_calls: Option<u32>,
+    /// The answer when nobody is free or nobody answered: 486 (default) or 480.
+    pub nobody: Option<u16>,
+    /// A call in progress longer than this stops counting (default `"2h"`).
+    pub call_timeout: Option<String>,
+}
+
+impl GroupSection {
+    /// The validated group, as a set of the dispatcher.
+    pub fn build(&self) -> Result<crate::routing::dispatcher::SetConfig, ConfigError> {
+        use crate::routing::dispatcher::{Algorithm, DestConfig, GroupConfig, SetConfig};
+        let bad =
+            |what: String| ConfigError::BadDispatcher(format!("[[group]] {:?}: {what}", self.name));
+        if self.name.is_empty() || self.name.contains(['@', ':', ' ']) {
+            return Err(bad("needs a name (a user part)".into()));
+        }
+        if self.members.is_empty() || self.members.len() > 256 {
+            return Err(bad("needs 1 to 256 members".into()));
+        }
+        let algorithm = match self.strategy.as_deref() {
+            None | Some("least-loaded") => Algorithm::LeastLoaded,
+            Some("round-robin") => Algorithm::RoundRobin,
+            Some("longest-idle") => Algorithm::LongestIdle,
+            Some("ring-all") => Algorithm::All,
+            Some(o) => return Err(bad(format!(
+                "strategy = {o:?}: expected least-loaded, round-robin, longest-idle or ring-all"
+            ))),
+        };
+        let nobody = self.nobody.unwrap_or(486);
+        if nobody != 486 && nobody != 480 {
+            return Err(bad(format!("nobody = {nobody}: expected 486 or 480")));
+        }
+        let dur = |key: &str, v: &Option<String>, default: crate::time::Duration| match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s)
+                .ok_or_else(|| bad(format!("{key} = {s:?}: expected e.g. \"15s\""))),
+        };
+        let ring_timeout = dur(
+            "ring_timeout",
+            &self.ring_timeout,
+            crate::time::Duration::from_secs(15),
+        )?;
+        if ring_timeout == crate::time::Duration::ZERO {
+            return Err(bad("ring_timeout must be above 0".into()));
+        }
+        let mut dests = Vec::with_capacity(self.members.len());
+        for m in &self.members {
+            let key = SetConfig::aor_key(m);
+            if !m.starts_with("sip:") || !key.contains('@') {
+                return Err(bad(format!("member {m:?}: expected sip:USER@DOMAIN")));
+            }
+            dests.push(DestConfig {
+                uri: m.clone(),
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                transport: Transport::Udp,
+                weight: 1,
+                priority: 0,
+                max_load: self.max_calls.unwrap_or(0),
+            });
+        }
+        let domain = self.domain.to_ascii_lowercase();
+        Ok(SetConfig {
+            name: self.name.clone(),
+            domains: vec![domain.clone()],
+            attempts: u32::try_from(dests.len()).unwrap_or(256),
+            dests,
+            algorithm,
+            probe_interval: crate::time::Duration::ZERO,
+            probe_timeout: crate::time::Duration::ZERO,
+            failures_down: 1,
+            successes_up: 1,
+            call_timeout: dur(
+                "call_timeout",
+                &self.call_timeout,
+                crate::time::Duration::from_secs(7200),
+            )?,
+            fork_timeout: crate::time::Duration::ZERO,
+            group: Some(GroupConfig {
+                aor: format!("{}@{domain}", self.name),
+                ring_timeout,
+                nobody,
+            }),
+        })
+    }
 }
 
 /// `[[dispatcher]]`: a set of destinations (gateways, trunks) that the
@@ -418,6 +524,7 @@ impl DispatcherSection {
                 &self.fork_timeout,
                 crate::time::Duration::from_secs(2),
             )?,
+            group: None,
         })
     }
 }
@@ -807,6 +914,7 @@ impl FileConfig {
             policy: over.policy.or(self.policy),
             presence: over.presence.or(self.presence),
             dispatcher: over.dispatcher.or(self.dispatcher),
+            group: over.group.or(self.group),
             flood: over.flood.or(self.flood),
             overload: over.overload.or(self.overload),
             control: over.control.or(self.control),
@@ -930,13 +1038,28 @@ impl FileConfig {
             return Err(ConfigError::BadTimers);
         }
         let proxy = self.proxy.unwrap_or_default();
-        let dispatcher = self
+        let mut dispatcher = self
             .dispatcher
             .as_deref()
             .unwrap_or_default()
             .iter()
             .map(DispatcherSection::build)
             .collect::<Result<Vec<_>, _>>()?;
+        for g in self.group.as_deref().unwrap_or_default() {
+            let set = g.build()?;
+            let member_domains_served = set.dests.iter().all(|d| {
+                let key = crate::routing::dispatcher::SetConfig::aor_key(&d.uri);
+                key.split_once('@')
+                    .is_some_and(|(_, h)| domains.iter().any(|x| x == h))
+            });
+            if !set.domains.iter().all(|d| domains.contains(d)) || !member_domains_served {
+                return Err(ConfigError::BadDispatcher(format!(
+                    "[[group]] {:?}: its domain and its members' must be served domains",
+                    g.name
+                )));
+            }
+            dispatcher.push(set);
+        }
         if self.stateless == Some(true) && !dispatcher.is_empty() {
             return Err(ConfigError::BadDispatcher(
                 "needs the transaction-stateful proxy (not stateless = true)".into(),
@@ -949,7 +1072,11 @@ impl FileConfig {
                     a.name
                 )));
             }
-            if let Some(d) = a.domains.iter().find(|d| domains.contains(d)) {
+            if let Some(d) = a
+                .domains
+                .iter()
+                .find(|d| a.group.is_none() && domains.contains(d))
+            {
                 return Err(ConfigError::BadDispatcher(format!(
                     "{:?}: {d} is a served domain (its users are routed by the registrar)",
                     a.name

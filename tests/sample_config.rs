@@ -57,6 +57,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "tcp",
             "presence",
             "dispatcher",
+            "group",
         ],
     ),
     // src/config.rs `ParserSection`.
@@ -243,6 +244,20 @@ const KEYS: &[(&str, &[&str])] = &[
             "attempts",
             "call_timeout",
             "fork_timeout",
+        ],
+    ),
+    // src/config.rs `GroupSection`.
+    (
+        "group",
+        &[
+            "name",
+            "domain",
+            "members",
+            "strategy",
+            "ring_timeout",
+            "max_calls",
+            "nobody",
+            "call_timeout",
         ],
     ),
     // src/presence/server.rs `WatcherRule`.
@@ -565,7 +580,12 @@ fn sample_with_everything_uncommented_passes_check_config() {
     assert_eq!(cfg.presence.rule.len(), 1);
     assert_eq!(cfg.tls.sni.len(), 1);
     assert!(cfg.tls.ca.is_some());
-    assert_eq!(cfg.dispatcher.len(), 1);
+    assert_eq!(
+        cfg.dispatcher.len(),
+        2,
+        "a [[dispatcher]] set and a [[group]]"
+    );
+    assert!(cfg.dispatcher[1].group.is_some());
     assert_eq!(cfg.dispatcher[0].dests.len(), 2);
     let auth = sipedge::auth::Config::from_section(&cfg.auth).unwrap();
     assert!(auth.secret.is_some());

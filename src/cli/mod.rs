@@ -171,6 +171,7 @@ impl RunArgs {
             policy: None,
             presence: None,
             dispatcher: None,
+            group: None,
             flood: None,
             overload: None,
             metrics: (self.metrics_file.is_some() || self.metrics_listen.is_some()).then(|| {

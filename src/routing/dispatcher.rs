@@ -38,8 +38,13 @@ pub enum Algorithm {
     Hash(HashKey),
     /// The lowest `priority` value first; the others only when it is out.
     Priority,
-    /// The fewest calls in progress (ties: in turn).
+    /// The fewest calls in progress (ties: the longest idle, then in turn).
     LeastLoaded,
+    /// The one idle the longest (no call in progress, longest since its
+    /// last call ended); when all are busy, the least loaded.
+    LongestIdle,
+    /// Every one at once (a hunt group's ring-all).
+    All,
 }
 
 /// What [`Algorithm::Hash`] hashes.
@@ -97,6 +102,35 @@ pub struct SetConfig {
     /// Trying) by then failed it (408): the request moves on. Zero: only
     /// the transaction timers (Timer B/F, 32 s).
     pub fork_timeout: Duration,
+    /// A hunt group: its members are `dests` (`uri` their AoRs, reached
+    /// through the location service), not gateways.
+    pub group: Option<GroupConfig>,
+}
+
+/// What makes a set a hunt group (`[[group]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The group's own AoR key (`name@domain`): calls to it ring a member.
+    pub aor: String,
+    /// Ringing a member longer than this without an answer: the next one.
+    pub ring_timeout: Duration,
+    /// The answer when nobody is free or nobody answered (486 or 480).
+    pub nobody: u16,
+}
+
+impl SetConfig {
+    /// The AoR key of `uri` (`sip:user@Host` → `user@host`), for members.
+    pub fn aor_key(uri: &str) -> String {
+        let rest = uri
+            .strip_prefix("sip:")
+            .or_else(|| uri.strip_prefix("sips:"))
+            .unwrap_or(uri);
+        let rest = rest.split([';', '?', '>']).next().unwrap_or(rest);
+        match rest.split_once('@') {
+            Some((u, h)) => format!("{u}@{}", h.to_ascii_lowercase()),
+            None => rest.to_ascii_lowercase(),
+        }
+    }
 }
 
 /// A destination's health.
@@ -151,6 +185,8 @@ struct Dest {
     calls: u64,
     /// Calls it failed (408 / 5xx / no answer), each moved on.
     failures: u64,
+    /// When its last call in progress ended (or the start).
+    idle_since: Instant,
 }
 
 /// One set's live state.
@@ -220,6 +256,12 @@ pub struct Dispatcher {
     pub untracked: u64,
     /// Requests moved to another destination after a failure.
     pub failovers: u64,
+    /// Hunt groups by their AoR key.
+    groups: HashMap<String, u16>,
+    /// Hunt-group members by AoR key: (set, member) of their first group.
+    members: HashMap<String, (u16, u16)>,
+    /// The time of the proxy's current turn.
+    clock: Instant,
 }
 
 /// The tag of probe tokens among the edge's originated requests.
@@ -249,17 +291,59 @@ impl Dispatcher {
                             current: 0,
                             calls: 0,
                             failures: 0,
+                            idle_since: now,
                         })
                         .collect(),
                     cfg: c.clone(),
                     cursor: 0,
                 }
             })
-            .collect();
+            .collect::<Vec<Set>>();
+        let mut groups = HashMap::new();
+        let mut members = HashMap::new();
+        for (si, s) in sets.iter().enumerate() {
+            let (Some(g), Ok(si)) = (&s.cfg.group, u16::try_from(si)) else {
+                continue;
+            };
+            groups.insert(g.aor.clone(), si);
+            for (di, d) in s.cfg.dests.iter().enumerate() {
+                if let Ok(di) = u16::try_from(di) {
+                    members
+                        .entry(SetConfig::aor_key(&d.uri))
+                        .or_insert((si, di));
+                }
+            }
+        }
         Self {
             sets,
+            groups,
+            members,
+            clock: now,
             ..Self::default()
         }
+    }
+
+    /// The proxy's clock, once per turn (for members' idle times).
+    pub fn set_now(&mut self, now: Instant) {
+        self.clock = now;
+    }
+
+    /// The hunt group whose own AoR key is `aor`.
+    pub fn group_for(&self, aor: &[u8]) -> Option<u16> {
+        self.groups.get(core::str::from_utf8(aor).ok()?).copied()
+    }
+
+    /// The (group, member) a served user's AoR key is a member of (its first group).
+    pub fn member_of(&self, aor: &[u8]) -> Option<(u16, u16)> {
+        if self.members.is_empty() {
+            return None;
+        }
+        self.members.get(core::str::from_utf8(aor).ok()?).copied()
+    }
+
+    /// True when set `set` is a hunt group.
+    pub fn is_group(&self, set: u16) -> bool {
+        self.config(set).is_some_and(|c| c.group.is_some())
     }
 
     /// True when no set is configured.
@@ -273,10 +357,11 @@ impl Dispatcher {
         self.sets
             .iter()
             .position(|s| {
-                s.cfg
-                    .domains
-                    .iter()
-                    .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+                s.cfg.group.is_none()
+                    && s.cfg
+                        .domains
+                        .iter()
+                        .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
             })
             .and_then(|i| u16::try_from(i).ok())
     }
@@ -295,11 +380,24 @@ impl Dispatcher {
     /// to `key`, none of `tried`: an active one under its limit, by the
     /// set's algorithm. `None`: nobody can take it.
     pub fn select(&mut self, set: u16, key: u64, tried: &[u16]) -> Option<u16> {
+        self.select_where(set, key, tried, |_| true)
+    }
+
+    /// [`Dispatcher::select`] among the destinations `usable` also accepts
+    /// (a hunt group: the members registered now).
+    pub fn select_where(
+        &mut self,
+        set: u16,
+        key: u64,
+        tried: &[u16],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<u16> {
         let s = self.sets.get_mut(usize::from(set))?;
         let eligible = |i: usize, d: &Dest, c: &DestConfig| {
             d.state == State::Active
                 && (c.max_load == 0 || d.load < c.max_load)
                 && !tried.iter().any(|&t| usize::from(t) == i)
+                && usable(i)
         };
         let n = s.dests.len();
         let mut pick = None;
@@ -360,13 +458,18 @@ impl Dispatcher {
                 }
                 pick = best.map(|b| b.0);
             }
-            Algorithm::LeastLoaded => {
-                let mut best: Option<(usize, u32)> = None;
+            Algorithm::LeastLoaded | Algorithm::LongestIdle | Algorithm::All => {
+                // (load, idle since): the least loaded, then the one idle the
+                // longest; longest-idle is the same order (an idle member has
+                // load 0, and among those the oldest idle time wins).
+                let mut best: Option<(usize, u32, Instant)> = None;
                 for k in 0..n {
                     let i = (s.cursor + k) % n;
                     if let (Some(d), Some(c)) = (s.dests.get(i), s.cfg.dests.get(i)) {
-                        if eligible(i, d, c) && best.is_none_or(|b| d.load < b.1) {
-                            best = Some((i, d.load));
+                        if eligible(i, d, c)
+                            && best.is_none_or(|b| (d.load, d.idle_since) < (b.1, b.2))
+                        {
+                            best = Some((i, d.load, d.idle_since));
                         }
                     }
                 }
@@ -397,8 +500,12 @@ impl Dispatcher {
     /// A call that went to `dest` ended before it was answered (a non-2xx
     /// final, CANCEL, no answer).
     pub fn call_failed(&mut self, set: u16, dest: u16) {
+        let now = self.clock;
         if let Some(d) = self.dest_mut(set, dest) {
             d.load = d.load.saturating_sub(1);
+            if d.load == 0 {
+                d.idle_since = now;
+            }
         }
     }
 

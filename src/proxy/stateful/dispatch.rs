@@ -13,9 +13,164 @@
 use super::*;
 
 impl<L: Location, S: LocalService> Stateful<L, S> {
-    /// Arms fork `i`'s `fork_timeout` of set `set`.
+    /// Hands an INVITE for hunt group `group` (or one of its members) to the
+    /// group's owner shard, where its members' loads are counted; false when
+    /// this shard is the owner.
+    pub(super) fn hand_to_group_owner(
+        &mut self,
+        group: u16,
+        msg: &Message<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> bool {
+        let owner = self
+            .dispatcher
+            .config(group)
+            .and_then(|c| c.group.as_ref())
+            .map_or(0, |g| {
+                crate::hash::partition_of(g.aor.as_bytes(), self.shards)
+            });
+        if owner == self.id.shard_id {
+            return false;
+        }
+        if self.mesh_out.len() < MESH_OUT_MAX {
+            let m = MeshMsg::Message {
+                bytes: msg.as_bytes().into(),
+                src,
+            };
+            self.mesh_out.push_back((usize::from(owner), m));
+            self.counters.handed_over += 1;
+        } else {
+            self.counters.overload += 1;
+            self.reply(
+                msg,
+                src,
+                503,
+                "Service Unavailable",
+                b"Retry-After: 1\r\n",
+                out,
+            );
+        }
+        true
+    }
+
+    /// Which members of hunt group `group` are registered now.
+    fn registered_members(&mut self, group: u16) -> Vec<bool> {
+        let Some(cfg) = self.dispatcher.config(group) else {
+            return Vec::new();
+        };
+        let keys: Vec<String> = cfg
+            .dests
+            .iter()
+            .map(|d| crate::routing::dispatcher::SetConfig::aor_key(&d.uri))
+            .collect();
+        let mut scratch = Targets::default();
+        keys.iter()
+            .map(|k| {
+                scratch.clear();
+                self.location
+                    .lookup(k.as_bytes(), self.wall_us, &mut scratch)
+                    == Found::Contacts
+            })
+            .collect()
+    }
+
+    /// Pushes member `m`'s contacts into the targets, each noted as `m`'s.
+    fn push_member(&mut self, group: u16, m: u16) -> usize {
+        let Some(key) = self
+            .dispatcher
+            .dest(group, m)
+            .map(|d| crate::routing::dispatcher::SetConfig::aor_key(&d.uri))
+        else {
+            return 0;
+        };
+        let before = self.targets.len();
+        let _ = self
+            .location
+            .lookup(key.as_bytes(), self.wall_us, &mut self.targets);
+        let added = self.targets.len() - before;
+        self.target_dests.extend(core::iter::repeat_n(m, added));
+        added
+    }
+
+    /// A call to hunt group `group`: the targets are the chosen member's
+    /// contacts (every free member's, ring-all). False when it was answered
+    /// (nobody free: the group's `nobody`).
+    pub(super) fn route_group(
+        &mut self,
+        group: u16,
+        msg: &Message<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) -> bool {
+        use crate::routing::dispatcher::Algorithm;
+        let registered = self.registered_members(group);
+        let usable = |i: usize| registered.get(i).copied().unwrap_or(false);
+        self.targets.clear();
+        self.target_dests.clear();
+        let ring_all = self
+            .dispatcher
+            .config(group)
+            .is_some_and(|c| c.algorithm == Algorithm::All);
+        let mut first = None;
+        if ring_all {
+            let mut tried = Vec::new();
+            while let Some(m) = self.dispatcher.select_where(group, 0, &tried, usable) {
+                tried.push(m);
+                self.push_member(group, m);
+                first.get_or_insert(m);
+            }
+        } else {
+            let mut tried = Vec::new();
+            // A member whose contacts vanished between the check and now: the next.
+            while let Some(m) = self.dispatcher.select_where(group, 0, &tried, usable) {
+                tried.push(m);
+                if self.push_member(group, m) > 0 {
+                    first = Some(m);
+                    break;
+                }
+            }
+        }
+        match first {
+            Some(m) if !self.targets.is_empty() => {
+                self.dispatched = Some((group, m, 0));
+                self.dispatch_moves = !ring_all;
+                true
+            }
+            _ => {
+                self.counters.dispatcher_unavailable += 1;
+                let code = self.group_nobody(group);
+                let reason = if code == 480 {
+                    "Temporarily Unavailable"
+                } else {
+                    "Busy Here"
+                };
+                self.reply(msg, src, code, reason, b"", out);
+                false
+            }
+        }
+    }
+
+    /// The answer of hunt group `set` when nobody takes the call; `None`
+    /// when `set` is not a group.
+    pub(super) fn group_nobody_of(&self, set: u16) -> Option<u16> {
+        self.dispatcher
+            .config(set)
+            .and_then(|c| c.group.as_ref())
+            .map(|g| g.nobody)
+    }
+
+    fn group_nobody(&self, set: u16) -> u16 {
+        self.group_nobody_of(set).unwrap_or(486)
+    }
+
+    /// Arms fork `i`'s `fork_timeout` of set `set` (a hunt group: its ring_timeout).
     pub(super) fn arm_no_answer(&mut self, now: Instant, set: u16, slot: u32, gen: u32, i: usize) {
-        let Some(t) = self.dispatcher.config(set).map(|c| c.fork_timeout) else {
+        let Some(t) = self
+            .dispatcher
+            .config(set)
+            .map(|c| c.group.as_ref().map_or(c.fork_timeout, |g| g.ring_timeout))
+        else {
             return;
         };
         if t == crate::time::Duration::ZERO {
@@ -92,8 +247,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let Some((set, dest)) = f.dest else {
             return;
         };
-        // A fork we cancelled (the caller's CANCEL, Timer C) ends; it did not fail.
-        let cancelled = f.cancel.is_some() || f.cancel_wanted;
+        // A fork we cancelled (the caller's CANCEL, Timer C) ends; it did
+        // not fail — unless a hunt group's ring_timeout cancelled it.
+        let cancelled = (f.cancel.is_some() || f.cancel_wanted) && !f.rang_out;
         if core::mem::take(&mut f.loaded) {
             match msg {
                 Some(m) if (200..300).contains(&code) => {
@@ -104,6 +260,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             }
         }
         if cancelled {
+            return;
+        }
+        if self.dispatcher.is_group(set) {
+            // Busy, unavailable, not answering: the next member (not after
+            // a 2xx, nor a 6xx: declined everywhere).
+            if (300..600).contains(&code) {
+                self.failover(now, slot, txn, out);
+            }
             return;
         }
         if code != 408 && !(500..600).contains(&code) {
@@ -133,23 +297,49 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             return;
         }
         let attempts = self.dispatcher.config(set).map_or(1, |c| c.attempts);
-        let tried: Vec<u16> = txn
+        let mut tried: Vec<u16> = txn
             .forks
             .iter()
             .filter_map(|f| f.dest.map(|d| d.1))
             .collect();
+        tried.sort_unstable();
+        tried.dedup();
         if tried.len() >= attempts as usize {
             return;
         }
         let Some(req) = txn.request.clone() else {
             return;
         };
-        let Some(d) = self.dispatcher.select(set, key, &tried) else {
+        let group = self.dispatcher.is_group(set);
+        self.targets.clear();
+        self.target_dests.clear();
+        if group {
+            let registered = self.registered_members(set);
+            let usable = |i: usize| registered.get(i).copied().unwrap_or(false);
+            let mut skip = tried.clone();
+            while let Some(m) = self.dispatcher.select_where(set, key, &skip, usable) {
+                skip.push(m);
+                if self.push_member(set, m) > 0 {
+                    break;
+                }
+            }
+        } else if let Some(d) = self.dispatcher.select(set, key, &tried) {
+            if let Some(dest) = self.dispatcher.dest(set, d).cloned() {
+                self.targets.push_over(
+                    b"",
+                    b"",
+                    Some(dest.addr),
+                    1000,
+                    dest.transport,
+                    None,
+                    FlowId::NONE,
+                );
+                self.target_dests.push(d);
+            }
+        }
+        if self.targets.is_empty() {
             return;
-        };
-        let Some(dest) = self.dispatcher.dest(set, d).cloned() else {
-            return;
-        };
+        }
         let Some(mut idx) = self.index2.take() else {
             return;
         };
@@ -159,31 +349,38 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 .ok()
                 .map(|via| self.fork_plan(&m, &via, txn.src, false));
             if let (Some(plan), Ok(routing)) = (plan, route::routing(&self.id, &m)) {
-                let t = Target {
-                    dest: Some(dest.addr),
-                    q: 1000,
-                    transport: dest.transport,
-                    ..Target::default()
-                };
-                let i = txn.forks.len();
-                if let Ok(mut fork) = self.send_fork(
-                    now,
-                    &m,
-                    &routing,
-                    txn.src,
-                    &plan,
-                    (slot, txn.gen),
-                    i,
-                    &t,
-                    out,
-                ) {
-                    fork.dest = Some((set, d));
-                    self.arm_no_answer(now, set, slot, txn.gen, i);
-                    if txn.method == Method::Invite {
-                        self.dispatcher.call_started(set, d);
-                        fork.loaded = true;
+                let targets: Vec<(Target, u16)> = self
+                    .targets
+                    .as_slice()
+                    .iter()
+                    .cloned()
+                    .zip(self.target_dests.iter().copied())
+                    .collect();
+                let mut moved = false;
+                for (t, d) in targets {
+                    let i = txn.forks.len();
+                    if let Ok(mut fork) = self.send_fork(
+                        now,
+                        &m,
+                        &routing,
+                        txn.src,
+                        &plan,
+                        (slot, txn.gen),
+                        i,
+                        &t,
+                        out,
+                    ) {
+                        fork.dest = Some((set, d));
+                        self.arm_no_answer(now, set, slot, txn.gen, i);
+                        if txn.method == Method::Invite {
+                            self.dispatcher.call_started(set, d);
+                            fork.loaded = true;
+                        }
+                        txn.forks.push(fork);
+                        moved = true;
                     }
-                    txn.forks.push(fork);
+                }
+                if moved {
                     self.dispatcher.failovers += 1;
                     self.counters.dispatcher_failovers += 1;
                 }

@@ -346,6 +346,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 timer_c: None,
                 dest: None,
                 loaded: false,
+                rang_out: false,
             }],
             best: None,
             final_sent: false,

@@ -562,6 +562,8 @@ struct Fork {
     dest: Option<(u16, u16)>,
     /// It counts as a call in progress on `dest` (an INVITE not final yet).
     loaded: bool,
+    /// A hunt group's ring_timeout cancelled it: its end moves the call on.
+    rang_out: bool,
 }
 
 /// A response context (§16): the server transaction and its forks.
@@ -657,6 +659,12 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     /// The route phase's dispatcher choice for the request being handled:
     /// (set, destination, hash key), taken by the forward phase.
     dispatched: Option<(u16, u16, u64)>,
+    /// With `dispatched`: the destination (member) of each target, when
+    /// they differ (a hunt group member's contacts, ring-all).
+    target_dests: Vec<u16>,
+    /// With `dispatched`: the request may move on to another destination
+    /// (false for a direct call to a hunt-group member: only counted).
+    dispatch_moves: bool,
 }
 
 /// A histogram of µs from 1 µs to 60 s at 2 significant digits.
@@ -703,6 +711,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             guard: Guard::open(),
             dispatcher: Dispatcher::default(),
             dispatched: None,
+            target_dests: Vec::new(),
+            dispatch_moves: false,
             cfg,
         }
     }
@@ -1170,6 +1180,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
 
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
+        self.dispatcher.set_now(now);
         self.local.export(&mut self.counters);
         if self.guard.refresh(wall_us) {
             if let Some(w) = self.guard.watchers.clone() {

@@ -52,6 +52,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         out: &mut Outbox,
     ) {
         self.dispatched = None;
+        self.target_dests.clear();
         let Some(req) = self.check(now, msg, src, out) else {
             return;
         };
@@ -340,12 +341,38 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 FlowId::NONE,
             );
             self.dispatched = Some((set, d, key));
+            self.dispatch_moves = true;
         } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
             let mut aor = [0u8; 512];
             let Some(aor) = aor_key(&uri, &mut aor) else {
                 self.reply(msg, src, 404, "Not Found", b"", out);
                 return None;
             };
+            // A call to a hunt group, or to one of its members: handled on
+            // the group's owner shard, where its members' loads are counted.
+            let grouped = (!req.to_tag && msg.method() == Method::Invite)
+                .then(|| {
+                    self.dispatcher
+                        .group_for(aor)
+                        .map(|g| (g, None))
+                        .or_else(|| self.dispatcher.member_of(aor).map(|(g, m)| (g, Some(m))))
+                })
+                .flatten();
+            if let Some((group, member)) = grouped {
+                if self.hand_to_group_owner(group, msg, src, out) {
+                    return None;
+                }
+                match member {
+                    None => {
+                        return self.route_group(group, msg, src, out).then_some(routing);
+                    }
+                    Some(m) => {
+                        // A direct call: counted on the member, never moved on.
+                        self.dispatched = Some((group, m, 0));
+                        self.dispatch_moves = false;
+                    }
+                }
+            }
             match self.location.lookup(aor, self.wall_us, &mut self.targets) {
                 // With authentication on, an unauthenticated caller learns
                 // nothing about which users exist: offline and unknown look alike.
@@ -447,6 +474,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) {
         let (via, key, to_tag) = (req.via, req.key, req.to_tag);
         let dispatched = self.dispatched.take();
+        let target_dests = core::mem::take(&mut self.target_dests);
+        let moves = self.dispatch_moves;
         if self.txns.live() >= self.cfg.max_transactions {
             self.counters.overload += 1;
             let mut extra = [0u8; 40];
@@ -527,9 +556,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             ) {
                 Ok(mut fork) => {
                     if let Some((set, dest, key)) = dispatched {
+                        let dest = target_dests.get(i).copied().unwrap_or(dest);
                         fork.dest = Some((set, dest));
-                        self.arm_no_answer(now, set, slot, gen, txn.forks.len());
-                        txn.dispatch = Some((set, key));
+                        if moves {
+                            self.arm_no_answer(now, set, slot, gen, txn.forks.len());
+                            txn.dispatch = Some((set, key));
+                        }
                         if invite {
                             self.dispatcher.call_started(set, dest);
                             fork.loaded = true;
@@ -757,6 +789,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             timer_c,
             dest: None,
             loaded: false,
+            rang_out: false,
         })
     }
 

@@ -294,7 +294,13 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         };
         let all_final = txn.forks.iter().all(|f| f.final_code.is_some());
         if !txn.final_sent && all_final {
+            let nobody = txn
+                .dispatch
+                .and_then(|(set, _)| self.group_nobody_of(set))
+                .filter(|_| !txn.cancelled);
             let (code, local) = match &txn.best {
+                // A hunt group nobody took: its own answer.
+                _ if nobody.is_some() => (nobody.unwrap_or(486), true),
                 Some((503, _)) => (500, true),
                 Some((c, _)) => (*c, false),
                 None if txn.cancelled => (487, true),
@@ -336,6 +342,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let reason = match code {
             408 => "Request Timeout",
             487 => "Request Terminated",
+            480 => "Temporarily Unavailable",
+            486 => "Busy Here",
             500 => "Server Internal Error",
             503 => "Service Unavailable",
             513 => "Message Too Large",

@@ -771,6 +771,7 @@ fn with_gateways(h: &mut H) -> [&'static str; 3] {
         attempts: 3,
         call_timeout: Duration::from_secs(3600),
         fork_timeout: Duration::from_secs(2),
+        group: None,
     };
     h.p.dispatcher = Dispatcher::new(&[set], h.now);
     gws
@@ -882,4 +883,176 @@ fn a_dispatched_call_is_not_moved_on_after_a_cancel_or_a_busy() {
     );
     assert_eq!(loads(&h), [0, 0, 0]);
     assert_eq!(h.p.counters().dispatcher_failovers, 0);
+}
+
+/// Hunt-group members op1..op3@example.test, one contact each.
+struct Members;
+
+const OPS: [&str; 3] = ["192.0.2.31:5060", "192.0.2.32:5060", "192.0.2.33:5060"];
+
+impl Location for Members {
+    fn lookup(&self, aor: &[u8], _wall: u64, out: &mut Targets) -> Found {
+        for (i, a) in OPS.iter().enumerate() {
+            if aor == format!("op{}@example.test", i + 1).as_bytes() {
+                out.push(
+                    format!("sip:op{}@{a}", i + 1).as_bytes(),
+                    b"",
+                    Some(a.parse().unwrap()),
+                    1000,
+                );
+                return Found::Contacts;
+            }
+        }
+        Found::Unknown
+    }
+}
+
+fn help_desk() -> (Stateful<Members>, Outbox) {
+    use crate::routing::dispatcher::{Algorithm, DestConfig, GroupConfig, SetConfig};
+    let set = SetConfig {
+        name: "support".into(),
+        domains: vec!["example.test".into()],
+        dests: (1..=3)
+            .map(|i| DestConfig {
+                uri: format!("sip:op{i}@example.test"),
+                addr: "0.0.0.0:0".parse().unwrap(),
+                transport: Transport::Udp,
+                weight: 1,
+                priority: 0,
+                max_load: 0,
+            })
+            .collect(),
+        algorithm: Algorithm::LeastLoaded,
+        probe_interval: Duration::ZERO,
+        probe_timeout: Duration::ZERO,
+        failures_down: 1,
+        successes_up: 1,
+        attempts: 3,
+        call_timeout: Duration::from_secs(3600),
+        fork_timeout: Duration::ZERO,
+        group: Some(GroupConfig {
+            aor: "support@example.test".into(),
+            ring_timeout: Duration::from_secs(10),
+            nobody: 486,
+        }),
+    };
+    // One shard (id 0): the group's owner shard is this one.
+    let mut id = identity();
+    id.shard_id = 0;
+    let p = Stateful::new(id, Config::default(), Members, NoService).with_dispatcher(&[set]);
+    (p, Outbox::new(1 << 20, 64))
+}
+
+fn feed_to(
+    p: &mut Stateful<Members>,
+    out: &mut Outbox,
+    now: Instant,
+    data: &str,
+    src: &str,
+) -> Vec<(String, String)> {
+    out.clear();
+    p.handle_message(
+        now,
+        data.as_bytes(),
+        &Peer::udp(src.parse().unwrap(), SocketId(0)),
+        out,
+    );
+    out.items()
+        .iter()
+        .map(|t| {
+            (
+                t.peer.remote.to_string(),
+                String::from_utf8_lossy(out.bytes(t)).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_hunt_group_rings_the_least_loaded_skips_the_busy_and_moves_on_after_ring_timeout() {
+    let (mut p, mut out) = help_desk();
+    let mut now = Instant::ZERO;
+    // op1 holds two calls, op2 one (direct calls: counted on the members).
+    for (k, op) in [(1, "op1"), (2, "op1"), (3, "op2")] {
+        let inv = invite(&format!("sip:{op}@example.test"), &format!("z9hG4bKh{k}"));
+        let sent = feed_to(&mut p, &mut out, now, &inv, UAC);
+        let fwd = sent
+            .iter()
+            .find(|(_, m)| m.starts_with("INVITE"))
+            .unwrap_or_else(|| panic!("{sent:#?}"))
+            .clone();
+        let sent = feed_to(&mut p, &mut out, now, &respond(&fwd.1, 200, "o"), &fwd.0);
+        assert!(sent.iter().any(|(a, m)| a == UAC && status(m) == 200));
+    }
+    let loads = |p: &Stateful<Members>| {
+        p.dispatcher
+            .status()
+            .iter()
+            .map(|d| d.load)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(loads(&p), [2, 1, 0]);
+    // A call to the group rings op3, the least loaded.
+    let inv = invite("sip:support@example.test", "z9hG4bKg1");
+    let sent = feed_to(&mut p, &mut out, now, &inv, UAC);
+    let (to, fwd) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .unwrap()
+        .clone();
+    assert_eq!(to, OPS[2]);
+    assert!(fwd.starts_with("INVITE sip:op3@192.0.2.33:5060 "), "{fwd}");
+    // op3 is busy: the next least loaded, op2, rings; the caller sees nothing final.
+    let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 486, "o3"), OPS[2]);
+    assert!(
+        !sent
+            .iter()
+            .any(|(a, m)| a == UAC && m.starts_with("SIP/2.0 486")),
+        "{sent:#?}"
+    );
+    let (to, fwd) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .unwrap()
+        .clone();
+    assert_eq!(to, OPS[1]);
+    // op2 rings and does not answer: after ring_timeout it is CANCELed...
+    let _ = feed_to(&mut p, &mut out, now, &respond(&fwd, 180, "o2"), OPS[1]);
+    now += Duration::from_secs(10);
+    out.clear();
+    p.handle_timeout(now, &mut out);
+    let cancel = out
+        .items()
+        .iter()
+        .map(|t| {
+            (
+                t.peer.remote.to_string(),
+                String::from_utf8_lossy(out.bytes(t)).into_owned(),
+            )
+        })
+        .find(|(_, m)| m.starts_with("CANCEL"))
+        .expect("ring_timeout CANCELs the member");
+    assert_eq!(cancel.0, OPS[1]);
+    // ...and its 487 moves the call on to op1, the last one.
+    let _ = feed_to(
+        &mut p,
+        &mut out,
+        now,
+        &respond(&cancel.1, 200, "o2"),
+        OPS[1],
+    );
+    let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 487, "o2"), OPS[1]);
+    let (to, fwd) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .unwrap()
+        .clone();
+    assert_eq!(to, OPS[0]);
+    // op1 busy too: nobody is left, the caller gets the group's 486.
+    let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 486, "o1"), OPS[0]);
+    assert!(
+        sent.iter().any(|(a, m)| a == UAC && status(m) == 486),
+        "{sent:#?}"
+    );
+    assert_eq!(loads(&p), [2, 1, 0]);
 }

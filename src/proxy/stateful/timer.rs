@@ -113,6 +113,24 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     }
                 }
             }
+            TimerTarget::NoAnswer(i)
+                if txn
+                    .forks
+                    .get(usize::from(i))
+                    .and_then(|f| f.dest)
+                    .is_some_and(|(set, _)| self.dispatcher.is_group(set)) =>
+            {
+                // A hunt group member rang out: CANCEL its fork; its 487
+                // (or Timer B) moves the call on to the next member.
+                let i = usize::from(i);
+                let ringing = txn.forks.get(i).is_some_and(|f| f.final_code.is_none());
+                if ringing && !txn.cancelled && !txn.final_sent {
+                    if let Some(f) = txn.forks.get_mut(i) {
+                        f.rang_out = true;
+                    }
+                    self.cancel_fork(now, slot, &mut txn, i, out);
+                }
+            }
             TimerTarget::NoAnswer(i) => {
                 let i = usize::from(i);
                 let silent = txn

@@ -24,6 +24,7 @@ fn set(algorithm: Algorithm, dests: Vec<DestConfig>) -> SetConfig {
         attempts: 3,
         call_timeout: Duration::from_secs(3600),
         fork_timeout: Duration::from_secs(2),
+        group: None,
     }
 }
 
