@@ -278,9 +278,11 @@ impl GroupSection {
             Some("round-robin") => Algorithm::RoundRobin,
             Some("longest-idle") => Algorithm::LongestIdle,
             Some("ring-all") => Algorithm::All,
-            Some(o) => return Err(bad(format!(
+            Some(o) => {
+                return Err(bad(format!(
                 "strategy = {o:?}: expected least-loaded, round-robin, longest-idle or ring-all"
-            ))),
+            )))
+            }
         };
         let nobody = self.nobody.unwrap_or(486);
         if nobody != 486 && nobody != 480 {

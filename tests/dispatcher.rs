@@ -12,13 +12,17 @@
 //! - least-loaded with calls held: loads follow, then return to zero (and
 //!   after answered, refused and failed-over calls in the tests above);
 //! - 20 ringing calls CANCELed by the caller: each gets its 487, and every
-//!   load is back at zero.
+//!   load is back at zero;
+//! - a hunt group of pjsua2 operators holding different numbers of calls:
+//!   the least loaded rings first, a busy one is skipped, one not answering
+//!   is left after ring_timeout, and the call is answered.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -513,4 +517,137 @@ fn after_cancelled_calls_every_load_is_zero() {
     loads_settle_to_zero(&sock);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     t.join().unwrap();
+}
+
+/// A pjsua2 operator (tests/peers/pjsua_operator.py) registered at the edge.
+fn operator(
+    dir: &TempDir,
+    user: &str,
+    mode: &str,
+    edge: SocketAddr,
+) -> (Reaped, mpsc::Receiver<String>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/pjsua_operator.py");
+    let (r, rx) = Reaped::spawn_lines(
+        "pjsua_operator.py",
+        Command::new("python3")
+            .arg(script)
+            .args(["--user", user, "--mode", mode, "--proxy", &edge.to_string()])
+            .args(["--ring", "0.2", "--timeout", "60"])
+            .stdin(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path.join(format!("{user}.err"))).unwrap()),
+    );
+    (r, rx)
+}
+
+/// Every line `rx` sends within `wait`, appended to `seen`.
+fn lines(rx: &mpsc::Receiver<String>, wait: Duration, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + wait;
+    while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push(l);
+    }
+}
+
+fn count(seen: &[String], what: &str) -> usize {
+    seen.iter().filter(|l| l.contains(what)).count()
+}
+
+/// The help desk: four pjsua2 operators, op1 holding two calls, op2 one, op3
+/// busy (486), op4 never answering. A call to sip:support@example.test
+/// rings the least loaded first — op3 and op4 (no call; op3 first in
+/// turn) —, skips busy op3, leaves op4 after ring_timeout (CANCEL, 487),
+/// and is answered by op2, the next least loaded; op1 never rings.
+#[test]
+fn a_hunt_group_of_pjsua2_operators_rings_the_least_loaded_and_moves_on() {
+    if !have_peers() || !common::have_python_module("pjsua2") {
+        return;
+    }
+    let dir = TempDir::new("ds-hunt");
+    let (p, sock) = edge(
+        &dir,
+        "[[group]]\nname = \"support\"\ndomain = \"example.test\"\n\
+         members = [\"sip:op1@example.test\", \"sip:op2@example.test\", \
+         \"sip:op3@example.test\", \"sip:op4@example.test\"]\n\
+         strategy = \"least-loaded\"\nring_timeout = \"2s\"\n",
+    );
+    let ops: Vec<_> = [
+        ("op1", "answer"),
+        ("op2", "answer"),
+        ("op3", "busy"),
+        ("op4", "noanswer"),
+    ]
+    .iter()
+    .map(|(u, m)| operator(&dir, u, m, p.addr))
+    .collect();
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); 4];
+    for (i, (_, rx)) in ops.iter().enumerate() {
+        assert!(
+            common::wait_line(rx, "registered", Duration::from_secs(10), &mut seen[i]),
+            "op{} did not register: {:?}",
+            i + 1,
+            seen[i]
+        );
+    }
+    // Calls held 20 s directly to op1 (two) and op2 (one).
+    let held_users = dir.write("held.csv", "SEQUENTIAL\nop1;x;x;x\nop1;x;x;x\nop2;x;x;x\n");
+    let port = free_udp_port();
+    let mut held = sipp(&dir, "held", port);
+    held.args(["-sf", &format!("{SIPP}/uac_users_domain.xml")])
+        .args(["-key", "domain", "example.test", "-inf", &held_users])
+        .args(["-m", "3", "-r", "10", "-d", "20000"])
+        .arg(p.addr.to_string());
+    let _held = Reaped::spawn("sipp", &mut held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&seen[0], "confirmed") < 2 || count(&seen[1], "confirmed") < 1 {
+        assert!(Instant::now() < deadline, "held calls not up: {seen:?}");
+        for (i, (_, rx)) in ops.iter().enumerate() {
+            lines(rx, Duration::from_millis(50), &mut seen[i]);
+        }
+    }
+    let loads: Vec<(String, u64)> = destinations(&sock)
+        .into_iter()
+        .map(|d| (d.0, d.2))
+        .collect();
+    assert_eq!(
+        loads.iter().map(|l| l.1).collect::<Vec<_>>(),
+        [2, 1, 0, 0],
+        "{loads:?}"
+    );
+    // The call to the group.
+    let group = dir.write("group.csv", "SEQUENTIAL\nsupport;x;x;x\n");
+    let port = free_udp_port();
+    let status = sipp(&dir, "caller", port)
+        .args(["-sf", &format!("{SIPP}/uac_users_domain.xml")])
+        .args(["-key", "domain", "example.test", "-inf", &group])
+        .args(["-m", "1", "-d", "500", "-timeout", "30s", "-timeout_error"])
+        .arg(p.addr.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", sipp_report(&dir, "caller"));
+    for (i, (_, rx)) in ops.iter().enumerate() {
+        lines(rx, Duration::from_millis(300), &mut seen[i]);
+    }
+    assert_eq!(
+        count(&seen[2], "incoming"),
+        1,
+        "busy op3 rang first: {seen:?}"
+    );
+    assert_eq!(count(&seen[3], "incoming"), 1, "op4 rang next: {seen:?}");
+    assert_eq!(
+        count(&seen[3], " 487"),
+        1,
+        "op4 was CANCELed after ring_timeout: {seen:?}"
+    );
+    assert_eq!(
+        count(&seen[1], "incoming"),
+        2,
+        "op2 answered the group call: {seen:?}"
+    );
+    assert_eq!(
+        count(&seen[0], "incoming"),
+        2,
+        "op1 (two calls) never rang: {seen:?}"
+    );
+    for (r, _) in ops {
+        drop(r);
+    }
 }
