@@ -26,74 +26,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    free_udp_port, have_peer, response_to, sipp, sipp_report, Proxy, Reaped, TempDir, Ua,
+    free_udp_port, have_peer, response_to, sipp, sipp_report, Gateway, Proxy, Reaped, TempDir, Ua,
+    SIPP,
 };
 use serde_json::Value;
-
-const SIPP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/sipp");
-
-/// A SIPp gateway: `scenario` (uas.xml unless said), answering OPTIONS
-/// probes (`-aa`), its statistics written every second.
-struct Gateway {
-    proc: Reaped,
-    port: u16,
-    stat: std::path::PathBuf,
-}
-
-impl Gateway {
-    fn start(dir: &TempDir, name: &str, scenario: &str, extra: &[&str]) -> Self {
-        let port = free_udp_port();
-        let stat = dir.path.join(format!("{name}.csv"));
-        let proc = Reaped::spawn(
-            "sipp",
-            sipp(dir, name, port)
-                .args(["-sf", &format!("{SIPP}/{scenario}"), "-aa"])
-                .args(["-trace_stat", "-fd", "1", "-stf"])
-                .arg(&stat)
-                .args(extra),
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        Self { proc, port, stat }
-    }
-
-    fn uri(&self) -> String {
-        format!("sip:127.0.0.1:{}", self.port)
-    }
-
-    /// A cumulative column of SIPp's statistics file (last line).
-    fn stat(&self, column: &str) -> u64 {
-        let text = std::fs::read_to_string(&self.stat).unwrap_or_default();
-        let mut lines = text.lines();
-        let Some(head) = lines.next() else { return 0 };
-        let Some(i) = head.split(';').position(|c| c == column) else {
-            return 0;
-        };
-        lines
-            .last()
-            .and_then(|l| l.split(';').nth(i))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Calls it completed (INVITE … BYE), once the figure has settled.
-    fn completed(&self, want: u64) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let n = self.stat("SuccessfulCall(C)");
-            if n >= want || Instant::now() > deadline {
-                return n;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.proc.id().to_string()])
-            .status();
-        let _ = self.proc.wait_for(Duration::from_secs(5));
-    }
-}
 
 /// The edge with `sets` (TOML of `[[dispatcher]]` tables) and a control socket.
 fn edge(dir: &TempDir, sets: &str) -> (Proxy, String) {

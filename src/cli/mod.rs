@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::{self, Authenticator, Secret, SeededEntropy, Users};
@@ -310,7 +310,17 @@ fn set_log_level(level: &str) -> Result<()> {
 
 /// Runs the edge until SIGINT or SIGTERM.
 pub fn run(args: &RunArgs) -> Result<()> {
+    run_with(args, None)
+}
+
+/// [`run`] with routing hooks (sipedge embedded in another program: see
+/// [`crate::proxy::hooks`] and `examples/least_loaded.rs`); each shard gets
+/// its own instance from `hooks`. Hooks need the stateful proxy.
+pub fn run_with(args: &RunArgs, hooks: Option<crate::proxy::hooks::HookFactory>) -> Result<()> {
     let cfg = args.config()?;
+    if hooks.is_some() && cfg.stateless {
+        bail!("routing hooks need the transaction-stateful proxy (not --stateless)");
+    }
     init_logging(&cfg.log_level, cfg.log_json);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -418,7 +428,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         })?
     } else {
-        let (h, s, inboxes) = start_stateful(plans, driver, &cfg, secret, &stop, &health)?;
+        let (h, s, inboxes) =
+            start_stateful(plans, driver, &cfg, secret, &stop, &health, hooks.as_ref())?;
         shared = Some(s);
         control_inboxes = inboxes;
         h
@@ -735,6 +746,7 @@ fn start_stateful(
     secret: u64,
     stop: &Arc<AtomicBool>,
     health: &crate::metrics::Health,
+    hooks: Option<&crate::proxy::hooks::HookFactory>,
 ) -> Result<(Handles, Arc<Shared>, Vec<Arc<shard::control::Inbox>>)> {
     let n = u16::try_from(plans.len()).unwrap_or(u16::MAX);
     let mut inboxes = Vec::with_capacity(plans.len());
@@ -884,7 +896,7 @@ fn start_stateful(
         let presence = Presence::from_entries(pres_cfg, me, &state.entries, now, wall);
         let registrar = Registrar::from_state(reg_cfg.clone(), n, state, now, wall);
         let guard = sec.guard(me, &cfg.domains);
-        Stateful::new(
+        let p = Stateful::new(
             id,
             proxy_cfg.clone(),
             replica,
@@ -892,7 +904,11 @@ fn start_stateful(
         )
         .with_shards(n)
         .with_guard(guard)
-        .with_dispatcher(&cfg.dispatcher)
+        .with_dispatcher(&cfg.dispatcher);
+        match hooks {
+            Some(f) => p.with_hooks(f(me)),
+            None => p,
+        }
     })?;
     if let Some(f) = failure {
         stop.store(true, Ordering::Relaxed);

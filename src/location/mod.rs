@@ -16,7 +16,7 @@
 //! | [`binding`] | [`Binding`]: one contact in one compact heap block; [`Target`], its routing view |
 //! | [`feed`] | [`Record`]/[`Op`], their encoding, and [`PartitionState`] (what records add up to) |
 //! | [`replica`] | [`Replica`]: the per-shard table, `apply` and `lookup` |
-//! | [`hash`] | the stable hash behind [`partition_of`] and the keyed table hash |
+//! | [`crate::hash`] | the stable hash behind [`partition_of`] and the keyed table hash |
 //! | `table` | the replica's open-addressing table and its pipelined batch lookup |
 //! | `prefetch` | a cache prefetch hint (the only `unsafe` here, justified in its doc) |
 //!

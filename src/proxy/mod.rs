@@ -4,7 +4,7 @@
 //! answers to malformed input ([`reject`]) and the counters ([`Counters`]).
 //!
 //! Sans-IO: a proxy takes `(now, datagram, source, socket)` and writes what
-//! it sends into the caller's [`Outbox`](crate::transport::Outbox). It reads
+//! it sends into the caller's [`crate::transport::Outbox`]. It reads
 //! no clock and opens no socket.
 #![cfg_attr(
     not(test),
@@ -20,6 +20,7 @@ pub mod branch;
 pub mod build;
 pub mod flow;
 pub mod guard;
+pub mod hooks;
 pub mod location;
 pub mod reject;
 pub mod route;

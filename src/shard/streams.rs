@@ -1,6 +1,6 @@
 //! What both drivers do with stream connections around the core, so that a
 //! driver is only I/O: bytes read go through the shard's
-//! [`Connections`](crate::transport::conn::Connections) to the service; the
+//! [`crate::transport::conn::Connections`] to the service; the
 //! service's transmits on stream peers go from the outbox into their
 //! connections (or over the mesh to the shard that owns the flow); closed
 //! flows are reported to the service.

@@ -569,6 +569,14 @@ impl Reaped {
         }
     }
 
+    /// Takes charge of a child already spawned.
+    pub fn adopt(name: &str, child: Child) -> Self {
+        Self {
+            child: Some(child),
+            name: name.to_owned(),
+        }
+    }
+
     /// Spawns `cmd` with its stdout read line by line into the returned channel.
     pub fn spawn_lines(name: &str, cmd: &mut Command) -> (Self, mpsc::Receiver<String>) {
         let mut r = Self::spawn(name, cmd.stdout(Stdio::piped()));
@@ -770,5 +778,75 @@ impl Ua {
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let addr = sock.local_addr().unwrap();
         Self { sock, addr }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SIPp gateways (tests/dispatcher.rs, tests/embed.rs).
+
+/// The SIPp scenarios of tools/sipp.
+pub const SIPP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/sipp");
+
+/// A SIPp gateway: `scenario` (uas.xml unless said), answering OPTIONS
+/// probes (`-aa`), its statistics written every second.
+pub struct Gateway {
+    proc: Reaped,
+    /// Its UDP port on 127.0.0.1.
+    pub port: u16,
+    stat: std::path::PathBuf,
+}
+
+impl Gateway {
+    pub fn start(dir: &TempDir, name: &str, scenario: &str, extra: &[&str]) -> Self {
+        let port = free_udp_port();
+        let stat = dir.path.join(format!("{name}.csv"));
+        let proc = Reaped::spawn(
+            "sipp",
+            sipp(dir, name, port)
+                .args(["-sf", &format!("{SIPP}/{scenario}"), "-aa"])
+                .args(["-trace_stat", "-fd", "1", "-stf"])
+                .arg(&stat)
+                .args(extra),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        Self { proc, port, stat }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("sip:127.0.0.1:{}", self.port)
+    }
+
+    /// A cumulative column of SIPp's statistics file (last line).
+    pub fn stat(&self, column: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.stat).unwrap_or_default();
+        let mut lines = text.lines();
+        let Some(head) = lines.next() else { return 0 };
+        let Some(i) = head.split(';').position(|c| c == column) else {
+            return 0;
+        };
+        lines
+            .last()
+            .and_then(|l| l.split(';').nth(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Calls it completed (INVITE … BYE), once the figure has settled.
+    pub fn completed(&self, want: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = self.stat("SuccessfulCall(C)");
+            if n >= want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.proc.id().to_string()])
+            .status();
+        let _ = self.proc.wait_for(Duration::from_secs(5));
     }
 }

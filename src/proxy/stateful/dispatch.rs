@@ -241,6 +241,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         msg: Option<&Message<'_>>,
         out: &mut Outbox,
     ) {
+        if let (Some(h), Some(c)) = (self.hooks.as_mut(), txn.ctx.as_mut()) {
+            h.on_response(code, c.as_mut());
+        }
         let Some(f) = txn.forks.get_mut(i) else {
             return;
         };
@@ -337,12 +340,35 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 self.target_dests.push(d);
             }
         }
+        drop(req);
+        if self.fork_targets(now, slot, txn, Some(set), out) {
+            self.dispatcher.failovers += 1;
+            self.counters.dispatcher_failovers += 1;
+        }
+    }
+
+    /// Sends the transaction's request to each of `self.targets` as new
+    /// forks (`set`: dispatched, the destination of each in
+    /// `target_dests`); true when one went. For failover and for a hook's
+    /// retry elsewhere.
+    pub(super) fn fork_targets(
+        &mut self,
+        now: Instant,
+        slot: u32,
+        txn: &mut Txn,
+        set: Option<u16>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(req) = txn.request.clone() else {
+            return false;
+        };
         if self.targets.is_empty() {
-            return;
+            return false;
         }
         let Some(mut idx) = self.index2.take() else {
-            return;
+            return false;
         };
+        let mut moved = false;
         if let Ok(m) = sip::parse(&req, &mut idx) {
             let plan = m
                 .top_via()
@@ -354,11 +380,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     .as_slice()
                     .iter()
                     .cloned()
-                    .zip(self.target_dests.iter().copied())
+                    .enumerate()
+                    .map(|(k, t)| (t, self.target_dests.get(k).copied().unwrap_or(0)))
                     .collect();
-                let mut moved = false;
                 for (t, d) in targets {
                     let i = txn.forks.len();
+                    if i >= self.cfg.max_forks.max(usize::from(u8::MAX)) {
+                        break;
+                    }
                     if let Ok(mut fork) = self.send_fork(
                         now,
                         &m,
@@ -370,22 +399,21 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         &t,
                         out,
                     ) {
-                        fork.dest = Some((set, d));
-                        self.arm_no_answer(now, set, slot, txn.gen, i);
-                        if txn.method == Method::Invite {
-                            self.dispatcher.call_started(set, d);
-                            fork.loaded = true;
+                        if let Some(set) = set {
+                            fork.dest = Some((set, d));
+                            self.arm_no_answer(now, set, slot, txn.gen, i);
+                            if txn.method == Method::Invite {
+                                self.dispatcher.call_started(set, d);
+                                fork.loaded = true;
+                            }
                         }
                         txn.forks.push(fork);
                         moved = true;
                     }
                 }
-                if moved {
-                    self.dispatcher.failovers += 1;
-                    self.counters.dispatcher_failovers += 1;
-                }
             }
         }
         self.index2 = Some(idx);
+        moved
     }
 }

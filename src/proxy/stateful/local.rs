@@ -84,6 +84,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             cancelled: false,
             started: Some(_now),
             dispatch: None,
+            ctx: None,
         };
         self.put(slot, txn);
         self.held.push((
@@ -353,6 +354,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             cancelled: false,
             started: None,
             dispatch: None,
+            ctx: None,
         };
         self.put(slot, txn);
         true

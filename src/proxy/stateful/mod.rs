@@ -24,10 +24,10 @@
 //!  ACK    ─► its INVITE's server txn (non-2xx): absorbed · else (2xx): stateless relay
 //! ```
 //!
-//! Where it lives: the phases of a new request in [`request`] (one
+//! Where it lives: the phases of a new request in `request` (one
 //! function each, in the order a request meets them), responses and the
-//! response context in [`response`], timers in [`timer`], the local-service
-//! seam in [`local`]; the transaction table is [`crate::txn::table`].
+//! response context in `response`, timers in `timer`, the local-service
+//! seam in `local`; the transaction table is [`crate::txn::table`].
 //!
 //! Memory: a transaction keeps the request and each forwarded copy only
 //! while something may need them (retransmission, ACK, CANCEL, a local
@@ -589,6 +589,8 @@ struct Txn {
     started: Option<Instant>,
     /// Routed by a dispatcher set: (set, hash key), for failover.
     dispatch: Option<(u16, u64)>,
+    /// The routing hooks' context of this request.
+    ctx: Option<Box<dyn core::any::Any + Send>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -665,6 +667,10 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     /// With `dispatched`: the request may move on to another destination
     /// (false for a direct call to a hunt-group member: only counted).
     dispatch_moves: bool,
+    /// Routing hooks of an embedding program.
+    hooks: Option<Box<dyn crate::proxy::hooks::DynHooks>>,
+    /// The hooks' context of the request being handled, until forwarded.
+    pending_ctx: Option<Box<dyn core::any::Any + Send>>,
 }
 
 /// A histogram of µs from 1 µs to 60 s at 2 significant digits.
@@ -713,8 +719,16 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             dispatched: None,
             target_dests: Vec::new(),
             dispatch_moves: false,
+            hooks: None,
+            pending_ctx: None,
             cfg,
         }
+    }
+
+    /// Sets the routing hooks (an embedding program's, see [`crate::proxy::hooks`]).
+    pub fn with_hooks(mut self, hooks: Box<dyn crate::proxy::hooks::DynHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Sets the dispatcher sets.

@@ -53,11 +53,17 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) {
         self.dispatched = None;
         self.target_dests.clear();
+        self.pending_ctx = None;
         let Some(req) = self.check(now, msg, src, out) else {
             return;
         };
         if msg.method() == Method::Bye && !self.dispatcher.is_empty() {
             self.bye_seen(msg);
+        }
+        if msg.method() == Method::Bye {
+            if let Some(h) = self.hooks.as_mut() {
+                h.on_dialog_end(msg.call_id());
+            }
         }
         if !self.admit(now, msg, &req, src, out) {
             return;
@@ -67,6 +73,21 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         };
         if self.serve(now, msg, &req, src, out) {
             return;
+        }
+        if let Some(h) = self.hooks.as_mut() {
+            let mut ctx = h.new_ctx();
+            let r = crate::proxy::hooks::Request {
+                msg,
+                source: src.remote,
+                authenticated,
+            };
+            if let crate::proxy::hooks::Decision::Answer(code, reason) =
+                h.on_request(&r, ctx.as_mut())
+            {
+                self.reply(msg, src, code, reason, b"", out);
+                return;
+            }
+            self.pending_ctx = Some(ctx);
         }
         let Some(routing) = self.route(now, msg, &req, authenticated, src, out) else {
             return;
@@ -266,6 +287,17 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             Some(Err(_)) | None => uri,
         };
         self.targets.clear();
+        if let (Some(h), Some(ctx)) = (self.hooks.as_mut(), self.pending_ctx.as_mut()) {
+            let r = crate::proxy::hooks::Request {
+                msg,
+                source: src.remote,
+                authenticated,
+            };
+            if h.choose_targets(&r, ctx.as_mut(), &mut self.targets) && !self.targets.is_empty() {
+                return Some(routing);
+            }
+            self.targets.clear();
+        }
         // RFC 5626 §5.3: a flow token of ours in the Route set sends the
         // request down that flow, unless it came from there.
         let token = routing
@@ -518,6 +550,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             cancelled: false,
             started: Some(now),
             dispatch: None,
+            ctx: self.pending_ctx.take(),
         };
         self.txns.index(key, slot);
         self.counters.transactions += 1;

@@ -293,6 +293,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             return;
         };
         let all_final = txn.forks.iter().all(|f| f.final_code.is_some());
+        if !txn.final_sent && all_final && !txn.cancelled && self.hooks.is_some() {
+            // The hooks may retry elsewhere.
+            let status = txn.best.as_ref().map_or(408, |b| b.0);
+            self.targets.clear();
+            self.target_dests.clear();
+            if let (Some(h), Some(c)) = (self.hooks.as_mut(), txn.ctx.as_mut()) {
+                h.on_failure(status, c.as_mut(), &mut self.targets);
+            }
+            if self.fork_targets(now, slot, &mut txn, None, out) {
+                self.put(slot, txn);
+                return;
+            }
+        }
         if !txn.final_sent && all_final {
             let nobody = txn
                 .dispatch

@@ -1056,3 +1056,118 @@ fn a_hunt_group_rings_the_least_loaded_skips_the_busy_and_moves_on_after_ring_ti
     );
     assert_eq!(loads(&p), [2, 1, 0]);
 }
+
+/// Hooks of the tests below: `sip:block@…` answered 403 by the hook,
+/// `sip:hook@…` sent to 192.0.2.41, then (on failure) to 192.0.2.42;
+/// what they saw is recorded.
+#[derive(Default)]
+struct TestHooks {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl crate::proxy::hooks::RoutingHooks for TestHooks {
+    type Ctx = u32;
+
+    fn new_ctx(&mut self) -> u32 {
+        0
+    }
+
+    fn on_request(
+        &mut self,
+        req: &crate::proxy::hooks::Request<'_>,
+        _: &mut u32,
+    ) -> crate::proxy::hooks::Decision {
+        if req.ruri_user() == Some(b"block") {
+            return crate::proxy::hooks::Decision::Answer(403, "Forbidden By Hook");
+        }
+        crate::proxy::hooks::Decision::Continue
+    }
+
+    fn choose_targets(
+        &mut self,
+        req: &crate::proxy::hooks::Request<'_>,
+        tries: &mut u32,
+        t: &mut Targets,
+    ) -> bool {
+        if req.ruri_user() != Some(b"hook") {
+            return false;
+        }
+        *tries += 1;
+        t.push(b"", b"", Some("192.0.2.41:5060".parse().unwrap()), 1000);
+        true
+    }
+
+    fn on_response(&mut self, status: u16, tries: &mut u32) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("response {status} after {tries}"));
+    }
+
+    fn on_failure(&mut self, status: u16, tries: &mut u32, t: &mut Targets) {
+        self.seen.lock().unwrap().push(format!("failure {status}"));
+        if *tries == 1 {
+            *tries += 1;
+            t.push(b"", b"", Some("192.0.2.42:5060".parse().unwrap()), 1000);
+        }
+    }
+
+    fn on_dialog_end(&mut self, call_id: &[u8]) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("bye {}", String::from_utf8_lossy(call_id)));
+    }
+}
+
+#[test]
+fn hooks_answer_choose_targets_see_responses_and_retry_elsewhere() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let hooks = TestHooks::default();
+    let seen = hooks.seen.clone();
+    h.p.hooks = Some(Box::new(hooks));
+    // Answered by the hook.
+    let out = h.feed(&invite("sip:block@example.test", "z9hG4bKk1"), UAC);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].0.as_str(), status(&out[0].1)), (UAC, 403));
+    // Not the hook's: the edge's routing (location) as before.
+    let out = h.feed(&invite("sip:bob@example.test", "z9hG4bKk2"), UAC);
+    assert_eq!(out[1].0, "192.0.2.4:5060");
+    // The hook's target; its failure is retried where the hook says.
+    let inv = invite("sip:hook@example.test", "z9hG4bKk3");
+    let out = h.feed(&inv, UAC);
+    assert_eq!(out[1].0, "192.0.2.41:5060");
+    let out = h.feed(&respond(&out[1].1, 503, "x1"), "192.0.2.41:5060");
+    let retry = out
+        .iter()
+        .find(|(a, m)| a == "192.0.2.42:5060" && m.starts_with("INVITE"))
+        .expect("retried");
+    assert!(
+        !out.iter().any(|(a, _)| a == UAC),
+        "nothing final upstream yet: {out:#?}"
+    );
+    let out = h.feed(&respond(&retry.1, 486, "x2"), "192.0.2.42:5060");
+    assert!(
+        out.iter().any(|(a, m)| a == UAC && status(m) == 486),
+        "{out:#?}"
+    );
+    let bye = inv
+        .replacen(
+            "INVITE sip:hook@example.test",
+            "BYE sip:hook@example.test",
+            1,
+        )
+        .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
+        .replace("branch=z9hG4bKk3", "branch=z9hG4bKk3b");
+    let _ = h.feed(&bye, UAC);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "response 503 after 1",
+            "failure 503",
+            "response 486 after 2",
+            "failure 486",
+            "bye z9hG4bKk3@c"
+        ]
+    );
+}

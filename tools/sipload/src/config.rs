@@ -29,13 +29,13 @@ pub enum Scenario {
     Message,
     /// OPTIONS → 200.
     Options,
-    /// PUBLISH (RFC 3903) of presentity `--presentity-prefix`<i>, a PIDF
+    /// PUBLISH (RFC 3903) of presentity `--presentity-prefix`*i*, a PIDF
     /// body: the first for a presentity is an initial publication, later
     /// ones modify it (SIP-If-Match: the SIP-ETag of the last 2xx) → 200.
     Publish,
-    /// REGISTER (user<i>, digest auth when challenged) → 200.
+    /// REGISTER (user*i*, digest auth when challenged) → 200.
     Register,
-    /// SUBSCRIBE (RFC 6665, Event: presence) of watcher user<i> to presentity
+    /// SUBSCRIBE (RFC 6665, Event: presence) of watcher user*i* to presentity
     /// i mod --presentities → 200; the subscription is then held, and every
     /// NOTIFY in it is answered 200 and counted with its arrival time.
     Subscribe,
@@ -180,7 +180,7 @@ pub struct Args {
     /// subscriptions are held once all are established.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub hold: Duration,
-    /// Users user<0>..user<N-1>, used in turn (From of calls and messages,
+    /// Users `user0`..`user{N-1}`, used in turn (From of calls and messages,
     /// the REGISTER AoR, `{user}` in --request-uri).
     #[arg(long, default_value_t = 1000)]
     pub users: u32,
@@ -194,13 +194,13 @@ pub struct Args {
     #[arg(long)]
     pub password: Option<String>,
     /// Request-URI of calls, MESSAGE and OPTIONS; `{user}` is replaced by
-    /// the user name. Default: sip:uas@<UAS address or target>.
+    /// the user name. Default: `sip:uas@<UAS address or target>`.
     #[arg(long)]
     pub request_uri: Option<String>,
     /// Expires of REGISTER, PUBLISH and SUBSCRIBE, seconds.
     #[arg(long, default_value_t = 3600)]
     pub expires: u32,
-    /// Presence: presentities pres<0>..pres<N-1> (--presentity-prefix);
+    /// Presence: presentities `pres0`..`pres{N-1}` (--presentity-prefix);
     /// publish: the presentity of PUBLISH number i is i mod N; subscribe:
     /// watcher i subscribes to presentity i mod N.
     #[arg(long, default_value_t = 1)]

@@ -144,7 +144,7 @@ impl Template {
         })
     }
 
-    /// The same template, naming presentities `prefix`<i> (default `pres`).
+    /// The same template, naming presentities `prefix`*i* (default `pres`).
     pub fn with_pres_prefix(mut self, prefix: &str) -> Self {
         self.pres_prefix = prefix.as_bytes().to_vec();
         self
