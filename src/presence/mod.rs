@@ -32,3 +32,45 @@ pub use server::{
 
 #[cfg(test)]
 mod tests;
+
+/// A change of a publication, read from one of presence's change records
+/// (for observers on other shards: a hunt group skipping busy members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicationChange<'a> {
+    /// A publication of `aor` (entity tag `etag`) now says `label`
+    /// (`online`, `busy`, `away` or `offline`, see [`pidf::Status::label`]).
+    Put {
+        /// The presentity's AoR key.
+        aor: &'a [u8],
+        /// The publication's entity tag.
+        etag: &'a [u8],
+        /// Its summary.
+        label: &'static str,
+    },
+    /// The publication is gone (removed or expired).
+    Gone {
+        /// The presentity's AoR key.
+        aor: &'a [u8],
+        /// The publication's entity tag.
+        etag: &'a [u8],
+    },
+}
+
+/// The publication change `op` records, if it is one.
+pub fn publication_change(op: &crate::location::Op) -> Option<PublicationChange<'_>> {
+    use crate::location::Op;
+    match op {
+        Op::Put(e) if e.kind == codec::kind::PUBLICATION => {
+            let label = pidf::Document::parse(&e.value).ok()?.status().label();
+            Some(PublicationChange::Put {
+                aor: &e.aor,
+                etag: &e.key,
+                label,
+            })
+        }
+        Op::Del { aor, kind, key } if *kind == codec::kind::PUBLICATION => {
+            Some(PublicationChange::Gone { aor, etag: key })
+        }
+        _ => None,
+    }
+}

@@ -262,6 +262,8 @@ pub struct Dispatcher {
     members: HashMap<String, (u16, u16)>,
     /// The time of the proxy's current turn.
     clock: Instant,
+    /// Hunt-group members' publications: AoR key → (entity tag, summary).
+    presence: HashMap<String, Vec<(Box<[u8]>, &'static str)>>,
 }
 
 /// The tag of probe tokens among the edge's originated requests.
@@ -339,6 +341,41 @@ impl Dispatcher {
             return None;
         }
         self.members.get(core::str::from_utf8(aor).ok()?).copied()
+    }
+
+    /// True when hunt groups have members (whose presence matters).
+    pub fn has_members(&self) -> bool {
+        !self.members.is_empty()
+    }
+
+    /// A publication of a hunt-group member changed: `label` its summary
+    /// (`online`, `busy`, `away`, `offline`), `None` when it is gone.
+    pub fn member_presence(&mut self, aor: &[u8], etag: &[u8], label: Option<&'static str>) {
+        let Ok(aor) = core::str::from_utf8(aor) else {
+            return;
+        };
+        if !self.members.contains_key(aor) {
+            return;
+        }
+        let pubs = self.presence.entry(aor.to_owned()).or_default();
+        pubs.retain(|(e, _)| &e[..] != etag);
+        if let Some(l) = label {
+            pubs.push((etag.into(), l));
+        }
+        if pubs.is_empty() {
+            self.presence.remove(aor);
+        }
+    }
+
+    /// A hunt-group member may be rung as far as presence says: it
+    /// published nothing, or one of its devices says `online`.
+    pub fn available(&self, set: u16, dest: u16) -> bool {
+        let Some(d) = self.dest(set, dest) else {
+            return false;
+        };
+        self.presence
+            .get(&SetConfig::aor_key(&d.uri))
+            .is_none_or(|pubs| pubs.iter().any(|(_, l)| *l == "online"))
     }
 
     /// True when set `set` is a hunt group.

@@ -54,7 +54,25 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         true
     }
 
-    /// Which members of hunt group `group` are registered now.
+    /// A presence record: a hunt-group member's publication changed.
+    pub(super) fn observe_presence(&mut self, r: &Record) {
+        use crate::presence::PublicationChange;
+        if !self.dispatcher.has_members() {
+            return;
+        }
+        match crate::presence::publication_change(&r.op) {
+            Some(PublicationChange::Put { aor, etag, label }) => {
+                self.dispatcher.member_presence(aor, etag, Some(label));
+            }
+            Some(PublicationChange::Gone { aor, etag }) => {
+                self.dispatcher.member_presence(aor, etag, None);
+            }
+            None => {}
+        }
+    }
+
+    /// Which members of hunt group `group` can be rung now: registered,
+    /// and not busy, away or offline by their presence.
     fn registered_members(&mut self, group: u16) -> Vec<bool> {
         let Some(cfg) = self.dispatcher.config(group) else {
             return Vec::new();
@@ -66,11 +84,13 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             .collect();
         let mut scratch = Targets::default();
         keys.iter()
-            .map(|k| {
+            .enumerate()
+            .map(|(i, k)| {
                 scratch.clear();
                 self.location
                     .lookup(k.as_bytes(), self.wall_us, &mut scratch)
                     == Found::Contacts
+                    && u16::try_from(i).is_ok_and(|i| self.dispatcher.available(group, i))
             })
             .collect()
     }

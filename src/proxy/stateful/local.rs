@@ -143,6 +143,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 if let Err(p) = self.location.apply(r) {
                     self.request_resync(p);
                 }
+                self.observe_presence(r);
             }
             for to in 0..usize::from(self.shards) {
                 if to != usize::from(self.id.shard_id) {

@@ -1095,6 +1095,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
                     let _ = self
                         .lag
                         .record(self.wall_us.saturating_sub(r.commit).max(1));
+                    self.observe_presence(r);
                     if let Err(p) = self.location.apply(r) {
                         self.request_resync(p);
                         break;

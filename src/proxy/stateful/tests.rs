@@ -1171,3 +1171,87 @@ fn hooks_answer_choose_targets_see_responses_and_retry_elsewhere() {
         ]
     );
 }
+
+/// A publication record of `aor` (entity tag `etag`) with RPID activity
+/// `activity` (an empty one: plain online), as presence's partition owner
+/// feeds it to the shards.
+fn publication(aor: &str, etag: &str, activity: &str) -> Record {
+    let act = if activity.is_empty() {
+        String::new()
+    } else {
+        format!("<rpid:activities><rpid:{activity}/></rpid:activities>")
+    };
+    let doc = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+         xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" \
+         entity=\"sip:{aor}\"><tuple id=\"t\"><status><basic>open</basic></status></tuple>\
+         <dm:person id=\"p\">{act}</dm:person></presence>"
+    );
+    Record {
+        partition: 0,
+        seq: 1,
+        commit: 0,
+        op: crate::location::Op::Put(crate::location::Entry {
+            kind: 0x21, // presence's publication entries (presence::codec::kind)
+            key: etag.as_bytes().into(),
+            aor: aor.as_bytes().into(),
+            expires: 0,
+            value: doc.into_bytes().into(),
+        }),
+        remote: false,
+    }
+}
+
+#[test]
+fn a_hunt_group_skips_members_whose_presence_is_busy_or_away() {
+    let (mut p, mut out) = help_desk();
+    let now = Instant::ZERO;
+    let feed = |p: &mut Stateful<Members>, out: &mut Outbox, r: Record| {
+        out.clear();
+        p.handle_mesh(now, MeshMsg::Feed(Arc::from(vec![r])), out);
+    };
+    // op1 on the phone, op2 away: op3 rings although all are idle.
+    feed(
+        &mut p,
+        &mut out,
+        publication("op1@example.test", "e1", "on-the-phone"),
+    );
+    feed(
+        &mut p,
+        &mut out,
+        publication("op2@example.test", "e2", "away"),
+    );
+    let inv = invite("sip:support@example.test", "z9hG4bKp1");
+    let sent = feed_to(&mut p, &mut out, now, &inv, UAC);
+    let (to, fwd) = sent
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .unwrap()
+        .clone();
+    assert_eq!(to, OPS[2]);
+    // op3 busy: nobody else may ring (op1 busy, op2 away): the group's 486.
+    let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 486, "o3"), OPS[2]);
+    assert!(
+        sent.iter().any(|(a, m)| a == UAC && status(m) == 486),
+        "{sent:#?}"
+    );
+    // op2 back online (a second device's publication): it rings now.
+    feed(&mut p, &mut out, publication("op2@example.test", "e3", ""));
+    let sent = feed_to(
+        &mut p,
+        &mut out,
+        now,
+        &invite("sip:support@example.test", "z9hG4bKp2"),
+        UAC,
+    );
+    let rung: Vec<&str> = sent
+        .iter()
+        .filter(|(_, m)| m.starts_with("INVITE"))
+        .map(|(a, _)| a.as_str())
+        .collect();
+    assert_eq!(
+        rung,
+        [OPS[1]],
+        "least loaded first (op2 ties with op3, earlier in turn)"
+    );
+}
