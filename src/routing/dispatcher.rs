@@ -263,8 +263,11 @@ pub struct Dispatcher {
     /// The time of the proxy's current turn.
     clock: Instant,
     /// Hunt-group members' publications: AoR key → (entity tag, summary).
-    presence: HashMap<String, Vec<(Box<[u8]>, &'static str)>>,
+    presence: HashMap<String, Vec<Publication>>,
 }
+
+/// One publication of a member: (entity tag, summary label).
+type Publication = (Box<[u8]>, &'static str);
 
 /// The tag of probe tokens among the edge's originated requests.
 pub const PROBE_TOKEN: u64 = 1 << 63;
