@@ -33,12 +33,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         if owner == self.id.shard_id {
             return false;
         }
+        self.hand_over(owner, msg, src, out);
+        true
+    }
+
+    /// Hands request `msg` to shard `to` over the mesh (503 with
+    /// Retry-After when the mesh queue is full).
+    pub(super) fn hand_over(&mut self, to: u16, msg: &Message<'_>, src: Peer, out: &mut Outbox) {
         if self.mesh_out.len() < MESH_OUT_MAX {
             let m = MeshMsg::Message {
                 bytes: msg.as_bytes().into(),
                 src,
             };
-            self.mesh_out.push_back((usize::from(owner), m));
+            self.mesh_out.push_back((usize::from(to), m));
             self.counters.handed_over += 1;
         } else {
             self.counters.overload += 1;
@@ -51,7 +58,6 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 out,
             );
         }
-        true
     }
 
     /// A presence record: a hunt-group member's publication changed.

@@ -240,24 +240,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 true
             }
             Owner::Shard(to) => {
-                let m = MeshMsg::Message {
-                    bytes: msg.as_bytes().into(),
-                    src,
-                };
-                if self.mesh_out.len() < MESH_OUT_MAX {
-                    self.mesh_out.push_back((usize::from(to), m));
-                    self.counters.handed_over += 1;
-                } else {
-                    self.counters.overload += 1;
-                    self.reply(
-                        msg,
-                        src,
-                        503,
-                        "Service Unavailable",
-                        b"Retry-After: 1\r\n",
-                        out,
-                    );
-                }
+                self.hand_over(to, msg, src, out);
                 true
             }
             Owner::Nobody => false,
