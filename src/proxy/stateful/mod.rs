@@ -614,6 +614,9 @@ struct TimerItem {
 
 const SCRATCH: usize = crate::transport::MAX_DATAGRAM;
 
+/// How far ahead a fork's Timer C is checked (see `arm_timer_c`).
+const TIMER_C_CHECK: crate::time::Duration = crate::time::Duration::from_secs(4);
+
 /// The largest request sent over UDP to a peer whose path MTU is unknown
 /// (RFC 3261 §18.1.1); larger ones go over TCP.
 const UDP_MAX_REQUEST: usize = 1300;
@@ -757,6 +760,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Live transactions.
     pub fn live_transactions(&self) -> usize {
         self.txns.live()
+    }
+
+    /// Timers on the wheel (live and stale ones not yet fired).
+    pub fn timers(&self) -> usize {
+        self.wheel.len()
     }
 
     /// Who this proxy is.

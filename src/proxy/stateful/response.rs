@@ -164,7 +164,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 // step 5) nor resets Timer C (§16.7 step 2: 101–199 only).
                 if invite && code > 100 && txn.forks.get(i).is_some_and(|f| f.final_code.is_none())
                 {
-                    let c = self.arm_timer_c(now, slot, gen, i);
+                    // Moved on; the check already on the wheel finds it.
+                    let c = now + self.cfg.timers.timer_c;
                     if let Some(f) = txn.forks.get_mut(i) {
                         f.timer_c = Some(c);
                     }

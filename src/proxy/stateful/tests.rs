@@ -1255,3 +1255,32 @@ fn a_hunt_group_skips_members_whose_presence_is_busy_or_away() {
         "least loaded first (op2 ties with op3, earlier in turn)"
     );
 }
+
+/// Completed calls leave nothing on the timer wheel once their
+/// transactions are gone: Timer C (180 s) is checked at most 4 s ahead, so a
+/// call answered in a second does not keep a 180 s entry (issue 14: ~10 %
+/// of a busy edge's memory).
+#[test]
+fn completed_calls_leave_no_timer_c_behind() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    for k in 0..200 {
+        let out = h.feed(
+            &invite("sip:bob@example.test", &format!("z9hG4bKtc{k}")),
+            UAC,
+        );
+        let fwd = out[1].1.clone();
+        let _ = h.feed(&respond(&fwd, 180, "b"), "192.0.2.4:5060");
+        let out = h.feed(&respond(&fwd, 200, "b"), "192.0.2.4:5060");
+        assert_eq!(status(&out[0].1), 200);
+        h.advance(Duration::from_millis(5));
+    }
+    for _ in 0..40 {
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(h.p.live_transactions(), 0);
+    assert_eq!(
+        h.p.timers(),
+        0,
+        "timers left on the wheel after the calls ended"
+    );
+}
