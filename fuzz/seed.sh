@@ -10,10 +10,17 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 corpus="$here/corpus/parse_message"
-mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf" "$here/corpus/feed_record"
+mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf" "$here/corpus/feed_record" \
+    "$here/corpus/uri" "$here/corpus/digest" "$here/corpus/users_file" "$here/corpus/config" "$here/corpus/proxy"
+# uri, digest, users_file, config: a few well-formed inputs to start from.
+printf 'sip:Alice@Example.COM:5060;transport=tcp?subject=x' >"$here/corpus/uri/seed0"
+printf 'sips:[2001:db8::1]:5061;lr' >"$here/corpus/uri/seed1"
+printf 'Digest username="alice", realm="example.test", nonce="abc", uri="sip:example.test", response="0123456789abcdef0123456789abcdef", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="x"' >"$here/corpus/digest/seed0"
+printf '[[user]]\nname = "alice"\ndomain = "example.test"\npassword = "secret"\n' >"$here/corpus/users_file/seed0"
+printf 'listen = ["udp:127.0.0.1:5060"]\ndomain = ["example.test"]\n[[dispatcher]]\nname = "gw"\ndomains = ["pstn.example.test"]\ndestinations = ["sip:127.0.0.1:5081"]\n' >"$here/corpus/config/seed0"
 cp "$here"/../tests/fixtures/torture/*.sip "$corpus"/
 cp "$here"/../tests/fixtures/pidf/*.xml "$here/corpus/pidf"/
-for t in parse_message stream_framing ws_decode pidf feed_record; do
+for t in parse_message stream_framing ws_decode pidf feed_record uri digest users_file config proxy; do
     if [ -d "$here/regressions/$t" ]; then
         cp "$here"/regressions/$t/* "$here/corpus/$t"/ 2>/dev/null || true
     fi
