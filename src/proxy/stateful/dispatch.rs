@@ -33,18 +33,25 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         if owner == self.id.shard_id {
             return false;
         }
-        self.hand_over(owner, msg, src, out);
+        let m = MeshMsg::Message {
+            bytes: msg.as_bytes().into(),
+            src,
+        };
+        self.hand_over(owner, m, msg, src, out);
         true
     }
 
-    /// Hands request `msg` to shard `to` over the mesh (503 with
-    /// Retry-After when the mesh queue is full).
-    pub(super) fn hand_over(&mut self, to: u16, msg: &Message<'_>, src: Peer, out: &mut Outbox) {
+    /// Sends `m` (carrying request `msg`) to shard `to` over the mesh;
+    /// `msg` gets 503 with Retry-After when the mesh queue is full.
+    pub(super) fn hand_over(
+        &mut self,
+        to: u16,
+        m: MeshMsg,
+        msg: &Message<'_>,
+        src: Peer,
+        out: &mut Outbox,
+    ) {
         if self.mesh_out.len() < MESH_OUT_MAX {
-            let m = MeshMsg::Message {
-                bytes: msg.as_bytes().into(),
-                src,
-            };
             self.mesh_out.push_back((usize::from(to), m));
             self.counters.handed_over += 1;
         } else {

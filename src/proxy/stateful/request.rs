@@ -240,7 +240,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 true
             }
             Owner::Shard(to) => {
-                self.hand_over(to, msg, src, out);
+                let m = MeshMsg::Message {
+                    bytes: msg.as_bytes().into(),
+                    src,
+                };
+                self.hand_over(to, m, msg, src, out);
                 true
             }
             Owner::Nobody => false,
@@ -411,20 +415,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                                 bytes: msg.as_bytes().into(),
                                 src,
                             };
-                            if self.mesh_out.len() < MESH_OUT_MAX {
-                                self.mesh_out.push_back((usize::from(to), m));
-                                self.counters.handed_over += 1;
-                            } else {
-                                self.counters.overload += 1;
-                                self.reply(
-                                    msg,
-                                    src,
-                                    503,
-                                    "Service Unavailable",
-                                    b"Retry-After: 1\r\n",
-                                    out,
-                                );
-                            }
+                            self.hand_over(to, m, msg, src, out);
                         }
                         Some(Owner::Nobody) | None => {
                             self.reply(msg, src, 480, "Temporarily Unavailable", b"", out)

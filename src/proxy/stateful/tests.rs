@@ -995,11 +995,7 @@ fn a_hunt_group_rings_the_least_loaded_skips_the_busy_and_moves_on_after_ring_ti
     // A call to the group rings op3, the least loaded.
     let inv = invite("sip:support@example.test", "z9hG4bKg1");
     let sent = feed_to(&mut p, &mut out, now, &inv, UAC);
-    let (to, fwd) = sent
-        .iter()
-        .find(|(_, m)| m.starts_with("INVITE"))
-        .unwrap()
-        .clone();
+    let (to, fwd) = first_invite(&sent);
     assert_eq!(to, OPS[2]);
     assert!(fwd.starts_with("INVITE sip:op3@192.0.2.33:5060 "), "{fwd}");
     // op3 is busy: the next least loaded, op2, rings; the caller sees nothing final.
@@ -1010,11 +1006,7 @@ fn a_hunt_group_rings_the_least_loaded_skips_the_busy_and_moves_on_after_ring_ti
             .any(|(a, m)| a == UAC && m.starts_with("SIP/2.0 486")),
         "{sent:#?}"
     );
-    let (to, fwd) = sent
-        .iter()
-        .find(|(_, m)| m.starts_with("INVITE"))
-        .unwrap()
-        .clone();
+    let (to, fwd) = first_invite(&sent);
     assert_eq!(to, OPS[1]);
     // op2 rings and does not answer: after ring_timeout it is CANCELed...
     let _ = feed_to(&mut p, &mut out, now, &respond(&fwd, 180, "o2"), OPS[1]);
@@ -1042,18 +1034,11 @@ fn a_hunt_group_rings_the_least_loaded_skips_the_busy_and_moves_on_after_ring_ti
         OPS[1],
     );
     let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 487, "o2"), OPS[1]);
-    let (to, fwd) = sent
-        .iter()
-        .find(|(_, m)| m.starts_with("INVITE"))
-        .unwrap()
-        .clone();
+    let (to, fwd) = first_invite(&sent);
     assert_eq!(to, OPS[0]);
     // op1 busy too: nobody is left, the caller gets the group's 486.
     let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 486, "o1"), OPS[0]);
-    assert!(
-        sent.iter().any(|(a, m)| a == UAC && status(m) == 486),
-        "{sent:#?}"
-    );
+    assert_answered(&sent, 486);
     assert_eq!(loads(&p), [2, 1, 0]);
 }
 
@@ -1223,18 +1208,11 @@ fn a_hunt_group_skips_members_whose_presence_is_busy_or_away() {
     );
     let inv = invite("sip:support@example.test", "z9hG4bKp1");
     let sent = feed_to(&mut p, &mut out, now, &inv, UAC);
-    let (to, fwd) = sent
-        .iter()
-        .find(|(_, m)| m.starts_with("INVITE"))
-        .unwrap()
-        .clone();
+    let (to, fwd) = first_invite(&sent);
     assert_eq!(to, OPS[2]);
     // op3 busy: nobody else may ring (op1 busy, op2 away): the group's 486.
     let sent = feed_to(&mut p, &mut out, now, &respond(&fwd, 486, "o3"), OPS[2]);
-    assert!(
-        sent.iter().any(|(a, m)| a == UAC && status(m) == 486),
-        "{sent:#?}"
-    );
+    assert_answered(&sent, 486);
     // op2 back online (a second device's publication): it rings now.
     feed(&mut p, &mut out, publication("op2@example.test", "e3", ""));
     let sent = feed_to(
@@ -1282,5 +1260,21 @@ fn completed_calls_leave_no_timer_c_behind() {
         h.p.timers(),
         0,
         "timers left on the wheel after the calls ended"
+    );
+}
+
+/// The first INVITE the proxy sent: (where, the message).
+fn first_invite(sent: &[(String, String)]) -> (String, String) {
+    sent.iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .unwrap_or_else(|| panic!("no INVITE sent: {sent:#?}"))
+        .clone()
+}
+
+/// The caller got a final `code`.
+fn assert_answered(sent: &[(String, String)], code: u16) {
+    assert!(
+        sent.iter().any(|(a, m)| a == UAC && status(m) == code),
+        "{sent:#?}"
     );
 }
