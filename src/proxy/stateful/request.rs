@@ -986,6 +986,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let (c, arm) = NonInviteClient::start(now, self.cfg.timers, false);
         fork.cancel = Some(Box::new((c, bytes.clone())));
         fork.cancel_wanted = false;
+        // §9.1: no final response to the INVITE within 64*T1 of its CANCEL
+        // ends the branch (as a 408), even when the CANCEL itself was
+        // answered: the Timer C check finds this deadline (found by the
+        // proxy fuzzer: a CANCEL answered 408 and no 487 left the call
+        // counted forever).
+        if fork.final_code.is_none() && fork.timer_c.is_some() {
+            fork.timer_c = Some(now + self.cfg.timers.t1x64());
+        }
         self.send(out, to, &bytes);
         self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
     }

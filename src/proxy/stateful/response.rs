@@ -162,7 +162,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 // 100 Trying is a provisional response too: a CANCEL waiting
                 // for one goes now (§9.1). It is neither forwarded (§16.7
                 // step 5) nor resets Timer C (§16.7 step 2: 101–199 only).
-                if invite && code > 100 && txn.forks.get(i).is_some_and(|f| f.final_code.is_none())
+                if invite
+                    && code > 100
+                    && txn
+                        .forks
+                        .get(i)
+                        .is_some_and(|f| f.final_code.is_none() && f.cancel.is_none())
                 {
                     // Moved on; the check already on the wheel finds it.
                     let c = now + self.cfg.timers.timer_c;

@@ -1278,3 +1278,39 @@ fn assert_answered(sent: &[(String, String)], code: u16) {
         "{sent:#?}"
     );
 }
+
+/// A branch CANCELed whose CANCEL is answered but whose INVITE never gets
+/// a final response ends 64*T1 after the CANCEL, as a 408 (§9.1): the
+/// caller gets its 487 and the context goes (found by the proxy fuzzer).
+#[test]
+fn a_cancelled_branch_that_never_answers_the_invite_ends() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let inv = invite("sip:bob@example.test", "z9hG4bKcx");
+    let out = h.feed(&inv, UAC);
+    let fwd = out[1].1.clone();
+    let _ = h.feed(&respond(&fwd, 180, "b"), "192.0.2.4:5060");
+    let cancel = inv
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let out = h.feed(&cancel, UAC);
+    let down = out
+        .iter()
+        .find(|(a, m)| a == "192.0.2.4:5060" && m.starts_with("CANCEL"))
+        .expect("CANCEL downstream")
+        .1
+        .clone();
+    // The callee answers the CANCEL (here with a 408) and never the INVITE.
+    let _ = h.feed(&respond(&down, 408, "b"), "192.0.2.4:5060");
+    let mut got = Vec::new();
+    for _ in 0..40 {
+        got.extend(h.advance(Duration::from_secs(1)));
+    }
+    assert!(
+        got.iter().any(|(a, m)| a == UAC && status(m) == 487),
+        "{got:#?}"
+    );
+    for _ in 0..40 {
+        h.advance(Duration::from_secs(1));
+    }
+    assert_eq!(h.p.live_transactions(), 0);
+}

@@ -89,7 +89,21 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                         Some(_) => true,
                         None => false,
                     };
-                    if live {
+                    let cancelled = txn.forks.get(i).is_some_and(|f| f.cancel.is_some());
+                    if live && cancelled {
+                        // CANCELed 64*T1 ago and still no final response:
+                        // behave as if 408 (§9.1, §16.8).
+                        if let Some(f) = txn.forks.get_mut(i) {
+                            f.final_code = Some(408);
+                            f.client.terminate();
+                            f.bytes = None;
+                            f.timer_c = None;
+                            if let Some((c, _)) = f.cancel.as_deref_mut() {
+                                c.terminate();
+                            }
+                        }
+                        self.dispatched_final(now, slot, &mut txn, i, 408, None, out);
+                    } else if live {
                         // §16.8: Timer C fired: CANCEL the fork. With no
                         // provisional response yet the CANCEL waits for one
                         // (§9.1) and Timer B ends the branch with its 408.
