@@ -335,6 +335,9 @@ impl Dispatcher {
 
     /// The hunt group whose own AoR key is `aor`.
     pub fn group_for(&self, aor: &[u8]) -> Option<u16> {
+        if self.groups.is_empty() {
+            return None; // no hashing per INVITE on an edge without groups
+        }
         self.groups.get(core::str::from_utf8(aor).ok()?).copied()
     }
 

@@ -336,9 +336,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             // A dispatcher set's domain: one of its destinations.
             let key = self.dispatch_key(set, msg, &uri);
             let chosen = self.dispatcher.select(set, key, &[]);
-            let Some((d, dest)) =
-                chosen.and_then(|d| Some((d, self.dispatcher.dest(set, d)?.clone())))
-            else {
+            // The address and transport only: no copy of the URI per call.
+            let Some((d, (addr, transport))) = chosen.and_then(|d| {
+                let c = self.dispatcher.dest(set, d)?;
+                Some((d, (c.addr, c.transport)))
+            }) else {
                 self.counters.dispatcher_unavailable += 1;
                 self.reply(
                     msg,
@@ -350,15 +352,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 );
                 return None;
             };
-            self.targets.push_over(
-                b"",
-                b"",
-                Some(dest.addr),
-                1000,
-                dest.transport,
-                None,
-                FlowId::NONE,
-            );
+            self.targets
+                .push_over(b"", b"", Some(addr), 1000, transport, None, FlowId::NONE);
             self.dispatched = Some((set, d, key));
             self.dispatch_moves = true;
         } else if self.id.is_served_uri(&uri) && uri.user.is_some() {
