@@ -188,6 +188,14 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
             );
         }
     }
+    for reason in crate::policy::overload::ShedReason::ALL {
+        if let Some(&n) = c.shed_by_reason.get(reason as usize).filter(|n| **n > 0) {
+            m.insert(
+                format!("sipedge_proxy_shed_total{{reason=\"{}\"}}", reason.as_str()),
+                json!(n),
+            );
+        }
+    }
     for (by, what) in [
         (&c.responses_by_class, "responses_by_class"),
         (&c.local_responses_by_class, "local_responses_by_class"),

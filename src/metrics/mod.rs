@@ -298,6 +298,28 @@ impl Collector for Reports {
                     .encode(m.encode_family(&labels)?)?;
             }
         }
+        let mut m = enc.encode_descriptor(
+            "sipedge_proxy_shed",
+            "requests shed under overload (503 with Retry-After), by reason: rate (over [overload] rate, the source over its fair share), turn_budget, overloaded (queue or transaction watermarks), max_transactions, mesh_full",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in &reports {
+            for reason in crate::policy::overload::ShedReason::ALL {
+                let labels = [
+                    ("shard", r.id.to_string()),
+                    ("reason", reason.as_str().to_owned()),
+                ];
+                let v = r
+                    .service
+                    .shed_by_reason
+                    .get(reason as usize)
+                    .copied()
+                    .unwrap_or(0);
+                prometheus_client::metrics::counter::ConstCounter::new(v)
+                    .encode(m.encode_family(&labels)?)?;
+            }
+        }
         let gauges: [(&str, &str, Get); 3] = [
             (
                 "sipedge_registrar_bindings",

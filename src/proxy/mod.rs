@@ -128,6 +128,12 @@ pub trait Service {
         let _ = (now, wall_us);
     }
 
+    /// The last turn took in `received` datagrams and stream messages: the
+    /// queue the shard found waiting (overload control's queue depth).
+    fn handle_backlog(&mut self, received: usize) {
+        let _ = received;
+    }
+
     /// When [`Service::handle_timeout`] next has something to do.
     fn poll_timeout(&self) -> Option<Instant> {
         None
@@ -453,8 +459,12 @@ pub struct Counters {
     pub too_many_hops: u64,
     /// Requests refused with 482 (loop).
     pub loops: u64,
-    /// Requests refused with 503 because the transaction table was full.
+    /// Requests (and, between shards, responses) shed under overload: 503
+    /// with Retry-After, or dropped where no answer is due.
     pub overload: u64,
+    /// What [`Counters::overload`] counts, by reason
+    /// ([`crate::policy::overload::ShedReason`] order).
+    pub shed_by_reason: [u64; 5],
     /// Server transactions created.
     pub transactions: u64,
     /// Request retransmissions absorbed by a server transaction.
@@ -526,6 +536,15 @@ impl Counters {
             ("sipedge_auth_replays_total", self.auth.replays),
             ("sipedge_auth_stale_total", self.auth.stale),
         ]
+    }
+
+    /// Counts a request (or a response between shards) shed for `reason`.
+    #[inline]
+    pub fn shed(&mut self, reason: crate::policy::overload::ShedReason) {
+        self.overload += 1;
+        if let Some(c) = self.shed_by_reason.get_mut(reason as usize) {
+            *c += 1;
+        }
     }
 
     /// Counts a request of `method` received.
@@ -624,6 +643,9 @@ impl Counters {
             .iter_mut()
             .zip(other.local_responses_by_class)
         {
+            *a += b;
+        }
+        for (a, b) in self.shed_by_reason.iter_mut().zip(other.shed_by_reason) {
             *a += b;
         }
         self.bindings += other.bindings;

@@ -220,7 +220,9 @@ pub fn turn<D: Driver, S: Service>(
     }
     io.end(now, service, d.outbox());
     flush(d, now, streams.as_deref_mut(), io)?;
-    if d.stats().rx != rx_before {
+    let received = d.stats().rx.saturating_sub(rx_before);
+    service.handle_backlog(usize::try_from(received).unwrap_or(usize::MAX));
+    if received != 0 {
         // How long what arrived this turn waited inside the edge before
         // its answers and forwards went out (what the flush sent).
         io.record_turn(clock.now().saturating_since(now));

@@ -603,6 +603,13 @@ impl Reaped {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether it is still running (never waits).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Waits up to `limit` for the exit; kills it (and returns `None`) when
     /// it takes longer.
     pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {

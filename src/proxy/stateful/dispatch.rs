@@ -55,7 +55,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             self.mesh_out.push_back((usize::from(to), m));
             self.counters.handed_over += 1;
         } else {
-            self.counters.overload += 1;
+            self.counters
+                .shed(crate::policy::overload::ShedReason::MeshFull);
             self.reply(
                 msg,
                 src,

@@ -44,7 +44,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         out: &mut Outbox,
     ) {
         if self.txns.live() >= self.cfg.max_transactions {
-            self.counters.overload += 1;
+            self.counters
+                .shed(crate::policy::overload::ShedReason::MaxTransactions);
             self.reply(
                 msg,
                 src,

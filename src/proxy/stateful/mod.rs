@@ -644,6 +644,8 @@ pub struct Stateful<L: Location = NoLocation, S: LocalService = NoService> {
     /// Where REGISTERs for served domains go.
     pub local: S,
     wall_us: u64,
+    /// Datagrams and stream messages the last turn took in.
+    backlog: usize,
     /// Number of shards (= partitions).
     shards: u16,
     /// Registrar answers of this turn, waiting for their records to be durable.
@@ -711,6 +713,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             location,
             local,
             wall_us: 0,
+            backlog: 0,
             shards: 1,
             held: Vec::new(),
             persisting: VecDeque::new(),
@@ -1067,7 +1070,8 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             } else if self.mesh_out.len() < MESH_OUT_MAX {
                 self.mesh_out.push_back((to, MeshMsg::FlowClosed(flow)));
             } else {
-                self.counters.overload += 1;
+                self.counters
+                    .shed(crate::policy::overload::ShedReason::MeshFull);
             }
         }
     }
@@ -1201,6 +1205,10 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
         }
     }
 
+    fn handle_backlog(&mut self, received: usize) {
+        self.backlog = received;
+    }
+
     fn handle_turn(&mut self, now: Instant, wall_us: u64) {
         self.wall_us = wall_us;
         self.dispatcher.set_now(now);
@@ -1218,7 +1226,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             o.handle_turn(
                 now,
                 Load {
-                    queue_depth: 0,
+                    queue_depth: self.backlog,
                     live_transactions: self.txns.live(),
                 },
             );

@@ -191,8 +191,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let to_tag = req.to_tag;
         // New work: overload admission, then (below) policy and authentication.
         if let Some(o) = &mut self.guard.overload {
-            if let Admission::Reject { retry_after } = o.admit(now, msg.method(), to_tag) {
-                self.counters.overload += 1;
+            if let Admission::Reject {
+                retry_after,
+                reason,
+            } = o.admit(now, msg.method(), to_tag, src.remote.ip())
+            {
+                self.counters.shed(reason);
                 let mut extra = [0u8; 40];
                 let mut w = sip::Writer::new(&mut extra);
                 let ok = w.put(b"Retry-After: ").is_ok()
@@ -478,7 +482,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         let target_dests = core::mem::take(&mut self.target_dests);
         let moves = self.dispatch_moves;
         if self.txns.live() >= self.cfg.max_transactions {
-            self.counters.overload += 1;
+            self.counters
+                .shed(crate::policy::overload::ShedReason::MaxTransactions);
             let mut extra = [0u8; 40];
             let mut w = sip::Writer::new(&mut extra);
             let ok = w.put(b"Retry-After: ").is_ok()

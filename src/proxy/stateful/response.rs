@@ -39,7 +39,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 self.mesh_out.push_back((usize::from(r.shard), m));
                 self.counters.responses_handed_over += 1;
             } else {
-                self.counters.overload += 1;
+                self.counters
+                    .shed(crate::policy::overload::ShedReason::MeshFull);
             }
             return;
         }
