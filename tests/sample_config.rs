@@ -173,6 +173,7 @@ const KEYS: &[(&str, &[&str])] = &[
         "overload",
         &[
             "new_per_turn",
+            "rate",
             "queue_high",
             "queue_low",
             "txn_high",
