@@ -703,10 +703,28 @@ pub struct ParserSection {
     pub max_vias: Option<usize>,
 }
 
-/// `[socket]`: buffer sizes.
+/// How the kernel picks a shard for a datagram or a connection on a shared
+/// listen port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Steer {
+    /// By the source address (a reuseport BPF program): a source's
+    /// datagrams all reach one shard, so per-source limits (flood, failed
+    /// authentication) hold across shards; a trunk from one address is
+    /// served by one shard.
+    #[default]
+    Source,
+    /// By the kernel's 4-tuple hash: the source ports of one address spread
+    /// over the shards, and so do the per-source limits (once per shard).
+    Hash,
+}
+
+/// `[socket]`: buffer sizes and steering.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SocketSection {
+    /// `"source"` (default) or `"hash"`: how shards share a listen port.
+    pub steer: Option<Steer>,
     /// SO_RCVBUF asked for, bytes.
     pub recv_buffer: Option<usize>,
     /// SO_SNDBUF asked for, bytes.
@@ -744,6 +762,8 @@ pub struct Config {
     pub recv_buffer: usize,
     /// SO_SNDBUF to ask for.
     pub send_buffer: usize,
+    /// How shards share a listen port.
+    pub steer: Steer,
     /// The registrar's durable store.
     pub data_dir: std::path::PathBuf,
     /// fdatasync each store batch.
@@ -822,6 +842,7 @@ impl Config {
             parse,
             recv_buffer,
             send_buffer,
+            steer,
             data_dir,
             fsync,
             redis,
@@ -1104,6 +1125,7 @@ impl FileConfig {
             parse,
             recv_buffer: s.recv_buffer.unwrap_or(4 << 20),
             send_buffer: s.send_buffer.unwrap_or(4 << 20),
+            steer: s.steer.unwrap_or_default(),
             data_dir: self.data_dir.unwrap_or_else(|| "sipedge-data".into()),
             fsync: self.store.as_ref().and_then(|st| st.fsync).unwrap_or(false),
             redis: self.store.as_ref().and_then(|st| {

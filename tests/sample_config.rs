@@ -72,7 +72,7 @@ const KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     // src/config.rs `SocketSection`.
-    ("socket", &["recv_buffer", "send_buffer"]),
+    ("socket", &["recv_buffer", "send_buffer", "steer"]),
     // src/config.rs `RegistrarSection`.
     (
         "registrar",

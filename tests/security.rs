@@ -15,6 +15,9 @@
 //! - A flood from one source at 10× its allowed rate is dropped while a
 //!   second source registers and calls with ≥ 99% success, and sipedge's
 //!   memory stays flat.
+//! - The flood limit holds across shards: a source spraying 64 source
+//!   ports gets one shard's limit (the listen port is steered by source
+//!   address), not one per shard as with `[socket] steer = "hash"`.
 //! - The issue's policy example: MESSAGE and INVITE from outside the trusted
 //!   networks are refused, except those addressed to support@example.test.
 //! - SIGHUP reloads the users file: a call set up before stays up, the old
@@ -1346,6 +1349,78 @@ flood sent {sent}, dropped {dropped}; uas answered {answered}; RSS {rss_before} 
 /// routed to support's phone; OPTIONS to bob (not in the rule) is routed.
 /// From 127.0.0.2 (trusted): MESSAGE and INVITE to bob are routed; from a
 /// local user they are challenged first (407) and routed with credentials.
+/// One source (127.0.0.2) spraying 64 source ports sends 1,000 OPTIONS in
+/// 2 s to a two-shard edge whose `[flood]` allows 50/s, burst 100. Steered
+/// by source (the default), both shards see it as one source on one shard:
+/// about the burst is answered. With `[socket] steer = "hash"` its ports
+/// spread over both shards and each gives it the burst: about twice as many.
+#[test]
+fn flood_limit_holds_across_shards_for_a_port_sprayer() {
+    for d in drivers() {
+        let mut answered_by = Vec::new();
+        for steer in ["source", "hash"] {
+            let data = TempDir::new("flood-steer");
+            let cfg = data.write(
+                "edge.toml",
+                &format!(
+                    "[socket]\nsteer = \"{steer}\"\n[flood]\nrate = 50\nburst = 100\nban = 10\n"
+                ),
+            );
+            let mut p = edge(d, &data, &["--config", &cfg]);
+            let target = p.addr;
+            let socks: Vec<UdpSocket> = (0..64)
+                .map(|_| {
+                    let s = UdpSocket::bind("127.0.0.2:0").unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .collect();
+            let mut buf = [0u8; 4096];
+            let mut answered = 0u32;
+            let mut drain = |socks: &[UdpSocket], answered: &mut u32| {
+                for s in socks {
+                    while let Ok((n, _)) = s.recv_from(&mut buf) {
+                        if buf[..n].starts_with(b"SIP/2.0 200") {
+                            *answered += 1;
+                        }
+                    }
+                }
+            };
+            let start = Instant::now();
+            for n in 0..1000u32 {
+                let s = &socks[(n % 64) as usize];
+                let a = s.local_addr().unwrap();
+                let msg = format!(
+                    "OPTIONS sip:{target} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKsp{n}\r\n\
+                     Max-Forwards: 70\r\nTo: <sip:{target}>\r\nFrom: <sip:f@evil.test>;tag=s{n}\r\n\
+                     Call-ID: sp{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                );
+                s.send_to(msg.as_bytes(), target).unwrap();
+                if n % 50 == 49 {
+                    drain(&socks, &mut answered);
+                    let next = start + Duration::from_millis(u64::from(n + 1) * 2);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            drain(&socks, &mut answered);
+            p.terminate();
+            let dropped = p.counter("sipedge_flood_dropped_total");
+            eprintln!("{d} steer={steer}: {answered} of 1000 answered, {dropped} dropped");
+            answered_by.push(answered);
+        }
+        let (source, hash) = (answered_by[0], answered_by[1]);
+        assert!(
+            (80..=160).contains(&source),
+            "{d}: steered by source, {source} of 1000 answered (one shard's limit: ~100-150)"
+        );
+        assert!(
+            hash >= source + 60,
+            "{d}: steered by hash, {hash} answered (two shards' limits), by source {source}"
+        );
+    }
+}
+
 #[test]
 fn policy_refuses_im_and_calls_from_outside_except_to_support() {
     for d in drivers() {

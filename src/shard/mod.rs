@@ -563,6 +563,27 @@ pub enum StartError {
 /// How long start-up waits for a port's previous holder to let it go.
 const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// With more than one shard and `[socket] steer = "source"` (the default),
+/// makes the reuseport group of `sock` (shard 0's, bound first: the group's
+/// sockets are the shards in order) pick the shard by the source address.
+fn steer(
+    cfg: &Config,
+    sock: &impl std::os::fd::AsRawFd,
+    bound: SocketAddr,
+) -> Result<(), StartError> {
+    if cfg.shards < 2 || cfg.steer != crate::config::Steer::Source {
+        return Ok(());
+    }
+    let prefix = cfg.flood.as_ref().and_then(|f| f.ipv6_prefix).unwrap_or(64);
+    let n = u32::try_from(cfg.shards).unwrap_or(u32::MAX);
+    socket::steer_by_source(sock.as_raw_fd(), bound.is_ipv6(), prefix, n).map_err(|source| {
+        StartError::Bind {
+            addr: bound,
+            source,
+        }
+    })
+}
+
 /// Binds every shard's sockets per `cfg`: the public sockets with
 /// SO_REUSEPORT on each listen address, and with more than one shard, a
 /// shard socket per listen address on an ephemeral port of the same IP.
@@ -632,6 +653,9 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
                 source,
             })?;
             *addr = bound;
+            if id == 0 {
+                steer(cfg, &sock, bound)?;
+            }
             if id == 0 && granted.recv < cfg.recv_buffer {
                 warnings.push(format!(
                     "SO_RCVBUF on {bound}: asked {} KiB, kernel granted {} KiB (raise net.core.rmem_max; see `sipedge tune`)",
@@ -667,6 +691,9 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
                 source,
             })?;
             *addr = bound;
+            if id == 0 {
+                steer(cfg, &l, bound)?;
+            }
             let advertised = SocketAddr::new(cfg.advertise.unwrap_or(bound.ip()), bound.port());
             let sid = crate::transport::SocketId(u8::try_from(locals.len()).unwrap_or(u8::MAX));
             locals.push(LocalSocket::listener(

@@ -14,6 +14,36 @@ use std::os::fd::RawFd;
 
 use crate::transport::{Outbox, Transmit};
 
+/// SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h; the libc crate has it
+/// for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attaches the classic BPF program `prog` to the reuseport group of `fd`
+/// (it picks the group's socket for each datagram or connection).
+pub fn attach_reuseport_cbpf(fd: RawFd, prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        // The kernel only reads the program (it copies it in).
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `prog`, alive for the call, with its length;
+    // the option length is the size of `fprog`; the kernel copies both.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Converts a kernel socket address to a `SocketAddr` (`None` for other families).
 pub fn from_storage(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     match i32::from(ss.ss_family) {
