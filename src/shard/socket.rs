@@ -98,7 +98,7 @@ pub fn probe_tcp(addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Classic BPF opcodes (linux/filter.h).
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const BPF_ALU_AND_K: u16 = 0x04 | 0x50; // BPF_ALU | BPF_AND | BPF_K
 const BPF_ALU_XOR_X: u16 = 0x04 | 0xa0 | 0x08; // BPF_ALU | BPF_XOR | BPF_X
 const BPF_ALU_MUL_K: u16 = 0x04 | 0x20; // BPF_ALU | BPF_MUL | BPF_K
