@@ -810,6 +810,18 @@ fn start_stateful(
             );
             for r in store.reports() {
                 tracing::debug!("store report: {r:?}");
+                if r.discarded_bytes > 0 {
+                    // A crash mid-write, or a corrupt block: the tail after
+                    // the last good frame was cut (it was never acknowledged).
+                    tracing::warn!(
+                        "registrar store {}: partition {}: a torn or corrupt tail of {} byte(s) cut after frame {} (seq {})",
+                        cfg.data_dir.display(),
+                        r.partition,
+                        r.discarded_bytes,
+                        r.frames,
+                        r.seq
+                    );
+                }
             }
             let stores: Vec<Option<Box<dyn Store + Send>>> = store
                 .split()

@@ -76,8 +76,14 @@ impl Proxy {
     /// Starts `sipedge run` with `args` (plus `--listen udp:127.0.0.1:0` unless
     /// given) and waits for its startup line.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    /// [`Proxy::start`] with environment variables `env` set for it.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));
         cmd.arg("run");
+        cmd.envs(env.iter().copied());
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "udp:127.0.0.1:0"]);
         }
