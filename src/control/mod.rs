@@ -172,6 +172,7 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
         "sipedge_txn_transactions_live".into(),
         json!(c.transactions_live),
     );
+    m.insert("sipedge_txn_timers".into(), json!(c.timers_live));
     m.insert("sipedge_registrar_bindings".into(), json!(c.bindings));
     m.insert(
         "sipedge_presence_subscriptions".into(),

@@ -320,7 +320,7 @@ impl Collector for Reports {
                     .encode(m.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, Get); 3] = [
+        let gauges: [(&str, &str, Get); 4] = [
             (
                 "sipedge_registrar_bindings",
                 "bindings held by the shard's registrar partition",
@@ -334,6 +334,11 @@ impl Collector for Reports {
             ("sipedge_txn_transactions_live", "transactions live", |r| {
                 r.service.transactions_live
             }),
+            (
+                "sipedge_txn_timers",
+                "timers on the transaction wheel (live and stale)",
+                |r| r.service.timers_live,
+            ),
         ];
         for (name, help, get) in gauges {
             family(

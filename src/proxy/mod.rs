@@ -510,6 +510,9 @@ pub struct Counters {
     pub presence: crate::presence::PresenceCounters,
     /// Transactions live at the end of the last loop turn (a gauge, not a total).
     pub transactions_live: u64,
+    /// Timers on the transaction wheel at the end of the last loop turn,
+    /// live and stale (a gauge: it follows the load, never the uptime).
+    pub timers_live: u64,
     /// Requests received, by method ([`crate::sip::Method::index`]).
     pub requests_by_method: [u64; crate::sip::Method::COUNT],
     /// Responses received, by class: 1xx at 0 … 6xx at 5.
@@ -624,6 +627,7 @@ impl Counters {
         self.dispatcher_failovers += other.dispatcher_failovers;
         self.presence.add(&other.presence);
         self.transactions_live += other.transactions_live;
+        self.timers_live += other.timers_live;
         for (a, b) in self
             .requests_by_method
             .iter_mut()

@@ -1219,6 +1219,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
             }
         }
         self.counters.transactions_live = self.txns.live() as u64;
+        self.counters.timers_live = self.wheel.len() as u64;
         if let Some(a) = &self.guard.auth {
             self.counters.auth.clone_from(a.counters());
         }
