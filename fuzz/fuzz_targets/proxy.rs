@@ -193,8 +193,9 @@ fuzz_target!(|data: &[u8]| {
         .count();
     assert!(
         p.live_transactions() <= recent,
-        "{} transactions outlived their timers ({recent} probes in their Timer K)",
-        p.live_transactions()
+        "{} transactions outlived their timers ({recent} probes in their Timer K): {:#?}",
+        p.live_transactions(),
+        p.describe_transactions()
     );
     assert!(p.dispatcher.status().iter().all(|d| d.load == 0), "{:?}", p.dispatcher.status());
     assert!(p.timers() < 256, "{} timers left", p.timers());

@@ -74,6 +74,11 @@ impl<T> Table<T> {
         self.live
     }
 
+    /// The entries in their slots (not those taken out for the moment).
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().flatten()
+    }
+
     /// A free slot and its generation (the slot is empty until [`Table::put`]).
     pub fn alloc(&mut self) -> (u32, u32) {
         self.live += 1;

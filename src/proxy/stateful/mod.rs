@@ -765,6 +765,47 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         self.txns.live()
     }
 
+    /// The live transactions, one line each (method, states, forks): for
+    /// fuzzers' and tests' failure messages.
+    pub fn describe_transactions(&self) -> Vec<String> {
+        self.txns
+            .values()
+            .map(|t| {
+                let forks: Vec<String> = t
+                    .forks
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "fork to {} final {:?} terminated {} cancel {} timer_c {:?} loaded {}",
+                            f.to.remote,
+                            f.final_code,
+                            f.client.terminated(),
+                            f.cancel.as_ref().map_or("none", |c| {
+                                if c.0.state() == NonInviteClientState::Terminated {
+                                    "ended"
+                                } else {
+                                    "live"
+                                }
+                            }),
+                            f.timer_c,
+                            f.loaded
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{:?} key {:x} server {:?} final_sent {} cancelled {} best {:?} forks [{}]",
+                    t.method,
+                    t.key,
+                    t.server,
+                    t.final_sent,
+                    t.cancelled,
+                    t.best.as_ref().map(|b| b.0),
+                    forks.join("; ")
+                )
+            })
+            .collect()
+    }
+
     /// Timers on the wheel (live and stale ones not yet fired).
     pub fn timers(&self) -> usize {
         self.wheel.len()

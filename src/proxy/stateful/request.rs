@@ -991,10 +991,19 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         // answered: the Timer C check finds this deadline (found by the
         // proxy fuzzer: a CANCEL answered 408 and no 487 left the call
         // counted forever).
-        if fork.final_code.is_none() && fork.timer_c.is_some() {
-            fork.timer_c = Some(now + self.cfg.timers.t1x64());
+        // A check of it goes on the wheel: the one that led here may have
+        // been Timer C's own, which fired (found by the proxy fuzzer: a
+        // CANCEL sent by Timer C, answered, and no 487 left the transaction
+        // forever).
+        let deadline = now + self.cfg.timers.t1x64();
+        let recheck = fork.final_code.is_none() && fork.timer_c.is_some();
+        if recheck {
+            fork.timer_c = Some(deadline);
         }
         self.send(out, to, &bytes);
+        if recheck {
+            self.check_timer_c(now, deadline, slot, gen, i);
+        }
         self.arm(slot, gen, TimerTarget::Cancel(i as u8), arm);
     }
 }

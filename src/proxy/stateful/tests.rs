@@ -1314,3 +1314,44 @@ fn a_cancelled_branch_that_never_answers_the_invite_ends() {
     }
     assert_eq!(h.p.live_transactions(), 0);
 }
+
+/// Timer C fires on a ringing branch: its CANCEL goes, is answered 200, and
+/// the INVITE never gets a final response. The branch ends 64*T1 after the
+/// CANCEL as a 408 — before, Timer C's own check had fired and nothing was
+/// left on the wheel to find the new deadline, and the transaction stayed
+/// forever (found by the proxy fuzzer in its 30-minute run).
+#[test]
+fn timer_c_cancel_answered_without_a_487_ends() {
+    let mut h = H::new(&["192.0.2.4:5060"]);
+    let inv = invite("sip:bob@example.test", "z9hG4bKtc");
+    let out = h.feed(&inv, UAC);
+    let fwd = out[1].1.clone();
+    let _ = h.feed(&respond(&fwd, 180, "b"), "192.0.2.4:5060");
+    let mut down = None;
+    for _ in 0..200 {
+        for (a, m) in h.advance(Duration::from_secs(1)) {
+            if a == "192.0.2.4:5060" && m.starts_with("CANCEL") && down.is_none() {
+                down = Some(m);
+            }
+        }
+        if down.is_some() {
+            break;
+        }
+    }
+    let down = down.expect("Timer C sends a CANCEL downstream");
+    let _ = h.feed(&respond(&down, 200, "b"), "192.0.2.4:5060");
+    let mut got = Vec::new();
+    for _ in 0..80 {
+        got.extend(h.advance(Duration::from_secs(1)));
+    }
+    assert!(
+        got.iter().any(|(a, m)| a == UAC && status(m) == 408),
+        "the caller gets its 408: {got:#?}"
+    );
+    assert_eq!(
+        h.p.live_transactions(),
+        0,
+        "{:#?}",
+        h.p.describe_transactions()
+    );
+}

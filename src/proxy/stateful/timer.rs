@@ -34,7 +34,14 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     }
 
     /// Puts fork `i`'s next Timer C check on the wheel.
-    fn check_timer_c(&mut self, now: Instant, deadline: Instant, slot: u32, gen: u32, i: usize) {
+    pub(super) fn check_timer_c(
+        &mut self,
+        now: Instant,
+        deadline: Instant,
+        slot: u32,
+        gen: u32,
+        i: usize,
+    ) {
         let at = deadline.min(now + TIMER_C_CHECK);
         self.wheel.insert(
             at,
