@@ -21,8 +21,17 @@
 //!
 //! Timers are never cancelled: an item carries whatever its owner needs to
 //! tell a stale timer from a live one (a generation number), and the owner
-//! ignores stale ones when they fire. Inserting and firing are O(1); the
-//! slots keep their capacity, so the steady state does not allocate.
+//! ignores stale ones when they fire. Inserting and firing are O(1).
+//!
+//! Memory follows the timers pending, not the uptime. Level-0 slots keep
+//! their capacity (all of them are visited every ~4 s, so that is the peak
+//! of one lap). A level-1 slot is visited once per ~4.7 h lap, so one that
+//! kept its capacity would hold a full 4 s window of timers' worth of memory
+//! for hours, and every slot in turn would: an earlier version grew ~95 KB/s
+//! at 500 calls/s until the whole lap had been visited (found by
+//! `benches/soak.sh`). A cascaded level-1 slot hands its buffer to a small
+//! pool instead, from which the next level-1 slot near the cursor to receive
+//! a timer takes it: the steady state still does not allocate.
 
 use crate::time::{Duration, Instant};
 
@@ -33,6 +42,13 @@ const WORDS: usize = SLOTS / 64;
 /// Level-1 slots up to this size report their exact least deadline; larger
 /// ones their lap start.
 const EXACT_SCAN: usize = 64;
+/// Drained level-1 buffers kept for reuse (transaction timers fill about
+/// one level-1 slot per lap of level 0; a few spare cover bursts).
+const POOL: usize = 4;
+/// Level-1 slots at most this many laps ahead of the cursor take a pooled
+/// buffer; farther ones (binding expiries, hours out) start empty, so a
+/// large buffer is not parked for hours where few timers go.
+const POOL_REACH: u64 = 16;
 /// Resolution of level 0.
 pub const TICK: Duration = Duration::from_millis(1);
 
@@ -48,6 +64,8 @@ pub struct Wheel<T> {
     level0: Vec<Vec<Entry<T>>>,
     level1: Vec<Vec<Entry<T>>>,
     overflow: Vec<Entry<T>>,
+    /// Emptied level-1 buffers, capacity kept, at most [`POOL`].
+    spare: Vec<Vec<Entry<T>>>,
     /// Which level-0 / level-1 slots are non-empty, one bit per slot.
     used0: Box<[u64; WORDS]>,
     used1: Box<[u64; WORDS]>,
@@ -71,6 +89,7 @@ impl<T> Wheel<T> {
             level0: (0..SLOTS).map(|_| Vec::new()).collect(),
             level1: (0..SLOTS).map(|_| Vec::new()).collect(),
             overflow: Vec::new(),
+            spare: Vec::new(),
             used0: Box::new([0; WORDS]),
             used1: Box::new([0; WORDS]),
             overflow_min: None,
@@ -110,6 +129,13 @@ impl<T> Wheel<T> {
         } else if delta < (SLOTS as u64) << BITS {
             let i = ((e.at >> BITS) & MASK) as usize;
             if let Some(s) = self.level1.get_mut(i) {
+                if s.capacity() == 0
+                    && (e.at >> BITS).saturating_sub(self.cursor >> BITS) <= POOL_REACH
+                {
+                    if let Some(buf) = self.spare.pop() {
+                        *s = buf;
+                    }
+                }
                 s.push(e);
                 set(&mut self.used1, i);
             }
@@ -117,6 +143,13 @@ impl<T> Wheel<T> {
             self.overflow_min = Some(self.overflow_min.map_or(e.at, |m| m.min(e.at)));
             self.overflow.push(e);
         }
+    }
+
+    /// Entries the wheel has room for without allocating (its slots',
+    /// overflow's and pool's capacities): what it holds in memory.
+    pub fn capacity(&self) -> usize {
+        let slots = |l: &Vec<Vec<Entry<T>>>| l.iter().map(Vec::capacity).sum::<usize>();
+        slots(&self.level0) + slots(&self.level1) + self.overflow.capacity() + slots(&self.spare)
     }
 
     /// When the earliest pending timer fires (a lower bound: waking at this
@@ -215,12 +248,10 @@ impl<T> Wheel<T> {
                     self.place(e);
                 }
                 // Everything went to level 0 (it is due within this lap):
-                // give the slot its capacity back, so the steady state
-                // does not allocate.
-                if let Some(s) = self.level1.get_mut(idx) {
-                    if s.is_empty() {
-                        *s = moved;
-                    }
+                // the buffer goes to the pool for the next slot to fill,
+                // not back to this one (visited again in ~4.7 h).
+                if self.spare.len() < POOL {
+                    self.spare.push(moved);
                 }
             }
         }
@@ -300,6 +331,33 @@ mod tests {
 
     fn ms(v: u64) -> Instant {
         Instant::from_micros(v * 1_000)
+    }
+
+    /// Transaction-like load (two 32 s timers a millisecond) for 20 minutes
+    /// of virtual time: the wheel's memory stays near what one minute
+    /// needed. When level-1 slots kept their buffers, every slot the cursor
+    /// passed added a 4 s window's worth (~300 slots here: ~30× as much).
+    #[test]
+    fn memory_follows_the_pending_timers_not_the_uptime() {
+        let mut w = Wheel::new(Instant::ZERO);
+        let mut fired = 0u64;
+        let mut after_warmup = 0;
+        for t in 0..20 * 60_000u64 {
+            w.insert(ms(t + 32_000), t);
+            w.insert(ms(t + 32_500), t);
+            w.expire(ms(t), |_, _| fired += 1);
+            if t == 60_000 {
+                after_warmup = w.capacity();
+            }
+        }
+        // Every timer due by the last millisecond fired.
+        assert_eq!(fired, (20 * 60_000 - 32_000) + (20 * 60_000 - 32_500));
+        assert!(w.len() <= 2 * 32_501, "{}", w.len());
+        let end = w.capacity();
+        assert!(
+            end <= after_warmup + after_warmup / 4,
+            "capacity {after_warmup} entries after a minute, {end} after 20"
+        );
     }
 
     #[test]
