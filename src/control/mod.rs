@@ -174,6 +174,7 @@ fn stats(slots: &[Arc<Mutex<ShardReport>>]) -> Value {
     );
     m.insert("sipedge_txn_timers".into(), json!(c.timers_live));
     m.insert("sipedge_registrar_bindings".into(), json!(c.bindings));
+    m.insert("sipedge_registrar_timers".into(), json!(c.registrar_timers));
     m.insert(
         "sipedge_presence_subscriptions".into(),
         json!(c.subscriptions),

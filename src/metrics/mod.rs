@@ -320,11 +320,16 @@ impl Collector for Reports {
                     .encode(m.encode_family(&labels)?)?;
             }
         }
-        let gauges: [(&str, &str, Get); 4] = [
+        let gauges: [(&str, &str, Get); 5] = [
             (
                 "sipedge_registrar_bindings",
                 "bindings held by the shard's registrar partition",
                 |r| r.service.bindings,
+            ),
+            (
+                "sipedge_registrar_timers",
+                "timers on the registrar wheel (binding expiries, AoR retention)",
+                |r| r.service.registrar_timers,
             ),
             (
                 "sipedge_presence_subscriptions",

@@ -347,6 +347,7 @@ impl LocalService for PartitionRegistry {
     fn export(&self, counters: &mut Counters) {
         counters.presence = *self.presence.counters();
         counters.bindings = self.registrar.len() as u64;
+        counters.registrar_timers = self.registrar.timers() as u64;
         counters.subscriptions = self.presence.subscriptions() as u64;
     }
 }

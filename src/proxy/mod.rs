@@ -523,6 +523,9 @@ pub struct Counters {
     pub local_responses_by_class: [u64; 6],
     /// Bindings this shard's registrar partition holds (a gauge).
     pub bindings: u64,
+    /// Timers on this shard's registrar wheel: binding expiries and AoR
+    /// retention (a gauge: about one per binding, never per REGISTER).
+    pub registrar_timers: u64,
     /// Subscriptions this shard's presence partition holds (a gauge).
     pub subscriptions: u64,
     /// The authenticator's own counters (a copy, taken each turn).
@@ -653,6 +656,7 @@ impl Counters {
             *a += b;
         }
         self.bindings += other.bindings;
+        self.registrar_timers += other.registrar_timers;
         self.subscriptions += other.subscriptions;
         self.auth.add(&other.auth);
     }

@@ -226,6 +226,11 @@ struct Entry {
     binding: Binding,
     /// Generation of the binding's live expiry timer.
     gen: u32,
+    /// When that timer fires. A refresh that moves the expiry later leaves
+    /// it pending (it re-arms for the rest when it fires): one wheel entry
+    /// per binding, not one per REGISTER — a refresh every 300 s of a
+    /// 3600 s binding would otherwise leave 12 stale entries per binding.
+    due: Instant,
 }
 
 #[derive(Debug)]
@@ -976,13 +981,23 @@ impl Registrar {
             return;
         };
         let gen = match aor.entries.iter_mut().find(|e| e.binding.id() == id) {
+            // Later than the pending timer: it stays, and re-arms when it fires.
+            Some(e) if e.due <= deadline => {
+                e.binding = binding;
+                return;
+            }
             Some(e) => {
                 e.gen = e.gen.wrapping_add(1);
                 e.binding = binding;
+                e.due = deadline;
                 e.gen
             }
             None => {
-                aor.entries.push(Entry { binding, gen: 0 });
+                aor.entries.push(Entry {
+                    binding,
+                    gen: 0,
+                    due: deadline,
+                });
                 self.bindings += 1;
                 0
             }
@@ -1042,6 +1057,12 @@ impl Registrar {
         }
     }
 
+    /// Timers pending in the registrar's wheel (binding expiries and AoR
+    /// retention): about one per binding and empty AoR.
+    pub fn timers(&self) -> usize {
+        self.wheel.len()
+    }
+
     /// Time has reached `now` (wall clock `wall`): expires the bindings due
     /// and forgets AoRs empty for the retention time, queueing their records.
     pub fn handle_timeout(&mut self, now: Instant, wall: u64) {
@@ -1069,13 +1090,15 @@ impl Registrar {
         };
         let expires = e.binding.expires();
         if expires > wall {
-            // The wall clock moved back relative to the monotonic one: wait for the rest.
+            // Refreshed since this timer was set (or the wall clock moved
+            // back relative to the monotonic one): wait for the rest.
             let deadline = now + Duration::from_micros(expires - wall);
             if let Some(e) = self
                 .aor_mut(slot)
                 .and_then(|a| a.entries.iter_mut().find(|e| e.binding.id() == id))
             {
                 e.gen = e.gen.wrapping_add(1);
+                e.due = deadline;
                 let gen = e.gen;
                 self.wheel.insert(deadline, Timer::Expire { slot, id, gen });
             }

@@ -752,6 +752,43 @@ fn bindings_expire_on_time_and_aors_are_forgotten() {
     assert_eq!(h.reg.poll_timeout(), None);
 }
 
+/// A binding refreshed many times keeps one expiry timer (the pending one
+/// re-arms for the rest when it fires), and still expires on time: at the
+/// last refresh's expiry, or sooner when a refresh shortens it.
+#[test]
+fn refreshes_keep_one_timer_per_binding() {
+    let mut h = H::new();
+    for cseq in 1..=100 {
+        h.register(
+            "lea",
+            "c1",
+            cseq,
+            "Contact: <sip:lea@10.0.0.1>;expires=3600\r\n",
+        );
+        h.advance(60);
+    }
+    h.ops();
+    assert_eq!(h.reg.timers(), 1);
+    // The last refresh was 60 s ago: 3540 s left, not a second fewer.
+    h.advance(3539);
+    assert_eq!((h.reg.len(), h.ops()), (1, vec![]));
+    h.advance(2);
+    assert_eq!((h.reg.len(), h.ops()), (0, vec!["remove"]));
+    // A refresh that shortens the expiry is held to it.
+    h.register(
+        "lea",
+        "c2",
+        1,
+        "Contact: <sip:lea@10.0.0.2>;expires=3600\r\n",
+    );
+    h.advance(10);
+    h.register("lea", "c2", 2, "Contact: <sip:lea@10.0.0.2>;expires=60\r\n");
+    h.advance(59);
+    assert_eq!(h.reg.len(), 1);
+    h.advance(2);
+    assert_eq!(h.reg.len(), 0);
+}
+
 #[test]
 fn re_registration_cancels_the_forget_timer() {
     let mut h = H::new();
