@@ -11,7 +11,9 @@
 //!   credentials), and a wrong password does not register.
 //! - sipvicious (`svwar`, `svcrack`) learns nothing: every extension looks
 //!   the same, and a password guessing run hits the failed-auth throttle and
-//!   never succeeds, not even when the password is in its dictionary.
+//!   never succeeds, not even when the password is in its dictionary;
+//!   `svmap` finds an anonymous device it cannot relay through. The same
+//!   enumeration and guessing over TCP, scripted (sipvicious has no TCP).
 //! - A flood from one source at 10× its allowed rate is dropped while a
 //!   second source registers and calls with ≥ 99% success, and sipedge's
 //!   memory stays flat.
@@ -306,8 +308,8 @@ impl<'a> Leg<'a> {
 }
 
 /// The lines of `text` with what differs between two requests masked: the
-/// name `user`, tags, branches, nonces, Call-ID, our port.
-fn shape(text: &str, user: &str, ua: &Ua) -> String {
+/// name `user`, tags, branches, nonces, Call-ID, the client's `port`.
+fn shape(text: &str, user: &str, port: u16) -> String {
     fn mask(s: &str, key: &str, stop: &[char]) -> String {
         let mut out = String::new();
         let mut rest = s;
@@ -321,8 +323,8 @@ fn shape(text: &str, user: &str, ua: &Ua) -> String {
         out
     }
     let mut s = text
-        .replace(&format!(":{}", ua.addr.port()), ":PORT")
-        .replace(&format!("={}", ua.addr.port()), "=PORT")
+        .replace(&format!(":{port}"), ":PORT")
+        .replace(&format!("={port}"), "=PORT")
         .replace(&format!("sip:{user}@"), "sip:USER@");
     for (key, stop) in [
         ("tag=", &[';', '>', '\r', ','][..]),
@@ -716,6 +718,10 @@ fn svcrack(
 ///   source is throttled and not even a right answer is checked.
 /// - The attack does not lock the users out: from another address, both
 ///   attacked users register with their passwords.
+/// - `svmap` finds a SIP device (it answers, as a server must) that names
+///   no product or version, and cannot use it as a relay: its OPTIONS for
+///   a host that is not ours (from a domain that is not ours) gets 403
+///   Not Relaying instead of being forwarded back at it, as it was before.
 ///
 /// sipvicious 0.3.8 ignores `-b` (its sockets bind 0.0.0.0), so all its
 /// runs come from 127.0.0.1, one source for the throttle.
@@ -748,6 +754,29 @@ fn sipvicious_learns_nothing() {
         let phone = Ua::new();
         let reg = register(&p, &phone, "1003", pw_1003, phone.addr);
         assert_eq!(reg.status(), Some(200), "{d}: {}", reg.text);
+
+        // svmap: found, anonymous, not a relay.
+        if let Some(svmap) = sipvicious("svmap") {
+            let out = dir.path.join("svmap.out");
+            let err = dir.path.join("svmap.err");
+            let mut c = Command::new(&svmap);
+            c.args(["-vv", "-p", &p.addr.port().to_string(), "127.0.0.1"])
+                .stdin(Stdio::null())
+                .stdout(File::create(&out).unwrap())
+                .stderr(File::create(&err).unwrap());
+            let st = Reaped::spawn("svmap", &mut c).wait_for(Duration::from_secs(30));
+            let out = std::fs::read_to_string(&out).unwrap_or_default();
+            let err = std::fs::read_to_string(&err).unwrap_or_default();
+            let said = format!("{d}: svmap: {st:?}\n--- stdout:\n{out}\n--- stderr:\n{err}");
+            assert!(st.is_some(), "{said}");
+            let row = out
+                .lines()
+                .find(|l| l.contains(&format!("127.0.0.1:{}", p.addr.port())))
+                .unwrap_or_else(|| panic!("svmap should list the edge\n{said}"));
+            assert!(row.contains("unknown"), "no product or version: {said}");
+            assert!(err.contains("403 Forbidden (Not Relaying)"), "{said}");
+            assert!(!err.contains("received our own packet"), "{said}");
+        }
 
         // Scripted probes: one shape per method, whoever is asked for.
         let probe = Ua::on("127.0.0.8");
@@ -795,7 +824,7 @@ fn sipvicious_learns_nothing() {
                     );
                     probe.send(&ack, p.addr);
                 }
-                shapes.push((ext.to_owned(), shape(&r.text, ext, &probe)));
+                shapes.push((ext.to_owned(), shape(&r.text, ext, probe.addr.port())));
             }
             let (first_ext, first) = &shapes[0];
             for (ext, s) in &shapes[1..] {
@@ -811,8 +840,8 @@ fn sipvicious_learns_nothing() {
         let unknown = register(&p, &probe, "4711", "guess", probe.addr);
         assert_eq!(wrong.status(), Some(401), "{d}: {}", wrong.text);
         assert_eq!(
-            shape(&wrong.text, "1000", &probe),
-            shape(&unknown.text, "4711", &probe),
+            shape(&wrong.text, "1000", probe.addr.port()),
+            shape(&unknown.text, "4711", probe.addr.port()),
             "{d}: a wrong password and an unknown user look alike"
         );
 
@@ -923,6 +952,261 @@ fn sipvicious_learns_nothing() {
             p.log
         );
         eprintln!("{d}: svcrack runs took {took:?}; {throttled} guesses dropped unchecked");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The same attacks over TCP (sipvicious speaks UDP only: its maintainers say
+// its code "doesn't really work for anything but UDP"), scripted.
+
+/// A SIP client on one TCP connection from its own loopback address.
+struct TcpUa {
+    s: std::net::TcpStream,
+    addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl TcpUa {
+    fn connect(from: &str, to: SocketAddr) -> Self {
+        use socket2::{Domain, Socket, Type};
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let local = SocketAddr::new(from.parse().unwrap(), 0);
+        sock.bind(&local.into()).unwrap();
+        sock.connect_timeout(&to.into(), Duration::from_secs(3))
+            .unwrap();
+        let s: std::net::TcpStream = sock.into();
+        let addr = s.local_addr().unwrap();
+        Self {
+            s,
+            addr,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends a request built by [`request`] (its Via says TCP).
+    fn send(&mut self, msg: &str) {
+        use std::io::Write;
+        let msg = msg.replacen("Via: SIP/2.0/UDP ", "Via: SIP/2.0/TCP ", 1);
+        self.s.write_all(msg.as_bytes()).unwrap();
+    }
+
+    /// The next message within `wait`, if any (None too when the edge closed).
+    fn recv_within(&mut self, wait: Duration) -> Option<Msg> {
+        use std::io::Read;
+        let end = Instant::now() + wait;
+        loop {
+            if let Some(h) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..h]).to_string();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.trim()
+                            .eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                if self.buf.len() >= h + 4 + len {
+                    let m: Vec<u8> = self.buf.drain(..h + 4 + len).collect();
+                    return Some(Msg::new(String::from_utf8_lossy(&m).into_owned()));
+                }
+            }
+            let left = end.checked_duration_since(Instant::now())?;
+            self.s
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The final response to `method` of `call_id` within `wait`.
+    fn final_response(&mut self, method: &str, call_id: &str, wait: Duration) -> Option<Msg> {
+        let end = Instant::now() + wait;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let m = self.recv_within(left)?;
+            if m.status().is_some_and(|s| s >= 200)
+                && m.method() == method
+                && m.header(HeaderName::CallId).as_deref() == Some(call_id)
+            {
+                return Some(m);
+            }
+        }
+        None
+    }
+}
+
+/// What svwar and svcrack do, over TCP, against an edge with users 1000
+/// and 1003 (registered) and a failed-auth throttle of 10 failures per
+/// source, under each driver:
+///
+/// - enumeration: REGISTER, INVITE, OPTIONS and MESSAGE for existing,
+///   registered and missing extensions get the same answer (only tags,
+///   nonces and names differ);
+/// - guessing: 30 wrong passwords for 1000 from one address, each answering
+///   a fresh challenge: at most the throttle's 10 are checked (401), the
+///   rest are dropped unchecked and counted; then the right password from
+///   that address gets no answer either; the user, from another address,
+///   still registers.
+#[test]
+fn attacks_over_tcp_learn_nothing_and_are_throttled() {
+    let pw_1000 = "Xk9-vQ2-strong-pw-7Lm";
+    let pw_1003 = "another-Strong-pw-93";
+    for d in drivers() {
+        let dir = TempDir::new("sec-tcp-attack");
+        let users = dir.write(
+            "users.toml",
+            &users_toml(DOMAIN, &[("1000", pw_1000), ("1003", pw_1003)]),
+        );
+        let config = dir.write(
+            "sipedge.toml",
+            "[auth]\nsource_failures = 10\nsource_window = 600\n",
+        );
+        let mut p = edge(
+            d,
+            &dir,
+            &[
+                "--users",
+                &users,
+                "--config",
+                &config,
+                "--listen",
+                "udp:127.0.0.1:0",
+                "--listen",
+                "tcp:127.0.0.1:0",
+            ],
+        );
+        let tcp = p.listener("tcp");
+        let phone = Ua::new();
+        let reg = register(&p, &phone, "1003", pw_1003, phone.addr);
+        assert_eq!(reg.status(), Some(200), "{d}: {}", reg.text);
+
+        // Enumeration.
+        let mut probe = TcpUa::connect("127.0.0.9", tcp);
+        for method in ["REGISTER", "INVITE", "OPTIONS", "MESSAGE"] {
+            let mut shapes: Vec<(String, String)> = Vec::new();
+            for ext in ["1000", "1003", "1001", "4711"] {
+                let uri = format!("sip:{ext}@{DOMAIN}");
+                let ruri = if method == "REGISTER" {
+                    format!("sip:{DOMAIN}")
+                } else {
+                    uri.clone()
+                };
+                let (call_id, branch) = (uniq("tprobe-"), uniq("z9hG4bKtprobe"));
+                let body = if method == "MESSAGE" { "hi" } else { "" };
+                let contact = format!("Contact: <sip:{ext}@{};transport=tcp>\r\n", probe.addr);
+                probe.send(&request(
+                    probe.addr,
+                    method,
+                    &ruri,
+                    &branch,
+                    (&uri, "pt"),
+                    (&uri, None),
+                    &call_id,
+                    1,
+                    &[],
+                    &contact,
+                    body,
+                ));
+                let r = probe
+                    .final_response(method, &call_id, Duration::from_secs(3))
+                    .unwrap_or_else(|| panic!("{d}: no answer to {method} for {ext} over TCP"));
+                if method == "INVITE" {
+                    probe.send(&request(
+                        probe.addr,
+                        "ACK",
+                        &ruri,
+                        &branch,
+                        (&uri, "pt"),
+                        (&uri, r.to_tag().as_deref()),
+                        &call_id,
+                        1,
+                        &[],
+                        "",
+                        "",
+                    ));
+                }
+                shapes.push((ext.to_owned(), shape(&r.text, ext, probe.addr.port())));
+            }
+            let (first_ext, first) = &shapes[0];
+            for (ext, s) in &shapes[1..] {
+                assert_eq!(
+                    s, first,
+                    "{d}: {method} over TCP for {ext} and for {first_ext} answered differently"
+                );
+            }
+        }
+
+        // Guessing.
+        let mut guesser = TcpUa::connect("127.0.0.10", tcp);
+        let aor = format!("sip:1000@{DOMAIN}");
+        let ruri = format!("sip:{DOMAIN}");
+        let attempt = |ua: &mut TcpUa, password: &str, wait: Duration| -> Option<Msg> {
+            let call_id = uniq("guess-");
+            let at = ua.addr;
+            let req = |cseq: u32, cred: &str| {
+                request(
+                    at,
+                    "REGISTER",
+                    &ruri,
+                    &uniq("z9hG4bKguess"),
+                    (&aor, "g"),
+                    (&aor, None),
+                    &call_id,
+                    cseq,
+                    &[],
+                    &format!("Contact: <sip:1000@{at};transport=tcp>\r\n{cred}"),
+                    "",
+                )
+            };
+            ua.send(&req(1, ""));
+            let ch = ua
+                .final_response("REGISTER", &call_id, Duration::from_secs(3))
+                .unwrap_or_else(|| panic!("{d}: no challenge over TCP"));
+            assert_eq!(ch.status(), Some(401), "{d}: {}", ch.text);
+            let cred = answer(&ch, "1000", password, "REGISTER", &ruri);
+            ua.send(&req(2, &cred));
+            ua.final_response("REGISTER", &call_id, wait)
+        };
+        let (mut checked, mut dropped) = (0, 0);
+        for i in 0..30 {
+            match attempt(
+                &mut guesser,
+                &format!("guess-{i}"),
+                Duration::from_millis(400),
+            ) {
+                Some(r) => {
+                    assert_ne!(r.status(), Some(200), "{d}: {}", r.text);
+                    checked += 1;
+                }
+                None => dropped += 1,
+            }
+        }
+        assert!(
+            checked <= 10 && dropped >= 20,
+            "{d}: {checked} guesses checked, {dropped} dropped"
+        );
+        let right = attempt(&mut guesser, pw_1000, Duration::from_millis(1500));
+        assert!(
+            right.is_none(),
+            "{d}: the throttled source got {:?}",
+            right.map(|m| m.text)
+        );
+        // The user is not locked out.
+        let other = Ua::on("127.0.0.7");
+        let r = register(&p, &other, "1000", pw_1000, other.addr);
+        assert_eq!(r.status(), Some(200), "{d}: {}", r.text);
+        p.terminate();
+        let throttled = p.counter("sipedge_auth_throttled_total");
+        assert!(
+            throttled >= 21,
+            "{d}: {throttled} guesses dropped unchecked"
+        );
+        eprintln!("{d}: over TCP {checked} guesses checked, {dropped} + 1 dropped");
     }
 }
 

@@ -60,8 +60,10 @@ pub enum Gate<'buf, 'p> {
 }
 
 /// Runs the policy and, when it asks, the authenticator on new request
-/// `msg` from `src`. `auth` is `None` when no users are configured. The
-/// challenge lines of a 401/407 go into `extra` (size it [`CHALLENGE_BUF`]).
+/// `msg` from `src`. `auth` is `None` when no users are configured;
+/// `uri_is_us` says the Request-URI names one of the edge's own addresses
+/// (see [`Request::uri_is_us`]). The challenge lines of a 401/407 go into
+/// `extra` (size it [`CHALLENGE_BUF`]).
 #[allow(clippy::too_many_arguments)]
 pub fn gate<'buf, 'p, D: UserDirectory>(
     now: Instant,
@@ -71,6 +73,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
     msg: &Message<'buf>,
     src: SocketAddr,
     transport: Transport,
+    uri_is_us: bool,
     extra: &mut [u8],
 ) -> Gate<'buf, 'p> {
     if matches!(msg.method(), Method::Ack | Method::Cancel) {
@@ -85,6 +88,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
         AuthState::No
     };
     let mut facts = Request::of(msg, src.ip(), transport, state);
+    facts.uri_is_us = uri_is_us;
     let first = policy.evaluate(&facts);
     let a = match (first.decision, auth) {
         (Decision::Allow, _) => {
@@ -215,6 +219,7 @@ mod tests {
             &m,
             src.parse().unwrap(),
             Transport::Udp,
+            false,
             &mut extra,
         );
         match g {

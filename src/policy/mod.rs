@@ -49,10 +49,12 @@
 //! [`AuthState::Yes`] (two passes at most). [`AuthState::No`] is for when no
 //! authentication is possible (no users configured).
 //!
-//! When a users file is given and `default` is not set, two rules are
+//! When a users file is given and `default` is not set, three rules are
 //! appended after the configured ones: REGISTER for a served domain
 //! requires authentication, and so does any request whose From is in a
 //! served domain (initial requests: in-dialog ones follow the route set);
+//! an initial request neither from nor to a served domain (nor to one of
+//! the edge's addresses) gets 403 — the edge is not an open relay;
 //! everything else is allowed (calls from other domains to our users).
 //!
 //! Reloading: compile a new [`Policy`] and swap the `Arc` the shards hold;
@@ -113,6 +115,10 @@ pub struct Request<'a> {
     pub in_dialog: bool,
     /// What the caller knows of authentication.
     pub auth: AuthState,
+    /// True when the Request-URI names this edge by one of its addresses
+    /// (`$served` matches it in `uri_domain`: a trunk or a phone may
+    /// address the edge by IP).
+    pub uri_is_us: bool,
 }
 
 impl<'a> Request<'a> {
@@ -127,6 +133,7 @@ impl<'a> Request<'a> {
             uri: msg.request_uri().ok(),
             in_dialog: msg.to().ok().is_some_and(|t| t.tag().is_some()),
             auth,
+            uri_is_us: false,
         }
     }
 }
@@ -309,10 +316,15 @@ struct DomainSet {
     exact: Vec<Box<[u8]>>,
     /// Suffixes with their leading dot (`.example.com`).
     suffixes: Vec<Box<[u8]>>,
+    /// `$served` was listed: a URI naming this edge's own address matches.
+    served: bool,
 }
 
 impl DomainSet {
-    fn contains(&self, uri: Option<&Uri<'_>>) -> bool {
+    fn contains(&self, uri: Option<&Uri<'_>>, is_us: bool) -> bool {
+        if self.served && is_us {
+            return true;
+        }
         let Some(u) = uri else { return false };
         let h = u.host_bytes;
         let h = h.strip_suffix(b".").unwrap_or(h);
@@ -383,9 +395,11 @@ impl Rule {
             && (self.transports == 0 || self.transports & r.transport.bit() != 0)
             && all(&self.methods, |m| m.contains(r.method, r.method_bytes))
             && all(&self.from_user, |u| u.contains(r.from.as_ref()))
-            && all(&self.from_domain, |d| d.contains(r.from.as_ref()))
+            && all(&self.from_domain, |d| d.contains(r.from.as_ref(), false))
             && all(&self.uri_user, |u| u.contains(r.uri.as_ref()))
-            && all(&self.uri_domain, |d| d.contains(r.uri.as_ref()))
+            && all(&self.uri_domain, |d| {
+                d.contains(r.uri.as_ref(), r.uri_is_us)
+            })
             && self.in_dialog.is_none_or(|want| want == r.in_dialog);
         if !ok {
             return Match::No;
@@ -537,7 +551,7 @@ fn act(a: &Action, auth: AuthState) -> Decision<'_> {
     }
 }
 
-fn implicit_rules() -> [RuleSection; 2] {
+fn implicit_rules() -> [RuleSection; 3] {
     let list = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
     [
         RuleSection {
@@ -556,8 +570,23 @@ fn implicit_rules() -> [RuleSection; 2] {
             action: "require-auth".into(),
             ..RuleSection::default()
         },
+        RuleSection {
+            // Not an open relay: a request from a stranger to a stranger
+            // would use the edge to reach (or scan, or reflect traffic at)
+            // any host; Kamailio's reference config refuses it the same way.
+            name: Some("requests neither from nor to a served domain are not relayed".into()),
+            not_from_domain: list(&["$served"]),
+            not_uri_domain: list(&["$served"]),
+            in_dialog: Some(false),
+            action: "deny".into(),
+            reason: Some(NOT_RELAYING.into()),
+            ..RuleSection::default()
+        },
     ]
 }
+
+/// The reason phrase of the 403 for a request the edge will not relay.
+pub const NOT_RELAYING: &str = "Forbidden (Not Relaying)";
 
 fn lower(s: &str) -> Box<[u8]> {
     s.to_ascii_lowercase().into_bytes().into_boxed_slice()
@@ -639,6 +668,7 @@ fn compile_rule(
             let d = d.trim_end_matches('.');
             if d == "$served" {
                 set.exact.extend(served.iter().cloned());
+                set.served = true;
             } else if let Some(suffix) = d.strip_prefix('*') {
                 if !suffix.starts_with('.') || suffix.len() < 2 {
                     return Err(PolicyError::Value(at, j + 1));

@@ -268,7 +268,7 @@ action = "require-auth"
 fn a_users_file_makes_served_domains_authenticate() {
     let p = compile("", true);
     let d = |r: Req<'_>| decide(&p, &r, AuthState::Unknown);
-    assert_eq!(p.len(), 2);
+    assert_eq!(p.len(), 3);
     assert_eq!(
         d(req("REGISTER", "sip:example.test", "203.0.113.1")),
         "auth #0"
@@ -284,6 +284,31 @@ fn a_users_file_makes_served_domains_authenticate() {
         "allow default",
         "calls from other domains to our users"
     );
+    // Not an open relay: a stranger to a stranger is refused, in any
+    // method, unless inside a dialog we recorded…
+    for m in ["INVITE", "OPTIONS", "MESSAGE", "REGISTER", "SUBSCRIBE"] {
+        let mut relay = req(m, "sip:100@198.51.100.7", "203.0.113.1");
+        relay.from = "sip:100@1.1.1.1";
+        assert_eq!(d(relay), "deny 403 Forbidden (Not Relaying) #2", "{m}");
+    }
+    let mut in_dialog = req("BYE", "sip:bob@198.51.100.7", "203.0.113.1");
+    in_dialog.from = "sip:carol@elsewhere.test";
+    in_dialog.to_tag = true;
+    assert_eq!(d(in_dialog), "allow default");
+    // …and a Request-URI naming the edge's own address counts as served
+    // (a trunk addressing the edge by IP).
+    let text = "INVITE sip:+15551234@192.0.2.10:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nTo: <sip:+15551234@192.0.2.10>\r\nFrom: <sip:+1444@carrier.test>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let mut idx = HeaderIndex::default();
+    let msg = parse(text.as_bytes(), &mut idx).unwrap();
+    let mut facts = Request::of(
+        &msg,
+        "203.0.113.1".parse().unwrap(),
+        Transport::Udp,
+        AuthState::Unknown,
+    );
+    assert!(matches!(p.evaluate(&facts).decision, Decision::Deny { .. }));
+    facts.uri_is_us = true;
+    assert!(matches!(p.evaluate(&facts).decision, Decision::Allow));
     assert_eq!(
         decide(
             &p,
@@ -325,6 +350,7 @@ fn a_users_file_makes_served_domains_authenticate() {
                 uri: None,
                 in_dialog: false,
                 auth: AuthState::No,
+                uri_is_us: false,
             })
             .decision,
         Decision::Allow

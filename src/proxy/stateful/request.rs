@@ -810,6 +810,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         out: &mut Outbox,
     ) -> Option<bool> {
         let mut extra = [0u8; CHALLENGE_BUF];
+        let uri_is_us = msg
+            .request_uri()
+            .is_ok_and(|u| self.id.is_local_addr(&u.host, u.port));
         let g = gate(
             now,
             self.wall_us,
@@ -818,6 +821,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             msg,
             src.remote,
             src.transport,
+            uri_is_us,
             &mut extra,
         );
         match g {
