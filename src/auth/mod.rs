@@ -72,7 +72,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::hash::hash_bytes;
-use crate::policy::rate::{Gcra, Hit, RateTable};
+use crate::policy::rate::{Gcra, Hit, RateTable, SharedRate};
 use crate::sip::{Credentials, EmitError, HeaderName, Host, Message, Method, Uri, Writer};
 use crate::time::{Duration, Instant};
 
@@ -605,6 +605,9 @@ pub struct Authenticator<D: UserDirectory = Users> {
     retired: Option<Retired>,
     replay: ReplayTable,
     by_source: RateTable,
+    /// The source throttle every shard shares, when given
+    /// ([`Authenticator::share_sources`]): used instead of `by_source`.
+    shared_sources: Option<Arc<SharedRate>>,
     by_user: RateTable,
     /// Seed of the throttle keys (drawn at construction).
     seed: u64,
@@ -613,6 +616,15 @@ pub struct Authenticator<D: UserDirectory = Users> {
     /// Dummy HA1s for unknown users: MD5, SHA-256, SHA-512-256.
     dummy: [Hex; 3],
     counters: AuthCounters,
+}
+
+/// A source address as throttle key bytes (IPv4 as IPv4-mapped IPv6).
+fn source_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+    .octets()
 }
 
 impl<D: UserDirectory> core::fmt::Debug for Authenticator<D> {
@@ -648,6 +660,7 @@ impl<D: UserDirectory> Authenticator<D> {
             retired: None,
             replay: ReplayTable::new(cfg.replay_slots),
             by_source: RateTable::new(cfg.throttle_slots, cfg.per_source, Duration::ZERO),
+            shared_sources: None,
             by_user: RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO),
             seed: u64::from_le_bytes([a, b, c, d, e, f, g, h]),
             serial: u64::from_le_bytes([i, j, k, l, m, n, o, p]) & ((1 << 40) - 1),
@@ -725,6 +738,15 @@ impl<D: UserDirectory> Authenticator<D> {
             self.by_user = RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO);
         }
         self.cfg = cfg;
+    }
+
+    /// Counts failures by source in `table`, shared with the other shards,
+    /// instead of this shard's own table: a source's failures then add up
+    /// whichever shard checks them (REGISTERs are checked by the shard that
+    /// owns the AoR). Give every shard the same table, built for the
+    /// current `[auth]` (`throttle_slots`, `source_failures`, `source_window`).
+    pub fn share_sources(&mut self, table: Arc<SharedRate>) {
+        self.shared_sources = Some(table);
     }
 
     /// Replaces the user directory (a reload); nonces and tables are kept.
@@ -819,14 +841,18 @@ impl<D: UserDirectory> Authenticator<D> {
         let user = fields.and_then(|f| f.username).unwrap_or_default();
         let source_key = self.source_key(src.ip());
         let user_key = self.user_key(user, &r.name);
-        if self.by_source.is_limited(now, source_key) || self.by_user.is_limited(now, user_key) {
+        let source_limited = match &self.shared_sources {
+            Some(t) => t.is_limited(now, &source_bytes(src.ip())),
+            None => self.by_source.is_limited(now, source_key),
+        };
+        if source_limited || self.by_user.is_limited(now, user_key) {
             self.counters.throttled += 1;
             return Outcome::Throttled { realm };
         }
         match self.verify(wall, msg, realm, fields, src) {
             Verified::Ok => {}
             Verified::Failed => {
-                self.fail(now, source_key, user_key);
+                self.fail(now, src.ip(), source_key, user_key);
                 return Outcome::Challenge {
                     realm,
                     stale: false,
@@ -838,7 +864,7 @@ impl<D: UserDirectory> Authenticator<D> {
             }
             Verified::Replayed => {
                 self.counters.replays += 1;
-                self.fail(now, source_key, user_key);
+                self.fail(now, src.ip(), source_key, user_key);
                 return Outcome::Challenge { realm, stale: true };
             }
         }
@@ -850,20 +876,21 @@ impl<D: UserDirectory> Authenticator<D> {
         Outcome::Authenticated { user, realm }
     }
 
-    fn fail(&mut self, now: Instant, source_key: u64, user_key: u64) {
+    fn fail(&mut self, now: Instant, ip: IpAddr, source_key: u64, user_key: u64) {
         self.counters.failures += 1;
         // Over the rate or not, the failure is counted; the next attempt is
         // what `is_limited` refuses.
-        let _: Hit = self.by_source.hit(now, source_key);
+        match &self.shared_sources {
+            Some(t) => t.hit(now, &source_bytes(ip)),
+            None => {
+                let _: Hit = self.by_source.hit(now, source_key);
+            }
+        }
         let _: Hit = self.by_user.hit(now, user_key);
     }
 
     fn source_key(&self, ip: IpAddr) -> u64 {
-        let v6 = match ip.to_canonical() {
-            IpAddr::V4(a) => a.to_ipv6_mapped(),
-            IpAddr::V6(a) => a,
-        };
-        hash_bytes(self.seed, &v6.octets())
+        hash_bytes(self.seed, &source_bytes(ip))
     }
 
     fn user_key(&self, user: &[u8], realm: &[u8]) -> u64 {

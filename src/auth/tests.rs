@@ -874,6 +874,50 @@ fn guessing_is_throttled_per_source_and_per_user() {
     assert_eq!(b.throttle_action(), ThrottleAction::Drop);
 }
 
+/// Two shards (two authenticators) given one shared source table: a
+/// source's failures add up across them, so a guesser naming users owned
+/// by different shards meets one limit (separately each shard allowed 10,
+/// 20 in all); other sources are not affected.
+#[test]
+fn the_source_throttle_holds_across_shards_that_share_it() {
+    let guess = |a: &mut Authenticator, user: &str, pw: &str, from: SocketAddr| {
+        let ch = challenge(a, Kind::Www, T0, false);
+        let cred = answer(
+            &ch,
+            Kind::Www,
+            &Answer::new(user, pw, "REGISTER", "sip:example.test"),
+        );
+        check_at(a, at(0), T0, &register(user, &cred), from)
+    };
+    let cfg = Config {
+        algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+        ..Config::default()
+    };
+    for shared in [false, true] {
+        let table = Arc::new(SharedRate::new(cfg.throttle_slots, cfg.per_source, 7));
+        let mut shards = [auth_with(cfg.clone()), auth_with(cfg.clone())];
+        if shared {
+            for a in &mut shards {
+                a.share_sources(table.clone());
+            }
+        }
+        let mut checked = 0;
+        for i in 0..40 {
+            // Users spread over the shards (as AoR owners are).
+            let (a, user) = (&mut shards[i % 2], ["alice", "bob", "carol", "dave"][i % 4]);
+            if guess(a, user, "wrong", src()) != "throttled" {
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, if shared { 10 } else { 20 }, "shared: {shared}");
+        let other: SocketAddr = "198.51.100.77:5060".parse().unwrap();
+        assert_eq!(
+            guess(&mut shards[1], "alice", "alice-secret", other),
+            "ok alice@example.test"
+        );
+    }
+}
+
 #[test]
 fn config_from_section() {
     let s: AuthSection = toml::from_str(

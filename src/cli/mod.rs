@@ -562,7 +562,12 @@ pub fn run_with(args: &RunArgs, hooks: Option<crate::proxy::hooks::HookFactory>)
                             (None, Some(r)) if r.cfg.secret.is_none() => r.secret.clone(),
                             (None, _) => Secret::generate(&mut SeededEntropy::new(os_random())),
                         };
-                        Some(crate::proxy::guard::AuthSettings { cfg, secret })
+                        Some(crate::proxy::guard::AuthSettings::new(
+                            cfg,
+                            secret,
+                            running.as_deref(),
+                            os_random(),
+                        ))
                     }
                     _ => None,
                 };
@@ -988,6 +993,8 @@ struct Security {
     flood: Option<flood::Config>,
     overload: overload::Config,
     shared: Arc<Shared>,
+    /// The failed-auth throttle of sources the shards share.
+    sources: Arc<crate::policy::rate::SharedRate>,
 }
 
 /// 64 random bits from the OS (seeds and secrets are not hot-path values).
@@ -1049,10 +1056,10 @@ impl Security {
             tracing::info!("digest authentication on: {} user(s)", u.len());
         }
         let shared = Arc::new(Shared::new(users.clone(), policy.clone()));
-        shared.publish_auth(crate::proxy::guard::AuthSettings {
-            cfg: auth.clone(),
-            secret: secret.clone(),
-        });
+        let settings =
+            crate::proxy::guard::AuthSettings::new(auth.clone(), secret.clone(), None, os_random());
+        let sources = settings.sources.clone();
+        shared.publish_auth(settings);
         Ok(Self {
             shared,
             users,
@@ -1061,6 +1068,7 @@ impl Security {
             auth,
             flood,
             overload,
+            sources,
         })
     }
 
@@ -1072,7 +1080,9 @@ impl Security {
                 ..self.auth.clone()
             };
             let mut entropy = SeededEntropy::new(os_random());
-            Authenticator::new(cfg, domains, u.clone(), &self.secret, &mut entropy)
+            let mut a = Authenticator::new(cfg, domains, u.clone(), &self.secret, &mut entropy);
+            a.share_sources(self.sources.clone());
+            a
         });
         Guard::new(
             self.policy.clone(),

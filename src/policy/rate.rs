@@ -1,7 +1,8 @@
 //! Rate limits in bounded memory: the generic cell rate algorithm (GCRA, a
 //! token bucket kept as one timestamp) over a fixed-size, set-associative
 //! table of keys. The flood limiter ([`super::flood`]) and the failed-auth
-//! throttles ([`crate::auth`]) are both built on it.
+//! throttles ([`crate::auth`]) are both built on it; the source throttle
+//! is shared by the shards ([`SharedRate`]).
 //!
 //! ```text
 //!  key (u64, keyed hash) ─► bucket = key & mask ─► WAYS slots { key, tat, banned_until }
@@ -240,6 +241,103 @@ impl RateTable {
     }
 }
 
+/// Rows of a [`SharedRate`].
+const SHARED_ROWS: usize = 2;
+
+/// A GCRA rate per key shared by every shard of a process, lock-free: the
+/// failed-auth throttle of a source address must hold however many shards
+/// see its attempts (a REGISTER is authenticated by the shard that owns its
+/// AoR, so a guesser naming many users reaches every shard).
+///
+/// ```text
+///  key bytes ─► two seeded hashes ─► one AtomicU64 TAT per row (count-min)
+///  hit:        each row: tat' = max(tat, now) + interval, kept unless over the burst (CAS loop)
+///  is_limited: the least row's tat' − now > burst · interval
+/// ```
+///
+/// Why count-min and not [`RateTable`]'s keyed slots: a slot's key and
+/// timestamp cannot be replaced together atomically without a lock, while a
+/// cell shared by colliding keys only ever makes a source look busier —
+/// and it would have to collide in both rows. Failures are rare events, so
+/// the cells are quiet. Shards pass their own `now`; their clocks' epochs
+/// differ by the milliseconds between their starts, nothing next to
+/// throttle windows of seconds to minutes.
+///
+/// Contract: no allocation after [`SharedRate::new`], no panic.
+#[derive(Debug)]
+pub struct SharedRate {
+    // INVARIANT: cells.len() == SHARED_ROWS * (mask + 1), mask + 1 a power of two.
+    cells: Box<[core::sync::atomic::AtomicU64]>,
+    mask: u64,
+    seeds: [u64; SHARED_ROWS],
+    gcra: Gcra,
+}
+
+impl SharedRate {
+    /// A table of `slots` cells per row (rounded up to a power of two),
+    /// limited by `gcra`, its hashes seeded from `seed`.
+    pub fn new(slots: usize, gcra: Gcra, seed: u64) -> Self {
+        let per_row = slots.max(64).next_power_of_two();
+        Self {
+            cells: (0..per_row * SHARED_ROWS)
+                .map(|_| core::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            mask: per_row as u64 - 1,
+            seeds: [seed, seed.rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15],
+            gcra,
+        }
+    }
+
+    /// The rate.
+    pub fn gcra(&self) -> Gcra {
+        self.gcra
+    }
+
+    /// Cells per row.
+    pub fn capacity(&self) -> usize {
+        (self.mask + 1) as usize
+    }
+
+    fn cell(&self, row: usize, key: &[u8]) -> Option<&core::sync::atomic::AtomicU64> {
+        let seed = self.seeds.get(row).copied().unwrap_or(0);
+        let i = (crate::hash::hash_bytes(seed, key) & self.mask) as usize;
+        self.cells.get(row * self.capacity() + i)
+    }
+
+    /// Counts one event of `key` at `now` (over the rate: not counted, as
+    /// [`RateTable`] without a ban).
+    pub fn hit(&self, now: Instant, key: &[u8]) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let now_us = now.as_micros();
+        let (interval, tolerance) = (self.gcra.interval.as_micros(), self.gcra.tolerance());
+        for row in 0..SHARED_ROWS {
+            let Some(c) = self.cell(row, key) else {
+                continue;
+            };
+            let _ = c.fetch_update(Relaxed, Relaxed, |tat| {
+                let next = tat.max(now_us).saturating_add(interval);
+                (next - now_us <= tolerance).then_some(next)
+            });
+        }
+    }
+
+    /// True when one more event of `key` at `now` would be over the rate.
+    pub fn is_limited(&self, now: Instant, key: &[u8]) -> bool {
+        use core::sync::atomic::Ordering::Relaxed;
+        let now_us = now.as_micros();
+        let least = (0..SHARED_ROWS)
+            .filter_map(|row| self.cell(row, key))
+            .map(|c| c.load(Relaxed))
+            .min()
+            .unwrap_or(0);
+        least
+            .max(now_us)
+            .saturating_add(self.gcra.interval.as_micros())
+            - now_us
+            > self.gcra.tolerance()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +407,31 @@ mod tests {
         assert!(t.evictions() > 0);
         // Unbanned, forgiven entries were evicted first: the ban holds.
         assert_eq!(t.hit(at(2), 42), Hit::Banned(at(60)));
+    }
+
+    #[test]
+    fn a_shared_rate_adds_up_over_threads_and_refills() {
+        let t = std::sync::Arc::new(SharedRate::new(
+            1024,
+            Gcra::per(10, Duration::from_secs(60)),
+            1,
+        ));
+        let now = Instant::from_micros(5_000_000);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                let t = t.clone();
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        t.hit(now, b"10.0.0.1");
+                    }
+                });
+            }
+        });
+        assert!(t.is_limited(now, b"10.0.0.1"));
+        assert!(!t.is_limited(now, b"10.0.0.2"));
+        // Over the rate, hits are not counted: one interval later, one more.
+        t.hit(now, b"10.0.0.1");
+        assert!(!t.is_limited(now + Duration::from_secs(6), b"10.0.0.1"));
+        assert!(t.is_limited(now + Duration::from_secs(5), b"10.0.0.1"));
     }
 }

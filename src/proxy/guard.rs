@@ -50,6 +50,40 @@ pub struct AuthSettings {
     pub cfg: crate::auth::Config,
     /// The nonce secret.
     pub secret: crate::auth::Secret,
+    /// The failed-auth throttle of source addresses, one for every shard
+    /// (see [`crate::auth::Authenticator::share_sources`]).
+    pub sources: Arc<crate::policy::rate::SharedRate>,
+}
+
+impl AuthSettings {
+    /// Settings `cfg` with `secret`, keeping the shared source throttle of
+    /// `running` when its size and rate are unchanged (a reload keeps the
+    /// sources' failure counts, as it keeps each shard's tables).
+    pub fn new(
+        cfg: crate::auth::Config,
+        secret: crate::auth::Secret,
+        running: Option<&Self>,
+        seed: u64,
+    ) -> Self {
+        let sources = match running {
+            Some(r)
+                if r.cfg.throttle_slots == cfg.throttle_slots
+                    && r.cfg.per_source == cfg.per_source =>
+            {
+                r.sources.clone()
+            }
+            _ => Arc::new(crate::policy::rate::SharedRate::new(
+                cfg.throttle_slots,
+                cfg.per_source,
+                seed,
+            )),
+        };
+        Self {
+            cfg,
+            secret,
+            sources,
+        }
+    }
 }
 
 /// `[flood]` and `[overload]` as reloaded: each shard builds its limiter
@@ -227,6 +261,7 @@ impl Guard {
                 .is_none_or(|seen| !Arc::ptr_eq(seen, &new))
             {
                 a.reconfigure(new.cfg.clone(), &new.secret, wall_us / 1_000);
+                a.share_sources(new.sources.clone());
                 self.auth_seen = Some(new);
             }
         }
