@@ -1047,11 +1047,12 @@ impl TcpUa {
 /// - enumeration: REGISTER, INVITE, OPTIONS and MESSAGE for existing,
 ///   registered and missing extensions get the same answer (only tags,
 ///   nonces and names differ);
-/// - guessing: 30 wrong passwords for 1000 from one address, each answering
-///   a fresh challenge: at most the throttle's 10 are checked (401), the
-///   rest are dropped unchecked and counted; then the right password from
-///   that address gets no answer either; the user, from another address,
-///   still registers.
+/// - guessing: 30 wrong passwords from one address for six user names
+///   (owned by both shards: each authenticates its own AoRs), each
+///   answering a fresh challenge: at most the throttle's 10 are checked
+///   (401) — the shards share it —, the rest are dropped unchecked and
+///   counted; then the right password for 1000 from that address gets no
+///   answer either; the user, from another address, still registers.
 #[test]
 fn attacks_over_tcp_learn_nothing_and_are_throttled() {
     let pw_1000 = "Xk9-vQ2-strong-pw-7Lm";
@@ -1143,10 +1144,10 @@ fn attacks_over_tcp_learn_nothing_and_are_throttled() {
 
         // Guessing.
         let mut guesser = TcpUa::connect("127.0.0.10", tcp);
-        let aor = format!("sip:1000@{DOMAIN}");
         let ruri = format!("sip:{DOMAIN}");
-        let attempt = |ua: &mut TcpUa, password: &str, wait: Duration| -> Option<Msg> {
+        let attempt = |ua: &mut TcpUa, user: &str, password: &str, wait: Duration| -> Option<Msg> {
             let call_id = uniq("guess-");
+            let aor = format!("sip:{user}@{DOMAIN}");
             let at = ua.addr;
             let req = |cseq: u32, cred: &str| {
                 request(
@@ -1159,7 +1160,7 @@ fn attacks_over_tcp_learn_nothing_and_are_throttled() {
                     &call_id,
                     cseq,
                     &[],
-                    &format!("Contact: <sip:1000@{at};transport=tcp>\r\n{cred}"),
+                    &format!("Contact: <sip:{user}@{at};transport=tcp>\r\n{cred}"),
                     "",
                 )
             };
@@ -1168,14 +1169,18 @@ fn attacks_over_tcp_learn_nothing_and_are_throttled() {
                 .final_response("REGISTER", &call_id, Duration::from_secs(3))
                 .unwrap_or_else(|| panic!("{d}: no challenge over TCP"));
             assert_eq!(ch.status(), Some(401), "{d}: {}", ch.text);
-            let cred = answer(&ch, "1000", password, "REGISTER", &ruri);
+            let cred = answer(&ch, user, password, "REGISTER", &ruri);
             ua.send(&req(2, &cred));
             ua.final_response("REGISTER", &call_id, wait)
         };
         let (mut checked, mut dropped) = (0, 0);
+        // Names spread over the AoR owners (both shards authenticate).
+        let names = ["1000", "1003", "1001", "4711", "2000", "2001"];
         for i in 0..30 {
+            let user = names[i % names.len()];
             match attempt(
                 &mut guesser,
+                user,
                 &format!("guess-{i}"),
                 Duration::from_millis(400),
             ) {
@@ -1190,7 +1195,7 @@ fn attacks_over_tcp_learn_nothing_and_are_throttled() {
             checked <= 10 && dropped >= 20,
             "{d}: {checked} guesses checked, {dropped} dropped"
         );
-        let right = attempt(&mut guesser, pw_1000, Duration::from_millis(1500));
+        let right = attempt(&mut guesser, "1000", pw_1000, Duration::from_millis(1500));
         assert!(
             right.is_none(),
             "{d}: the throttled source got {:?}",
