@@ -225,7 +225,8 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         if matches!(req.owner, Owner::Shard(_)) {
             return Some(false);
         }
-        self.gate(now, msg, src, out)
+        let uri_is_us = self.id.is_local_addr(&req.uri.host, req.uri.port);
+        self.gate(now, msg, src, uri_is_us, out)
     }
 
     /// Local services: a REGISTER for a served domain goes to the registrar
@@ -800,19 +801,18 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         })
     }
 
-    /// Policy and authentication of a new request. `Some(authenticated)`
-    /// to go on; `None` when it was answered (403, 401/407) or dropped.
+    /// Policy and authentication of a new request (`uri_is_us`: its
+    /// Request-URI names one of our addresses). `Some(authenticated)` to go
+    /// on; `None` when it was answered (403, 401/407) or dropped.
     pub(super) fn gate(
         &mut self,
         now: Instant,
         msg: &Message<'_>,
         src: Peer,
+        uri_is_us: bool,
         out: &mut Outbox,
     ) -> Option<bool> {
         let mut extra = [0u8; CHALLENGE_BUF];
-        let uri_is_us = msg
-            .request_uri()
-            .is_ok_and(|u| self.id.is_local_addr(&u.host, u.port));
         let g = gate(
             now,
             self.wall_us,
