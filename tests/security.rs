@@ -307,6 +307,84 @@ impl<'a> Leg<'a> {
     }
 }
 
+/// One enumeration probe as svwar sends it: `method` for extension `ext`
+/// (a REGISTER to the domain, anything else to the user).
+struct Probe {
+    method: &'static str,
+    uri: String,
+    ruri: String,
+    call_id: String,
+    branch: String,
+}
+
+impl Probe {
+    fn new(method: &'static str, ext: &str) -> Self {
+        let uri = format!("sip:{ext}@{DOMAIN}");
+        let ruri = if method == "REGISTER" {
+            format!("sip:{DOMAIN}")
+        } else {
+            uri.clone()
+        };
+        Self {
+            method,
+            uri,
+            ruri,
+            call_id: uniq("probe-"),
+            branch: uniq("z9hG4bKprobe"),
+        }
+    }
+
+    /// The request from `ua` with the `contact` line.
+    fn request(&self, ua: SocketAddr, contact: &str) -> String {
+        let body = if self.method == "MESSAGE" { "hi" } else { "" };
+        let u = self.uri.as_str();
+        request(
+            ua,
+            self.method,
+            &self.ruri,
+            &self.branch,
+            (u, "pt"),
+            (u, None),
+            &self.call_id,
+            1,
+            &[],
+            contact,
+            body,
+        )
+    }
+
+    /// The ACK of final response `r` to an INVITE (none for other methods).
+    fn ack(&self, ua: SocketAddr, r: &Msg) -> Option<String> {
+        let u = self.uri.as_str();
+        (self.method == "INVITE").then(|| {
+            request(
+                ua,
+                "ACK",
+                &self.ruri,
+                &self.branch,
+                (u, "pt"),
+                (u, r.to_tag().as_deref()),
+                &self.call_id,
+                1,
+                &[],
+                "",
+                "",
+            )
+        })
+    }
+}
+
+/// Every probe's response `shapes` (extension, shape) alike.
+fn assert_alike(what: &str, shapes: &[(String, String)]) {
+    let (first_ext, first) = &shapes[0];
+    for (ext, s) in &shapes[1..] {
+        assert_eq!(
+            s, first,
+            "{what}: the answers for {ext} and for {first_ext} differ"
+        );
+    }
+}
+
 /// The lines of `text` with what differs between two requests masked: the
 /// name `user`, tags, branches, nonces, Call-ID, the client's `port`.
 fn shape(text: &str, user: &str, port: u16) -> String {
@@ -783,56 +861,16 @@ fn sipvicious_learns_nothing() {
         for method in ["REGISTER", "INVITE", "OPTIONS", "MESSAGE"] {
             let mut shapes: Vec<(String, String)> = Vec::new();
             for ext in ["1000", "1003", "1001", "4711", "1007"] {
-                let uri = format!("sip:{ext}@{DOMAIN}");
-                let ruri = if method == "REGISTER" {
-                    format!("sip:{DOMAIN}")
-                } else {
-                    uri.clone()
-                };
-                let (call_id, branch) = (uniq("probe-"), uniq("z9hG4bKprobe"));
-                let body = if method == "MESSAGE" { "hi" } else { "" };
-                probe.send(
-                    &request(
-                        probe.addr,
-                        method,
-                        &ruri,
-                        &branch,
-                        (&uri, "pt"),
-                        (&uri, None),
-                        &call_id,
-                        1,
-                        &[],
-                        &format!("Contact: <sip:{ext}@{}>\r\n", probe.addr),
-                        body,
-                    ),
-                    p.addr,
-                );
-                let r = final_response(&probe, method, &call_id);
-                if method == "INVITE" {
-                    let ack = request(
-                        probe.addr,
-                        "ACK",
-                        &ruri,
-                        &branch,
-                        (&uri, "pt"),
-                        (&uri, r.to_tag().as_deref()),
-                        &call_id,
-                        1,
-                        &[],
-                        "",
-                        "",
-                    );
+                let pr = Probe::new(method, ext);
+                let contact = format!("Contact: <sip:{ext}@{}>\r\n", probe.addr);
+                probe.send(&pr.request(probe.addr, &contact), p.addr);
+                let r = final_response(&probe, method, &pr.call_id);
+                if let Some(ack) = pr.ack(probe.addr, &r) {
                     probe.send(&ack, p.addr);
                 }
                 shapes.push((ext.to_owned(), shape(&r.text, ext, probe.addr.port())));
             }
-            let (first_ext, first) = &shapes[0];
-            for (ext, s) in &shapes[1..] {
-                assert_eq!(
-                    s, first,
-                    "{d}: {method} for {ext} and for {first_ext} answered differently"
-                );
-            }
+            assert_alike(&format!("{d}: {method}"), &shapes);
         }
         // A wrong password for an existing user and any password for a
         // missing one: the same new challenge.
@@ -1091,55 +1129,18 @@ fn attacks_over_tcp_learn_nothing_and_are_throttled() {
         for method in ["REGISTER", "INVITE", "OPTIONS", "MESSAGE"] {
             let mut shapes: Vec<(String, String)> = Vec::new();
             for ext in ["1000", "1003", "1001", "4711"] {
-                let uri = format!("sip:{ext}@{DOMAIN}");
-                let ruri = if method == "REGISTER" {
-                    format!("sip:{DOMAIN}")
-                } else {
-                    uri.clone()
-                };
-                let (call_id, branch) = (uniq("tprobe-"), uniq("z9hG4bKtprobe"));
-                let body = if method == "MESSAGE" { "hi" } else { "" };
+                let pr = Probe::new(method, ext);
                 let contact = format!("Contact: <sip:{ext}@{};transport=tcp>\r\n", probe.addr);
-                probe.send(&request(
-                    probe.addr,
-                    method,
-                    &ruri,
-                    &branch,
-                    (&uri, "pt"),
-                    (&uri, None),
-                    &call_id,
-                    1,
-                    &[],
-                    &contact,
-                    body,
-                ));
+                probe.send(&pr.request(probe.addr, &contact));
                 let r = probe
-                    .final_response(method, &call_id, Duration::from_secs(3))
+                    .final_response(method, &pr.call_id, Duration::from_secs(3))
                     .unwrap_or_else(|| panic!("{d}: no answer to {method} for {ext} over TCP"));
-                if method == "INVITE" {
-                    probe.send(&request(
-                        probe.addr,
-                        "ACK",
-                        &ruri,
-                        &branch,
-                        (&uri, "pt"),
-                        (&uri, r.to_tag().as_deref()),
-                        &call_id,
-                        1,
-                        &[],
-                        "",
-                        "",
-                    ));
+                if let Some(ack) = pr.ack(probe.addr, &r) {
+                    probe.send(&ack);
                 }
                 shapes.push((ext.to_owned(), shape(&r.text, ext, probe.addr.port())));
             }
-            let (first_ext, first) = &shapes[0];
-            for (ext, s) in &shapes[1..] {
-                assert_eq!(
-                    s, first,
-                    "{d}: {method} over TCP for {ext} and for {first_ext} answered differently"
-                );
-            }
+            assert_alike(&format!("{d}: {method} over TCP"), &shapes);
         }
 
         // Guessing.
