@@ -604,10 +604,7 @@ pub struct Authenticator<D: UserDirectory = Users> {
     /// rotation, until the nonces they signed have expired.
     retired: Option<Retired>,
     replay: ReplayTable,
-    by_source: RateTable,
-    /// The source throttle every shard shares, when given
-    /// ([`Authenticator::share_sources`]): used instead of `by_source`.
-    shared_sources: Option<Arc<SharedRate>>,
+    by_source: Sources,
     by_user: RateTable,
     /// Seed of the throttle keys (drawn at construction).
     seed: u64,
@@ -616,6 +613,41 @@ pub struct Authenticator<D: UserDirectory = Users> {
     /// Dummy HA1s for unknown users: MD5, SHA-256, SHA-512-256.
     dummy: [Hex; 3],
     counters: AuthCounters,
+}
+
+/// The failed-auth throttle of source addresses: this shard's own, or the
+/// one every shard shares ([`Authenticator::share_sources`]).
+enum Sources {
+    /// Keyed by a hash seeded per authenticator.
+    Own(RateTable),
+    /// Keyed by the address bytes (the table hashes them).
+    Shared(Arc<SharedRate>),
+}
+
+impl Sources {
+    fn own(cfg: &Config) -> Self {
+        Self::Own(RateTable::new(
+            cfg.throttle_slots,
+            cfg.per_source,
+            Duration::ZERO,
+        ))
+    }
+
+    fn is_limited(&self, now: Instant, seed: u64, ip: IpAddr) -> bool {
+        match self {
+            Self::Own(t) => t.is_limited(now, hash_bytes(seed, &source_bytes(ip))),
+            Self::Shared(t) => t.is_limited(now, &source_bytes(ip)),
+        }
+    }
+
+    fn hit(&mut self, now: Instant, seed: u64, ip: IpAddr) {
+        match self {
+            Self::Own(t) => {
+                let _: Hit = t.hit(now, hash_bytes(seed, &source_bytes(ip)));
+            }
+            Self::Shared(t) => t.hit(now, &source_bytes(ip)),
+        }
+    }
 }
 
 /// A source address as throttle key bytes (IPv4 as IPv4-mapped IPv6).
@@ -659,8 +691,7 @@ impl<D: UserDirectory> Authenticator<D> {
             realms,
             retired: None,
             replay: ReplayTable::new(cfg.replay_slots),
-            by_source: RateTable::new(cfg.throttle_slots, cfg.per_source, Duration::ZERO),
-            shared_sources: None,
+            by_source: Sources::own(&cfg),
             by_user: RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO),
             seed: u64::from_le_bytes([a, b, c, d, e, f, g, h]),
             serial: u64::from_le_bytes([i, j, k, l, m, n, o, p]) & ((1 << 40) - 1),
@@ -731,8 +762,12 @@ impl<D: UserDirectory> Authenticator<D> {
         } else if cfg.nonce_lifetime > self.cfg.nonce_lifetime {
             self.replay.forget_issued_until(wall_ms);
         }
-        if cfg.throttle_slots != self.cfg.throttle_slots || cfg.per_source != self.cfg.per_source {
-            self.by_source = RateTable::new(cfg.throttle_slots, cfg.per_source, Duration::ZERO);
+        // A shared table is replaced by whoever shares it (`share_sources`).
+        if matches!(self.by_source, Sources::Own(_))
+            && (cfg.throttle_slots != self.cfg.throttle_slots
+                || cfg.per_source != self.cfg.per_source)
+        {
+            self.by_source = Sources::own(&cfg);
         }
         if cfg.throttle_slots != self.cfg.throttle_slots || cfg.per_user != self.cfg.per_user {
             self.by_user = RateTable::new(cfg.throttle_slots, cfg.per_user, Duration::ZERO);
@@ -746,7 +781,7 @@ impl<D: UserDirectory> Authenticator<D> {
     /// owns the AoR). Give every shard the same table, built for the
     /// current `[auth]` (`throttle_slots`, `source_failures`, `source_window`).
     pub fn share_sources(&mut self, table: Arc<SharedRate>) {
-        self.shared_sources = Some(table);
+        self.by_source = Sources::Shared(table);
     }
 
     /// Replaces the user directory (a reload); nonces and tables are kept.
@@ -839,20 +874,17 @@ impl<D: UserDirectory> Authenticator<D> {
         };
         let fields = Fields::read(&creds);
         let user = fields.and_then(|f| f.username).unwrap_or_default();
-        let source_key = self.source_key(src.ip());
         let user_key = self.user_key(user, &r.name);
-        let source_limited = match &self.shared_sources {
-            Some(t) => t.is_limited(now, &source_bytes(src.ip())),
-            None => self.by_source.is_limited(now, source_key),
-        };
-        if source_limited || self.by_user.is_limited(now, user_key) {
+        if self.by_source.is_limited(now, self.seed, src.ip())
+            || self.by_user.is_limited(now, user_key)
+        {
             self.counters.throttled += 1;
             return Outcome::Throttled { realm };
         }
         match self.verify(wall, msg, realm, fields, src) {
             Verified::Ok => {}
             Verified::Failed => {
-                self.fail(now, src.ip(), source_key, user_key);
+                self.fail(now, src.ip(), user_key);
                 return Outcome::Challenge {
                     realm,
                     stale: false,
@@ -864,7 +896,7 @@ impl<D: UserDirectory> Authenticator<D> {
             }
             Verified::Replayed => {
                 self.counters.replays += 1;
-                self.fail(now, src.ip(), source_key, user_key);
+                self.fail(now, src.ip(), user_key);
                 return Outcome::Challenge { realm, stale: true };
             }
         }
@@ -876,21 +908,12 @@ impl<D: UserDirectory> Authenticator<D> {
         Outcome::Authenticated { user, realm }
     }
 
-    fn fail(&mut self, now: Instant, ip: IpAddr, source_key: u64, user_key: u64) {
+    fn fail(&mut self, now: Instant, ip: IpAddr, user_key: u64) {
         self.counters.failures += 1;
         // Over the rate or not, the failure is counted; the next attempt is
         // what `is_limited` refuses.
-        match &self.shared_sources {
-            Some(t) => t.hit(now, &source_bytes(ip)),
-            None => {
-                let _: Hit = self.by_source.hit(now, source_key);
-            }
-        }
+        self.by_source.hit(now, self.seed, ip);
         let _: Hit = self.by_user.hit(now, user_key);
-    }
-
-    fn source_key(&self, ip: IpAddr) -> u64 {
-        hash_bytes(self.seed, &source_bytes(ip))
     }
 
     fn user_key(&self, user: &[u8], realm: &[u8]) -> u64 {

@@ -288,11 +288,6 @@ impl SharedRate {
         }
     }
 
-    /// The rate.
-    pub fn gcra(&self) -> Gcra {
-        self.gcra
-    }
-
     /// Cells per row.
     pub fn capacity(&self) -> usize {
         (self.mask + 1) as usize

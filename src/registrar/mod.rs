@@ -1085,7 +1085,7 @@ impl Registrar {
             .iter()
             .find(|e| e.binding.id() == id && e.gen == gen)
         else {
-            // Refreshed (a newer timer is pending) or removed.
+            // Refreshed to a shorter expiry (its timer is pending) or removed.
             return;
         };
         let expires = e.binding.expires();
