@@ -24,6 +24,7 @@
 //! next datagram (it checks [`Outbox::has_room`]).
 
 pub mod conn;
+pub mod frame;
 pub mod stream;
 pub mod stun;
 pub mod tls;
