@@ -84,15 +84,18 @@ pub enum IoMode {
     Uring,
     /// mio (epoll) with recvmmsg/sendmmsg.
     Mio,
+    /// AF_XDP sockets on the interface's queues (`[xdp]`); never chosen by `auto`.
+    Xdp,
 }
 
 impl IoMode {
-    /// Parses `auto`, `uring` or `mio`.
+    /// Parses `auto`, `uring`, `mio` or `xdp`.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         match s {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" => Ok(Self::Uring),
             "mio" | "epoll" => Ok(Self::Mio),
+            "xdp" | "af_xdp" => Ok(Self::Xdp),
             _ => Err(ConfigError::BadIo(s.to_owned())),
         }
     }
@@ -129,7 +132,7 @@ pub enum ConfigError {
     #[error("bad upstream {0:?}: expected sip:HOST:PORT")]
     BadUpstream(String),
     /// The io mode is unknown.
-    #[error("bad io mode {0:?}: expected auto, uring or mio")]
+    #[error("bad io mode {0:?}: expected auto, uring, mio or xdp")]
     BadIo(String),
     /// A log format other than text or json.
     #[error("log_format {0:?}: expected \"text\" or \"json\"")]
@@ -142,6 +145,9 @@ pub enum ConfigError {
         "listen address {0} needs a certificate: set --tls-cert and --tls-key (or [tls] cert, key)"
     )]
     NoCertificate(SocketAddr),
+    /// `[xdp] mode` is neither "native" nor "skb".
+    #[error("[xdp] mode = {0:?}: expected \"native\" or \"skb\"")]
+    BadXdpMode(String),
     /// `[proxy] large_requests` is neither "udp" nor "tcp".
     #[error("[proxy] large_requests = {0:?}: expected \"udp\" or \"tcp\"")]
     BadLargeRequests(String),
@@ -209,6 +215,8 @@ pub struct FileConfig {
     /// `[uring]` settings.
     #[serde(rename = "uring")]
     pub io_tuning: Option<IoSection>,
+    /// `[xdp]` settings.
+    pub xdp: Option<XdpSection>,
     /// `users = "users.toml"`: the users file; when given, served domains
     /// require digest authentication.
     pub users: Option<std::path::PathBuf>,
@@ -614,6 +622,37 @@ pub struct IoSection {
     pub coalesce_us: Option<u32>,
 }
 
+/// `[xdp]`: the AF_XDP driver (`io = "xdp"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    /// The interface (default: the one that holds the UDP listen address).
+    pub interface: Option<String>,
+    /// Receive queues served, 0 to N-1, one per shard (default: the shard count).
+    pub queues: Option<u32>,
+    /// `"native"` (the driver's XDP hook; default) or `"skb"` (generic, any interface).
+    pub mode: Option<String>,
+    /// Require zero-copy (the NIC driver must support it); default false: the kernel copies.
+    pub zero_copy: Option<bool>,
+    /// Busy polling for this many µs per wait (SO_PREFER_BUSY_POLL); 0 (default): off.
+    pub busy_poll: Option<u32>,
+}
+
+/// The validated `[xdp]` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The interface, if named.
+    pub interface: Option<String>,
+    /// Queues (None: one per shard).
+    pub queues: Option<u32>,
+    /// Generic (skb) mode instead of native.
+    pub skb_mode: bool,
+    /// Require zero-copy.
+    pub zero_copy: bool,
+    /// Busy polling, µs (0: off).
+    pub busy_poll_us: u32,
+}
+
 /// `[registrar]`: expiry bounds (seconds) and limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -783,6 +822,8 @@ pub struct Config {
     pub large_requests_over_tcp: bool,
     /// io_uring completion coalescing, µs.
     pub coalesce_us: u32,
+    /// `[xdp]`: the AF_XDP driver's settings.
+    pub xdp: XdpConfig,
     /// The users file, if any.
     pub users: Option<std::path::PathBuf>,
     /// `[auth]` as written.
@@ -932,6 +973,7 @@ impl FileConfig {
             timers: over.timers.or(self.timers),
             proxy: over.proxy.or(self.proxy),
             io_tuning: over.io_tuning.or(self.io_tuning),
+            xdp: over.xdp.or(self.xdp),
             users: over.users.or(self.users),
             auth: over.auth.or(self.auth),
             policy: over.policy.or(self.policy),
@@ -1158,6 +1200,20 @@ impl FileConfig {
                 .and_then(|i| i.coalesce_us)
                 .unwrap_or(DEFAULT_COALESCE_US)
                 .min(100_000),
+            xdp: {
+                let x = self.xdp.clone().unwrap_or_default();
+                XdpConfig {
+                    interface: x.interface,
+                    queues: x.queues,
+                    skb_mode: match x.mode.as_deref() {
+                        None | Some("native" | "drv") => false,
+                        Some("skb" | "generic") => true,
+                        Some(other) => return Err(ConfigError::BadXdpMode(other.to_owned())),
+                    },
+                    zero_copy: x.zero_copy.unwrap_or(false),
+                    busy_poll_us: x.busy_poll.unwrap_or(0).min(10_000),
+                }
+            },
             users: self.users,
             auth: self.auth.unwrap_or_default(),
             policy: self.policy.unwrap_or_default(),

@@ -92,8 +92,9 @@ pub struct RunArgs {
     /// Run the stateless relay.
     #[arg(long)]
     pub stateless: bool,
-    /// I/O driver: auto (probe io_uring, fall back to mio), uring or mio.
-    #[arg(long, value_name = "auto|uring|mio")]
+    /// I/O driver: auto (probe io_uring, fall back to mio), uring, mio, or
+    /// xdp (AF_XDP on the listen address's interface, `[xdp]`; never chosen by auto).
+    #[arg(long, value_name = "auto|uring|mio|xdp")]
     pub io: Option<String>,
     /// Log format: text (default) or json, one object per line (`log_format`).
     #[arg(long, value_name = "text|json")]
@@ -157,6 +158,7 @@ impl RunArgs {
             record_route: self.record_route.then_some(true),
             parser: None,
             socket: None,
+            xdp: None,
             data_dir: self.data_dir.clone(),
             registrar: None,
             store: self.store.as_ref().map(|u| crate::config::StoreSection {
@@ -328,7 +330,13 @@ pub fn run_with(args: &RunArgs, hooks: Option<crate::proxy::hooks::HookFactory>)
     }
     let (driver, fallback) = DriverKind::choose(cfg.io).map_err(|e| anyhow!("--io uring: {e}"))?;
     let mut warnings = Vec::new();
-    let plans = shard::plan(&cfg, &mut warnings)?;
+    let mut plans = shard::plan(&cfg, &mut warnings)?;
+    // Held until the shards stop: dropping it detaches the XDP program.
+    let xdp = if driver == DriverKind::Xdp {
+        Some(shard::xdp::prepare(&cfg, &mut plans).map_err(|e| anyhow!(e))?)
+    } else {
+        None
+    };
     let secret = startup_secret();
     let listen: Vec<String> = plans
         .first()
@@ -365,12 +373,20 @@ pub fn run_with(args: &RunArgs, hooks: Option<crate::proxy::hooks::HookFactory>)
     if let Some(why) = fallback {
         tracing::info!("io_uring not used ({why}); running the mio driver");
     }
+    if let Some(x) = &xdp {
+        tracing::info!(
+            "af_xdp on {} ({} mode, {}): XDP program of {} instructions steers UDP to the listen addresses",
+            x.interface,
+            if x.native { "native" } else { "skb" },
+            if x.zero_copy { "zero-copy" } else { "copy" },
+            x.steering.insns
+        );
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }
     let slots: Vec<Arc<std::sync::Mutex<shard::ShardReport>>> =
         plans.iter().map(|_| Arc::default()).collect();
-    let mut plans = plans;
     for (p, s) in plans.iter_mut().zip(&slots) {
         p.io.get_or_insert_with(ShardIo::none).metrics = Some(s.clone());
     }
@@ -703,6 +719,15 @@ pub fn run_with(args: &RunArgs, hooks: Option<crate::proxy::hooks::HookFactory>)
         driver_total.tx_errors,
         driver_total.tx_dropped
     );
+    if driver == DriverKind::Xdp {
+        tracing::info!(
+            "af_xdp: received={} sent={} sent_by_kernel={} skipped={}",
+            driver_total.xdp_rx,
+            driver_total.xdp_tx,
+            driver_total.xdp_kernel_tx,
+            driver_total.xdp_skipped
+        );
+    }
     for (name, v) in counters
         .pairs()
         .into_iter()

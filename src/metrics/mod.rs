@@ -189,7 +189,7 @@ impl Collector for Reports {
             )?;
         }
         type Get = fn(&ShardReport) -> u64;
-        let counters: [(&str, &str, Get); 11] = [
+        let counters: [(&str, &str, Get); 15] = [
             (
                 "sipedge_shard_datagrams_received_total",
                 "datagrams received",
@@ -216,6 +216,26 @@ impl Collector for Reports {
             ("sipedge_shard_loop_turns_total", "loop turns", |r| {
                 r.driver.turns
             }),
+            (
+                "sipedge_xdp_received_total",
+                "datagrams received on AF_XDP sockets",
+                |r| r.driver.xdp_rx,
+            ),
+            (
+                "sipedge_xdp_sent_total",
+                "datagrams sent as frames on AF_XDP sockets",
+                |r| r.driver.xdp_tx,
+            ),
+            (
+                "sipedge_xdp_kernel_sent_total",
+                "datagrams the AF_XDP driver sent through a kernel socket (unknown neighbour, other route, over the MTU, ring full)",
+                |r| r.driver.xdp_kernel_tx,
+            ),
+            (
+                "sipedge_xdp_skipped_total",
+                "frames on AF_XDP sockets dropped as not ours (bad checksum, truncated, fragment, other port)",
+                |r| r.driver.xdp_skipped,
+            ),
             ("sipedge_store_records_total", "records made durable", |r| {
                 r.io.records
             }),

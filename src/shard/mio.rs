@@ -39,6 +39,8 @@ const BUDGET: usize = 8;
 const STREAM_BUDGET: usize = 4;
 /// The token of the mesh wake-up eventfd.
 const WAKE: Token = Token(usize::MAX);
+/// The token of an extra descriptor a wrapping driver watches (AF_XDP).
+const EXTRA: Token = Token(usize::MAX - 1);
 /// Tokens of stream listeners start here, those of connections above.
 const LISTENER_BASE: usize = 1 << 30;
 const CONN_BASE: usize = 1 << 31;
@@ -73,6 +75,8 @@ pub struct MioDriver {
     /// Slots with a connect under way.
     connecting: usize,
     rbuf: Box<[u8]>,
+    /// The extra descriptor was readable at the last wait.
+    extra_ready: bool,
 }
 
 impl MioDriver {
@@ -123,7 +127,52 @@ impl MioDriver {
             ready: Vec::new(),
             connecting: 0,
             rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            extra_ready: false,
         })
+    }
+
+    /// Also waits for `fd` to be readable (an AF_XDP socket): see [`MioDriver::take_extra_ready`].
+    pub fn watch_extra(&mut self, fd: RawFd) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), EXTRA, Interest::READABLE)
+    }
+
+    /// True once after a wait that found the extra descriptor readable.
+    pub fn take_extra_ready(&mut self) -> bool {
+        core::mem::take(&mut self.extra_ready)
+    }
+
+    /// Counters, for a wrapping driver to add its own to.
+    pub fn stats_mut(&mut self) -> &mut DriverStats {
+        &mut self.stats
+    }
+
+    /// Sends `items` (datagrams of the outbox) through the kernel sockets,
+    /// grouped by socket; the outbox is not cleared.
+    pub fn send_items(&mut self, items: &[crate::transport::Transmit]) {
+        let mut start = 0;
+        while let Some(first) = items.get(start) {
+            let sock = first.peer.local;
+            let run = items
+                .get(start..)
+                .unwrap_or_default()
+                .iter()
+                .take_while(|t| t.peer.local == sock)
+                .count();
+            let run_items = items.get(start..start + run).unwrap_or_default();
+            match self
+                .sockets
+                .get(usize::from(sock.0))
+                .map(AsRawFd::as_raw_fd)
+            {
+                Some(fd) => {
+                    send_slice(&mut self.send, &self.outbox, &mut self.stats, fd, run_items)
+                }
+                None => self.stats.tx_errors += run as u64,
+            }
+            start += run;
+        }
     }
 
     /// Makes room in the outbox: its stream transmits to `sink`, its datagrams out.
@@ -459,30 +508,47 @@ impl MioDriver {
     /// Sends items `start..start+len` through `fd`, waiting briefly for room
     /// when the socket buffer is full, and skipping a datagram the kernel refuses.
     fn send_run(&mut self, fd: RawFd, start: usize, len: usize) {
-        let mut done = 0;
-        let mut waits = 0;
-        while done < len {
-            let Some(items) = self.outbox.items().get(start + done..start + len) else {
-                return;
-            };
-            match self.send.send(fd, &self.outbox, items) {
-                Ok(n) => {
-                    done += n;
-                    self.stats.tx += n as u64;
+        let items = self
+            .outbox
+            .items()
+            .get(start..start + len)
+            .unwrap_or_default();
+        send_slice(&mut self.send, &self.outbox, &mut self.stats, fd, items);
+    }
+}
+
+/// Sends `items` (of `outbox`) on socket `fd` in `sendmmsg` batches,
+/// waiting a little while the socket is full.
+fn send_slice(
+    send: &mut SendBatch,
+    outbox: &Outbox,
+    stats: &mut DriverStats,
+    fd: RawFd,
+    items: &[crate::transport::Transmit],
+) {
+    let len = items.len();
+    let mut done = 0;
+    let mut waits = 0;
+    while done < len {
+        let Some(rest) = items.get(done..) else {
+            return;
+        };
+        match send.send(fd, outbox, rest) {
+            Ok(n) => {
+                done += n;
+                stats.tx += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                waits += 1;
+                if waits > 20 || !sys::wait_writable(fd, 5) {
+                    stats.tx_dropped += (len - done) as u64;
+                    return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    waits += 1;
-                    if waits > 20 || !sys::wait_writable(fd, 5) {
-                        self.stats.tx_dropped += (len - done) as u64;
-                        return;
-                    }
-                }
-                Err(_) => {
-                    // The first datagram of the run was refused (unreachable, too big…): skip it.
-                    done += 1;
-                    self.stats.tx_errors += 1;
-                }
+            }
+            Err(_) => {
+                done += 1;
+                stats.tx_errors += 1;
             }
         }
     }
@@ -505,6 +571,8 @@ impl Driver for MioDriver {
             let t = ev.token().0;
             if ev.token() == WAKE {
                 woken = true;
+            } else if ev.token() == EXTRA {
+                self.extra_ready = true;
             } else if t >= CONN_BASE {
                 let slot = (t - CONN_BASE) as u32;
                 if let Some(Some(s)) = self.streams.get_mut(slot as usize) {

@@ -32,6 +32,7 @@ pub mod sys;
 pub mod trim;
 pub mod turn;
 pub mod uring;
+pub mod xdp;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -118,6 +119,16 @@ pub struct DriverStats {
     pub tx_dropped: u64,
     /// Loop turns.
     pub turns: u64,
+    /// Datagrams received from the AF_XDP socket (also in `rx`).
+    pub xdp_rx: u64,
+    /// Datagrams sent as frames on the AF_XDP socket (also in `tx`).
+    pub xdp_tx: u64,
+    /// Datagrams the AF_XDP driver sent through a kernel socket instead
+    /// (neighbour or route unknown, another interface, larger than the MTU, TX ring full).
+    pub xdp_kernel_tx: u64,
+    /// Frames the AF_XDP socket delivered that were not ours to take
+    /// (bad checksum, truncated, fragment, another port): dropped.
+    pub xdp_skipped: u64,
 }
 
 impl DriverStats {
@@ -130,6 +141,10 @@ impl DriverStats {
         self.tx_errors += o.tx_errors;
         self.tx_dropped += o.tx_dropped;
         self.turns += o.turns;
+        self.xdp_rx += o.xdp_rx;
+        self.xdp_tx += o.xdp_tx;
+        self.xdp_kernel_tx += o.xdp_kernel_tx;
+        self.xdp_skipped += o.xdp_skipped;
     }
 }
 
@@ -475,6 +490,8 @@ pub enum DriverKind {
     Uring,
     /// mio: epoll readiness, recvmmsg/sendmmsg.
     Mio,
+    /// AF_XDP sockets (with mio for kernel sockets and streams).
+    Xdp,
 }
 
 impl DriverKind {
@@ -482,6 +499,7 @@ impl DriverKind {
     pub fn choose(mode: IoMode) -> Result<(Self, Option<String>), String> {
         match mode {
             IoMode::Mio => Ok((Self::Mio, None)),
+            IoMode::Xdp => Ok((Self::Xdp, None)),
             IoMode::Uring => uring::probe().map(|()| (Self::Uring, None)),
             IoMode::Auto => match uring::probe() {
                 Ok(()) => Ok((Self::Uring, None)),
@@ -495,6 +513,7 @@ impl DriverKind {
         match self {
             Self::Uring => "io_uring",
             Self::Mio => "mio",
+            Self::Xdp => "af_xdp",
         }
     }
 }
@@ -521,6 +540,8 @@ pub struct ShardPlan {
     pub conn: crate::transport::conn::ConnLimits,
     /// TLS configurations (set by the caller when a listener needs them).
     pub tls: Option<Arc<streams::TlsReload>>,
+    /// The AF_XDP socket and interface of this shard (`--io xdp`), from [`xdp::prepare`].
+    pub xdp: Option<xdp::ShardXdp>,
 }
 
 /// A stream listener of a shard.
@@ -718,6 +739,7 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
             coalesce_us: cfg.coalesce_us,
             conn: cfg.conn,
             tls: None,
+            xdp: None,
         });
     }
     Ok(plans)
@@ -835,6 +857,13 @@ fn run_shard<S: Service>(
         Ok(())
     };
     let stats = match driver {
+        DriverKind::Xdp => {
+            let Some(x) = plan.xdp else {
+                return Err(io::Error::other("af_xdp: the shard was not prepared"));
+            };
+            let mut d = xdp::XdpDriver::new(x, plan.sockets, plan.listeners, io.wake_fd())?;
+            turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
+        }
         DriverKind::Mio => {
             let mut d = mio::MioDriver::with_streams(plan.sockets, plan.listeners, io.wake_fd())?;
             turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?

@@ -1,0 +1,497 @@
+//! The AF_XDP driver: a shard's SIP datagrams come off its NIC queue into
+//! memory the shard owns and go back out as frames it builds, without the
+//! kernel's UDP stack. Everything else the shard does (TCP, TLS and
+//! WebSocket listeners, the mesh wake-up, datagrams the frames path cannot
+//! take) runs on the mio driver it wraps, on kernel sockets.
+//!
+//! ```text
+//! NIC queue q ─► XDP program (bpf.rs): UDP to a listen addr:port? ─► XSK map[q] ─► this shard's Xsk
+//!                                      anything else ───────────────► kernel (ARP, ICMP, TCP, fragments)
+//! wait:    epoll (mio) on the kernel sockets, the mesh eventfd and the Xsk
+//! receive: mio's (kernel sockets, streams) · Xsk RX ─► frame::parse ─► Sink::datagram
+//!          (the sender's MAC is learned for the reply)
+//! flush:   each UDP transmit: a known neighbour, on this interface, within the MTU
+//!            ─► frame::build into a TX frame ─► TX ring (one kick per flush)
+//!          else ─► the kernel socket bound to the same address (counted)
+//! ```
+//!
+//! Set-up ([`prepare`]) runs before the shards start, so anything that
+//! stops AF_XDP from working is one error line at start: the interface, its
+//! queues, the program's load and attach, each socket's bind. The program
+//! stays attached while the returned [`Steering`] lives; the kernel detaches
+//! it when the process ends, however it ends (a BPF link).
+
+pub mod bpf;
+pub mod netlink;
+pub mod xsk;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::time::{Duration, Instant};
+use crate::transport::conn::Connections;
+use crate::transport::frame::{self, Link};
+use crate::transport::{Outbox, Peer, SocketId, Transmit};
+
+use super::mio::MioDriver;
+use super::turn::{Driver, Sink};
+use super::{DriverStats, Listener, ShardPlan};
+
+pub use bpf::Steering;
+use netlink::Netlink;
+use xsk::Xsk;
+
+/// RX descriptors taken per batch, and batches per turn.
+const RX_BATCH: u32 = 64;
+const RX_BUDGET: usize = 8;
+/// The most neighbours remembered (then the table starts over).
+const NEIGHBOURS_MAX: usize = 65_536;
+/// A learned or resolved neighbour is trusted this long without traffic.
+const NEIGHBOUR_TTL: Duration = Duration::from_secs(60);
+/// After a failed resolution, the kernel path is used this long before asking again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// One shard's share of the AF_XDP set-up, made by [`prepare`].
+#[derive(Debug)]
+pub struct ShardXdp {
+    xsk: Xsk,
+    ifindex: u32,
+    mac: [u8; 6],
+    mtu: usize,
+    busy_poll_us: u32,
+    /// By socket id: the address the frames path serves for it.
+    served: Vec<Option<SocketAddr>>,
+    steering: Arc<Steering>,
+}
+
+/// What [`prepare`] set up, for the start line.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The program and its map (drop: detached).
+    pub steering: Arc<Steering>,
+    /// The interface.
+    pub interface: String,
+    /// Zero-copy sockets (else the kernel copies).
+    pub zero_copy: bool,
+    /// Native mode (else generic/skb).
+    pub native: bool,
+}
+
+/// Sets AF_XDP up for `plans`: finds the interface, attaches the program
+/// steering the UDP listen addresses, opens and binds one socket per shard
+/// (shard i: queue i) and hands each plan its share. Errors are one line
+/// for the operator.
+pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String> {
+    let listen: Vec<SocketAddr> = cfg
+        .listen
+        .iter()
+        .filter(|l| l.transport == crate::transport::Transport::Udp)
+        .map(|l| l.addr)
+        .collect();
+    let Some(first) = listen.first() else {
+        return Err("--io xdp needs a UDP listen address (--listen udp:IP:PORT)".into());
+    };
+    let name = match &cfg.xdp.interface {
+        Some(n) => n.clone(),
+        None => {
+            if first.ip().is_unspecified() {
+                return Err(format!(
+                    "--io xdp: listen address {first} names no interface; listen on the interface's address or set [xdp] interface"
+                ));
+            }
+            netlink::interface_of(first.ip())
+                .map_err(|e| format!("--io xdp: cannot list interfaces: {e}"))?
+                .ok_or_else(|| format!("--io xdp: no interface holds {}", first.ip()))?
+        }
+    };
+    let ifindex =
+        netlink::ifindex(&name).ok_or_else(|| format!("--io xdp: no interface {name:?}"))?;
+    if name == "lo" {
+        return Err(
+            "--io xdp: the loopback interface has no XDP queues; use a real or veth interface"
+                .into(),
+        );
+    }
+    let mac = netlink::mac_of(&name).unwrap_or([0; 6]);
+    let mtu = netlink::mtu_of(&name).unwrap_or(1500);
+    let shards = plans.len() as u32;
+    let queues = cfg.xdp.queues.unwrap_or(shards);
+    if queues != shards {
+        return Err(format!(
+            "[xdp] queues = {queues} but {shards} shards: each shard serves one queue (set both alike)"
+        ));
+    }
+    let have = netlink::rx_queues(&name) as u32;
+    if have < queues {
+        return Err(format!(
+            "--io xdp: interface {name} has {have} receive queue(s), {queues} needed (one per shard; ethtool -L {name} combined {queues}, or fewer --shards)"
+        ));
+    }
+    if have > queues {
+        tracing::warn!(
+            "interface {name} has {have} receive queues and {queues} shard(s): datagrams arriving on queues {queues}..{} take the kernel path (ethtool -L {name} combined {queues}, or --shards {have})",
+            have - 1
+        );
+    }
+    let mode = if cfg.xdp.skb_mode {
+        bpf::XDP_FLAGS_SKB_MODE
+    } else {
+        bpf::XDP_FLAGS_DRV_MODE
+    };
+    let steering = Arc::new(
+        Steering::attach(ifindex, &listen, queues, mode)
+            .map_err(|e| format!("--io xdp on {name}: {e}"))?,
+    );
+    for plan in plans.iter_mut() {
+        let queue = u32::from(plan.id);
+        let xsk = Xsk::open(ifindex, queue, cfg.xdp.zero_copy).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM) => " (needs root or CAP_NET_RAW + CAP_BPF)",
+                Some(libc::EOPNOTSUPP) if cfg.xdp.zero_copy => {
+                    " (the driver has no zero-copy: set [xdp] zero_copy = false)"
+                }
+                Some(libc::EAFNOSUPPORT) => " (the kernel has no AF_XDP)",
+                _ => "",
+            };
+            format!("--io xdp: cannot bind an AF_XDP socket to {name} queue {queue}: {e}{hint}")
+        })?;
+        if cfg.xdp.busy_poll_us > 0 {
+            xsk.set_busy_poll(cfg.xdp.busy_poll_us, RX_BATCH)
+                .map_err(|e| format!("--io xdp: busy polling: {e}"))?;
+        }
+        steering.insert(queue, xsk.fd()).map_err(|e| {
+            format!("--io xdp: cannot put the socket of queue {queue} in the map: {e}")
+        })?;
+        let served = plan
+            .sockets
+            .iter()
+            .map(|s| {
+                s.local_addr()
+                    .ok()
+                    .filter(|a| listen.contains(a) && !a.ip().is_unspecified())
+            })
+            .collect();
+        plan.xdp = Some(ShardXdp {
+            xsk,
+            ifindex,
+            mac,
+            mtu,
+            busy_poll_us: cfg.xdp.busy_poll_us,
+            served,
+            steering: steering.clone(),
+        });
+    }
+    Ok(Prepared {
+        steering,
+        interface: name,
+        zero_copy: cfg.xdp.zero_copy,
+        native: !cfg.xdp.skb_mode,
+    })
+}
+
+/// What the driver knows of a neighbour.
+#[derive(Debug, Clone, Copy)]
+enum Neighbour {
+    /// Frames to it carry this link header, until then.
+    Known(Link, Instant),
+    /// Send through the kernel until then (unknown, or not on this interface).
+    Kernel(Instant),
+}
+
+/// Next-hop MACs: learned from the frames received, else asked of the
+/// kernel (route, then neighbour table).
+#[derive(Debug)]
+struct Neighbours {
+    map: HashMap<IpAddr, Neighbour>,
+    nl: Option<Netlink>,
+    ifindex: u32,
+    mac: [u8; 6],
+}
+
+impl Neighbours {
+    fn learn(&mut self, now: Instant, ip: IpAddr, link: Link) {
+        if self.map.len() >= NEIGHBOURS_MAX && !self.map.contains_key(&ip) {
+            self.map.clear();
+        }
+        self.map
+            .insert(ip, Neighbour::Known(link, now + NEIGHBOUR_TTL));
+    }
+
+    fn resolve(&mut self, now: Instant, ip: IpAddr) -> Option<Link> {
+        match self.map.get(&ip) {
+            Some(Neighbour::Known(link, until)) if *until > now => return Some(*link),
+            Some(Neighbour::Kernel(until)) if *until > now => return None,
+            _ => {}
+        }
+        let found = self.ask(ip);
+        if self.map.len() >= NEIGHBOURS_MAX {
+            self.map.clear();
+        }
+        let entry = match found {
+            Some(link) => Neighbour::Known(link, now + NEIGHBOUR_TTL),
+            None => Neighbour::Kernel(now + RETRY),
+        };
+        self.map.insert(ip, entry);
+        found
+    }
+
+    fn ask(&mut self, ip: IpAddr) -> Option<Link> {
+        if self.nl.is_none() {
+            self.nl = Netlink::open().ok();
+        }
+        let nl = self.nl.as_mut()?;
+        let route = nl.route(ip).ok()??;
+        if route.oif != self.ifindex {
+            return None;
+        }
+        let mac = nl.neighbour(self.ifindex, route.next_hop).ok()??;
+        Some(Link {
+            dst_mac: mac,
+            src_mac: self.mac,
+            vlan: None,
+        })
+    }
+}
+
+/// The AF_XDP driver of one shard.
+pub struct XdpDriver {
+    inner: MioDriver,
+    xsk: Xsk,
+    served: Vec<Option<SocketAddr>>,
+    neighbours: Neighbours,
+    /// Largest IP packet (the interface's MTU).
+    mtu: usize,
+    rx: Vec<(u64, u32)>,
+    kernel: Vec<Transmit>,
+    /// The RX ring had more than a turn's budget.
+    rx_more: bool,
+    ip_id: u16,
+    now: Instant,
+    busy_poll: bool,
+    _steering: Arc<Steering>,
+}
+
+impl std::fmt::Debug for XdpDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpDriver").field("xsk", &self.xsk).finish()
+    }
+}
+
+impl XdpDriver {
+    /// The driver over `x`, with the kernel sockets and listeners of the
+    /// shard (UDP `sockets` stay open for what the frames path cannot take).
+    pub fn new(
+        x: ShardXdp,
+        sockets: Vec<UdpSocket>,
+        listeners: Vec<Listener>,
+        wake: Option<RawFd>,
+    ) -> io::Result<Self> {
+        let mut inner = MioDriver::with_streams(sockets, listeners, wake)?;
+        inner.watch_extra(x.xsk.fd())?;
+        Ok(Self {
+            inner,
+            neighbours: Neighbours {
+                map: HashMap::new(),
+                nl: None,
+                ifindex: x.ifindex,
+                mac: x.mac,
+            },
+            xsk: x.xsk,
+            served: x.served,
+            mtu: x.mtu,
+            rx: Vec::with_capacity(RX_BATCH as usize),
+            kernel: Vec::new(),
+            rx_more: true,
+            ip_id: 0,
+            now: Instant::ZERO,
+            busy_poll: x.busy_poll_us > 0,
+            _steering: x.steering,
+        })
+    }
+
+    fn socket_of(&self, dst: SocketAddr) -> Option<SocketId> {
+        self.served
+            .iter()
+            .position(|s| *s == Some(dst))
+            .and_then(|i| u8::try_from(i).ok())
+            .map(SocketId)
+    }
+
+    /// Sends the outbox's datagrams: frames where the path is known, the
+    /// kernel sockets for the rest; then empties it.
+    fn send_outbox(&mut self) {
+        self.kernel.clear();
+        let now = self.now;
+        let n = self.inner.outbox().items().len();
+        let mut framed = 0u64;
+        for i in 0..n {
+            let out = self.inner.outbox();
+            let Some(t) = out.items().get(i).copied() else {
+                break;
+            };
+            if t.peer.transport.is_stream() {
+                continue;
+            }
+            let src = self
+                .served
+                .get(usize::from(t.peer.local.0))
+                .copied()
+                .flatten();
+            let bytes = out.bytes(&t);
+            let sent = match src {
+                Some(src)
+                    if src.is_ipv4() == t.peer.remote.is_ipv4()
+                        && bytes.len()
+                            + if src.is_ipv4() {
+                                frame::IPV4_LEN
+                            } else {
+                                frame::IPV6_LEN
+                            }
+                            + frame::UDP_LEN
+                            <= self.mtu =>
+                {
+                    match self.neighbours.resolve(now, t.peer.remote.ip()) {
+                        Some(link) => {
+                            self.ip_id = self.ip_id.wrapping_add(1);
+                            let id = self.ip_id;
+                            let dst = t.peer.remote;
+                            self.xsk
+                                .send_with(|buf| frame::build(buf, &link, src, dst, bytes, id).ok())
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            if sent {
+                framed += 1;
+            } else {
+                self.kernel.push(t);
+            }
+        }
+        if framed > 0 {
+            if self.xsk.submit_tx().is_err() {
+                self.inner.stats_mut().tx_errors += 1;
+            }
+            let st = self.inner.stats_mut();
+            st.tx += framed;
+            st.xdp_tx += framed;
+        }
+        if !self.kernel.is_empty() {
+            self.inner.stats_mut().xdp_kernel_tx += self.kernel.len() as u64;
+            self.inner.send_items(&self.kernel);
+        }
+        self.inner.outbox().clear();
+    }
+
+    fn drain_xsk<K: Sink>(&mut self, now: Instant, sink: &mut K) {
+        self.xsk.reap();
+        self.rx_more = false;
+        for batch in 0..RX_BUDGET {
+            self.rx.clear();
+            self.xsk.take_rx(RX_BATCH, &mut self.rx);
+            let n = self.rx.len();
+            for i in 0..n {
+                if !self.inner.outbox().has_room() {
+                    sink.take_transmits(now, self.inner.outbox());
+                    self.send_outbox();
+                }
+                let Some(&(addr, len)) = self.rx.get(i) else {
+                    break;
+                };
+                let data = self.xsk.frame(addr, len);
+                let Ok(u) = frame::parse(data, true) else {
+                    self.inner.stats_mut().xdp_skipped += 1;
+                    continue;
+                };
+                let Some(id) = self.socket_of(u.dst) else {
+                    self.inner.stats_mut().xdp_skipped += 1;
+                    continue;
+                };
+                self.neighbours.learn(
+                    now,
+                    u.src.ip(),
+                    Link {
+                        dst_mac: u.link.src_mac,
+                        src_mac: u.link.dst_mac,
+                        vlan: u.link.vlan,
+                    },
+                );
+                let st = self.inner.stats_mut();
+                st.rx += 1;
+                st.xdp_rx += 1;
+                sink.datagram(now, u.payload, &Peer::udp(u.src, id), self.inner.outbox());
+            }
+            // Taken before the frames are read; given back after.
+            let rx = core::mem::take(&mut self.rx);
+            self.xsk.recycle(&rx);
+            self.rx = rx;
+            if n < RX_BATCH as usize {
+                break;
+            }
+            self.rx_more = batch + 1 == RX_BUDGET;
+        }
+        if self.xsk.fill_needs_wakeup() {
+            self.xsk.wake_rx();
+        }
+    }
+}
+
+impl Driver for XdpDriver {
+    fn has_pending(&self) -> bool {
+        self.rx_more || self.inner.has_pending()
+    }
+
+    fn wait(&mut self, timeout: std::time::Duration) -> io::Result<bool> {
+        // Busy polling: a non-blocking wait, then the socket is polled by
+        // the receive (SO_PREFER_BUSY_POLL drives the NAPI from there).
+        let t = if self.busy_poll && self.xsk.tx_in_flight() > 0 {
+            std::time::Duration::ZERO
+        } else {
+            timeout
+        };
+        self.inner.wait(t)
+    }
+
+    fn outbox(&mut self) -> &mut Outbox {
+        self.inner.outbox()
+    }
+
+    fn receive<K: Sink>(&mut self, now: Instant, sink: &mut K) -> io::Result<()> {
+        self.now = now;
+        self.inner.take_extra_ready();
+        // Kernel sockets and streams first (an outbox that fills up there
+        // is sent by mio, through the kernel sockets), then the frames.
+        self.inner.receive(now, sink)?;
+        self.drain_xsk(now, sink);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_outbox();
+        Ok(())
+    }
+
+    fn stream_io(&mut self, now: Instant, conns: &mut Connections) -> io::Result<()> {
+        self.inner.stream_io(now, conns)
+    }
+
+    fn stats(&self) -> &DriverStats {
+        self.inner.stats()
+    }
+}
+
+impl Drop for XdpDriver {
+    fn drop(&mut self) {
+        if let Some(s) = xsk::statistics(self.xsk.fd()) {
+            tracing::debug!(
+                "af_xdp socket: rx_dropped={} rx_invalid={} tx_invalid={} rx_ring_full={} fill_empty={} tx_ring_empty={}",
+                s[0], s[1], s[2], s[3], s[4], s[5]
+            );
+        }
+    }
+}
