@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{drivers, response_to, Msg, Proxy, TempDir, Ua};
+use common::{drivers_with_xdp, response_to, Msg, Proxy, TempDir, Ua};
 use sipedge::sip::HeaderName;
 
 const DOMAIN: &str = "example.test";
@@ -318,7 +318,7 @@ fn call_and_hang_up(d: &str, p: &Proxy, alice: &Ua, bob: &Ua) {
 /// user from either shard.
 #[test]
 fn register_two_users_and_call() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         for shards in ["1", "2"] {
             let data = TempDir::new("call");
             let mut p = edge(d, &data, &["--shards", shards]);
@@ -391,7 +391,7 @@ fn register_two_users_and_call() {
 /// gets the 200 again from sipedge without reaching bob twice.
 #[test]
 fn message_reaches_the_registered_user() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         let data = TempDir::new("msg");
         let p = edge(d, &data, &[]);
         let (alice, bob) = (Ua::new(), Ua::new());
@@ -434,7 +434,7 @@ fn message_reaches_the_registered_user() {
 /// BYE follows the Record-Route back to alice.
 #[test]
 fn fork_to_two_contacts_one_answers() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         let data = TempDir::new("fork");
         let p = edge(d, &data, &[]);
         let (alice, desk, mobile) = (Ua::new(), Ua::new(), Ua::new());
@@ -584,7 +584,7 @@ From: {to}\r\nTo: {from}\r\nCall-ID: {cid}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r
 /// (absorbed by sipedge: bob only sees sipedge's own ACK).
 #[test]
 fn cancel_after_ringing() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         let data = TempDir::new("cancel");
         let p = edge(d, &data, &[]);
         let (alice, bob) = (Ua::new(), Ua::new());
@@ -638,7 +638,7 @@ fn cancel_after_ringing() {
 /// expiry; a fetch lists the current bindings.
 #[test]
 fn unknown_unavailable_and_registrar_errors() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         let data = TempDir::new("errors");
         let p = edge(d, &data, &[]);
         let (alice, carol, dave1, dave2) = (Ua::new(), Ua::new(), Ua::new(), Ua::new());
@@ -767,7 +767,7 @@ fn unknown_unavailable_and_registrar_errors() {
 fn bindings_survive_kill_9_and_expired_ones_stay_gone() {
     // The drivers run side by side: most of this test is waiting for expiries.
     std::thread::scope(|s| {
-        for d in drivers() {
+        for d in drivers_with_xdp() {
             s.spawn(move || restart_keeps_bindings(d));
         }
     });
@@ -845,7 +845,7 @@ fn restart_keeps_bindings(d: &str) {
 /// (`REGISTER sip:127.0.0.1:port`) register too, and reach each other.
 #[test]
 fn register_through_the_edge_as_outbound_proxy_or_at_its_address() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
         let data = TempDir::new("obp");
         let p = edge(d, &data, &["--shards", "2"]);
         let (alice, bob) = (Ua::new(), Ua::new());

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use sipedge::sip::{self, HeaderIndex, HeaderName};
 
+pub mod netns;
+
 /// The drivers every integration test runs under.
 pub const DRIVERS: [&str; 2] = ["mio", "uring"];
 
@@ -38,6 +40,17 @@ pub fn drivers() -> Vec<&'static str> {
         );
         vec!["mio"]
     }
+}
+
+/// [`drivers`], plus `xdp` where this machine can run it (root, network
+/// namespaces, veth): its proxy runs in a namespace of the test's own on a
+/// veth pair, and [`Ua::new`] puts the clients at the other end.
+pub fn drivers_with_xdp() -> Vec<&'static str> {
+    let mut d = drivers();
+    if netns::xdp_available() {
+        d.push("xdp");
+    }
+    d
 }
 
 /// True when an external peer program is installed; when it is missing and
@@ -81,13 +94,24 @@ impl Proxy {
 
     /// [`Proxy::start`] with environment variables `env` set for it.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipedge"));
+        let xdp = args.windows(2).any(|w| w == ["--io", "xdp"]);
+        netns::set_clients_in_net(xdp);
+        let mut cmd = if xdp {
+            netns::Net::exec(&netns::net().a, env!("CARGO_BIN_EXE_sipedge"))
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        };
+        let loopback = if xdp { netns::PROXY_IP } else { "127.0.0.1" };
         cmd.arg("run");
         cmd.envs(env.iter().copied());
         if !args.contains(&"--listen") {
-            cmd.args(["--listen", "udp:127.0.0.1:0"]);
+            cmd.args(["--listen", &format!("udp:{loopback}:0")]);
         }
-        cmd.args(args)
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| if xdp { a.replace("127.0.0.1", loopback) } else { (*a).to_owned() })
+            .collect();
+        cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -198,7 +222,11 @@ pub struct Ua {
 impl Ua {
     /// A UA on an ephemeral port.
     pub fn new() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sock = if netns::clients_in_net() {
+            netns::udp_in(&netns::net().b, &format!("{}:0", netns::CLIENT_IP))
+        } else {
+            UdpSocket::bind("127.0.0.1:0").unwrap()
+        };
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let addr = sock.local_addr().unwrap();
         Self { sock, addr }
@@ -787,7 +815,14 @@ impl Ua {
     /// A UA on `ip` (any of 127.0.0.0/8: Linux routes the whole block over
     /// lo), so that tests can have sources with distinct addresses.
     pub fn on(ip: &str) -> Self {
-        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        let sock = if netns::clients_in_net() {
+            // 127.0.0.N ↦ 198.18.0.N+1 (2..9 are on the clients' end).
+            let n: u8 = ip.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            let mapped = format!("198.18.0.{}:0", n.saturating_add(1).clamp(2, 9));
+            netns::udp_in(&netns::net().b, &mapped)
+        } else {
+            UdpSocket::bind((ip, 0)).unwrap()
+        };
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let addr = sock.local_addr().unwrap();
         Self { sock, addr }

@@ -63,8 +63,10 @@ pub struct ShardXdp {
     mac: [u8; 6],
     mtu: usize,
     busy_poll_us: u32,
-    /// By socket id: the address the frames path serves for it.
+    /// By socket id: the public address the frames path receives for.
     served: Vec<Option<SocketAddr>>,
+    /// By socket id: the address frames sent for it carry.
+    sources: Vec<Option<SocketAddr>>,
     steering: Arc<Steering>,
 }
 
@@ -86,12 +88,24 @@ pub struct Prepared {
 /// (shard i: queue i) and hands each plan its share. Errors are one line
 /// for the operator.
 pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String> {
-    let listen: Vec<SocketAddr> = cfg
-        .listen
-        .iter()
-        .filter(|l| l.transport == crate::transport::Transport::Udp)
-        .map(|l| l.addr)
-        .collect();
+    // The public UDP addresses every shard shares (bound: a port 0 in the
+    // config is the kernel's choice by now). A shard's own socket (the port
+    // in its Vias, with several shards) is not steered: its datagrams may
+    // arrive on any queue, and only the kernel can hand them to the right
+    // shard's socket. Frames are still sent from it.
+    let listen: Vec<SocketAddr> = plans
+        .first()
+        .map(|p| {
+            p.locals
+                .iter()
+                .filter(|l| {
+                    l.transport == crate::transport::Transport::Udp
+                        && l.role == crate::proxy::SocketRole::Public
+                })
+                .map(|l| l.addr)
+                .collect()
+        })
+        .unwrap_or_default();
     let Some(first) = listen.first() else {
         return Err("--io xdp needs a UDP listen address (--listen udp:IP:PORT)".into());
     };
@@ -166,14 +180,14 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
         steering.insert(queue, xsk.fd()).map_err(|e| {
             format!("--io xdp: cannot put the socket of queue {queue} in the map: {e}")
         })?;
-        let served = plan
+        let bound: Vec<Option<SocketAddr>> = plan
             .sockets
             .iter()
-            .map(|s| {
-                s.local_addr()
-                    .ok()
-                    .filter(|a| listen.contains(a) && !a.ip().is_unspecified())
-            })
+            .map(|s| s.local_addr().ok().filter(|a| !a.ip().is_unspecified()))
+            .collect();
+        let served = bound
+            .iter()
+            .map(|a| a.filter(|a| listen.contains(a)))
             .collect();
         plan.xdp = Some(ShardXdp {
             xsk,
@@ -182,6 +196,7 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
             mtu,
             busy_poll_us: cfg.xdp.busy_poll_us,
             served,
+            sources: bound,
             steering: steering.clone(),
         });
     }
@@ -262,6 +277,7 @@ pub struct XdpDriver {
     inner: MioDriver,
     xsk: Xsk,
     served: Vec<Option<SocketAddr>>,
+    sources: Vec<Option<SocketAddr>>,
     neighbours: Neighbours,
     /// Largest IP packet (the interface's MTU).
     mtu: usize,
@@ -302,6 +318,7 @@ impl XdpDriver {
             },
             xsk: x.xsk,
             served: x.served,
+            sources: x.sources,
             mtu: x.mtu,
             rx: Vec::with_capacity(RX_BATCH as usize),
             kernel: Vec::new(),
@@ -337,7 +354,7 @@ impl XdpDriver {
                 continue;
             }
             let src = self
-                .served
+                .sources
                 .get(usize::from(t.peer.local.0))
                 .copied()
                 .flatten();
