@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{drivers, have_peer, Msg, Proxy, TempDir, Ua};
+use common::{drivers_with_xdp, have_peer, Msg, Proxy, TempDir, Ua};
 use sipedge::sip::HeaderName;
 
 fn relay(driver: &str, upstream: SocketAddr, extra: &[&str]) -> Proxy {
@@ -64,7 +64,8 @@ To: <sip:uas@{uas}>;tag=uas1\r\nFrom: <sip:uac@{uac}>;tag=uac1\r\nCall-ID: {call
 
 #[test]
 fn answers_options_addressed_to_itself() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let uas = Ua::new();
         let p = relay(d, uas.addr, &[]);
         let lb = Ua::new();
@@ -91,7 +92,8 @@ fn answers_options_addressed_to_itself() {
 /// still answered.
 #[test]
 fn flood_limits_apply_to_the_relay() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let uas = Ua::new();
         let dir = TempDir::new("relay-flood");
         let cfg = dir.write(
@@ -140,7 +142,8 @@ CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
 
 #[test]
 fn relays_a_whole_call_with_ack_and_bye() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let (uac, uas) = (Ua::new(), Ua::new());
         let p = relay(d, uas.addr, &[]);
         uac.send(&invite(&uac, &uas, "z9hG4bKinv1", "call-1", 70), p.addr);
@@ -162,8 +165,9 @@ fn relays_a_whole_call_with_ack_and_bye() {
         assert_eq!(
             vias[1],
             format!(
-                "SIP/2.0/UDP {};branch=z9hG4bKinv1;received=127.0.0.1;rport={}",
+                "SIP/2.0/UDP {};branch=z9hG4bKinv1;received={};rport={}",
                 uac.addr,
+                uac.addr.ip(),
                 uac.addr.port()
             ),
             "RFC 3581: received and rport filled in"
@@ -200,7 +204,8 @@ fn relays_a_whole_call_with_ack_and_bye() {
 
 #[test]
 fn retransmissions_and_cancel_take_the_same_branch() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let (uac, uas) = (Ua::new(), Ua::new());
         let p = relay(d, uas.addr, &[]);
         let inv = invite(&uac, &uas, "z9hG4bKinv2", "call-2", 70);
@@ -250,7 +255,8 @@ To: <sip:uas@{uas}>;tag=uas2\r\nFrom: <sip:uac@{uac}>;tag=uac1\r\nCall-ID: call-
 
 #[test]
 fn max_forwards_zero_gets_483() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let (uac, uas) = (Ua::new(), Ua::new());
         let p = relay(d, uas.addr, &[]);
         uac.send(&invite(&uac, &uas, "z9hG4bKmf0", "call-3", 0), p.addr);
@@ -263,7 +269,8 @@ fn max_forwards_zero_gets_483() {
 
 #[test]
 fn drops_responses_that_are_not_ours_and_survives_garbage() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let (uac, uas) = (Ua::new(), Ua::new());
         let p = relay(d, uas.addr, &[]);
         // A response whose top Via is somebody else's: dropped.
@@ -316,7 +323,8 @@ To: <sip:a@b>;tag=1\r\nFrom: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\n
 
 #[test]
 fn two_shards_relay_and_responses_find_their_shard() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let uas = Ua::new();
         let p = relay(d, uas.addr, &["--shards", "2"]);
         // Several client flows: the kernel spreads them over both public sockets.
@@ -348,7 +356,8 @@ fn two_shards_relay_and_responses_find_their_shard() {
 
 #[test]
 fn sigterm_stops_within_a_second() {
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let uas = Ua::new();
         let mut p = relay(d, uas.addr, &["--shards", "2"]);
         let (ok, took) = p.terminate();
@@ -399,22 +408,16 @@ fn sipp_uac_and_uas_through_the_relay() {
     if !have_peer("sipp") {
         return;
     }
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let port = {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            s.local_addr().unwrap().port()
+            let s = Ua::new();
+            s.addr.port()
         };
-        let uas_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut uas = Command::new("sipp")
-            .args([
-                "-sn",
-                "uas",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-nostdin",
-            ])
+        let (mut sipp_uas, ip) = common::peer_command(d, "sipp");
+        let uas_addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let mut uas = sipp_uas
+            .args(["-sn", "uas", "-i", ip, "-p", &port.to_string(), "-nostdin"])
             .args(["-timeout", "30s"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -422,20 +425,10 @@ fn sipp_uac_and_uas_through_the_relay() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let p = relay(d, uas_addr, &[]);
-        let out = Command::new("sipp")
+        let (mut sipp_uac, _) = common::peer_command(d, "sipp");
+        let out = sipp_uac
             .args([
-                "-sn",
-                "uac",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "-m",
-                "200",
-                "-r",
-                "100",
-                "-l",
-                "50",
+                "-sn", "uac", "-i", ip, "-p", "0", "-m", "200", "-r", "100", "-l", "50",
             ])
             .args([
                 "-timeout",

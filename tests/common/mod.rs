@@ -53,6 +53,23 @@ pub fn drivers_with_xdp() -> Vec<&'static str> {
     d
 }
 
+/// Puts this thread's next clients ([`Ua::new`], [`Ua::on`]) where a
+/// proxy under driver `d` can reach them (for tests that make their UAs
+/// before the proxy).
+pub fn clients_for(d: &str) {
+    netns::set_clients_in_net(d == "xdp");
+}
+
+/// A peer program (`sipp`, `python3`…) and the address it should bind: in
+/// the clients' namespace under `xdp` (see [`clients_for`]), else on 127.0.0.1.
+pub fn peer_command(d: &str, program: &str) -> (Command, &'static str) {
+    if d == "xdp" {
+        (netns::Net::exec(&netns::net().b, program), netns::CLIENT_IP)
+    } else {
+        (Command::new(program), "127.0.0.1")
+    }
+}
+
 /// True when an external peer program is installed; when it is missing and
 /// SIPEDGE_REQUIRE_PEERS is set (CI), the test fails instead of skipping.
 pub fn have_peer(program: &str) -> bool {
@@ -109,7 +126,13 @@ impl Proxy {
         }
         let args: Vec<String> = args
             .iter()
-            .map(|a| if xdp { a.replace("127.0.0.1", loopback) } else { (*a).to_owned() })
+            .map(|a| {
+                if xdp {
+                    a.replace("127.0.0.1", loopback)
+                } else {
+                    (*a).to_owned()
+                }
+            })
             .collect();
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -817,7 +840,11 @@ impl Ua {
     pub fn on(ip: &str) -> Self {
         let sock = if netns::clients_in_net() {
             // 127.0.0.N ↦ 198.18.0.N+1 (2..9 are on the clients' end).
-            let n: u8 = ip.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            let n: u8 = ip
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
             let mapped = format!("198.18.0.{}:0", n.saturating_add(1).clamp(2, 9));
             netns::udp_in(&netns::net().b, &mapped)
         } else {

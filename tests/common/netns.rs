@@ -4,7 +4,14 @@
 //! 2001:2::1), the test's clients in `b` on 198.18.0.2–9 (and 2001:2::2);
 //! nothing else is on that link (RFC 2544's benchmarking range, RFC 5180's
 //! for IPv6).
-#![allow(unsafe_code, dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    unsafe_code,
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::cell::RefCell;
 use std::net::UdpSocket;
@@ -40,6 +47,7 @@ fn ip(args: &[&str]) -> bool {
 
 impl Net {
     fn create(tag: usize) -> Option<Self> {
+        delete_stale();
         let pid = std::process::id();
         let a = format!("sxa{pid}t{tag}");
         let b = format!("sxb{pid}t{tag}");
@@ -50,17 +58,57 @@ impl Net {
         let ok = ip(&["netns", "add", &net.a])
             && ip(&["netns", "add", &net.b])
             && ip(&[
-                "link", "add", &va, "numtxqueues", "2", "numrxqueues", "2", "type", "veth",
-                "peer", "name", &vb, "numtxqueues", "2", "numrxqueues", "2",
+                "link",
+                "add",
+                &va,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &vb,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
             ])
             && ip(&["link", "set", &va, "netns", &net.a])
             && ip(&["link", "set", &vb, "netns", &net.b])
             && ip(&["-n", &net.a, "addr", "add", "198.18.0.1/24", "dev", &va])
-            && ip(&["-n", &net.a, "addr", "add", "2001:2::1/64", "dev", &va, "nodad"])
+            && ip(&[
+                "-n",
+                &net.a,
+                "addr",
+                "add",
+                "2001:2::1/64",
+                "dev",
+                &va,
+                "nodad",
+            ])
             && (2..=9).all(|i| {
-                ip(&["-n", &net.b, "addr", "add", &format!("198.18.0.{i}/24"), "dev", &vb])
+                ip(&[
+                    "-n",
+                    &net.b,
+                    "addr",
+                    "add",
+                    &format!("198.18.0.{i}/24"),
+                    "dev",
+                    &vb,
+                ])
             })
-            && ip(&["-n", &net.b, "addr", "add", "2001:2::2/64", "dev", &vb, "nodad"])
+            && ip(&[
+                "-n",
+                &net.b,
+                "addr",
+                "add",
+                "2001:2::2/64",
+                "dev",
+                &vb,
+                "nodad",
+            ])
             && ip(&["-n", &net.a, "link", "set", &va, "up"])
             && ip(&["-n", &net.b, "link", "set", &vb, "up"])
             && ip(&["-n", &net.a, "link", "set", "lo", "up"])
@@ -89,11 +137,47 @@ impl Net {
     }
 }
 
+/// Deletes namespace `ns` (and the veth end in it), retrying: concurrent
+/// deletions of other namespaces can make one fail for a moment (EBUSY).
+fn delete(ns: &str) {
+    for _ in 0..20 {
+        ip(&["netns", "del", ns]);
+        if !std::path::Path::new(&format!("/var/run/netns/{ns}")).exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    eprintln!("could not delete network namespace {ns}");
+}
+
+/// Deletes the namespaces of test processes that are gone (killed before
+/// they could clean up).
+fn delete_stale() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix("sxa")
+            .or_else(|| name.strip_prefix("sxb"))
+        else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('t') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            delete(&name);
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         // Deleting the namespaces deletes the veth pair with them.
-        ip(&["netns", "del", &self.a]);
-        ip(&["netns", "del", &self.b]);
+        delete(&self.a);
+        delete(&self.b);
     }
 }
 
