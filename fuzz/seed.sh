@@ -11,16 +11,18 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 corpus="$here/corpus/parse_message"
 mkdir -p "$corpus" "$here/corpus/stream_framing" "$here/corpus/ws_decode" "$here/corpus/pidf" "$here/corpus/feed_record" \
-    "$here/corpus/uri" "$here/corpus/digest" "$here/corpus/users_file" "$here/corpus/config" "$here/corpus/proxy"
+    "$here/corpus/uri" "$here/corpus/digest" "$here/corpus/users_file" "$here/corpus/config" "$here/corpus/proxy" "$here/corpus/frame"
 # uri, digest, users_file, config: a few well-formed inputs to start from.
 printf 'sip:Alice@Example.COM:5060;transport=tcp?subject=x' >"$here/corpus/uri/seed0"
 printf 'sips:[2001:db8::1]:5061;lr' >"$here/corpus/uri/seed1"
 printf 'Digest username="alice", realm="example.test", nonce="abc", uri="sip:example.test", response="0123456789abcdef0123456789abcdef", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="x"' >"$here/corpus/digest/seed0"
 printf '[[user]]\nname = "alice"\ndomain = "example.test"\npassword = "secret"\n' >"$here/corpus/users_file/seed0"
 printf 'listen = ["udp:127.0.0.1:5060"]\ndomain = ["example.test"]\n[[dispatcher]]\nname = "gw"\ndomains = ["pstn.example.test"]\ndestinations = ["sip:127.0.0.1:5081"]\n' >"$here/corpus/config/seed0"
+# frame: an IPv4 and an IPv6 UDP frame (Ethernet, checksums right).
+printf '\002\000\000\000\000\002\002\000\000\000\000\001\010\000\105\000\000\036\000\007\100\000\100\021\000\000\306\022\000\002\306\022\000\001\023\316\023\304\000\012\000\000hi' >"$here/corpus/frame/seed0"
 cp "$here"/../tests/fixtures/torture/*.sip "$corpus"/
 cp "$here"/../tests/fixtures/pidf/*.xml "$here/corpus/pidf"/
-for t in parse_message stream_framing ws_decode pidf feed_record uri digest users_file config proxy; do
+for t in parse_message stream_framing ws_decode pidf feed_record uri digest users_file config proxy frame; do
     if [ -d "$here/regressions/$t" ]; then
         cp "$here"/regressions/$t/* "$here/corpus/$t"/ 2>/dev/null || true
     fi

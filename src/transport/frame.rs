@@ -392,7 +392,7 @@ impl Writer<'_> {
 }
 
 /// The one's-complement sum of `data` as 16-bit big-endian words (an odd
-/// last byte padded with zero), added to `init`; not yet folded.
+/// last byte padded with zero), added to `init`: at most 0xffff, not complemented.
 pub fn sum(data: &[u8], init: u32) -> u32 {
     let mut acc = u64::from(init);
     let mut chunks = data.chunks_exact(8);
@@ -412,9 +412,10 @@ pub fn sum(data: &[u8], init: u32) -> u32 {
     if let Some(&b) = rest.remainder().first() {
         acc += u64::from(b) << 8;
     }
-    // Fold 64 → 32 bits; the caller folds to 16.
-    while acc >> 32 != 0 {
-        acc = (acc & 0xffff_ffff) + (acc >> 32);
+    // Fold to 16 bits (end-around carry), so that callers can add a few
+    // sums without overflow before `fold`.
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
     }
     u32::try_from(acc).unwrap_or(u32::MAX)
 }

@@ -452,6 +452,8 @@ impl XdpDriver {
             }
             self.rx_more = batch + 1 == RX_BUDGET;
         }
+        // Frames the fill ring had no room for last time.
+        self.xsk.recycle(&[]);
         if self.xsk.fill_needs_wakeup() {
             self.xsk.wake_rx();
         }
@@ -505,9 +507,10 @@ impl Driver for XdpDriver {
 impl Drop for XdpDriver {
     fn drop(&mut self) {
         if let Some(s) = xsk::statistics(self.xsk.fd()) {
+            let (rx, fill, refill) = self.xsk.ring_levels();
             tracing::debug!(
-                "af_xdp socket: rx_dropped={} rx_invalid={} tx_invalid={} rx_ring_full={} fill_empty={} tx_ring_empty={}",
-                s[0], s[1], s[2], s[3], s[4], s[5]
+                "af_xdp socket: rx_dropped={} rx_invalid={} tx_invalid={} rx_ring_full={} fill_empty={} tx_ring_empty={} rx_waiting={rx} fill_free={fill} refill={refill} rx_more={}",
+                s[0], s[1], s[2], s[3], s[4], s[5], self.rx_more
             );
         }
     }

@@ -176,6 +176,8 @@ pub struct Xsk {
     umem: *mut u8,
     umem_len: usize,
     free_tx: Vec<u64>,
+    /// RX frames back from the driver that the fill ring had no room for yet.
+    refill: Vec<u64>,
     /// TX descriptors written but not yet submitted.
     tx_pending: u32,
     /// Zero-copy mode (else the kernel copies).
@@ -324,6 +326,7 @@ impl Xsk {
             free_tx: (RX_FRAMES..FRAMES)
                 .map(|f| u64::from(f * FRAME_SIZE))
                 .collect(),
+            refill: Vec::with_capacity(RX_FRAMES as usize),
             tx_pending: 0,
             zero_copy,
         };
@@ -414,11 +417,17 @@ impl Xsk {
     }
 
     /// Gives received frames back to the kernel (through the fill ring).
+    /// The kernel publishes how far it read the fill ring lazily, so the
+    /// ring may not have room for all of them yet: those wait in
+    /// `refill` for the next call (a frame is never lost).
     pub fn recycle(&mut self, frames: &[(u64, u32)]) {
-        let n = (frames.len() as u32).min(self.fill.free());
-        for (i, (addr, _)) in frames.iter().take(n as usize).enumerate() {
-            let at = self.fill.cached.wrapping_add(i as u32);
-            let base = addr - addr % u64::from(FRAME_SIZE);
+        let chunk = u64::from(FRAME_SIZE);
+        self.refill
+            .extend(frames.iter().map(|(addr, _)| addr - addr % chunk));
+        let n = (self.refill.len() as u32).min(self.fill.free());
+        for i in 0..n {
+            let Some(base) = self.refill.pop() else { break };
+            let at = self.fill.cached.wrapping_add(i);
             // SAFETY: `at` is a free fill entry (n ≤ free), ours to write.
             unsafe { self.fill.u64_at(at).write(base) };
         }
@@ -514,6 +523,11 @@ impl Xsk {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// (RX entries waiting, fill entries free, frames waiting to refill) — for diagnostics.
+    pub fn ring_levels(&self) -> (u32, u32, usize) {
+        (self.rx.ready(u32::MAX), self.fill.free(), self.refill.len())
     }
 
     /// Frames queued or in flight on TX.
