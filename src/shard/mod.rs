@@ -861,7 +861,13 @@ fn run_shard<S: Service>(
             let Some(x) = plan.xdp else {
                 return Err(io::Error::other("af_xdp: the shard was not prepared"));
             };
-            let mut d = xdp::XdpDriver::new(x, plan.sockets, plan.listeners, io.wake_fd())?;
+            let mut d = xdp::XdpDriver::new(
+                x,
+                plan.sockets,
+                plan.listeners,
+                io.wake_fd(),
+                plan.coalesce_us,
+            )?;
             turn::run(&mut d, &mut service, &mut io, streams.as_mut(), stop)?
         }
         DriverKind::Mio => {

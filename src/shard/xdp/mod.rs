@@ -288,6 +288,10 @@ pub struct XdpDriver {
     ip_id: u16,
     now: Instant,
     busy_poll: bool,
+    /// After a wake-up with fewer than a batch of frames, wait this long
+    /// for more before the turn (`[uring] coalesce_us`: the same bound on
+    /// added latency as the io_uring driver's).
+    coalesce: std::time::Duration,
     _steering: Arc<Steering>,
 }
 
@@ -305,6 +309,7 @@ impl XdpDriver {
         sockets: Vec<UdpSocket>,
         listeners: Vec<Listener>,
         wake: Option<RawFd>,
+        coalesce_us: u32,
     ) -> io::Result<Self> {
         let mut inner = MioDriver::with_streams(sockets, listeners, wake)?;
         inner.watch_extra(x.xsk.fd())?;
@@ -326,6 +331,7 @@ impl XdpDriver {
             ip_id: 0,
             now: Instant::ZERO,
             busy_poll: x.busy_poll_us > 0,
+            coalesce: std::time::Duration::from_micros(u64::from(coalesce_us)),
             _steering: x.steering,
         })
     }
@@ -473,7 +479,13 @@ impl Driver for XdpDriver {
         } else {
             timeout
         };
-        self.inner.wait(t)
+        let woken = self.inner.wait(t)?;
+        if !t.is_zero() && !self.coalesce.is_zero() && !woken && self.xsk.rx_waiting() < RX_BATCH {
+            // Woken by a few frames: let more arrive, so that one turn
+            // (one kick, one pass of the core) serves them together.
+            std::thread::sleep(self.coalesce);
+        }
+        Ok(woken)
     }
 
     fn outbox(&mut self) -> &mut Outbox {

@@ -525,6 +525,11 @@ impl Xsk {
         Ok(())
     }
 
+    /// Received frames waiting on the RX ring.
+    pub fn rx_waiting(&self) -> u32 {
+        self.rx.ready(u32::MAX)
+    }
+
     /// (RX entries waiting, fill entries free, frames waiting to refill) — for diagnostics.
     pub fn ring_levels(&self) -> (u32, u32, usize) {
         (self.rx.ready(u32::MAX), self.fill.free(), self.refill.len())

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# benches/e2e/xdp.sh: the veth topology of the AF_XDP driver — Kamailio at its
+# best (kernel sockets), sipedge --io uring and sipedge --io xdp, the same
+# sipload load, one run. Also reachable as `benches/e2e/run.sh --net veth ...`.
+#
+# Usage: benches/e2e/xdp.sh [--shape stateless|stateful] [--rate R] [--duration S]
+#                           [--proxies kamailio,uring,xdp] [--repeat N] [--no-build]
+# Topology (made here, removed at exit): namespaces sebench-a (the proxy, 198.18.0.1
+# on a veth end with one queue) and sebench-b (sipload UAC and UAS on 198.18.0.2).
+# The proxy is pinned to CPU 1, sipload to CPU 0.
+#
+# Two figures per proxy, in µs of CPU per completed call (utime+stime from
+# /proc/PID/stat, before and after each run):
+#   proxy   the proxy's processes (all of Kamailio's);
+#   all     every process involved: the proxy, sipload UAC and UAS, and the
+#           ksoftirqd threads. On veth the XDP program and part of the receive
+#           path run in the sender's softirq and are billed to the sender, so
+#           only "all" shows whether a saving is real.
+# Every load run is bounded: rate x duration calls, each sipload under timeout.
+# Environment: XDP_MODE=skb runs the xdp proxy in generic (skb) mode.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+SHAPE=stateless RATE=12000 DURATION=10 PROXIES="kamailio,uring,xdp" REPEAT=1 BUILD=1
+while (($#)); do
+	case "$1" in
+	--shape) SHAPE="$2"; shift ;;
+	--rate) RATE="$2"; shift ;;
+	--duration) DURATION="$2"; shift ;;
+	--proxies) PROXIES="$2"; shift ;;
+	--repeat) REPEAT="$2"; shift ;;
+	--no-build) BUILD=0 ;;
+	--net) shift ;; # from run.sh --net veth
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "xdp.sh: unknown option $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+[[ "$(id -u)" == 0 ]] || { echo "xdp.sh: needs root (network namespaces, XDP)" >&2; exit 2; }
+case "$SHAPE" in stateless | stateful) ;; *) echo "xdp.sh: --shape stateless|stateful" >&2; exit 2 ;; esac
+if ((BUILD)); then (cd "$ROOT" && cargo build --release -q -p sipedge -p sipload); fi
+SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
+A=sebench-a B=sebench-b P=198.18.0.1 U=198.18.0.2 PORT=15060 UPORT=15080
+OUT="$ROOT/benches/e2e/results/xdp-$SHAPE-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+CLK_TCK="$(getconf CLK_TCK)"
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	sleep 0.3
+	ip netns del "$A" 2>/dev/null || true
+	ip netns del "$B" 2>/dev/null || true
+}
+trap cleanup EXIT
+ip netns del "$A" 2>/dev/null || true
+ip netns del "$B" 2>/dev/null || true
+ip netns add "$A"
+ip netns add "$B"
+ip link add sebench0 type veth peer name sebench1
+ip link set sebench0 netns "$A"
+ip link set sebench1 netns "$B"
+ip -n "$A" addr add "$P/24" dev sebench0
+ip -n "$B" addr add "$U/24" dev sebench1
+for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
+ip -n "$A" link set sebench0 up
+ip -n "$B" link set sebench1 up
+# Socket buffers as the other benches ask for (namespaced sysctls).
+for ns in "$A" "$B"; do ip netns exec "$ns" sysctl -qw net.core.rmem_max=8388608 net.core.wmem_max=8388608 2>/dev/null || true; done
+
+tree_pids() { # PID and its descendants
+	local p="$1"
+	echo "$p"
+	for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
+}
+ticks() { # utime+stime of the given PIDs' trees
+	local total=0 p line rest
+	for root in "$@"; do
+		for p in $(tree_pids "$root"); do
+			line="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+			rest="${line##*) }"
+			read -r -a f <<<"$rest"
+			total=$((total + f[11] + f[12]))
+		done
+	done
+	echo "$total"
+}
+softirqd() { pgrep -x 'ksoftirqd/[0-9]+' | tr '\n' ' '; }
+
+kam_cfg() { # the bench's Kamailio config, moved onto the veth addresses
+	local d="$OUT/kamailio"
+	mkdir -p "$d"
+	for f in kam_common.inc "kam_$SHAPE.cfg"; do
+		sed -e "s/127\.0\.0\.1:15060/$P:$PORT/g" -e "s/127\.0\.0\.1:15080/$U:$UPORT/g" \
+			-e "s/127\.0\.0\.1/$P/g" "$HERE/kamailio/$f" >"$d/$f"
+	done
+	echo "$d"
+}
+
+start_proxy() { # start_proxy NAME: sets PROXY
+	local name="$1" log="$OUT/$1.log"
+	case "$name" in
+	kamailio)
+		local d
+		d="$(kam_cfg)"
+		(cd "$d" && exec ip netns exec "$A" taskset -c 1 kamailio -f "$d/kam_$SHAPE.cfg" -DD -E -m 1024 -n 1 -x tlsf -X tlsf -A BIGBUF) >"$log" 2>&1 &
+		;;
+	uring | xdp)
+		local args=(run --io "$name" --shards 1 --listen "udp:$P:$PORT" --data-dir "$OUT/$name-data" --log-level warn)
+		if [[ "$SHAPE" == stateless ]]; then args+=(--stateless); fi
+		if [[ "$name" == xdp && -n "${XDP_MODE:-}" ]]; then
+			printf '[xdp]\nmode = "%s"\n' "$XDP_MODE" >"$OUT/xdp.toml"
+			args+=(--config "$OUT/xdp.toml")
+		fi
+		args+=(--upstream "sip:$U:$UPORT")
+		ip netns exec "$A" taskset -c 1 "$SIPEDGE" "${args[@]}" >"$log" 2>&1 &
+		;;
+	esac
+	PROXY=$!
+	PIDS+=("$PROXY")
+	sleep 1.5
+	kill -0 "$PROXY" 2>/dev/null || { echo "xdp.sh: $name did not start: $(tail -3 "$log")" >&2; return 1; }
+}
+
+ip netns exec "$B" taskset -c 0 "$SIPLOAD" --role uas --scenario call --uas-listen "$U:$UPORT" --duration 7200s --quiet >"$OUT/uas.log" 2>&1 &
+UAS=$!
+PIDS+=("$UAS")
+sleep 0.5
+
+printf "%-9s %8s %8s %10s %10s %10s %9s %9s\n" proxy rate calls "proxy µs" "all µs" "ksoftirq" "p50 ms" "p99 ms" | tee "$OUT/table.txt"
+IFS=, read -r -a LIST <<<"$PROXIES"
+for round in $(seq "$REPEAT"); do
+	for name in "${LIST[@]}"; do
+		start_proxy "$name" || continue
+		# warm-up
+		ip netns exec "$B" taskset -c 0 timeout 30 "$SIPLOAD" --role uac --scenario call --target "$P:$PORT" \
+			--request-uri "sip:uas@$U:$UPORT" --rate 1000 --count 2000 --duration 3s --quiet --json >/dev/null 2>&1 || true
+		count=$((RATE * DURATION))
+		k0="$(ticks "$PROXY")" u0="$(ticks "$UAS")" s0="$(ticks $(softirqd))"
+		start=$(date +%s.%N)
+		ip netns exec "$B" taskset -c 0 timeout $((DURATION * 3 + 30)) "$SIPLOAD" --role uac --scenario call --target "$P:$PORT" \
+			--request-uri "sip:uas@$U:$UPORT" --rate "$RATE" --count "$count" --duration "$((DURATION + 1))s" --json --quiet \
+			>"$OUT/$name-$round.json" 2>"$OUT/$name-$round.err" &
+		UAC=$!
+		uc=0
+		while kill -0 "$UAC" 2>/dev/null; do
+			c="$(ticks "$UAC")"
+			[[ -n "$c" && "$c" -gt "$uc" ]] && uc="$c"
+			sleep 0.2
+		done
+		wait "$UAC" || true
+		k1="$(ticks "$PROXY")" u1="$(ticks "$UAS")" s1="$(ticks $(softirqd))"
+		ok="$(jq -r '(.uac // .) | (.succeeded // .successes // 0)' "$OUT/$name-$round.json" 2>/dev/null || echo 0)"
+		p50="$(jq -r '(.uac // .).latency_us.call_setup.p50 // 0 | . / 1000' "$OUT/$name-$round.json" 2>/dev/null || echo -)"
+		p99="$(jq -r '(.uac // .).latency_us.call_setup.p99 // 0 | . / 1000' "$OUT/$name-$round.json" 2>/dev/null || echo -)"
+		proxy_us="$(awk -v t=$((k1 - k0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
+		all_us="$(awk -v t=$((k1 - k0 + u1 - u0 + s1 - s0 + uc)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
+		soft_us="$(awk -v t=$((s1 - s0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
+		printf "%-9s %8s %8s %10s %10s %10s %9s %9s\n" "$name" "$RATE" "$ok/$count" "$proxy_us" "$all_us" "$soft_us" "$p50" "$p99" | tee -a "$OUT/table.txt"
+		kill -INT "$PROXY" 2>/dev/null || true
+		wait "$PROXY" 2>/dev/null || true
+		sleep 0.5
+	done
+done
+echo "results: $OUT"
