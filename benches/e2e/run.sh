@@ -31,6 +31,9 @@
 #   --quiet-wait S       before each run wait up to S s for the machine to be idle (other
 #                        processes < 0.25 core); default 10, quick 0; after two waits in a
 #                        row that time out it stops waiting (see the "other" column)
+#   --net veth           the AF_XDP topology instead: two network namespaces on a veth pair,
+#                        Kamailio, sipedge --io uring and --io xdp under sipload
+#                        (benches/e2e/xdp.sh; its options: --shape --rate --duration --proxies)
 #   -h | --help
 # Environment: SIPEDGE_ARGS (extra arguments for `sipedge run`).
 #
@@ -69,6 +72,9 @@ BUILD=1 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sip
 PROXY_PORT=15060 UAS_PORT=15080 PROXY_CPU=1 LG_CPU=0 NICE=-10 QUIET_WAIT=""
 
 usage() { sed -n '2,/^# shellcheck disable/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+for a in "$@"; do
+	if [[ "$a" == veth ]]; then exec "$HERE/xdp.sh" "$@"; fi
+done
 die() { echo "run.sh: $*" >&2; exit 2; }
 while (($#)); do
 	case "$1" in
