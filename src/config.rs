@@ -1353,7 +1353,15 @@ mod tests {
             io: Some("poll".into()),
             ..Default::default()
         })
-        .contains("auto, uring or mio"));
+        .contains("auto, uring, mio or xdp"));
+        assert!(bad(FileConfig {
+            xdp: Some(XdpSection {
+                mode: Some("turbo".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .contains("[xdp] mode"));
         assert!(bad(FileConfig {
             listen: Some(vec!["udp:0.0.0.0:5060".into()]),
             ..Default::default()
