@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::netns::{self, Net};
+use common::netns;
 use common::{Proxy, TempDir, Ua};
 
 fn options(ua: &Ua, to: SocketAddr, n: usize, pad: usize) -> String {
@@ -323,5 +323,4 @@ fn refused_in_one_line() {
             "{err}"
         );
     }
-    let _ = Net::exec;
 }

@@ -75,8 +75,6 @@ pub struct MioDriver {
     /// Slots with a connect under way.
     connecting: usize,
     rbuf: Box<[u8]>,
-    /// The extra descriptor was readable at the last wait.
-    extra_ready: bool,
 }
 
 impl MioDriver {
@@ -127,20 +125,15 @@ impl MioDriver {
             ready: Vec::new(),
             connecting: 0,
             rbuf: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            extra_ready: false,
         })
     }
 
-    /// Also waits for `fd` to be readable (an AF_XDP socket): see [`MioDriver::take_extra_ready`].
+    /// Also wakes a wait when `fd` becomes readable (an AF_XDP socket; the
+    /// wrapping driver reads its ring after every wait).
     pub fn watch_extra(&mut self, fd: RawFd) -> io::Result<()> {
         self.poll
             .registry()
             .register(&mut SourceFd(&fd), EXTRA, Interest::READABLE)
-    }
-
-    /// True once after a wait that found the extra descriptor readable.
-    pub fn take_extra_ready(&mut self) -> bool {
-        core::mem::take(&mut self.extra_ready)
     }
 
     /// Counters, for a wrapping driver to add its own to.
@@ -151,28 +144,13 @@ impl MioDriver {
     /// Sends `items` (datagrams of the outbox) through the kernel sockets,
     /// grouped by socket; the outbox is not cleared.
     pub fn send_items(&mut self, items: &[crate::transport::Transmit]) {
-        let mut start = 0;
-        while let Some(first) = items.get(start) {
-            let sock = first.peer.local;
-            let run = items
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|t| t.peer.local == sock)
-                .count();
-            let run_items = items.get(start..start + run).unwrap_or_default();
-            match self
-                .sockets
-                .get(usize::from(sock.0))
-                .map(AsRawFd::as_raw_fd)
-            {
-                Some(fd) => {
-                    send_slice(&mut self.send, &self.outbox, &mut self.stats, fd, run_items)
-                }
-                None => self.stats.tx_errors += run as u64,
-            }
-            start += run;
-        }
+        send_runs(
+            &mut self.send,
+            &self.outbox,
+            &mut self.stats,
+            &self.sockets,
+            items,
+        );
     }
 
     /// Makes room in the outbox: its stream transmits to `sink`, its datagrams out.
@@ -477,43 +455,46 @@ impl MioDriver {
     /// Sends the outbox's datagrams (stream transmits were taken), one
     /// `sendmmsg` per run of datagrams from the same socket, and clears it.
     fn send_outbox(&mut self) {
-        let mut start = 0;
-        loop {
-            let items = self.outbox.items();
-            let Some(first) = items.get(start) else { break };
-            if first.peer.transport.is_stream() {
-                start += 1;
-                continue;
-            }
-            let sock = first.peer.local;
-            let run = items
-                .get(start..)
-                .unwrap_or_default()
-                .iter()
-                .take_while(|t| t.peer.local == sock && !t.peer.transport.is_stream())
-                .count();
-            match self
-                .sockets
-                .get(usize::from(sock.0))
-                .map(AsRawFd::as_raw_fd)
-            {
-                Some(fd) => self.send_run(fd, start, run),
-                None => self.stats.tx_errors += run as u64,
-            }
-            start += run;
-        }
+        send_runs(
+            &mut self.send,
+            &self.outbox,
+            &mut self.stats,
+            &self.sockets,
+            self.outbox.items(),
+        );
         self.outbox.clear();
     }
+}
 
-    /// Sends items `start..start+len` through `fd`, waiting briefly for room
-    /// when the socket buffer is full, and skipping a datagram the kernel refuses.
-    fn send_run(&mut self, fd: RawFd, start: usize, len: usize) {
-        let items = self
-            .outbox
-            .items()
-            .get(start..start + len)
-            .unwrap_or_default();
-        send_slice(&mut self.send, &self.outbox, &mut self.stats, fd, items);
+/// Sends the datagrams among `items` (of `outbox`; stream transmits are
+/// skipped) through their sockets, a run of consecutive items of one
+/// socket per `sendmmsg` series.
+fn send_runs(
+    send: &mut SendBatch,
+    outbox: &Outbox,
+    stats: &mut DriverStats,
+    sockets: &[UdpSocket],
+    items: &[crate::transport::Transmit],
+) {
+    let mut start = 0;
+    while let Some(first) = items.get(start) {
+        if first.peer.transport.is_stream() {
+            start += 1;
+            continue;
+        }
+        let sock = first.peer.local;
+        let run = items
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|t| t.peer.local == sock && !t.peer.transport.is_stream())
+            .count();
+        let run_items = items.get(start..start + run).unwrap_or_default();
+        match sockets.get(usize::from(sock.0)).map(AsRawFd::as_raw_fd) {
+            Some(fd) => send_slice(send, outbox, stats, fd, run_items),
+            None => stats.tx_errors += run as u64,
+        }
+        start += run;
     }
 }
 
@@ -572,7 +553,7 @@ impl Driver for MioDriver {
             if ev.token() == WAKE {
                 woken = true;
             } else if ev.token() == EXTRA {
-                self.extra_ready = true;
+                // The wrapping driver's: it looks at its ring itself.
             } else if t >= CONN_BASE {
                 let slot = (t - CONN_BASE) as u32;
                 if let Some(Some(s)) = self.streams.get_mut(slot as usize) {

@@ -412,6 +412,11 @@ impl XdpDriver {
     }
 
     fn drain_xsk<K: Sink>(&mut self, now: Instant, sink: &mut K) {
+        if self.busy_poll {
+            // With SO_PREFER_BUSY_POLL a receive call runs the queue's NAPI
+            // here, in this thread, for up to `busy_poll` µs.
+            self.xsk.wake_rx();
+        }
         self.xsk.reap();
         self.rx_more = false;
         for batch in 0..RX_BUDGET {
@@ -472,15 +477,9 @@ impl Driver for XdpDriver {
     }
 
     fn wait(&mut self, timeout: std::time::Duration) -> io::Result<bool> {
-        // Busy polling: a non-blocking wait, then the socket is polled by
-        // the receive (SO_PREFER_BUSY_POLL drives the NAPI from there).
-        let t = if self.busy_poll && self.xsk.tx_in_flight() > 0 {
-            std::time::Duration::ZERO
-        } else {
-            timeout
-        };
-        let woken = self.inner.wait(t)?;
-        if !t.is_zero() && !self.coalesce.is_zero() && !woken && self.xsk.rx_waiting() < RX_BATCH {
+        let woken = self.inner.wait(timeout)?;
+        let waiting = self.xsk.rx_waiting();
+        if !timeout.is_zero() && !self.coalesce.is_zero() && (1..RX_BATCH).contains(&waiting) {
             // Woken by a few frames: let more arrive, so that one turn
             // (one kick, one pass of the core) serves them together.
             std::thread::sleep(self.coalesce);
@@ -494,7 +493,6 @@ impl Driver for XdpDriver {
 
     fn receive<K: Sink>(&mut self, now: Instant, sink: &mut K) -> io::Result<()> {
         self.now = now;
-        self.inner.take_extra_ready();
         // Kernel sockets and streams first (an outbox that fills up there
         // is sent by mio, through the kernel sockets), then the frames.
         self.inner.receive(now, sink)?;

@@ -535,12 +535,8 @@ impl Xsk {
         (self.rx.ready(u32::MAX), self.fill.free(), self.refill.len())
     }
 
-    /// Frames queued or in flight on TX.
-    pub fn tx_in_flight(&self) -> usize {
-        TX_FRAMES as usize - self.free_tx.len()
-    }
-
-    /// Asks for the fill ring to be processed (need_wakeup set on it).
+    /// A zero-length receive: the kernel takes the fill ring (need_wakeup)
+    /// and, with busy polling, runs the queue's NAPI in this thread.
     pub fn wake_rx(&self) {
         // SAFETY: a zero-length, non-blocking recvfrom on our own socket.
         unsafe {
