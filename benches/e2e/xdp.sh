@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # benches/e2e/xdp.sh: the veth topology of the AF_XDP driver — Kamailio at its
-# best (kernel sockets), sipedge --io uring and sipedge --io xdp, the same
-# sipload load, one run. Also reachable as `benches/e2e/run.sh --net veth ...`.
+# best (kernel sockets), sipedge --io uring, sipedge --io xdp and the floors,
+# the same load, one run. Also reachable as `benches/e2e/run.sh --net veth ...`.
 #
-# Usage: benches/e2e/xdp.sh [--shape stateless|stateful] [--rate R] [--duration S]
-#                           [--proxies kamailio,uring,xdp] [--repeat N] [--no-build]
+# Usage: benches/e2e/xdp.sh [--shape stateless|stateful] [--load sipload|sipp]
+#                           [--rate R] [--duration S] [--repeat N] [--no-build]
+#                           [--proxies kamailio,uring,xdp,floorB,floorX]
 # Topology (made here, removed at exit): namespaces sebench-a (the proxy, 198.18.0.1
-# on a veth end with one queue) and sebench-b (sipload UAC and UAS on 198.18.0.2).
-# The proxy is pinned to CPU 1, sipload to CPU 0.
+# on a veth end with one queue) and sebench-b (UAC and UAS on 198.18.0.2).
+# The proxy is pinned to CPU 1, the load generator to CPU 0.
+# Loads: sipload (default rate 12,000 calls/s) or SIPp (`sipp -sn uac|uas` for the
+# stateless shape, tools/sipp/uac.xml|uas.xml for the stateful one; default 3,000/s).
+# Floors (stateless shape only; tools/floor/README.md): floorB is floor.c on a
+# kernel socket (recvmmsg/sendmmsg, batches of 64), floorX is floor_xdp on AF_XDP;
+# both gather for FLOOR_GATHER_US (default 200, sipedge's coalesce_us) after a
+# wake-up with less than a batch.
 #
 # Two figures per proxy, in µs of CPU per completed call (utime+stime from
 # /proc/PID/stat, before and after each run):
@@ -21,11 +28,12 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-SHAPE=stateless RATE=12000 DURATION=10 PROXIES="kamailio,uring,xdp" REPEAT=1 BUILD=1
+SHAPE=stateless LOAD=sipload RATE="" DURATION=10 PROXIES="" REPEAT=1 BUILD=1
 while (($#)); do
 	case "$1" in
 	--shape) SHAPE="$2"; shift ;;
 	--rate) RATE="$2"; shift ;;
+	--load) LOAD="$2"; shift ;;
 	--duration) DURATION="$2"; shift ;;
 	--proxies) PROXIES="$2"; shift ;;
 	--repeat) REPEAT="$2"; shift ;;
@@ -38,11 +46,23 @@ while (($#)); do
 done
 [[ "$(id -u)" == 0 ]] || { echo "xdp.sh: needs root (network namespaces, XDP)" >&2; exit 2; }
 case "$SHAPE" in stateless | stateful) ;; *) echo "xdp.sh: --shape stateless|stateful" >&2; exit 2 ;; esac
-if ((BUILD)); then (cd "$ROOT" && cargo build --release -q -p sipedge -p sipload); fi
+case "$LOAD" in
+sipload) RATE="${RATE:-12000}" ;;
+sipp) RATE="${RATE:-3000}"; command -v sipp >/dev/null || { echo "xdp.sh: --load sipp needs sipp (apt-get install sip-tester)" >&2; exit 2; } ;;
+*) echo "xdp.sh: --load sipload|sipp" >&2; exit 2 ;;
+esac
+if [[ -z "$PROXIES" ]]; then
+	PROXIES="kamailio,uring,xdp"
+	[[ "$SHAPE" == stateless ]] && PROXIES+=",floorB,floorX"
+fi
+if ((BUILD)); then (cd "$ROOT" && cargo build --release -q -p sipedge -p sipload --example floor_xdp); fi
 SIPEDGE="$ROOT/target/release/sipedge" SIPLOAD="$ROOT/target/release/sipload"
+FLOORX="$ROOT/target/release/examples/floor_xdp" GATHER="${FLOOR_GATHER_US:-200}"
 A=sebench-a B=sebench-b P=198.18.0.1 U=198.18.0.2 PORT=15060 UPORT=15080
-OUT="$ROOT/benches/e2e/results/xdp-$SHAPE-$(date +%Y%m%d-%H%M%S)"
+OUT="$ROOT/benches/e2e/results/xdp-$SHAPE-$LOAD-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT"
+FLOOR="$OUT/floor"
+gcc -O2 -Wall -o "$FLOOR" "$ROOT/tools/floor/floor.c"
 CLK_TCK="$(getconf CLK_TCK)"
 PIDS=()
 cleanup() {
@@ -114,6 +134,9 @@ start_proxy() { # start_proxy NAME: sets PROXY
 		args+=(--upstream "sip:$U:$UPORT")
 		ip netns exec "$A" taskset -c 1 "$SIPEDGE" "${args[@]}" >"$log" 2>&1 &
 		;;
+	floorB) ip netns exec "$A" taskset -c 1 "$FLOOR" B "$P:$PORT" "$U:$UPORT" 64 "$GATHER" >"$log" 2>&1 & ;;
+	floorX) ip netns exec "$A" taskset -c 1 "$FLOORX" sebench0 "$P:$PORT" "$U:$UPORT" "$GATHER" >"$log" 2>&1 & ;;
+	*) echo "xdp.sh: unknown proxy $name" >&2; return 1 ;;
 	esac
 	PROXY=$!
 	PIDS+=("$PROXY")
@@ -121,10 +144,62 @@ start_proxy() { # start_proxy NAME: sets PROXY
 	kill -0 "$PROXY" 2>/dev/null || { echo "xdp.sh: $name did not start: $(tail -3 "$log")" >&2; return 1; }
 }
 
-ip netns exec "$B" taskset -c 0 "$SIPLOAD" --role uas --scenario call --uas-listen "$U:$UPORT" --duration 7200s --quiet >"$OUT/uas.log" 2>&1 &
-UAS=$!
-PIDS+=("$UAS")
-sleep 0.5
+# ---- load generators: uas_start; uac_run NAME ROUND COUNT, which runs one bounded
+# load and sets OK P50 P99 UC (the UAC's CPU ticks)
+case "$SHAPE" in
+stateless) SIPP_UAC=(-sn uac) SIPP_UAS=(-sn uas) ;;
+stateful) SIPP_UAC=(-sf "$ROOT/tools/sipp/uac.xml") SIPP_UAS=(-sf "$ROOT/tools/sipp/uas.xml") ;;
+esac
+uas_start() {
+	if [[ "$LOAD" == sipp ]]; then
+		ip netns exec "$B" taskset -c 0 sipp "${SIPP_UAS[@]}" -i "$U" -p "$UPORT" -nostdin -buff_size 4194304 \
+			-timeout 7200 >"$OUT/uas.log" 2>&1 &
+	else
+		ip netns exec "$B" taskset -c 0 "$SIPLOAD" --role uas --scenario call --uas-listen "$U:$UPORT" \
+			--duration 7200s --quiet >"$OUT/uas.log" 2>&1 &
+	fi
+	UAS=$!
+	PIDS+=("$UAS")
+	sleep 0.5
+}
+watch_uac() { # the UAC's CPU, sampled until it exits (its /proc entry goes with it)
+	UC=0
+	local c
+	while kill -0 "$UAC" 2>/dev/null; do
+		c="$(ticks "$UAC")"
+		[[ -n "$c" && "$c" -gt "$UC" ]] && UC="$c"
+		sleep 0.2
+	done
+	wait "$UAC" || true
+}
+uac_run() {
+	local name="$1" round="$2" count="$3" rate="$4" dir
+	if [[ "$LOAD" == sipp ]]; then
+		dir="$OUT/sipp-$name-$round-$rate"
+		mkdir -p "$dir"
+		(cd "$dir" && exec ip netns exec "$B" taskset -c 0 sipp "${SIPP_UAC[@]}" -s uas -i "$U" -p "$((UPORT + 10))" \
+			-r "$rate" -m "$count" -nostdin -buff_size 4194304 -timeout "$((count / rate * 3 + 30))" -timeout_error \
+			-trace_stat -stf stat.csv -trace_rtt -rtt_freq 1000 "$P:$PORT") >"$dir/uac.log" 2>&1 &
+		UAC=$!
+		watch_uac
+		OK="$(awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i; next } { l = $0 }
+			END { split(l, v, ";"); print v[h["SuccessfulCall(C)"]] + 0 }' "$dir/stat.csv" 2>/dev/null || echo 0)"
+		read -r P50 P99 < <(find "$dir" -name '*_rtt.csv' -exec awk -F';' 'FNR > 1 && ($3 == "setup" || $3 == "1") { print $2 }' {} + | sort -g |
+			awk '{ a[NR] = $1 } END { if (NR == 0) { print "- -"; exit } i50 = int(NR * 0.50 + 0.5); i99 = int(NR * 0.99 + 0.5);
+				if (i50 < 1) i50 = 1; if (i99 < 1) i99 = 1; print a[i50], a[i99] }') || true
+	else
+		local json="$OUT/$name-$round-$rate.json"
+		ip netns exec "$B" taskset -c 0 timeout $((count / rate * 3 + 30)) "$SIPLOAD" --role uac --scenario call --target "$P:$PORT" \
+			--request-uri "sip:uas@$U:$UPORT" --rate "$rate" --count "$count" --duration "$((count / rate + 1))s" --json --quiet \
+			>"$json" 2>"${json%.json}.err" &
+		UAC=$!
+		watch_uac
+		OK="$(jq -r '(.uac // .) | (.succeeded // .successes // 0)' "$json" 2>/dev/null || echo 0)"
+		P50="$(jq -r '(.uac // .).latency_us.call_setup.p50 // 0 | . / 1000' "$json" 2>/dev/null || echo -)"
+		P99="$(jq -r '(.uac // .).latency_us.call_setup.p99 // 0 | . / 1000' "$json" 2>/dev/null || echo -)"
+	fi
+}
+uas_start
 
 printf "%-9s %8s %8s %10s %10s %10s %9s %9s\n" proxy rate calls "proxy µs" "all µs" "ksoftirq" "p50 ms" "p99 ms" | tee "$OUT/table.txt"
 IFS=, read -r -a LIST <<<"$PROXIES"
@@ -132,32 +207,19 @@ for round in $(seq "$REPEAT"); do
 	for name in "${LIST[@]}"; do
 		start_proxy "$name" || continue
 		# warm-up
-		ip netns exec "$B" taskset -c 0 timeout 30 "$SIPLOAD" --role uac --scenario call --target "$P:$PORT" \
-			--request-uri "sip:uas@$U:$UPORT" --rate 1000 --count 2000 --duration 3s --quiet --json >/dev/null 2>&1 || true
+		uac_run "$name" "$round-warm" 2000 1000
 		count=$((RATE * DURATION))
 		k0="$(ticks "$PROXY")" u0="$(ticks "$UAS")" s0="$(ticks $(softirqd))"
-		start=$(date +%s.%N)
-		ip netns exec "$B" taskset -c 0 timeout $((DURATION * 3 + 30)) "$SIPLOAD" --role uac --scenario call --target "$P:$PORT" \
-			--request-uri "sip:uas@$U:$UPORT" --rate "$RATE" --count "$count" --duration "$((DURATION + 1))s" --json --quiet \
-			>"$OUT/$name-$round.json" 2>"$OUT/$name-$round.err" &
-		UAC=$!
-		uc=0
-		while kill -0 "$UAC" 2>/dev/null; do
-			c="$(ticks "$UAC")"
-			[[ -n "$c" && "$c" -gt "$uc" ]] && uc="$c"
-			sleep 0.2
-		done
-		wait "$UAC" || true
+		uac_run "$name" "$round" "$count" "$RATE"
 		k1="$(ticks "$PROXY")" u1="$(ticks "$UAS")" s1="$(ticks $(softirqd))"
-		ok="$(jq -r '(.uac // .) | (.succeeded // .successes // 0)' "$OUT/$name-$round.json" 2>/dev/null || echo 0)"
-		p50="$(jq -r '(.uac // .).latency_us.call_setup.p50 // 0 | . / 1000' "$OUT/$name-$round.json" 2>/dev/null || echo -)"
-		p99="$(jq -r '(.uac // .).latency_us.call_setup.p99 // 0 | . / 1000' "$OUT/$name-$round.json" 2>/dev/null || echo -)"
+		ok="$OK" p50="$P50" p99="$P99" uc="$UC"
 		proxy_us="$(awk -v t=$((k1 - k0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
 		all_us="$(awk -v t=$((k1 - k0 + u1 - u0 + s1 - s0 + uc)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
 		soft_us="$(awk -v t=$((s1 - s0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
 		printf "%-9s %8s %8s %10s %10s %10s %9s %9s\n" "$name" "$RATE" "$ok/$count" "$proxy_us" "$all_us" "$soft_us" "$p50" "$p99" | tee -a "$OUT/table.txt"
 		kill -INT "$PROXY" 2>/dev/null || true
 		wait "$PROXY" 2>/dev/null || true
+		[[ "$name" == floor* ]] && echo "          $(grep -h 'floor mode' "$OUT/$name.log" | tail -1)" | tee -a "$OUT/table.txt"
 		sleep 0.5
 	done
 done

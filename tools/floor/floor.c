@@ -9,14 +9,15 @@
  * that answers to the source address (sipp does): INVITE/ACK/BYE go up,
  * 180/200/200 come back, 6 datagrams per call.
  *
- *   floor A LISTEN_PORT UPSTREAM_PORT              recvfrom/sendto, one at a time
- *   floor B LISTEN_PORT UPSTREAM_PORT [BATCH [GATHER_US]]
+ *   floor A LISTEN UPSTREAM              recvfrom/sendto, one at a time
+ *   floor B LISTEN UPSTREAM [BATCH [GATHER_US]]
  *        recvmmsg (MSG_WAITFORONE) / one sendmmsg per batch; with GATHER_US > 0
  *        it sleeps that long after the first datagram of a batch and then
  *        drains up to BATCH without blocking, so batches are full at a modest
  *        load (the cost per datagram falls, the latency rises by GATHER_US).
  *
- * Loopback only (127.0.0.1). On SIGINT/SIGTERM it prints one line to stdout:
+ * A bare PORT means 127.0.0.1:PORT; IPv4:PORT names another address (the
+ * veth bench, benches/e2e/xdp.sh). On SIGINT/SIGTERM it prints one line to stdout:
  *   floor mode=B datagrams=N batches=M
  * and exits 0. Build: gcc -O2 -Wall -o floor floor.c
  */
@@ -41,19 +42,33 @@ static int same(const struct sockaddr_in *a, const struct sockaddr_in *b) {
 	return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
 }
 
+/* "PORT" (127.0.0.1) or "A.B.C.D:PORT" */
+static int addr_of(const char *s, struct sockaddr_in *a) {
+	char ip[64] = "127.0.0.1";
+	const char *colon = strrchr(s, ':'), *port = s;
+	if (colon) {
+		size_t n = (size_t)(colon - s);
+		if (n == 0 || n >= sizeof ip) return -1;
+		memcpy(ip, s, n), ip[n] = 0, port = colon + 1;
+	}
+	*a = (struct sockaddr_in){.sin_family = AF_INET, .sin_port = htons(atoi(port))};
+	return inet_pton(AF_INET, ip, &a->sin_addr) == 1 && a->sin_port ? 0 : -1;
+}
+
 int main(int argc, char **argv) {
 	if (argc < 4 || (argv[1][0] != 'A' && argv[1][0] != 'B')) {
-		fprintf(stderr, "usage: floor A|B LISTEN_PORT UPSTREAM_PORT [BATCH [GATHER_US]]\n");
+		fprintf(stderr, "usage: floor A|B LISTEN UPSTREAM [BATCH [GATHER_US]]\n");
 		return 2;
 	}
 	char mode = argv[1][0];
 	int batch = argc > 4 ? atoi(argv[4]) : 64, gather_us = argc > 5 ? atoi(argv[5]) : 0;
 	if (batch < 1 || batch > MAXB) batch = 64;
-	struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[2]))};
-	struct sockaddr_in up = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+	struct sockaddr_in me, up;
+	if (addr_of(argv[2], &me) < 0 || addr_of(argv[3], &up) < 0) {
+		fprintf(stderr, "floor: LISTEN and UPSTREAM are PORT (on 127.0.0.1) or IPv4:PORT\n");
+		return 2;
+	}
 	struct sockaddr_in client = up; /* until a client speaks, replies go nowhere useful */
-	inet_pton(AF_INET, "127.0.0.1", &me.sin_addr);
-	inet_pton(AF_INET, "127.0.0.1", &up.sin_addr);
 	int fd = socket(AF_INET, SOCK_DGRAM, 0), sz = 4 << 20;
 	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);

@@ -455,6 +455,21 @@ impl Xsk {
     /// length written, or None to give the frame back) and queues it on
     /// TX. Returns false when no frame or TX slot is free, or `fill` declined.
     pub fn send_with(&mut self, fill: impl FnOnce(&mut [u8]) -> Option<usize>) -> bool {
+        self.send_from(0, 0, |_, buf| fill(buf))
+    }
+
+    /// As [`Xsk::send_with`], with `fill` also given the bytes of the
+    /// received frame (`addr`, `len`) from [`Xsk::take_rx`], not yet
+    /// recycled: a frame forwarded with one copy.
+    pub fn send_from(
+        &mut self,
+        addr: u64,
+        len: u32,
+        fill: impl FnOnce(&[u8], &mut [u8]) -> Option<usize>,
+    ) -> bool {
+        let end = addr.saturating_add(u64::from(len));
+        let rx_ok = end <= u64::from(RX_FRAMES * FRAME_SIZE) && end <= self.umem_len as u64;
+        let (rx_addr, rx_len) = if rx_ok { (addr, len) } else { (0, 0) };
         if self.free_tx.is_empty() || self.tx.free() <= self.tx_pending {
             self.reap();
             if self.free_tx.is_empty() || self.tx.free() <= self.tx_pending {
@@ -469,7 +484,13 @@ impl Xsk {
         let buf = unsafe {
             std::slice::from_raw_parts_mut(self.umem.add(addr as usize), FRAME_SIZE as usize)
         };
-        let Some(len) = fill(buf) else {
+        // SAFETY: [rx_addr, rx_addr + rx_len) lies inside the RX frames of
+        // the UMEM (checked above), disjoint from the TX frame `buf`; the
+        // kernel does not write an RX frame between publishing it on RX and
+        // its recycling into the fill ring, which needs &mut self.
+        let rx =
+            unsafe { std::slice::from_raw_parts(self.umem.add(rx_addr as usize), rx_len as usize) };
+        let Some(len) = fill(rx, buf) else {
             self.free_tx.push(addr);
             return false;
         };
