@@ -1,5 +1,7 @@
 //! Real SIP clients through sipedge's registrar and stateful proxy, under
-//! each I/O driver with two shards: SIPp's REGISTER scenario for many users
+//! each I/O driver with two shards (AF_XDP too where the kernel allows it:
+//! sipedge in one network namespace, the clients in another, see
+//! tests/common/netns.rs): SIPp's REGISTER scenario for many users
 //! and its route-set aware calls to them (tools/sipp/register_domain.xml,
 //! uac_users_domain.xml and uas.xml), and two pjsua2 (PJSIP) user agents
 //! that register, call, hang up and send a MESSAGE
@@ -11,12 +13,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, sipp, sipp_report, tail, wait_line,
-    Proxy, Reaped, TempDir, Ua,
+    drivers_with_xdp, free_udp_port, have_peer, have_python_module, peer_command, sipp_for,
+    sipp_report, tail, wait_line, Proxy, Reaped, TempDir, Ua,
 };
 use sipedge::sip::HeaderName;
 
@@ -52,19 +54,22 @@ fn sipp_register_scenario_then_calls_to_registered_users() {
     }
     const USERS: usize = 100;
     const CALLS: usize = 100;
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("sipp");
         let p = edge(d, &dir, "2");
         let (uas_port, reg_port, uac_port) = (free_udp_port(), free_udp_port(), free_udp_port());
+        let ip = peer_command(d, "sipp").1;
         let mut csv = String::from("SEQUENTIAL\n# user;password;contact host:port\n");
         for i in 0..USERS {
-            csv.push_str(&format!("user{i:03};pw;127.0.0.1:{uas_port}\n"));
+            csv.push_str(&format!("user{i:03};pw;{ip}:{uas_port}\n"));
         }
         let users = dir.write("users.csv", &csv);
 
         let mut reg = Reaped::spawn(
             "sipp register",
-            sipp(&dir, "register", reg_port)
+            sipp_for(d, &dir, "register", reg_port)
+                .0
                 .args([
                     "-sf",
                     &peer_file("tools/sipp/register_domain.xml"),
@@ -106,20 +111,22 @@ To: <sip:user042@{DOMAIN}>\r\nFrom: <sip:user042@{DOMAIN}>;tag=f\r\nCall-ID: fet
         let listed = fetch.values(HeaderName::Contact);
         assert_eq!(listed.len(), 1, "{d}: {}", fetch.text);
         assert!(
-            listed[0].starts_with(&format!("<sip:user042@127.0.0.1:{uas_port}>;expires=")),
+            listed[0].starts_with(&format!("<sip:user042@{ip}:{uas_port}>;expires=")),
             "{d}: {listed:?}"
         );
 
         let mut uas = Reaped::spawn(
             "sipp uas",
-            sipp(&dir, "uas", uas_port)
+            sipp_for(d, &dir, "uas", uas_port)
+                .0
                 .args(["-sf", &peer_file("tools/sipp/uas.xml")])
                 .args(["-timeout", "40s"]),
         );
         std::thread::sleep(Duration::from_millis(300));
         let mut uac = Reaped::spawn(
             "sipp uac",
-            sipp(&dir, "uac", uac_port)
+            sipp_for(d, &dir, "uac", uac_port)
+                .0
                 .args([
                     "-sf",
                     &peer_file("tools/sipp/uac_users_domain.xml"),
@@ -171,7 +178,8 @@ fn pjsua2_register_call_hang_up_and_message() {
     if !have_python_module("pjsua2") {
         return;
     }
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("pjsua");
         let p = edge(d, &dir, "2");
         let proxy = p.addr.to_string();
@@ -200,9 +208,14 @@ fn pjsua2_over_tcp_and_tls() {
     if !have_python_module("pjsua2") {
         return;
     }
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    for d in drivers() {
+    let ck = rcgen::generate_simple_self_signed(vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        common::netns::PROXY_IP.into(),
+    ])
+    .unwrap();
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("pjsua-streams");
         let cert = dir.write("cert.pem", &ck.cert.pem());
         let key = dir.write("key.pem", &ck.signing_key.serialize_pem());
@@ -257,7 +270,7 @@ fn listen_addr(p: &Proxy, transport: &str) -> String {
 fn pjsua2_pair(d: &str, dir: &TempDir, proxy: &str, extra: &[&str]) -> String {
     let script = peer_file("tests/peers/pjsua_ua.py");
     let ua = |role: &str| {
-        let mut c = Command::new("python3");
+        let (mut c, ip) = peer_command(d, "python3");
         c.arg(&script)
             .args([
                 "--role",
@@ -268,6 +281,8 @@ fn pjsua2_pair(d: &str, dir: &TempDir, proxy: &str, extra: &[&str]) -> String {
                 DOMAIN,
                 "--timeout",
                 "20",
+                "--bind",
+                ip,
             ])
             .args(extra)
             .arg("--log")

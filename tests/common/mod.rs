@@ -744,8 +744,14 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
 /// A SIPp command on 127.0.0.1:`port`, its screen output into `dir/name.out`
 /// and its errors into `dir/name.err`.
 pub fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
-    let mut c = Command::new("sipp");
-    c.args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin"])
+    sipp_for("mio", dir, name, port).0
+}
+
+/// [`sipp`] for a proxy under driver `d`: in the clients' namespace under
+/// `xdp` (see [`peer_command`]); with the address SIPp binds.
+pub fn sipp_for(d: &str, dir: &TempDir, name: &str, port: u16) -> (Command, &'static str) {
+    let (mut c, ip) = peer_command(d, "sipp");
+    c.args(["-i", ip, "-p", &port.to_string(), "-nostdin"])
         .args([
             "-trace_err",
             "-error_file",
@@ -754,7 +760,7 @@ pub fn sipp(dir: &TempDir, name: &str, port: u16) -> Command {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.path.join(format!("{name}.out"))).unwrap())
         .stderr(Stdio::null());
-    c
+    (c, ip)
 }
 
 /// Waits up to `limit` for a line containing `want` from a peer, keeping

@@ -2,7 +2,7 @@
 """A pjsua2 (PJSIP) user agent for sipedge's interop tests (tests/interop.rs).
 
 One process is one UA: a pjsua2 Endpoint with the null audio device and one
-UDP transport on 127.0.0.1 (ephemeral port), registering `sip:USER@DOMAIN`
+UDP transport on 127.0.0.1 (--bind; ephemeral port), registering `sip:USER@DOMAIN`
 at sipedge, which is also its outbound proxy (as a phone configured with
 "registrar" and "outbound proxy" = the edge).
 
@@ -120,6 +120,8 @@ def main():
     ap.add_argument("--role", choices=["alice", "bob"], required=True)
     ap.add_argument("--proxy", required=True, help="sipedge's address, 127.0.0.1:PORT")
     ap.add_argument("--domain", default="example.test")
+    ap.add_argument("--bind", default="127.0.0.1",
+                    help="the UA's address (SIP and media); the AF_XDP tests use 198.18.0.2")
     ap.add_argument("--log", default="")
     ap.add_argument("--hold", type=float, default=0.5)
     ap.add_argument("--timeout", type=float, default=20.0)
@@ -158,8 +160,8 @@ def main():
     ep.libInit(epc)
     tc = pj.TransportConfig()
     tc.port = 0
-    tc.boundAddress = "127.0.0.1"
-    tc.publicAddress = "127.0.0.1"
+    tc.boundAddress = args.bind
+    tc.publicAddress = args.bind
     kind = {
         "udp": pj.PJSIP_TRANSPORT_UDP,
         "tcp": pj.PJSIP_TRANSPORT_TCP,
@@ -187,8 +189,8 @@ def main():
     if args.password is not None:
         # Plain-text password (data type 0), any realm.
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, args.password))
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+    acfg.mediaConfig.transportConfig.boundAddress = args.bind
+    acfg.mediaConfig.transportConfig.publicAddress = args.bind
     acfg.natConfig.iceEnabled = False
     acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
     acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
