@@ -1,6 +1,7 @@
 //! The edge under attack and under policy, end to end: the real binary
 //! (`sipedge run`, the stateful proxy with registrar, two shards) on
-//! 127.0.0.1 under each I/O driver, with real peers where installed and
+//! 127.0.0.1 under each I/O driver (sipvicious also under AF_XDP, from the
+//! clients' namespace), with real peers where installed and
 //! scripted UAs on other loopback addresses (127.0.0.2 … 127.0.0.8: Linux
 //! routes all of 127/8 over lo, which gives the tests distinct sources).
 //!
@@ -40,8 +41,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, response_to, sipp, sipp_report, tail,
-    wait_line, Msg, Proxy, Reaped, TempDir, Ua,
+    drivers, drivers_with_xdp, free_udp_port, have_peer, have_python_module, peer_command,
+    response_to, sipp, sipp_report, tail, wait_line, Msg, Proxy, Reaped, TempDir, Ua,
 };
 use sipedge::auth::{digest, Algorithm, Qop};
 use sipedge::sip::{Credentials, HeaderName};
@@ -728,12 +729,14 @@ fn sipvicious(tool: &str) -> Option<String> {
     None
 }
 
-/// svcrack against `user` with the passwords of `dict`; its output lines
+/// svcrack (run by `c`, a `sh` from [`peer_command`], as a client on `ip`)
+/// against `user` with the passwords of `dict`; its output lines
 /// (stderr merged in). Ends when it says it ran out of passwords (plus a
 /// second for late answers), cracked one, or after 20 s. (sipvicious 0.3.8
 /// ignores `-b`: its socket is bound to 0.0.0.0, so it sends from
 /// 127.0.0.1; `-x` only sets the address it writes in its Via.)
 fn svcrack(
+    (mut c, ip): (Command, &str),
     tool: &str,
     target: SocketAddr,
     dir: &TempDir,
@@ -742,11 +745,11 @@ fn svcrack(
 ) -> Vec<String> {
     let file = dir.write(&format!("dict-{user}.txt"), &(dict.join("\n") + "\n"));
     let cmd = format!(
-        "exec {tool} -v -u {user} -d {file} --domain {DOMAIN} -x 127.0.0.1 -P {port} -p {target} --maximumtime 5 127.0.0.1 2>&1",
+        "exec {tool} -v -u {user} -d {file} --domain {DOMAIN} -x {ip} -P {port} -p {port_to} --maximumtime 5 {host} 2>&1",
         port = free_udp_port(),
-        target = target.port(),
+        port_to = target.port(),
+        host = target.ip(),
     );
-    let mut c = Command::new("sh");
     c.args(["-c", &cmd])
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null());
@@ -802,7 +805,8 @@ fn svcrack(
 ///   Not Relaying instead of being forwarded back at it, as it was before.
 ///
 /// sipvicious 0.3.8 ignores `-b` (its sockets bind 0.0.0.0), so all its
-/// runs come from 127.0.0.1, one source for the throttle.
+/// runs come from 127.0.0.1, one source for the throttle. Under `--io xdp`
+/// the tools run in the clients' namespace (198.18.0.2, the one source).
 #[test]
 fn sipvicious_learns_nothing() {
     let (Some(svwar), Some(svcrack_tool)) = (sipvicious("svwar"), sipvicious("svcrack")) else {
@@ -811,7 +815,8 @@ fn sipvicious_learns_nothing() {
     let pw_1000 = "Xk9-vQ2-strong-pw-7Lm";
     let pw_1003 = "another-Strong-pw-93";
     let pw_1007 = "ZZ-1007-long-and-random-4q";
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("sec-vicious");
         let users = dir.write(
             "users.toml",
@@ -837,11 +842,16 @@ fn sipvicious_learns_nothing() {
         if let Some(svmap) = sipvicious("svmap") {
             let out = dir.path.join("svmap.out");
             let err = dir.path.join("svmap.err");
-            let mut c = Command::new(&svmap);
-            c.args(["-vv", "-p", &p.addr.port().to_string(), "127.0.0.1"])
-                .stdin(Stdio::null())
-                .stdout(File::create(&out).unwrap())
-                .stderr(File::create(&err).unwrap());
+            let (mut c, _) = peer_command(d, &svmap);
+            c.args([
+                "-vv",
+                "-p",
+                &p.addr.port().to_string(),
+                &p.addr.ip().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).unwrap())
+            .stderr(File::create(&err).unwrap());
             let st = Reaped::spawn("svmap", &mut c).wait_for(Duration::from_secs(30));
             let out = std::fs::read_to_string(&out).unwrap_or_default();
             let err = std::fs::read_to_string(&err).unwrap_or_default();
@@ -849,7 +859,7 @@ fn sipvicious_learns_nothing() {
             assert!(st.is_some(), "{said}");
             let row = out
                 .lines()
-                .find(|l| l.contains(&format!("127.0.0.1:{}", p.addr.port())))
+                .find(|l| l.contains(&p.addr.to_string()))
                 .unwrap_or_else(|| panic!("svmap should list the edge\n{said}"));
             assert!(row.contains("unknown"), "no product or version: {said}");
             assert!(err.contains("403 Forbidden (Not Relaying)"), "{said}");
@@ -888,12 +898,12 @@ fn sipvicious_learns_nothing() {
             let name = format!("svwar-{method}");
             let out = dir.path.join(format!("{name}.out"));
             let err = dir.path.join(format!("{name}.err"));
-            let mut c = Command::new(&svwar);
+            let (mut c, ip) = peer_command(d, &svwar);
             c.args(["-vv", "--force", "-m", method, "-e", "1000-1010"])
-                .args(["--domain", DOMAIN, "-x", "127.0.0.1"])
+                .args(["--domain", DOMAIN, "-x", ip])
                 .args(["-P", &free_udp_port().to_string()])
                 .args(["-p", &p.addr.port().to_string(), "--maximumtime", "5"])
-                .arg("127.0.0.1")
+                .arg(p.addr.ip().to_string())
                 .stdin(Stdio::null())
                 .stdout(File::create(&out).unwrap())
                 .stderr(File::create(&err).unwrap());
@@ -915,7 +925,14 @@ fn sipvicious_learns_nothing() {
         let control: Vec<String> = ["123456", "password", "1003", pw_1003]
             .map(String::from)
             .to_vec();
-        let lines = svcrack(&svcrack_tool, p.addr, &dir, "1003", &control);
+        let lines = svcrack(
+            peer_command(d, "sh"),
+            &svcrack_tool,
+            p.addr,
+            &dir,
+            "1003",
+            &control,
+        );
         let cracked = format!("The password for 1003 is {pw_1003}");
         assert!(
             lines.iter().any(|l| l.contains(&cracked)),
@@ -929,9 +946,11 @@ fn sipvicious_learns_nothing() {
         let mut with_right = wrong.clone();
         with_right[99] = pw_1007.to_owned();
         let started = Instant::now();
+        // Made here: the clients' namespace belongs to this thread.
+        let (sh_a, sh_b) = (peer_command(d, "sh"), peer_command(d, "sh"));
         let (a, b) = std::thread::scope(|s| {
-            let a = s.spawn(|| svcrack(&svcrack_tool, p.addr, &dir, "1000", &wrong));
-            let b = s.spawn(|| svcrack(&svcrack_tool, p.addr, &dir, "1007", &with_right));
+            let a = s.spawn(|| svcrack(sh_a, &svcrack_tool, p.addr, &dir, "1000", &wrong));
+            let b = s.spawn(|| svcrack(sh_b, &svcrack_tool, p.addr, &dir, "1007", &with_right));
             (a.join().unwrap(), b.join().unwrap())
         });
         let took = started.elapsed();
@@ -941,10 +960,10 @@ fn sipvicious_learns_nothing() {
                 !lines.iter().any(|l| l.contains("The password for")),
                 "{said}"
             );
-            assert!(
-                lines.iter().any(|l| l.contains("no more passwords")),
-                "{said}"
-            );
+            if !lines.iter().any(|l| l.contains("no more passwords")) {
+                p.terminate();
+                panic!("{said}\n{:#?}", p.log);
+            }
         }
         // The throttled source gets nothing, even with the right password.
         let attacker = Ua::new();
