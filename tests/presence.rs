@@ -40,8 +40,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    drivers, free_udp_port, have_peer, have_python_module, response_to, sipp, sipp_report, tail,
-    wait_line, Msg, Proxy, Reaped, TempDir, Ua,
+    drivers, drivers_with_xdp, free_udp_port, have_peer, have_python_module, peer_command,
+    response_to, sipp_for, sipp_report, tail, wait_line, Msg, Proxy, Reaped, TempDir, Ua,
 };
 
 const DOMAIN: &str = "example.test";
@@ -681,9 +681,16 @@ struct Device {
 impl Device {
     fn start(dir: &TempDir, proxy: SocketAddr, user: &str, name: &str, extra: &[&str]) -> Self {
         let log = dir.path.join(format!("{name}.log"));
-        let mut cmd = Command::new("python3");
+        // In the clients' namespace when this thread's proxy runs under xdp.
+        let driver = if common::netns::clients_in_net() {
+            "xdp"
+        } else {
+            "mio"
+        };
+        let (mut cmd, ip) = peer_command(driver, "python3");
         cmd.arg(peer_file("tests/peers/pjsua_presence.py"))
             .args(["--user", user, "--name", name, "--domain", DOMAIN])
+            .args(["--bind", ip])
             .args(["--proxy", &proxy.to_string(), "--timeout", "40"])
             .args(extra)
             .arg("--log")
@@ -786,7 +793,8 @@ fn pjsua2_buddy_sees_online_away_busy_offline() {
     if !have_python_module("pjsua2") {
         return;
     }
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("presence-pjsua");
         let users = dir.write(
             "users.toml",
@@ -917,7 +925,8 @@ fn sipp_publish_subscribe_and_offline_message() {
     if !have_peer("sipp") {
         return;
     }
-    for d in drivers() {
+    for d in drivers_with_xdp() {
+        common::clients_for(d);
         let dir = TempDir::new("presence-sipp");
         let p = edge(d, &dir, &[]);
         let edge_addr = p.addr.to_string();
@@ -927,7 +936,8 @@ fn sipp_publish_subscribe_and_offline_message() {
         let scenario = |name: &str| peer_file(&format!("tools/sipp/{name}.xml"));
         let mut watcher = Reaped::spawn(
             "sipp subscribe",
-            sipp(&dir, "subscribe", free_udp_port())
+            sipp_for(d, &dir, "subscribe", free_udp_port())
+                .0
                 .args(["-sf", &scenario("subscribe"), "-s", "bob"])
                 .args(["-key", "domain", DOMAIN, "-key", "watcher", "alice"])
                 .args(["-m", "1", "-timeout", "60s", "-timeout_error"])
@@ -936,7 +946,8 @@ fn sipp_publish_subscribe_and_offline_message() {
         std::thread::sleep(Duration::from_millis(1000));
         let mut publisher = Reaped::spawn(
             "sipp publish",
-            sipp(&dir, "publish", free_udp_port())
+            sipp_for(d, &dir, "publish", free_udp_port())
+                .0
                 .args(["-sf", &scenario("publish"), "-s", "bob"])
                 .args(["-key", "domain", DOMAIN, "-d", "500"])
                 .args(["-m", "1", "-timeout", "30s", "-timeout_error"])
@@ -960,7 +971,8 @@ fn sipp_publish_subscribe_and_offline_message() {
 
         let mut offline = Reaped::spawn(
             "sipp message_offline",
-            sipp(&dir, "message_offline", free_udp_port())
+            sipp_for(d, &dir, "message_offline", free_udp_port())
+                .0
                 .args(["-sf", &scenario("message_offline"), "-s", "carol"])
                 .args(["-key", "domain", DOMAIN, "-key", "sender", "alice"])
                 .args(["-m", "1", "-timeout", "15s", "-timeout_error"])
@@ -975,18 +987,23 @@ fn sipp_publish_subscribe_and_offline_message() {
         let carol_port = free_udp_port();
         let csv = dir.write(
             "carol.csv",
-            &format!("SEQUENTIAL\ncarol;pw;127.0.0.1:{carol_port}\n"),
+            &format!(
+                "SEQUENTIAL\ncarol;pw;{}:{carol_port}\n",
+                peer_command(d, "sipp").1
+            ),
         );
         let mut stored = Reaped::spawn(
             "sipp message_stored",
-            sipp(&dir, "message_stored", carol_port)
+            sipp_for(d, &dir, "message_stored", carol_port)
+                .0
                 .args(["-sf", &scenario("message_stored")])
                 .args(["-m", "1", "-timeout", "20s", "-timeout_error"]),
         );
         std::thread::sleep(Duration::from_millis(500));
         let mut reg = Reaped::spawn(
             "sipp register",
-            sipp(&dir, "register", free_udp_port())
+            sipp_for(d, &dir, "register", free_udp_port())
+                .0
                 .args([
                     "-sf",
                     &scenario("register_domain"),

@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--name", default=None, help="prefix of the stdout lines (default: the user)")
     ap.add_argument("--proxy", required=True, help="sipedge's address, 127.0.0.1:PORT")
     ap.add_argument("--domain", default="example.test")
+    ap.add_argument("--bind", default="127.0.0.1",
+                    help="the UA's address (SIP and media); the AF_XDP tests use 198.18.0.2")
     ap.add_argument("--password", default=None)
     ap.add_argument("--transport", choices=["udp", "tcp", "tls"], default="udp")
     ap.add_argument("--ca", default="")
@@ -169,8 +171,8 @@ def main():
     ep.libInit(epc)
     tc = pj.TransportConfig()
     tc.port = 0
-    tc.boundAddress = "127.0.0.1"
-    tc.publicAddress = "127.0.0.1"
+    tc.boundAddress = args.bind
+    tc.publicAddress = args.bind
     kind = {
         "udp": pj.PJSIP_TRANSPORT_UDP,
         "tcp": pj.PJSIP_TRANSPORT_TCP,
@@ -196,8 +198,8 @@ def main():
     if args.password is not None:
         acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0, args.password))
     acfg.presConfig.publishEnabled = not args.no_publish
-    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-    acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+    acfg.mediaConfig.transportConfig.boundAddress = args.bind
+    acfg.mediaConfig.transportConfig.publicAddress = args.bind
     acfg.natConfig.iceEnabled = False
     acfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
     acfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
