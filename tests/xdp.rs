@@ -324,3 +324,98 @@ fn refused_in_one_line() {
         );
     }
 }
+
+/// One datagram with bob's source IP and another MAC (what anyone on the
+/// link can send) does not divert what the edge sends to bob: a source
+/// MAC is checked against the kernel's neighbour entry before it is used.
+/// bob registers; after the kernel path's retry time his next request makes
+/// the edge learn him (the kernel knows his MAC from ARP by then); the
+/// forged frame comes; alice's MESSAGE to bob still reaches him, and the
+/// edge says at stop that one frame disagreed with the kernel.
+#[test]
+fn a_forged_source_mac_does_not_divert_a_contact() {
+    if !netns::xdp_available() {
+        return;
+    }
+    let dir = TempDir::new("xdp-forged-mac");
+    let mut p = xdp_proxy(&dir, &["--domain", "example.test"]);
+    let bob = Ua::on("127.0.0.2");
+    let alice = Ua::new();
+    let register = format!(
+        "REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch=z9hG4bKreg1;rport\r\nMax-Forwards: 70\r\n\
+To: <sip:bob@example.test>\r\nFrom: <sip:bob@example.test>;tag=r1\r\nCall-ID: reg-forged\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:bob@{b}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n",
+        b = bob.addr
+    );
+    bob.send(&register, p.addr);
+    bob.expect_response(200, "REGISTER");
+    // Past the kernel path's retry (1 s), bob is learned from his next frame.
+    std::thread::sleep(Duration::from_millis(1300));
+    bob.send(&options(&bob, p.addr, 1, 0), p.addr);
+    bob.expect_response(200, "OPTIONS");
+
+    // The forged frame: bob's IP and port, a MAC that is nobody's.
+    let mac_line = netns::net().proxy_link();
+    let proxy_mac = mac_line
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {mac_line}"));
+    let dst_mac: Vec<u8> = proxy_mac
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    let forged = sipedge::transport::frame::Link {
+        dst_mac: dst_mac.try_into().unwrap(),
+        src_mac: [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01],
+        vlan: None,
+    };
+    let payload = options(&bob, p.addr, 2, 0);
+    let mut frame = vec![0u8; 2048];
+    let n = sipedge::transport::frame::build(
+        &mut frame,
+        &forged,
+        bob.addr,
+        p.addr,
+        payload.as_bytes(),
+        7,
+    )
+    .unwrap();
+    let hex: String = frame[..n].iter().map(|b| format!("{b:02x}")).collect();
+    let send = "import socket, sys\n\
+ifname = [n for _, n in socket.if_nameindex() if n != 'lo'][0]\n\
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+s.bind((ifname, 0))\n\
+s.send(bytes.fromhex(sys.argv[1]))\n";
+    let st = netns::Net::exec(&netns::net().b, "python3")
+        .args(["-c", send, &hex])
+        .status()
+        .unwrap();
+    assert!(st.success(), "python3 could not send the forged frame");
+    // The forged OPTIONS is answered (to the forged MAC: lost); drain bob.
+    std::thread::sleep(Duration::from_millis(300));
+    while bob.recv_within(Duration::from_millis(100)).is_some() {}
+
+    let message = format!(
+        "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKmsg1;rport\r\nMax-Forwards: 70\r\n\
+To: <sip:bob@example.test>\r\nFrom: <sip:alice@example.test>;tag=m1\r\nCall-ID: msg-forged\r\nCSeq: 1 MESSAGE\r\n\
+Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        a = alice.addr
+    );
+    alice.send(&message, p.addr);
+    let got = bob.recv_within(Duration::from_secs(3));
+    assert!(
+        got.as_ref()
+            .is_some_and(|(m, _)| m.text.starts_with("MESSAGE sip:bob@")),
+        "bob did not get alice's MESSAGE after the forged frame: {:?}",
+        got.map(|(m, _)| m.text)
+    );
+    p.terminate();
+    assert!(
+        p.log
+            .iter()
+            .any(|l| l.contains("1 frame(s) came with a source MAC other than")),
+        "{:#?}",
+        p.log
+    );
+}

@@ -54,6 +54,10 @@ const NEIGHBOURS_MAX: usize = 65_536;
 const NEIGHBOUR_TTL: Duration = Duration::from_secs(60);
 /// After a failed resolution, the kernel path is used this long before asking again.
 const RETRY: Duration = Duration::from_secs(1);
+/// Kernel look-ups a second for sources not seen before (or seen with
+/// another MAC): beyond it, such a source is answered through the kernel
+/// for [`RETRY`] (a flood of forged sources costs no more than this).
+const VERIFY_PER_SEC: u32 = 2_000;
 
 /// One shard's share of the AF_XDP set-up, made by [`prepare`].
 #[derive(Debug)]
@@ -217,23 +221,91 @@ enum Neighbour {
     Kernel(Instant),
 }
 
-/// Next-hop MACs: learned from the frames received, else asked of the
-/// kernel (route, then neighbour table).
+/// Next-hop MACs, asked of the kernel (route, then neighbour table) and
+/// kept while frames keep confirming them.
+///
+/// A frame's source MAC is not believed on its own: anyone on the link
+/// can send one datagram with another host's source IP (a gateway's, a
+/// registered phone's) and its own MAC, and frames for that IP would then
+/// go to it. So a source seen for the first time, or with a MAC other than
+/// the one known, is looked up in the kernel, which stays the authority
+/// (its ARP/ND handling, `arp_ignore` and the like apply); a frame that
+/// agrees with the entry only extends it. Off-link sources resolve to
+/// their gateway's MAC. One exception: when the kernel routes the source
+/// through another interface (a VLAN device on this one: tagged frames),
+/// the frame's own link header is used, as before.
 #[derive(Debug)]
 struct Neighbours {
     map: HashMap<IpAddr, Neighbour>,
     nl: Option<Netlink>,
     ifindex: u32,
     mac: [u8; 6],
+    /// Look-ups left in this second, and when it started.
+    budget: (u32, Instant),
+    /// Frames whose source MAC disagreed with the kernel's (counted for the log).
+    mismatched: u64,
+}
+
+/// What the kernel says of the next hop toward a source.
+enum Asked {
+    /// On this interface, with this MAC.
+    Here(Link),
+    /// Routed through another interface (a VLAN device, say).
+    Elsewhere,
+    /// No route or no usable neighbour entry.
+    Unknown,
 }
 
 impl Neighbours {
+    fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Self {
+            map: HashMap::new(),
+            nl: None,
+            ifindex,
+            mac,
+            budget: (VERIFY_PER_SEC, Instant::ZERO),
+            mismatched: 0,
+        }
+    }
+
+    /// A frame from `ip` arrived with `link` (already turned around: its
+    /// source MAC as the destination).
     fn learn(&mut self, now: Instant, ip: IpAddr, link: Link) {
+        match self.map.get_mut(&ip) {
+            Some(Neighbour::Known(known, until)) if known.dst_mac == link.dst_mac => {
+                *until = now + NEIGHBOUR_TTL;
+                return;
+            }
+            Some(Neighbour::Kernel(until)) if *until > now => return,
+            _ => {}
+        }
+        if now.saturating_since(self.budget.1) >= Duration::from_secs(1) {
+            self.budget = (VERIFY_PER_SEC, now);
+        }
+        let entry = if self.budget.0 == 0 {
+            Neighbour::Kernel(now + RETRY)
+        } else {
+            self.budget.0 -= 1;
+            match self.ask(ip) {
+                Asked::Here(kernel) => {
+                    if kernel.dst_mac != link.dst_mac {
+                        self.mismatched += 1;
+                        tracing::debug!(
+                            "xdp: a frame from {ip} came from MAC {:02x?}, the kernel says {:02x?}: using the kernel's",
+                            link.dst_mac,
+                            kernel.dst_mac
+                        );
+                    }
+                    Neighbour::Known(kernel, now + NEIGHBOUR_TTL)
+                }
+                Asked::Elsewhere => Neighbour::Known(link, now + NEIGHBOUR_TTL),
+                Asked::Unknown => Neighbour::Kernel(now + RETRY),
+            }
+        };
         if self.map.len() >= NEIGHBOURS_MAX && !self.map.contains_key(&ip) {
             self.map.clear();
         }
-        self.map
-            .insert(ip, Neighbour::Known(link, now + NEIGHBOUR_TTL));
+        self.map.insert(ip, entry);
     }
 
     fn resolve(&mut self, now: Instant, ip: IpAddr) -> Option<Link> {
@@ -242,7 +314,10 @@ impl Neighbours {
             Some(Neighbour::Kernel(until)) if *until > now => return None,
             _ => {}
         }
-        let found = self.ask(ip);
+        let found = match self.ask(ip) {
+            Asked::Here(link) => Some(link),
+            Asked::Elsewhere | Asked::Unknown => None,
+        };
         if self.map.len() >= NEIGHBOURS_MAX {
             self.map.clear();
         }
@@ -254,21 +329,27 @@ impl Neighbours {
         found
     }
 
-    fn ask(&mut self, ip: IpAddr) -> Option<Link> {
+    fn ask(&mut self, ip: IpAddr) -> Asked {
         if self.nl.is_none() {
             self.nl = Netlink::open().ok();
         }
-        let nl = self.nl.as_mut()?;
-        let route = nl.route(ip).ok()??;
+        let Some(nl) = self.nl.as_mut() else {
+            return Asked::Unknown;
+        };
+        let Ok(Some(route)) = nl.route(ip) else {
+            return Asked::Unknown;
+        };
         if route.oif != self.ifindex {
-            return None;
+            return Asked::Elsewhere;
         }
-        let mac = nl.neighbour(self.ifindex, route.next_hop).ok()??;
-        Some(Link {
-            dst_mac: mac,
-            src_mac: self.mac,
-            vlan: None,
-        })
+        match nl.neighbour(self.ifindex, route.next_hop) {
+            Ok(Some(mac)) => Asked::Here(Link {
+                dst_mac: mac,
+                src_mac: self.mac,
+                vlan: None,
+            }),
+            _ => Asked::Unknown,
+        }
     }
 }
 
@@ -315,12 +396,7 @@ impl XdpDriver {
         inner.watch_extra(x.xsk.fd())?;
         Ok(Self {
             inner,
-            neighbours: Neighbours {
-                map: HashMap::new(),
-                nl: None,
-                ifindex: x.ifindex,
-                mac: x.mac,
-            },
+            neighbours: Neighbours::new(x.ifindex, x.mac),
             xsk: x.xsk,
             served: x.served,
             sources: x.sources,
@@ -521,6 +597,12 @@ impl Drop for XdpDriver {
             tracing::debug!(
                 "af_xdp socket: rx_dropped={} rx_invalid={} tx_invalid={} rx_ring_full={} fill_empty={} tx_ring_empty={} rx_waiting={rx} fill_free={fill} refill={refill} rx_more={}",
                 s[0], s[1], s[2], s[3], s[4], s[5], self.rx_more
+            );
+        }
+        if self.neighbours.mismatched > 0 {
+            tracing::warn!(
+                "af_xdp: {} frame(s) came with a source MAC other than the kernel's neighbour entry for their source IP (forged, or a host that moved); the kernel's was used",
+                self.neighbours.mismatched
             );
         }
     }
