@@ -6,10 +6,11 @@
 # Usage: benches/e2e/xdp.sh [--shape stateless|stateful|registrar] [--load sipload|sipp]
 #                           [--rate R] [--duration S] [--repeat N] [--no-build]
 #                           [--proxies kamailio,uring,xdp,floorB,floorX,direct]
-#                           [--users N] [--reg-rate R]
+#                           [--users N] [--reg-rate R] [--shards N]
 # Topology (made here, removed at exit): namespaces sebench-a (the proxy, 198.18.0.1
 # on a veth end with one queue) and sebench-b (UAC and UAS on 198.18.0.2).
-# The proxy is pinned to CPU 1, the load generator to CPU 0.
+# The proxy is pinned to CPU 1, the load generator to CPU 0. --shards N (sipedge
+# only; the veth gets N queues) pins sipedge to CPUs 0..N-1, shared with the load.
 # Loads: sipload (default rate 12,000 calls/s) or SIPp (`sipp -sn uac|uas` for the
 # stateless shape, tools/sipp/uac.xml|uas.xml for the stateful one; default 3,000/s).
 # Floors (stateless shape only; tools/floor/README.md): floorB is floor.c on a
@@ -38,7 +39,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-SHAPE=stateless LOAD=sipload RATE="" DURATION=10 PROXIES="" REPEAT=1 BUILD=1 USERS=20000 REG_RATE=5000
+SHAPE=stateless LOAD=sipload RATE="" DURATION=10 PROXIES="" REPEAT=1 BUILD=1 USERS=20000 REG_RATE=5000 SHARDS=1
 while (($#)); do
 	case "$1" in
 	--shape) SHAPE="$2"; shift ;;
@@ -46,6 +47,7 @@ while (($#)); do
 	--load) LOAD="$2"; shift ;;
 	--users) USERS="$2"; shift ;;
 	--reg-rate) REG_RATE="$2"; shift ;;
+	--shards) SHARDS="$2"; shift ;;
 	--duration) DURATION="$2"; shift ;;
 	--proxies) PROXIES="$2"; shift ;;
 	--repeat) REPEAT="$2"; shift ;;
@@ -89,7 +91,11 @@ ip netns del "$A" 2>/dev/null || true
 ip netns del "$B" 2>/dev/null || true
 ip netns add "$A"
 ip netns add "$B"
-ip link add sebench0 type veth peer name sebench1
+ip link add sebench0 numtxqueues "$SHARDS" numrxqueues "$SHARDS" type veth peer name sebench1 \
+	numtxqueues "$SHARDS" numrxqueues "$SHARDS"
+# sipedge's CPUs: 1 for one shard; with more, every CPU (shared with the load generator)
+SE_CPUS=1
+((SHARDS > 1)) && SE_CPUS="0-$((SHARDS - 1))"
 ip link set sebench0 netns "$A"
 ip link set sebench1 netns "$B"
 ip -n "$A" addr add "$P/24" dev sebench0
@@ -139,7 +145,7 @@ start_proxy() { # start_proxy NAME: sets PROXY
 		;;
 	uring | xdp)
 		rm -rf "$OUT/$name-data"
-		local args=(run --io "$name" --shards 1 --listen "udp:$P:$PORT" --data-dir "$OUT/$name-data" --log-level warn)
+		local args=(run --io "$name" --shards "$SHARDS" --listen "udp:$P:$PORT" --data-dir "$OUT/$name-data" --log-level warn)
 		case "$SHAPE" in
 		stateless) args+=(--stateless --upstream "sip:$U:$UPORT") ;;
 		stateful) args+=(--upstream "sip:$U:$UPORT") ;;
@@ -152,7 +158,7 @@ start_proxy() { # start_proxy NAME: sets PROXY
 		# shellcheck disable=SC2206 # a word list on purpose
 		args+=(${SIPEDGE_ARGS:-})
 		echo "$SIPEDGE ${args[*]}" >"$OUT/$name.cmd"
-		ip netns exec "$A" taskset -c 1 "$SIPEDGE" "${args[@]}" >"$log" 2>&1 &
+		ip netns exec "$A" taskset -c "$SE_CPUS" "$SIPEDGE" "${args[@]}" >"$log" 2>&1 &
 		;;
 	floorB) ip netns exec "$A" taskset -c 1 "$FLOOR" B "$P:$PORT" "$U:$UPORT" 64 "$GATHER" >"$log" 2>&1 & ;;
 	floorX) ip netns exec "$A" taskset -c 1 "$FLOORX" sebench0 "$P:$PORT" "$U:$UPORT" "$GATHER" >"$log" 2>&1 & ;;
