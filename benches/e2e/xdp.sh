@@ -209,6 +209,7 @@ watch_uac() { # the UAC's CPU, sampled until it exits (its /proc entry goes with
 }
 uac_run() {
 	local name="$1" round="$2" count="$3" rate="$4" scenario="${5:-call}" dir
+	ACH=-
 	if [[ "$LOAD" == sipp ]]; then
 		dir="$OUT/sipp-$name-$round-$rate"
 		mkdir -p "$dir"
@@ -226,13 +227,14 @@ uac_run() {
 		local json="$OUT/$name-$round-$rate.json"
 		local extra=("${UAC_EXTRA[@]}")
 		# REGISTER load: its own users (reg0..); the UAS registered user0..
-		[[ "$scenario" == register ]] && extra+=(--user-prefix reg)
+		[[ "$scenario" == register ]] && extra+=(--user-prefix reg --max-inflight 50000)
 		ip netns exec "$B" taskset -c 0 timeout $((count / rate * 3 + 30)) "$SIPLOAD" --role uac --scenario "$scenario" --target "$TARGET" \
 			--request-uri "$RURI" --rate "$rate" --count "$count" --duration "$((count / rate + 1))s" --json --quiet "${extra[@]}" \
 			>"$json" 2>"${json%.json}.err" &
 		UAC=$!
 		watch_uac
 		OK="$(jq -r '(.uac // .) | (.succeeded // .successes // 0)' "$json" 2>/dev/null || echo 0)"
+		ACH="$(jq -r '((.uac // .).succeeded // 0) / (.elapsed_s // 1) | floor' "$json" 2>/dev/null || echo -)"
 		local k=call_setup
 		[[ "$scenario" == register ]] && k=register
 		P50="$(jq -r "(.uac // .).latency_us.$k.p50 // 0 | . / 1000" "$json" 2>/dev/null || echo -)"
@@ -249,10 +251,10 @@ measured() { # measured LABEL ROUND COUNT RATE SCENARIO: one timed load, one tab
 	proxy_us="$(awk -v t=$((k1 - k0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
 	all_us="$(awk -v t=$((k1 - k0 + u1 - u0 + s1 - s0 + uc)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
 	soft_us="$(awk -v t=$((s1 - s0)) -v n="$ok" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "-" }')"
-	printf "%-17s %8s %8s %10s %10s %10s %9s %9s\n" "$label" "$rate" "$ok/$count" "$proxy_us" "$all_us" "$soft_us" "$p50" "$p99" | tee -a "$OUT/table.txt"
+	printf "%-17s %8s %8s %8s %10s %10s %10s %9s %9s\n" "$label" "$rate" "$ACH" "$ok/$count" "$proxy_us" "$all_us" "$soft_us" "$p50" "$p99" | tee -a "$OUT/table.txt"
 }
 
-printf "%-17s %8s %8s %10s %10s %10s %9s %9s\n" proxy rate calls "proxy µs" "all µs" "ksoftirq" "p50 ms" "p99 ms" | tee "$OUT/table.txt"
+printf "%-17s %8s %8s %8s %10s %10s %10s %9s %9s\n" proxy rate "done/s" calls "proxy µs" "all µs" "ksoftirq" "p50 ms" "p99 ms" | tee "$OUT/table.txt"
 IFS=, read -r -a LIST <<<"$PROXIES"
 for round in $(seq "$REPEAT"); do
 	for name in "${LIST[@]}"; do
