@@ -71,6 +71,7 @@ pub mod date;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -367,7 +368,7 @@ impl Registrar {
         for b in state.bindings {
             let slot = r.slot_for(b.aor());
             let deadline = now + Duration::from_micros(b.expires().saturating_sub(wall));
-            r.put_binding(slot, b, deadline);
+            r.put_binding(slot, Cow::Owned(b), deadline);
         }
         let retention = r.cfg.known_retention.as_micros();
         for e in state.empty {
@@ -931,7 +932,7 @@ impl Registrar {
                 continue;
             };
             let deadline = now + Duration::from_secs(u64::from(r.expires));
-            self.put_binding(slot, binding.clone(), deadline);
+            self.put_binding(slot, Cow::Borrowed(&binding), deadline);
             self.emit(wall, Op::Upsert(binding));
         }
         let now_empty = self.aor(slot).is_none_or(|a| a.entries.is_empty());
@@ -969,7 +970,10 @@ impl Registrar {
         }
     }
 
-    fn put_binding(&mut self, slot: u32, binding: Binding, deadline: Instant) {
+    /// Stores `binding`. A borrowed one (the caller's goes into a record)
+    /// that refreshes an existing binding is copied into the old one's
+    /// block: a refresh allocates nothing here.
+    fn put_binding(&mut self, slot: u32, binding: Cow<'_, Binding>, deadline: Instant) {
         let id = binding.id();
         if binding.flow() != 0 {
             let slots = self.flows.entry(binding.flow()).or_default();
@@ -983,18 +987,18 @@ impl Registrar {
         let gen = match aor.entries.iter_mut().find(|e| e.binding.id() == id) {
             // Later than the pending timer: it stays, and re-arms when it fires.
             Some(e) if e.due <= deadline => {
-                e.binding = binding;
+                replace(&mut e.binding, binding);
                 return;
             }
             Some(e) => {
                 e.gen = e.gen.wrapping_add(1);
-                e.binding = binding;
+                replace(&mut e.binding, binding);
                 e.due = deadline;
                 e.gen
             }
             None => {
                 aor.entries.push(Entry {
-                    binding,
+                    binding: binding.into_owned(),
                     gen: 0,
                     due: deadline,
                 });
@@ -1217,7 +1221,7 @@ impl Registrar {
                 if let Some(aor) = self.aor_mut(slot) {
                     aor.gen = aor.gen.wrapping_add(1);
                 }
-                self.put_binding(slot, b.clone(), deadline);
+                self.put_binding(slot, Cow::Borrowed(&b), deadline);
                 self.emit_remote(commit, Op::Upsert(b));
                 true
             }
@@ -1307,6 +1311,15 @@ impl Registrar {
 fn supports(msg: &Message<'_>, tag: &[u8]) -> bool {
     msg.values(HeaderName::Supported)
         .any(|v| v.eq_ignore_ascii_case(tag))
+}
+
+/// Puts `new` where `old` was, reusing `old`'s block for a borrowed one of
+/// the same size (`Binding::clone_from`).
+fn replace(old: &mut Binding, new: Cow<'_, Binding>) {
+    match new {
+        Cow::Borrowed(b) => old.clone_from(b),
+        Cow::Owned(b) => *old = b,
+    }
 }
 
 /// Whether `r` designates the existing binding `b` (module doc: identity).
