@@ -688,14 +688,15 @@ impl Registrar {
                 }
                 Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed Contact URI)")),
             };
-            let instance = match na.params.get(b"+sip.instance") {
+            let params = c.params();
+            let instance = match params.instance {
                 None => &b""[..],
                 Some(v) => v
                     .and_then(|v| v.strip_prefix(b"\"")?.strip_suffix(b"\""))
                     .filter(|v| !v.is_empty())
                     .ok_or(Reject::BadRequest("Bad Request (Malformed +sip.instance)"))?,
             };
-            let reg_id = match na.params.get(b"reg-id") {
+            let reg_id = match params.reg_id {
                 None => None,
                 Some(v) => Some(
                     v.and_then(scan::parse_u32)
@@ -705,15 +706,15 @@ impl Registrar {
             };
             // RFC 5626 §6: reg-id means nothing without an instance.
             let reg_id = reg_id.filter(|_| !instance.is_empty());
-            let requested = c
-                .expires()
+            let requested = params
+                .expires
                 .or(header_expires)
                 .unwrap_or(self.cfg.default_expires);
             reqs.push(ContactReq {
                 uri_bytes: na.uri_bytes,
                 uri,
                 expires: requested,
-                q: c.q().unwrap_or(1000),
+                q: params.q.unwrap_or(1000),
                 instance,
                 reg_id,
                 matches: None,
