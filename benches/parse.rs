@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `parse/sipedge/<msg>` | `sip::parse` + `Message::essentials()` (Request-URI, top Via, From, To, CSeq, Max-Forwards decoded): what a proxy does with every message |
 //! | `parse/rsip/<msg>` | `rsip::SipMessage::try_from(&[u8])`: rsip's parse, which splits every header into an owned `String` and decodes nothing typed |
+//! | `facts/of_message`, `facts/of_essentials` | the policy's facts of the REGISTER (`policy::Request`): From, To and the Request-URI parsed from the message again, or taken from the essentials the proxy's check phase decoded |
 //! | `parse/forward/invite` | parse + essentials + the stateless forward edit (new Via with branch and rport, Max-Forwards decremented, Record-Route) into a reused buffer |
 //!
 //! Messages (`tests/fixtures/bench/`): an INVITE with SDP (916 bytes), a
@@ -68,5 +69,40 @@ fn bench_parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_parse);
+/// The policy's facts of a REGISTER, taken from the message (parsing
+/// From, To and the Request-URI again) or from the essentials the proxy's
+/// check phase decoded.
+fn bench_facts(c: &mut Criterion) {
+    use sipedge::policy::{AuthState, Request, Transport};
+    let mut index = HeaderIndex::default();
+    let m = parse(REGISTER, &mut index).unwrap();
+    let ess = m.essentials().unwrap();
+    let src = std::net::IpAddr::from([198, 51, 100, 7]);
+    let mut g = c.benchmark_group("facts");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("of_message", |b| {
+        b.iter(|| {
+            black_box(Request::of(
+                black_box(&m),
+                src,
+                Transport::Udp,
+                AuthState::No,
+            ))
+        });
+    });
+    g.bench_function("of_essentials", |b| {
+        b.iter(|| {
+            black_box(Request::of_essentials(
+                black_box(&m),
+                black_box(&ess),
+                src,
+                Transport::Udp,
+                AuthState::No,
+            ))
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_parse, bench_facts);
 criterion_main!(benches);

@@ -12,6 +12,8 @@ struct Checked<'a> {
     via: Via<'a>,
     /// The Request-URI.
     uri: sip::Uri<'a>,
+    /// The essentials, decoded once here for every later phase.
+    ess: sip::Essentials<'a>,
     /// The server transaction key.
     key: u64,
     /// In-dialog (To has a tag).
@@ -169,6 +171,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         Some(Checked {
             via,
             uri,
+            ess,
             key,
             to_tag: ess.to.tag().is_some(),
             owner: if self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to) {
@@ -214,11 +217,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Policy and authentication. `Some(authenticated)` to go on. A REGISTER
     /// whose AoR another shard owns is authenticated there (its nonces, its
     /// throttles), so it passes here unauthenticated.
-    fn authorize(
+    fn authorize<'a>(
         &mut self,
         now: Instant,
-        msg: &Message<'_>,
-        req: &Checked<'_>,
+        msg: &Message<'a>,
+        req: &Checked<'a>,
         src: Peer,
         out: &mut Outbox,
     ) -> Option<bool> {
@@ -226,7 +229,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             return Some(false);
         }
         let uri_is_us = self.id.is_local_addr(&req.uri.host, req.uri.port);
-        self.gate(now, msg, src, uri_is_us, out)
+        self.gate(now, msg, &req.ess, src, uri_is_us, out)
     }
 
     /// Local services: a REGISTER for a served domain goes to the registrar
@@ -804,10 +807,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Policy and authentication of a new request (`uri_is_us`: its
     /// Request-URI names one of our addresses). `Some(authenticated)` to go
     /// on; `None` when it was answered (403, 401/407) or dropped.
-    pub(super) fn gate(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gate<'a>(
         &mut self,
         now: Instant,
-        msg: &Message<'_>,
+        msg: &Message<'a>,
+        ess: &sip::Essentials<'a>,
         src: Peer,
         uri_is_us: bool,
         out: &mut Outbox,
@@ -819,6 +824,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             &self.guard.policy,
             self.guard.auth.as_mut(),
             msg,
+            ess,
             src.remote,
             src.transport,
             uri_is_us,
