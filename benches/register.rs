@@ -3,7 +3,7 @@
 //!
 //! | id | what it measures, per REGISTER |
 //! |---|---|
-//! | `register/new` | parse, `Registrar::handle_register` (checks, state, records, the 200 written), the records cloned into the store batch (as `poll_persist` does), `Replica::apply` of each |
+//! | `register/new` | parse and essentials (as the proxy's check phase), `Registrar::handle_register_with` (checks, state, records, the 200 written), the records cloned into the store batch (as `poll_persist` does), `Replica::apply` of each |
 //! | `register/refresh` | the same for a re-REGISTER of the same contact (same Call-ID, CSeq + 1) half an expiry later |
 //! | `apply/new`, `apply/refresh` | `Replica::apply` of those records alone |
 //!
@@ -102,9 +102,15 @@ impl Shard {
         let Ok(m) = parse(msg, &mut self.index) else {
             return false;
         };
+        // The proxy's check phase decodes them for every request, and hands
+        // them to the registrar.
+        let Ok(ess) = m.essentials() else {
+            return false;
+        };
+        let src = Peer::udp(src, SocketId(0));
         let ok = self
             .registrar
-            .handle_register(now, wall, &m, &Peer::udp(src, SocketId(0)), &mut self.reply)
+            .handle_register_with(now, wall, &m, &ess, &src, &mut self.reply)
             .is_ok_and(|r| r.status == 200);
         self.records.clear();
         self.records.extend(self.registrar.drain_records());

@@ -83,7 +83,9 @@ use crate::location::{
 };
 use crate::sip::emit::{self, EmitError, Received, ResponseSpec};
 use crate::sip::header::parse_delta_seconds;
-use crate::sip::{scan, Contact, HeaderName, Message, Method, NameAddr, Scheme, Uri, ValueError};
+use crate::sip::{
+    scan, Contact, Essentials, HeaderName, Message, Method, NameAddr, Scheme, Uri, ValueError, Via,
+};
 use crate::time::{Duration, Instant};
 use crate::transport::Peer;
 use crate::wheel::Wheel;
@@ -264,7 +266,8 @@ enum Reject<'m> {
     WrongPartition(u16),
 }
 
-/// Where requests for a `contact` registered by `msg` from `src` go instead
+/// Where requests for a `contact` registered from `src` (by a REGISTER whose
+/// top Via is `top_via`) go instead
 /// of the contact's own address (module doc): `src` when the REGISTER
 /// crossed a NAT or the contact has no IP address to send to; `None` when
 /// the contact's address is to be used (the UA registering itself directly,
@@ -274,15 +277,21 @@ enum Reject<'m> {
 /// to the registering party (found by tests/interop.rs: SIPp's REGISTER
 /// scenario binding its UAS's address got every INVITE sent to the SIPp
 /// REGISTER client's port).
-fn reach_at(msg: &Message<'_>, contact: &Uri<'_>, src: SocketAddr) -> Option<SocketAddr> {
+fn reach_at(top_via: Option<&Via<'_>>, contact: &Uri<'_>, src: SocketAddr) -> Option<SocketAddr> {
     if contact.host.ip().is_none() {
         return Some(src);
     }
-    let direct = msg
-        .top_via()
-        .ok()
+    let direct = top_via
         .is_some_and(|v| v.host.ip() == Some(src.ip()) && v.port.unwrap_or(5060) == src.port());
     (!direct).then_some(src)
+}
+
+/// What the registrar reads of a REGISTER's headers beyond its Contacts,
+/// decoded by the caller (`None`: absent or malformed).
+#[derive(Debug, Clone, Copy)]
+struct Head<'m> {
+    to: Option<NameAddr<'m>>,
+    top_via: Option<Via<'m>>,
 }
 
 /// One Contact of the request, checked.
@@ -543,13 +552,48 @@ impl Registrar {
         src: &Peer,
         reply: &mut [u8],
     ) -> Result<Reply, RegistrarError> {
+        let head = Head {
+            to: msg.to().ok(),
+            top_via: msg.top_via().ok(),
+        };
+        self.register(now, wall, msg, head, src, reply)
+    }
+
+    /// [`Registrar::handle_register`] for a REGISTER whose essentials the
+    /// caller has decoded (the proxy's check phase): its To and top Via are
+    /// not parsed again.
+    pub fn handle_register_with<'m>(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        msg: &Message<'m>,
+        ess: &Essentials<'m>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Result<Reply, RegistrarError> {
+        let head = Head {
+            to: Some(ess.to),
+            top_via: Some(ess.top_via),
+        };
+        self.register(now, wall, msg, head, src, reply)
+    }
+
+    fn register<'m>(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        msg: &Message<'m>,
+        head: Head<'m>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Result<Reply, RegistrarError> {
         if msg.method() != Method::Register {
             return Err(RegistrarError::NotRegister);
         }
         self.counters.requests += 1;
         let mut extra = core::mem::take(&mut self.extra);
         extra.clear();
-        let outcome = self.process(now, wall, msg, src, &mut extra);
+        let outcome = self.process(now, wall, msg, head, src, &mut extra);
         let (code, reason) = match outcome {
             Ok(()) => {
                 self.counters.accepted += 1;
@@ -608,6 +652,7 @@ impl Registrar {
         now: Instant,
         wall: u64,
         msg: &Message<'m>,
+        head: Head<'m>,
         src: &Peer,
         extra: &mut Vec<u8>,
     ) -> Result<(), Reject<'m>> {
@@ -620,9 +665,9 @@ impl Registrar {
             }
         }
         // Step 5: the AoR.
-        let to = msg
-            .to()
-            .map_err(|_| Reject::BadRequest("Bad Request (Malformed To)"))?;
+        let to = head
+            .to
+            .ok_or(Reject::BadRequest("Bad Request (Malformed To)"))?;
         let to_uri = match to.uri() {
             Ok(u) => u,
             Err(ValueError::Scheme) => return Err(Reject::NotFound),
@@ -919,7 +964,7 @@ impl Registrar {
                 received: if src.transport.is_stream() {
                     Some(src.remote)
                 } else {
-                    reach_at(msg, &r.uri, src.remote)
+                    reach_at(head.top_via.as_ref(), &r.uri, src.remote)
                 },
                 socket: src.local,
                 flow: src.flow.0,
@@ -1400,7 +1445,11 @@ fn to_tag(secret: u64, msg: &Message<'_>) -> [u8; 16] {
 /// shard hands the request to that partition's owner. `None`: the request
 /// has no usable AoR, any registrar answers it (400/404) without state.
 pub fn register_partition(msg: &Message<'_>, partitions: u16) -> Option<u16> {
-    let to = msg.to().ok()?;
+    to_partition(&msg.to().ok()?, partitions)
+}
+
+/// [`register_partition`] of a To already decoded.
+pub fn to_partition(to: &NameAddr<'_>, partitions: u16) -> Option<u16> {
     let uri = to.uri().ok()?;
     let key = AorKey::from_uri(&uri).ok()?;
     Some(key.partition(partitions))

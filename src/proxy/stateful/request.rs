@@ -13,7 +13,7 @@ struct Checked<'a> {
     /// The Request-URI.
     uri: sip::Uri<'a>,
     /// The essentials, decoded once here for every later phase.
-    ess: sip::Essentials<'a>,
+    ess: Essentials<'a>,
     /// The server transaction key.
     key: u64,
     /// In-dialog (To has a tag).
@@ -175,7 +175,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             key,
             to_tag: ess.to.tag().is_some(),
             owner: if self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to) {
-                self.local.owner(msg)
+                self.local.owner(msg, &ess)
             } else {
                 Owner::Nobody
             },
@@ -244,7 +244,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) -> bool {
         match req.owner {
             Owner::Here => {
-                self.local_here(now, msg, req.key, &req.via, src, false, out);
+                self.local_here(now, msg, &req.ess, req.key, src, false, out);
                 true
             }
             Owner::Shard(to) => {
@@ -411,7 +411,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     // store and forward, what Kamailio's msilo does).
                     match self.local.offline_owner(msg, aor) {
                         Some(Owner::Here) => {
-                            self.local_here(now, msg, req.key, &req.via, src, true, out)
+                            self.local_here(now, msg, &req.ess, req.key, src, true, out)
                         }
                         Some(Owner::Shard(to)) => {
                             let m = MeshMsg::Local {
@@ -812,7 +812,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         &mut self,
         now: Instant,
         msg: &Message<'a>,
-        ess: &sip::Essentials<'a>,
+        ess: &Essentials<'a>,
         src: Peer,
         uri_is_us: bool,
         out: &mut Outbox,

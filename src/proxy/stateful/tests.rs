@@ -405,7 +405,7 @@ impl LocalService for CountingRegistry {
         method == Method::Register
     }
 
-    fn owner(&self, _: &Message<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>) -> Owner {
         Owner::Here
     }
 
@@ -414,6 +414,7 @@ impl LocalService for CountingRegistry {
         _: Instant,
         _: u64,
         msg: &Message<'_>,
+        _: &Essentials<'_>,
         _: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
@@ -575,7 +576,7 @@ impl LocalService for Notifier {
         false
     }
 
-    fn owner(&self, _: &Message<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>) -> Owner {
         Owner::Nobody
     }
 
@@ -584,6 +585,7 @@ impl LocalService for Notifier {
         _: Instant,
         _: u64,
         _: &Message<'_>,
+        _: &Essentials<'_>,
         _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {
