@@ -6,6 +6,7 @@
 //! | `parse/sipedge/<msg>` | `sip::parse` + `Message::essentials()` (Request-URI, top Via, From, To, CSeq, Max-Forwards decoded): what a proxy does with every message |
 //! | `parse/rsip/<msg>` | `rsip::SipMessage::try_from(&[u8])`: rsip's parse, which splits every header into an owned `String` and decodes nothing typed |
 //! | `facts/of_message`, `facts/of_essentials` | the policy's facts of the REGISTER (`policy::Request`): From, To and the Request-URI parsed from the message again, or taken from the essentials the proxy's check phase decoded |
+//! | `parse/response/ok200` | `sip::parse` + the top Via: what the stateful proxy decodes of a response |
 //! | `parse/forward/invite` | parse + essentials + the stateless forward edit (new Via with branch and rport, Max-Forwards decremented, Record-Route) into a reused buffer |
 //!
 //! Messages (`tests/fixtures/bench/`): an INVITE with SDP (916 bytes), a
@@ -44,6 +45,17 @@ fn bench_parse(c: &mut Criterion) {
             b.iter(|| black_box(rsip::SipMessage::try_from(black_box(msg)).unwrap()));
         });
     }
+
+    // What the stateful proxy decodes of a response (response.rs): the top
+    // Via only, not the essentials.
+    group.throughput(Throughput::Bytes(OK200.len() as u64));
+    group.bench_function("response/ok200", |b| {
+        b.iter(|| {
+            let m = parse(black_box(OK200), &mut index).unwrap();
+            let via = m.top_via().unwrap();
+            black_box((m.status(), via.branch()));
+        });
+    });
 
     let edits = Edits {
         push_via: Some(NewVia {
