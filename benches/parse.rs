@@ -7,6 +7,7 @@
 //! | `parse/rsip/<msg>` | `rsip::SipMessage::try_from(&[u8])`: rsip's parse, which splits every header into an owned `String` and decodes nothing typed |
 //! | `facts/of_message`, `facts/of_essentials` | the policy's facts of the REGISTER (`policy::Request`): From, To and the Request-URI parsed from the message again, or taken from the essentials the proxy's check phase decoded |
 //! | `parse/response/ok200` | `sip::parse` + the top Via: what the stateful proxy decodes of a response |
+//! | `parse/loop/invite_3_vias` | `proxy::branch::is_loop` (§16.3 loop check) on the INVITE carrying the 200 OK's three Vias, none ours |
 //! | `parse/forward/invite` | parse + essentials + the stateless forward edit (new Via with branch and rport, Max-Forwards decremented, Record-Route) into a reused buffer |
 //!
 //! Messages (`tests/fixtures/bench/`): an INVITE with SDP (916 bytes), a
@@ -19,7 +20,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sipedge::sip::{edit, parse, Edits, HeaderIndex, NewVia};
+use sipedge::proxy::{branch, Identity};
+use sipedge::sip::{edit, parse, Edits, HeaderIndex, HeaderName, NewVia};
 
 const INVITE: &[u8] = include_bytes!("../tests/fixtures/bench/invite.sip");
 const REGISTER: &[u8] = include_bytes!("../tests/fixtures/bench/register.sip");
@@ -55,6 +57,38 @@ fn bench_parse(c: &mut Criterion) {
             let via = m.top_via().unwrap();
             black_box((m.status(), via.branch()));
         });
+    });
+
+    // The §16.3 loop check of a request that crossed two proxies (the
+    // three Vias of the 200 OK), none of them ours: what every such
+    // request costs before it is forwarded.
+    let invite3 = String::from_utf8(INVITE.to_vec())
+        .unwrap()
+        .replace(
+            "Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport\r\n",
+            &String::from_utf8(OK200.to_vec())
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("Via:"))
+                .map(|l| format!("{l}\r\n"))
+                .collect::<String>(),
+        )
+        .into_bytes();
+    let id = Identity {
+        shard_id: 0,
+        sockets: Vec::new(),
+        domains: Vec::new(),
+        secret: 7,
+    };
+    {
+        let m = parse(&invite3, &mut index).unwrap();
+        assert_eq!(m.values(HeaderName::Via).count(), 3);
+        assert!(!branch::is_loop(&id, &m));
+    }
+    group.throughput(Throughput::Bytes(invite3.len() as u64));
+    group.bench_function("loop/invite_3_vias", |b| {
+        let m = parse(&invite3, &mut index).unwrap();
+        b.iter(|| black_box(branch::is_loop(&id, black_box(&m))));
     });
 
     let edits = Edits {
