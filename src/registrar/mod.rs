@@ -593,6 +593,7 @@ impl Registrar {
         self.counters.requests += 1;
         let mut extra = core::mem::take(&mut self.extra);
         extra.clear();
+        let to_tagged = head.to.map(|t| t.tag().is_some());
         let outcome = self.process(now, wall, msg, head, src, &mut extra);
         let (code, reason) = match outcome {
             Ok(()) => {
@@ -614,6 +615,7 @@ impl Registrar {
         let tag = to_tag(self.cfg.tag_secret, msg);
         let spec = ResponseSpec {
             to_tag: Some(&tag),
+            to_tagged,
             received: Some(Received {
                 ip: src.remote.ip(),
                 port: src.remote.port(),
