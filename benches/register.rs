@@ -3,7 +3,7 @@
 //!
 //! | id | what it measures, per REGISTER |
 //! |---|---|
-//! | `register/new` | parse and essentials (as the proxy's check phase), `Registrar::handle_register_with` (checks, state, records, the 200 written), the records cloned into the store batch (as `poll_persist` does), `Replica::apply` of each |
+//! | `register/new` | parse, essentials and the To's AoR key (as the proxy's check phase; the key gives the owner shard), `Registrar::handle_register_with` (checks, state, records, the 200 written), the records cloned into the store batch (as `poll_persist` does), `Replica::apply` of each |
 //! | `register/refresh` | the same for a re-REGISTER of the same contact (same Call-ID, CSeq + 1) half an expiry later |
 //! | `apply/new`, `apply/refresh` | `Replica::apply` of those records alone |
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use criterion::measurement::Measurement;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sipedge::location::{Record, Replica};
+use sipedge::location::{AorKey, Record, Replica};
 use sipedge::registrar::{Registrar, RegistrarConfig};
 use sipedge::sip::{parse, HeaderIndex};
 use sipedge::time::Instant;
@@ -107,10 +107,14 @@ impl Shard {
         let Ok(ess) = m.essentials() else {
             return false;
         };
+        // The owner shard of the AoR (LocalService::owner), from the key the
+        // check phase computes once for the owner and the registrar.
+        let aor = ess.to.uri().ok().and_then(|u| AorKey::from_uri(&u).ok());
+        black_box(aor.map(|k| k.partition(1)));
         let src = Peer::udp(src, SocketId(0));
         let ok = self
             .registrar
-            .handle_register_with(now, wall, &m, &ess, &src, &mut self.reply)
+            .handle_register_with(now, wall, &m, &ess, aor.as_ref(), &src, &mut self.reply)
             .is_ok_and(|r| r.status == 200);
         self.records.clear();
         self.records.extend(self.registrar.drain_records());

@@ -11,7 +11,7 @@
 
 use crate::location::{AorKey, Binding, Lookup, Op, PartitionState, Record, Replica};
 use crate::presence::{Delivery, Presence, PresenceConfig};
-use crate::registrar::{to_partition, Registrar, RegistrarError};
+use crate::registrar::{Registrar, RegistrarError};
 use crate::sip::{scan, Essentials, Message, Method, NameAddr, Uri};
 use crate::time::Instant;
 use crate::transport::{FlowId, Peer, Transport};
@@ -163,10 +163,6 @@ impl PartitionRegistry {
             .filter_map(delivery)
             .collect()
     }
-
-    fn to_aor(to: &NameAddr<'_>) -> Option<AorKey> {
-        AorKey::from_uri(&to.uri().ok()?).ok()
-    }
 }
 
 impl LocalService for PartitionRegistry {
@@ -174,12 +170,12 @@ impl LocalService for PartitionRegistry {
         method == Method::Register || self.presence.serves(method)
     }
 
-    fn owner(&self, msg: &Message<'_>, ess: &Essentials<'_>) -> Owner {
+    fn owner(&self, msg: &Message<'_>, _: &Essentials<'_>, aor: Option<&AorKey>) -> Owner {
         if msg.method() != Method::Register && !self.presence.wants(msg) {
             // A SUBSCRIBE to another event package: proxied to the user.
             return Owner::Nobody;
         }
-        match to_partition(&ess.to, self.partitions) {
+        match aor.map(|k| k.partition(self.partitions)) {
             Some(p) if p != self.me => Owner::Shard(p),
             // No usable AoR: this registrar answers it (400/404) without state.
             _ => Owner::Here,
@@ -192,19 +188,19 @@ impl LocalService for PartitionRegistry {
         wall_us: u64,
         msg: &Message<'_>,
         ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
         if msg.method() != Method::Register {
-            let registered =
-                Self::to_aor(&ess.to).is_some_and(|k| self.registrar.has_bindings(k.as_bytes()));
+            let registered = aor.is_some_and(|k| self.registrar.has_bindings(k.as_bytes()));
             return self
                 .presence
                 .handle_request(now, wall_us, msg, src, registered, reply);
         }
         match self
             .registrar
-            .handle_register_with(now, wall_us, msg, ess, src, reply)
+            .handle_register_with(now, wall_us, msg, ess, aor, src, reply)
         {
             Ok(r) => Some((r.len, r.status)),
             Err(

@@ -288,10 +288,30 @@ fn reach_at(top_via: Option<&Via<'_>>, contact: &Uri<'_>, src: SocketAddr) -> Op
 
 /// What the registrar reads of a REGISTER's headers beyond its Contacts,
 /// decoded by the caller (`None`: absent or malformed).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Head<'m> {
     to: Option<NameAddr<'m>>,
     top_via: Option<Via<'m>>,
+    /// The AoR key of `to`, when the caller computed it.
+    aor: Option<AorKey>,
+}
+
+/// The AoR key of the To, or the reason it has none (§10.3 step 5).
+fn aor_of<'m>(to: Option<NameAddr<'m>>) -> Result<AorKey, Reject<'m>> {
+    let to = to.ok_or(Reject::BadRequest("Bad Request (Malformed To)"))?;
+    let to_uri = match to.uri() {
+        Ok(u) => u,
+        Err(ValueError::Scheme) => return Err(Reject::NotFound),
+        Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
+    };
+    match AorKey::from_uri(&to_uri) {
+        Ok(k) => Ok(k),
+        Err(AorError::TooLong) => Err(Reject::BadRequest(
+            "Bad Request (Address-of-Record Too Long)",
+        )),
+        Err(AorError::Escape) => Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
+        Err(AorError::Scheme | AorError::NoUser | AorError::NotADomain) => Err(Reject::NotFound),
+    }
 }
 
 /// One Contact of the request, checked.
@@ -555,25 +575,30 @@ impl Registrar {
         let head = Head {
             to: msg.to().ok(),
             top_via: msg.top_via().ok(),
+            aor: None,
         };
         self.register(now, wall, msg, head, src, reply)
     }
 
     /// [`Registrar::handle_register`] for a REGISTER whose essentials the
-    /// caller has decoded (the proxy's check phase): its To and top Via are
-    /// not parsed again.
+    /// caller has decoded (the proxy's check phase), and `aor`, the AoR key
+    /// of its To when the caller computed it (`AorKey::from_uri` of the To
+    /// URI; `None`: computed here): none of them is parsed again.
+    #[allow(clippy::too_many_arguments)]
     pub fn handle_register_with<'m>(
         &mut self,
         now: Instant,
         wall: u64,
         msg: &Message<'m>,
         ess: &Essentials<'m>,
+        aor: Option<&AorKey>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Result<Reply, RegistrarError> {
         let head = Head {
             to: Some(ess.to),
             top_via: Some(ess.top_via),
+            aor: aor.copied(),
         };
         self.register(now, wall, msg, head, src, reply)
     }
@@ -667,27 +692,9 @@ impl Registrar {
             }
         }
         // Step 5: the AoR.
-        let to = head
-            .to
-            .ok_or(Reject::BadRequest("Bad Request (Malformed To)"))?;
-        let to_uri = match to.uri() {
-            Ok(u) => u,
-            Err(ValueError::Scheme) => return Err(Reject::NotFound),
-            Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
-        };
-        let key = match AorKey::from_uri(&to_uri) {
-            Ok(k) => k,
-            Err(AorError::TooLong) => {
-                return Err(Reject::BadRequest(
-                    "Bad Request (Address-of-Record Too Long)",
-                ))
-            }
-            Err(AorError::Escape) => {
-                return Err(Reject::BadRequest("Bad Request (Malformed To URI)"))
-            }
-            Err(AorError::Scheme | AorError::NoUser | AorError::NotADomain) => {
-                return Err(Reject::NotFound)
-            }
+        let key = match head.aor {
+            Some(k) => k,
+            None => aor_of(head.to)?,
         };
         if !self
             .cfg

@@ -1135,13 +1135,14 @@ fn changes_of_other_nodes_are_applied_and_marked_remote() {
     assert!(h.reg.drain_records().all(|r| r.remote));
 }
 
-/// With the essentials the proxy decoded, the registrar answers and records
-/// exactly as when it decodes To and the top Via itself: new bindings,
+/// With the essentials (and the AoR key) the proxy decoded, the registrar
+/// answers and records exactly as when it decodes To, the top Via and the
+/// AoR itself: new bindings,
 /// refreshes, NAT and direct sources (the top Via decides `received`), a
 /// malformed To.
 #[test]
 fn essentials_from_the_caller_change_nothing() {
-    let run = |with: bool| {
+    let run = |with: u8| {
         let mut h = H::new();
         let mut out = Vec::new();
         for (user, via_host, cseq) in [
@@ -1160,10 +1161,19 @@ Contact: <sip:{user}@192.0.2.9:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\
             let mut idx = HeaderIndex::default();
             let msg = parse(raw.as_bytes(), &mut idx).unwrap();
             let src = Peer::udp(SRC.parse().unwrap(), SocketId(1));
-            let reply = if with {
+            let reply = if with > 0 {
                 let ess = msg.essentials().unwrap();
-                h.reg
-                    .handle_register_with(h.now, h.wall, &msg, &ess, &src, &mut h.buf)
+                // As the proxy computes it for the owner (with = 2), or not (1).
+                let aor = (with == 2).then(|| AorKey::from_uri(&ess.to.uri().unwrap()).unwrap());
+                h.reg.handle_register_with(
+                    h.now,
+                    h.wall,
+                    &msg,
+                    &ess,
+                    aor.as_ref(),
+                    &src,
+                    &mut h.buf,
+                )
             } else {
                 h.reg.handle_register(h.now, h.wall, &msg, &src, &mut h.buf)
             }
@@ -1174,8 +1184,9 @@ Contact: <sip:{user}@192.0.2.9:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\
         }
         out
     };
-    let (a, b) = (run(false), run(true));
+    let (a, b, c) = (run(0), run(1), run(2));
     assert_eq!(a, b);
+    assert_eq!(a, c);
     // Both cases of the top Via are in there: alice registers from behind a
     // NAT (reached at the source), bob directly (reached at his contact).
     let upserts = |user: &str| -> Vec<&String> {

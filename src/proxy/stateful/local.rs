@@ -38,6 +38,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         _now: Instant,
         msg: &Message<'_>,
         ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         key: u64,
         src: Peer,
         offline: bool,
@@ -61,7 +62,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                 .handle_offline(_now, self.wall_us, msg, ess, &src, &mut self.scratch)
         } else {
             self.local
-                .handle_request(_now, self.wall_us, msg, ess, &src, &mut self.scratch)
+                .handle_request(_now, self.wall_us, msg, ess, aor, &src, &mut self.scratch)
         };
         let Some((n, code)) = answer else {
             self.counters.dropped_overflow += 1;

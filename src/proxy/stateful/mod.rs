@@ -39,7 +39,7 @@ use core::net::SocketAddr;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::location::{PartitionState, Record};
+use crate::location::{AorKey, PartitionState, Record};
 use crate::routing::dispatcher::Dispatcher;
 use crate::sip::{
     self, emit, Edits, Essentials, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method,
@@ -190,11 +190,14 @@ pub trait LocalService {
     fn serves(&self, method: Method) -> bool;
 
     /// Which shard's instance owns request `msg`.
-    fn owner(&self, msg: &Message<'_>, ess: &Essentials<'_>) -> Owner;
+    /// `aor` is the AoR key of the To (`AorKey::from_uri` of its URI),
+    /// when it has one: the proxy computes it once for the service.
+    fn owner(&self, msg: &Message<'_>, ess: &Essentials<'_>, aor: Option<&AorKey>) -> Owner;
 
     /// Handles a request this shard owns, writing the whole response into
     /// `reply`; returns (length, status), `None` if it wrote nothing. `ess`
-    /// are the message's essentials, decoded by the proxy's check phase
+    /// are the message's essentials, decoded by the proxy's check phase,
+    /// and `aor` the AoR key of its To, as [`LocalService::owner`] got it
     /// (a service does not parse them again).
     #[allow(clippy::too_many_arguments)]
     fn handle_request(
@@ -203,6 +206,7 @@ pub trait LocalService {
         wall_us: u64,
         msg: &Message<'_>,
         ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)>;
@@ -326,7 +330,7 @@ impl LocalService for NoService {
         false
     }
 
-    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Nobody
     }
 
@@ -336,6 +340,7 @@ impl LocalService for NoService {
         _: u64,
         _: &Message<'_>,
         _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {
@@ -1187,7 +1192,7 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
                         );
                         match self.txns.find(key) {
                             Some(slot) => self.on_retransmission(slot, out),
-                            None => self.local_here(now, &msg, &ess, key, src, true, out),
+                            None => self.local_here(now, &msg, &ess, None, key, src, true, out),
                         }
                     }
                 }

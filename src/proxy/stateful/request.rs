@@ -14,6 +14,8 @@ struct Checked<'a> {
     uri: sip::Uri<'a>,
     /// The essentials, decoded once here for every later phase.
     ess: Essentials<'a>,
+    /// The AoR key of the To, for a request to a local service.
+    aor: Option<AorKey>,
     /// The server transaction key.
     key: u64,
     /// In-dialog (To has a tag).
@@ -168,14 +170,21 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             );
             return None;
         }
+        // A local service's request: the AoR of its To, computed once for
+        // the owner and the service.
+        let local = self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to);
+        let aor = local
+            .then(|| AorKey::from_uri(&ess.to.uri().ok()?).ok())
+            .flatten();
         Some(Checked {
             via,
             uri,
             ess,
+            aor,
             key,
             to_tag: ess.to.tag().is_some(),
-            owner: if self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to) {
-                self.local.owner(msg, &ess)
+            owner: if local {
+                self.local.owner(msg, &ess, aor.as_ref())
             } else {
                 Owner::Nobody
             },
@@ -244,7 +253,16 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) -> bool {
         match req.owner {
             Owner::Here => {
-                self.local_here(now, msg, &req.ess, req.key, src, false, out);
+                self.local_here(
+                    now,
+                    msg,
+                    &req.ess,
+                    req.aor.as_ref(),
+                    req.key,
+                    src,
+                    false,
+                    out,
+                );
                 true
             }
             Owner::Shard(to) => {
@@ -411,7 +429,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     // store and forward, what Kamailio's msilo does).
                     match self.local.offline_owner(msg, aor) {
                         Some(Owner::Here) => {
-                            self.local_here(now, msg, &req.ess, req.key, src, true, out)
+                            self.local_here(now, msg, &req.ess, None, req.key, src, true, out)
                         }
                         Some(Owner::Shard(to)) => {
                             let m = MeshMsg::Local {

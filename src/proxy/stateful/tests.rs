@@ -405,7 +405,7 @@ impl LocalService for CountingRegistry {
         method == Method::Register
     }
 
-    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Here
     }
 
@@ -415,6 +415,7 @@ impl LocalService for CountingRegistry {
         _: u64,
         msg: &Message<'_>,
         _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
@@ -576,7 +577,7 @@ impl LocalService for Notifier {
         false
     }
 
-    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Nobody
     }
 
@@ -586,6 +587,7 @@ impl LocalService for Notifier {
         _: u64,
         _: &Message<'_>,
         _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {
