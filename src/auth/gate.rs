@@ -28,7 +28,7 @@ use core::net::SocketAddr;
 
 use super::{Authenticator, Kind, Outcome, RealmId, ThrottleAction, UserDirectory};
 use crate::policy::{AuthState, Decision, Policy, Request, Transport};
-use crate::sip::{Message, Method};
+use crate::sip::{Essentials, Message, Method};
 use crate::time::Instant;
 
 /// A buffer this large always holds the challenge lines (six algorithms,
@@ -60,7 +60,8 @@ pub enum Gate<'buf, 'p> {
 }
 
 /// Runs the policy and, when it asks, the authenticator on new request
-/// `msg` from `src`. `auth` is `None` when no users are configured;
+/// `msg` from `src`, whose essentials `ess` the caller has decoded (they
+/// are not parsed again). `auth` is `None` when no users are configured;
 /// `uri_is_us` says the Request-URI names one of the edge's own addresses
 /// (see [`Request::uri_is_us`]). The challenge lines of a 401/407 go into
 /// `extra` (size it [`CHALLENGE_BUF`]).
@@ -71,6 +72,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
     policy: &'p Policy,
     auth: Option<&mut Authenticator<D>>,
     msg: &Message<'buf>,
+    ess: &Essentials<'buf>,
     src: SocketAddr,
     transport: Transport,
     uri_is_us: bool,
@@ -87,7 +89,7 @@ pub fn gate<'buf, 'p, D: UserDirectory>(
     } else {
         AuthState::No
     };
-    let mut facts = Request::of(msg, src.ip(), transport, state);
+    let mut facts = Request::of_essentials(msg, ess, src.ip(), transport, state);
     facts.uri_is_us = uri_is_us;
     let first = policy.evaluate(&facts);
     let a = match (first.decision, auth) {
@@ -210,6 +212,7 @@ mod tests {
     fn run(p: &Policy, a: Option<&mut Authenticator>, bytes: &[u8], src: &str) -> (String, String) {
         let mut idx = HeaderIndex::default();
         let m = parse(bytes, &mut idx).unwrap();
+        let ess = m.essentials().unwrap();
         let mut extra = [0u8; CHALLENGE_BUF];
         let g = gate(
             Instant::ZERO,
@@ -217,6 +220,7 @@ mod tests {
             p,
             a,
             &m,
+            &ess,
             src.parse().unwrap(),
             Transport::Udp,
             false,

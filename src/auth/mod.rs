@@ -830,13 +830,7 @@ impl<D: UserDirectory> Authenticator<D> {
     /// The realm a request is authenticated in: the To host for a
     /// registration (the AoR's domain), the From host otherwise.
     pub fn realm_for(&self, msg: &Message<'_>, kind: Kind) -> Option<RealmId> {
-        let who = match kind {
-            Kind::Www => msg.to(),
-            Kind::Proxy => msg.from(),
-        }
-        .ok()?;
-        let uri = who.uri().ok()?;
-        self.realm_of(&uri.host)
+        self.realm_of(&identity_uri(msg, kind)?.host)
     }
 
     /// Checks the credentials of `msg` (which arrived from `src`) for the
@@ -849,7 +843,10 @@ impl<D: UserDirectory> Authenticator<D> {
         kind: Kind,
         src: SocketAddr,
     ) -> Outcome<'buf> {
-        let Some(realm) = self.realm_for(msg, kind) else {
+        // Decoded once: its host names the realm, and it must name the
+        // authenticated user at the end.
+        let who = identity_uri(msg, kind);
+        let Some(realm) = who.as_ref().and_then(|u| self.realm_of(&u.host)) else {
             self.counters.forbidden += 1;
             return Outcome::Forbidden(Refusal::UnknownRealm);
         };
@@ -900,7 +897,7 @@ impl<D: UserDirectory> Authenticator<D> {
                 return Outcome::Challenge { realm, stale: true };
             }
         }
-        if !identity_matches(msg, kind, user, self.realm_name(realm)) {
+        if !who.is_some_and(|u| identity_matches(&u, user, self.realm_name(realm))) {
             self.counters.forbidden += 1;
             return Outcome::Forbidden(Refusal::IdentityMismatch);
         }
@@ -1181,16 +1178,22 @@ fn uri_matches(digest_uri: &[u8], request_uri: &[u8]) -> bool {
     }
 }
 
-/// The authenticated `user@realm` is the To (REGISTER, RFC 3261 §10.3 step
-/// 6's check done by the registrar) or the From of the request.
-fn identity_matches(msg: &Message<'_>, kind: Kind, user: &[u8], realm: &[u8]) -> bool {
-    let who = match kind {
+/// The URI that names the realm and the identity of a request: the To's
+/// for `Www` (a REGISTER), the From's for `Proxy`.
+fn identity_uri<'buf>(msg: &Message<'buf>, kind: Kind) -> Option<Uri<'buf>> {
+    match kind {
         Kind::Www => msg.to(),
         Kind::Proxy => msg.from(),
-    };
-    let Ok(uri) = who.and_then(|n| n.uri().map_err(|_| crate::sip::ParseError::HeaderValue)) else {
-        return false;
-    };
+    }
+    .ok()?
+    .uri()
+    .ok()
+}
+
+/// The authenticated `user@realm` is the To (REGISTER, RFC 3261 §10.3 step
+/// 6's check done by the registrar) or the From of the request: `uri`,
+/// from [`identity_uri`].
+fn identity_matches(uri: &Uri<'_>, user: &[u8], realm: &[u8]) -> bool {
     let mut text = [0u8; 48];
     let host_ok = host_text(&uri.host, &mut text).eq_ignore_ascii_case(realm);
     host_ok && uri.user_eq(user)

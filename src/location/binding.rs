@@ -97,12 +97,27 @@ pub struct BindingParts<'a> {
     pub user_agent: &'a [u8],
 }
 
-/// A binding: one contact of an AoR. Immutable; a refresh builds a new one.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A binding: one contact of an AoR. Immutable; a refresh builds a new one
+/// (and `clone_from` copies it into the old one's block when their sizes
+/// agree, as for a refresh of the same contact: no allocation).
+#[derive(PartialEq, Eq, Hash)]
 pub struct Binding {
     // INVARIANT: a valid encoding (checked by `new` / `from_bytes`): at least
     // FULL_FIXED bytes, and exactly FULL_FIXED + the sum of the six lengths.
     bytes: Box<[u8]>,
+}
+
+impl Clone for Binding {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+        }
+    }
+
+    /// Reuses this binding's block when `source`'s is the same size.
+    fn clone_from(&mut self, source: &Self) {
+        self.bytes.clone_from(&source.bytes);
+    }
 }
 
 #[inline]
@@ -535,6 +550,22 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_from_reuses_a_block_of_the_same_size() {
+        use super::testutil::binding;
+        let mut old = binding("alice@example.com", 1, 100);
+        let at = old.as_bytes().as_ptr();
+        // A refresh: same strings, new expiry.
+        let refresh = binding("alice@example.com", 1, 900);
+        old.clone_from(&refresh);
+        assert_eq!(old, refresh);
+        assert_eq!(old.as_bytes().as_ptr(), at, "the block was reallocated");
+        // Another size: a new block, equal to the source.
+        let longer = binding("alice.smith@example.com", 1, 900);
+        old.clone_from(&longer);
+        assert_eq!(old, longer);
+    }
 
     #[test]
     fn round_trips_every_field() {

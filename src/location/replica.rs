@@ -18,9 +18,11 @@
 //! tags in a dense side array; the AoR key lives *inside* the block, so a
 //! hit reads a tag, one bucket and the block, whose first line holds the key
 //! and the first binding's expiry and q. Because the table is ours, a batch
-//! of lookups overlaps its cache misses ([`Replica::lookup_batch`]). Blocks
-//! are immutable: an update builds a new block (an AoR has a handful of
-//! bindings) and swaps it in. Bindings in a block are sorted by q
+//! of lookups overlaps its cache misses ([`Replica::lookup_batch`]). An
+//! update builds a new block (an AoR has a handful of bindings) and swaps
+//! it in, except a refresh of the same contact with the same q — the
+//! steady state — which overwrites that binding's routing part in place
+//! (its place in the order cannot change). Bindings in a block are sorted by q
 //! descending, then newest first, so a lookup only filters out the expired
 //! ones.
 //!
@@ -74,6 +76,54 @@ impl Block {
 
     fn all(&self) -> Bindings<'_> {
         Bindings::new(&self.0, 0)
+    }
+
+    /// Refreshes binding `fixed.id` in place: when the block holds it with
+    /// the same q and the same strings (contact, path, instance), its
+    /// routing part is overwritten by `fixed` (expiry, received address,
+    /// socket, flow, reg-id) and true is returned. Its place in the sort
+    /// order (q desc, id desc) cannot change, so the block stays valid.
+    /// Otherwise nothing changes and the caller rebuilds the block.
+    ///
+    /// Why: a re-REGISTER of the same contact is the steady state of a
+    /// registrar, and rebuilding the block for it cost an allocation, a
+    /// sort and a second hash of the key.
+    fn refresh(&mut self, fixed: &[u8], strings: &[u8]) -> bool {
+        let new = Target::from_parts(fixed, strings);
+        let (id, q) = (new.id(), new.q());
+        let key_len = usize::from(u16_at(&self.0, 0));
+        let count = self.count();
+        let mut fixed_at = BLOCK_HEADER + key_len;
+        let mut strings_at = fixed_at + count * ROUTE_FIXED;
+        for _ in 0..count {
+            let Some(old) = self.0.get(fixed_at..fixed_at + ROUTE_FIXED) else {
+                return false;
+            };
+            // The three string lengths (contact, path, instance) are bytes 46..52.
+            let n = usize::from(u16_at(old, 46))
+                + usize::from(u16_at(old, 48))
+                + usize::from(u16_at(old, 50));
+            let t = Target::from_parts(old, &[]);
+            if t.id() == id {
+                let same = t.q() == q
+                    && fixed.len() == ROUTE_FIXED
+                    && old.get(46..ROUTE_FIXED) == fixed.get(46..ROUTE_FIXED)
+                    && self.0.get(strings_at..strings_at + n) == Some(strings);
+                if !same {
+                    return false;
+                }
+                return match self.0.get_mut(fixed_at..fixed_at + ROUTE_FIXED) {
+                    Some(slot) => {
+                        slot.copy_from_slice(fixed);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            fixed_at += ROUTE_FIXED;
+            strings_at += n;
+        }
+        false
     }
 
     /// Builds a block; sorts `parts` (routing part, strings) by q desc, id desc.
@@ -402,16 +452,21 @@ impl Replica {
             Op::Upsert(b) => {
                 let key = b.aor();
                 let id = b.id();
-                let new = match self.table.get(key) {
-                    None => Block::build(key, p, &mut [b.route_parts()]),
+                let (fixed, strings) = b.route_parts();
+                let new = match self.table.get_mut(key) {
+                    None => Block::build(key, p, &mut [(fixed, strings)]),
                     Some(old) => {
+                        // The steady state: a refresh of the same contact.
+                        if old.refresh(fixed, strings) {
+                            return Ok(Applied::Applied);
+                        }
                         let mut parts: Vec<(&[u8], &[u8])> = Vec::with_capacity(old.count() + 1);
                         parts.extend(
                             old.all()
                                 .filter(|t| t.id() != id)
                                 .map(|t| (t.fixed(), t.strings())),
                         );
-                        parts.push(b.route_parts());
+                        parts.push((fixed, strings));
                         Block::build(key, p, &mut parts)
                     }
                 };
@@ -610,6 +665,78 @@ mod tests {
                 .collect(),
             Lookup::NoBindings => vec!["<none>".into()],
             Lookup::Unknown => vec!["<unknown>".into()],
+        }
+    }
+
+    fn bx(id: u64, q: u16, expires: u64, contact: &str, port: u16) -> Binding {
+        Binding::new(&BindingParts {
+            id,
+            aor: b"a@x",
+            contact: contact.as_bytes(),
+            expires,
+            q,
+            call_id: b"x",
+            cseq: 1,
+            received: Some(([203, 0, 113, 9], port).into()),
+            socket: SocketId(1),
+            flow: 0,
+            path: b"",
+            instance: b"<urn:uuid:1>",
+            reg_id: Some(1),
+            user_agent: b"",
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn refresh_in_place_equals_a_rebuilt_block() {
+        // (updates applied after three bindings, the final bindings)
+        let start = [
+            bx(1, 500, 100, "sip:a@192.0.2.1", 1),
+            bx(2, 1000, 100, "sip:b@192.0.2.2", 2),
+            bx(3, 500, 100, "sip:c@192.0.2.3", 3),
+        ];
+        let cases: Vec<Vec<Binding>> = vec![
+            // Same strings and q, new expiry and received: in place.
+            vec![bx(3, 500, 900, "sip:c@192.0.2.3", 33)],
+            vec![
+                bx(2, 1000, 900, "sip:b@192.0.2.2", 2),
+                bx(1, 500, 50, "sip:a@192.0.2.1", 11),
+            ],
+            // q changes (the order changes): rebuilt.
+            vec![bx(3, 1000, 900, "sip:c@192.0.2.3", 3)],
+            // The contact changes under the same id (an RFC 5626 instance
+            // re-registering from a new address): rebuilt.
+            vec![bx(1, 500, 900, "sip:a@198.51.100.1", 1)],
+            vec![bx(1, 500, 900, "sip:a@192.0.2.10", 1)],
+        ];
+        for updates in cases {
+            let mut r = Replica::new(1, 7);
+            let mut seq = 0;
+            for x in start.iter().chain(&updates) {
+                seq += 1;
+                r.apply(&rec(0, seq, Op::Upsert(x.clone()))).unwrap();
+            }
+            let mut want = Replica::new(1, 7);
+            let mut seq = 0;
+            for x in &start {
+                let x = updates.iter().find(|u| u.id() == x.id()).unwrap_or(x);
+                seq += 1;
+                want.apply(&rec(0, seq, Op::Upsert(x.clone()))).unwrap();
+            }
+            assert_eq!(r.canonical(), want.canonical(), "{updates:?}");
+            assert_eq!((r.len(), r.heap_bytes()), (want.len(), want.heap_bytes()));
+            let seen: Vec<(u64, u64, Option<std::net::SocketAddr>)> = r
+                .all_bindings(b"a@x")
+                .unwrap()
+                .map(|t| (t.id(), t.expires(), t.received()))
+                .collect();
+            for u in &updates {
+                assert!(
+                    seen.contains(&(u.id(), u.expires(), u.received())),
+                    "{seen:?}"
+                );
+            }
         }
     }
 

@@ -103,6 +103,14 @@ impl<T: Keyed> Table<T> {
         self.slots.get(i)?.as_ref()
     }
 
+    /// The entry of `key`, to change in place (its key must stay the same).
+    #[inline]
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut T> {
+        let h = self.hash(key);
+        let i = self.find_from(key, h, h as usize & self.mask)?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
     /// Looks up every key of `keys`, calling `f(i, entry)` in order, with the
     /// memory accesses of later keys issued while earlier ones complete:
     /// stage 1 hashes key `i + 2·AHEAD` and prefetches its tag and bucket,

@@ -79,7 +79,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::sip::{scan, Message, Method, Uri};
+use crate::sip::{scan, Essentials, Message, Method, Uri};
 
 pub use net::{BadNetwork, NetSet};
 
@@ -132,6 +132,31 @@ impl<'a> Request<'a> {
             from: msg.from().ok().and_then(|f| f.uri().ok()),
             uri: msg.request_uri().ok(),
             in_dialog: msg.to().ok().is_some_and(|t| t.tag().is_some()),
+            auth,
+            uri_is_us: false,
+        }
+    }
+
+    /// The facts of request `msg`, whose essentials `ess` the caller has
+    /// decoded already (the proxy's check phase): the same facts as
+    /// [`Request::of`] for a request whose essentials decode, with only the
+    /// From URI decoded here (From, To and the Request-URI are not parsed
+    /// again).
+    pub fn of_essentials(
+        msg: &Message<'a>,
+        ess: &Essentials<'a>,
+        source: IpAddr,
+        transport: Transport,
+        auth: AuthState,
+    ) -> Self {
+        Self {
+            source,
+            transport,
+            method: msg.method(),
+            method_bytes: msg.method_bytes(),
+            from: ess.from.uri().ok(),
+            uri: ess.uri,
+            in_dialog: ess.to.tag().is_some(),
             auth,
             uri_is_us: false,
         }

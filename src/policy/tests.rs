@@ -442,3 +442,41 @@ fn evaluation_does_not_allocate_per_request_shape() {
     );
     assert_eq!(p.networks().len(), 1);
 }
+
+#[test]
+fn facts_from_essentials_equal_facts_from_the_message() {
+    for (ruri, to, from) in [
+        (
+            "sip:bob@example.test",
+            "<sip:bob@example.test>",
+            "<sip:alice@example.test>;tag=1",
+        ),
+        (
+            "sips:bob@example.org",
+            "<sip:bob@example.org>;tag=9",
+            "\"A\" <tel:+15551234>;tag=1",
+        ),
+        (
+            "sip:example.test",
+            "sip:bob@example.test;tag=x",
+            "<mailto:a@b>;tag=1",
+        ),
+    ] {
+        let text = format!(
+            "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nTo: {to}\r\nFrom: {from}\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut idx = HeaderIndex::default();
+        let msg = parse(text.as_bytes(), &mut idx).unwrap();
+        let ess = msg.essentials().unwrap();
+        let src = "192.0.2.1".parse().unwrap();
+        let a = Request::of(&msg, src, Transport::Tcp, AuthState::Unknown);
+        let b = Request::of_essentials(&msg, &ess, src, Transport::Tcp, AuthState::Unknown);
+        let view = |r: &Request<'_>| {
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                r.source, r.transport, r.method, r.method_bytes, r.from, r.uri, r.in_dialog, r.auth
+            )
+        };
+        assert_eq!(view(&a), view(&b), "{text}");
+    }
+}

@@ -210,13 +210,18 @@ pub fn is_loop(id: &Identity, msg: &Message<'_>) -> bool {
         return false;
     };
     for lower in vias {
-        if let (Ok(u), Ok(l)) = (Via::parse(upper), Via::parse(lower)) {
-            if let Some(h) = u.branch().and_then(loop_hash_of) {
-                if id.is_local_addr(&u.host, u.port) {
-                    let again = Branch::new(0, Kind::Stateless, loop_hash(id.secret, msg, &l));
-                    if loop_hash_of(again.as_bytes()) == Some(h) {
-                        return true;
-                    }
+        // Only under a Via of ours with a loop hash is the lower one decoded:
+        // any other Via is decoded once, as the upper of its pair (decoding
+        // both of every pair decoded each Via twice).
+        let ours = Via::parse(upper).ok().and_then(|u| {
+            let h = u.branch().and_then(loop_hash_of)?;
+            id.is_local_addr(&u.host, u.port).then_some(h)
+        });
+        if let Some(h) = ours {
+            if let Ok(l) = Via::parse(lower) {
+                let again = Branch::new(0, Kind::Stateless, loop_hash(id.secret, msg, &l));
+                if loop_hash_of(again.as_bytes()) == Some(h) {
+                    return true;
                 }
             }
         }
@@ -302,6 +307,16 @@ To: <sip:bob@x>{to_tag}\r\nFrom: <sip:a@x>;tag=f\r\nCall-ID: c1\r\nCSeq: 7 {cseq
         );
         let mut idx = HeaderIndex::default();
         let msg = parse(looped.as_bytes(), &mut idx).unwrap();
+        assert!(is_loop(&id, &msg));
+        // The same loop back through another proxy: found under its Via.
+        let via_other = looped.replacen(
+            "Via: ",
+            "Via: SIP/2.0/UDP 198.51.100.1;branch=z9hG4bKother\r\nVia: ",
+            1,
+        );
+        let mut idx = HeaderIndex::default();
+        let msg = parse(via_other.as_bytes(), &mut idx).unwrap();
+        assert_eq!(msg.values(crate::sip::HeaderName::Via).count(), 3);
         assert!(is_loop(&id, &msg));
         // Retargeted (a spiral): a new Request-URI, so not a loop.
         let spiral = looped.replace("INVITE sip:bob@192.0.2.9", "INVITE sip:bob@192.0.2.10");

@@ -11,8 +11,8 @@
 
 use crate::location::{AorKey, Binding, Lookup, Op, PartitionState, Record, Replica};
 use crate::presence::{Delivery, Presence, PresenceConfig};
-use crate::registrar::{register_partition, Registrar, RegistrarError};
-use crate::sip::{scan, Message, Method, NameAddr, Uri};
+use crate::registrar::{Registrar, RegistrarError};
+use crate::sip::{scan, Essentials, Message, Method, NameAddr, Uri};
 use crate::time::Instant;
 use crate::transport::{FlowId, Peer, Transport};
 
@@ -163,11 +163,6 @@ impl PartitionRegistry {
             .filter_map(delivery)
             .collect()
     }
-
-    fn to_aor(msg: &Message<'_>) -> Option<AorKey> {
-        let to = msg.to().ok()?;
-        AorKey::from_uri(&to.uri().ok()?).ok()
-    }
 }
 
 impl LocalService for PartitionRegistry {
@@ -175,12 +170,12 @@ impl LocalService for PartitionRegistry {
         method == Method::Register || self.presence.serves(method)
     }
 
-    fn owner(&self, msg: &Message<'_>) -> Owner {
+    fn owner(&self, msg: &Message<'_>, _: &Essentials<'_>, aor: Option<&AorKey>) -> Owner {
         if msg.method() != Method::Register && !self.presence.wants(msg) {
             // A SUBSCRIBE to another event package: proxied to the user.
             return Owner::Nobody;
         }
-        match register_partition(msg, self.partitions) {
+        match aor.map(|k| k.partition(self.partitions)) {
             Some(p) if p != self.me => Owner::Shard(p),
             // No usable AoR: this registrar answers it (400/404) without state.
             _ => Owner::Here,
@@ -192,19 +187,20 @@ impl LocalService for PartitionRegistry {
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
+        ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
         if msg.method() != Method::Register {
-            let registered =
-                Self::to_aor(msg).is_some_and(|k| self.registrar.has_bindings(k.as_bytes()));
+            let registered = aor.is_some_and(|k| self.registrar.has_bindings(k.as_bytes()));
             return self
                 .presence
                 .handle_request(now, wall_us, msg, src, registered, reply);
         }
         match self
             .registrar
-            .handle_register(now, wall_us, msg, src, reply)
+            .handle_register_with(now, wall_us, msg, ess, aor, src, reply)
         {
             Ok(r) => Some((r.len, r.status)),
             Err(
@@ -239,18 +235,18 @@ impl LocalService for PartitionRegistry {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn handle_offline(
         &mut self,
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
+        ess: &Essentials<'_>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
-        let targets = msg
-            .essentials()
-            .ok()
-            .and_then(|e| e.uri)
+        let targets = ess
+            .uri
             .and_then(|u| AorKey::from_uri(&u).ok())
             .map(|k| self.deliveries(k.as_bytes()))
             .unwrap_or_default();

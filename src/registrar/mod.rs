@@ -71,6 +71,7 @@ pub mod date;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -82,7 +83,9 @@ use crate::location::{
 };
 use crate::sip::emit::{self, EmitError, Received, ResponseSpec};
 use crate::sip::header::parse_delta_seconds;
-use crate::sip::{scan, Contact, HeaderName, Message, Method, NameAddr, Scheme, Uri, ValueError};
+use crate::sip::{
+    scan, Contact, Essentials, HeaderName, Message, Method, NameAddr, Scheme, Uri, ValueError, Via,
+};
 use crate::time::{Duration, Instant};
 use crate::transport::Peer;
 use crate::wheel::Wheel;
@@ -263,7 +266,8 @@ enum Reject<'m> {
     WrongPartition(u16),
 }
 
-/// Where requests for a `contact` registered by `msg` from `src` go instead
+/// Where requests for a `contact` registered from `src` (by a REGISTER whose
+/// top Via is `top_via`) go instead
 /// of the contact's own address (module doc): `src` when the REGISTER
 /// crossed a NAT or the contact has no IP address to send to; `None` when
 /// the contact's address is to be used (the UA registering itself directly,
@@ -273,15 +277,41 @@ enum Reject<'m> {
 /// to the registering party (found by tests/interop.rs: SIPp's REGISTER
 /// scenario binding its UAS's address got every INVITE sent to the SIPp
 /// REGISTER client's port).
-fn reach_at(msg: &Message<'_>, contact: &Uri<'_>, src: SocketAddr) -> Option<SocketAddr> {
+fn reach_at(top_via: Option<&Via<'_>>, contact: &Uri<'_>, src: SocketAddr) -> Option<SocketAddr> {
     if contact.host.ip().is_none() {
         return Some(src);
     }
-    let direct = msg
-        .top_via()
-        .ok()
+    let direct = top_via
         .is_some_and(|v| v.host.ip() == Some(src.ip()) && v.port.unwrap_or(5060) == src.port());
     (!direct).then_some(src)
+}
+
+/// What the registrar reads of a REGISTER's headers beyond its Contacts,
+/// decoded by the caller (`None`: absent or malformed).
+#[derive(Clone, Copy)]
+struct Head<'m> {
+    to: Option<NameAddr<'m>>,
+    top_via: Option<Via<'m>>,
+    /// The AoR key of `to`, when the caller computed it.
+    aor: Option<AorKey>,
+}
+
+/// The AoR key of the To, or the reason it has none (§10.3 step 5).
+fn aor_of<'m>(to: Option<NameAddr<'m>>) -> Result<AorKey, Reject<'m>> {
+    let to = to.ok_or(Reject::BadRequest("Bad Request (Malformed To)"))?;
+    let to_uri = match to.uri() {
+        Ok(u) => u,
+        Err(ValueError::Scheme) => return Err(Reject::NotFound),
+        Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
+    };
+    match AorKey::from_uri(&to_uri) {
+        Ok(k) => Ok(k),
+        Err(AorError::TooLong) => Err(Reject::BadRequest(
+            "Bad Request (Address-of-Record Too Long)",
+        )),
+        Err(AorError::Escape) => Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
+        Err(AorError::Scheme | AorError::NoUser | AorError::NotADomain) => Err(Reject::NotFound),
+    }
 }
 
 /// One Contact of the request, checked.
@@ -367,7 +397,7 @@ impl Registrar {
         for b in state.bindings {
             let slot = r.slot_for(b.aor());
             let deadline = now + Duration::from_micros(b.expires().saturating_sub(wall));
-            r.put_binding(slot, b, deadline);
+            r.put_binding(slot, Cow::Owned(b), deadline);
         }
         let retention = r.cfg.known_retention.as_micros();
         for e in state.empty {
@@ -542,13 +572,54 @@ impl Registrar {
         src: &Peer,
         reply: &mut [u8],
     ) -> Result<Reply, RegistrarError> {
+        let head = Head {
+            to: msg.to().ok(),
+            top_via: msg.top_via().ok(),
+            aor: None,
+        };
+        self.register(now, wall, msg, head, src, reply)
+    }
+
+    /// [`Registrar::handle_register`] for a REGISTER whose essentials the
+    /// caller has decoded (the proxy's check phase), and `aor`, the AoR key
+    /// of its To when the caller computed it (`AorKey::from_uri` of the To
+    /// URI; `None`: computed here): none of them is parsed again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_register_with<'m>(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        msg: &Message<'m>,
+        ess: &Essentials<'m>,
+        aor: Option<&AorKey>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Result<Reply, RegistrarError> {
+        let head = Head {
+            to: Some(ess.to),
+            top_via: Some(ess.top_via),
+            aor: aor.copied(),
+        };
+        self.register(now, wall, msg, head, src, reply)
+    }
+
+    fn register<'m>(
+        &mut self,
+        now: Instant,
+        wall: u64,
+        msg: &Message<'m>,
+        head: Head<'m>,
+        src: &Peer,
+        reply: &mut [u8],
+    ) -> Result<Reply, RegistrarError> {
         if msg.method() != Method::Register {
             return Err(RegistrarError::NotRegister);
         }
         self.counters.requests += 1;
         let mut extra = core::mem::take(&mut self.extra);
         extra.clear();
-        let outcome = self.process(now, wall, msg, src, &mut extra);
+        let to_tagged = head.to.map(|t| t.tag().is_some());
+        let outcome = self.process(now, wall, msg, head, src, &mut extra);
         let (code, reason) = match outcome {
             Ok(()) => {
                 self.counters.accepted += 1;
@@ -569,6 +640,7 @@ impl Registrar {
         let tag = to_tag(self.cfg.tag_secret, msg);
         let spec = ResponseSpec {
             to_tag: Some(&tag),
+            to_tagged,
             received: Some(Received {
                 ip: src.remote.ip(),
                 port: src.remote.port(),
@@ -607,6 +679,7 @@ impl Registrar {
         now: Instant,
         wall: u64,
         msg: &Message<'m>,
+        head: Head<'m>,
         src: &Peer,
         extra: &mut Vec<u8>,
     ) -> Result<(), Reject<'m>> {
@@ -619,27 +692,9 @@ impl Registrar {
             }
         }
         // Step 5: the AoR.
-        let to = msg
-            .to()
-            .map_err(|_| Reject::BadRequest("Bad Request (Malformed To)"))?;
-        let to_uri = match to.uri() {
-            Ok(u) => u,
-            Err(ValueError::Scheme) => return Err(Reject::NotFound),
-            Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed To URI)")),
-        };
-        let key = match AorKey::from_uri(&to_uri) {
-            Ok(k) => k,
-            Err(AorError::TooLong) => {
-                return Err(Reject::BadRequest(
-                    "Bad Request (Address-of-Record Too Long)",
-                ))
-            }
-            Err(AorError::Escape) => {
-                return Err(Reject::BadRequest("Bad Request (Malformed To URI)"))
-            }
-            Err(AorError::Scheme | AorError::NoUser | AorError::NotADomain) => {
-                return Err(Reject::NotFound)
-            }
+        let key = match head.aor {
+            Some(k) => k,
+            None => aor_of(head.to)?,
         };
         if !self
             .cfg
@@ -687,14 +742,15 @@ impl Registrar {
                 }
                 Err(_) => return Err(Reject::BadRequest("Bad Request (Malformed Contact URI)")),
             };
-            let instance = match na.params.get(b"+sip.instance") {
+            let params = c.params();
+            let instance = match params.instance {
                 None => &b""[..],
                 Some(v) => v
                     .and_then(|v| v.strip_prefix(b"\"")?.strip_suffix(b"\""))
                     .filter(|v| !v.is_empty())
                     .ok_or(Reject::BadRequest("Bad Request (Malformed +sip.instance)"))?,
             };
-            let reg_id = match na.params.get(b"reg-id") {
+            let reg_id = match params.reg_id {
                 None => None,
                 Some(v) => Some(
                     v.and_then(scan::parse_u32)
@@ -704,15 +760,15 @@ impl Registrar {
             };
             // RFC 5626 §6: reg-id means nothing without an instance.
             let reg_id = reg_id.filter(|_| !instance.is_empty());
-            let requested = c
-                .expires()
+            let requested = params
+                .expires
                 .or(header_expires)
                 .unwrap_or(self.cfg.default_expires);
             reqs.push(ContactReq {
                 uri_bytes: na.uri_bytes,
                 uri,
                 expires: requested,
-                q: c.q().unwrap_or(1000),
+                q: params.q.unwrap_or(1000),
                 instance,
                 reg_id,
                 matches: None,
@@ -917,7 +973,7 @@ impl Registrar {
                 received: if src.transport.is_stream() {
                     Some(src.remote)
                 } else {
-                    reach_at(msg, &r.uri, src.remote)
+                    reach_at(head.top_via.as_ref(), &r.uri, src.remote)
                 },
                 socket: src.local,
                 flow: src.flow.0,
@@ -931,7 +987,7 @@ impl Registrar {
                 continue;
             };
             let deadline = now + Duration::from_secs(u64::from(r.expires));
-            self.put_binding(slot, binding.clone(), deadline);
+            self.put_binding(slot, Cow::Borrowed(&binding), deadline);
             self.emit(wall, Op::Upsert(binding));
         }
         let now_empty = self.aor(slot).is_none_or(|a| a.entries.is_empty());
@@ -969,7 +1025,10 @@ impl Registrar {
         }
     }
 
-    fn put_binding(&mut self, slot: u32, binding: Binding, deadline: Instant) {
+    /// Stores `binding`. A borrowed one (the caller's goes into a record)
+    /// that refreshes an existing binding is copied into the old one's
+    /// block: a refresh allocates nothing here.
+    fn put_binding(&mut self, slot: u32, binding: Cow<'_, Binding>, deadline: Instant) {
         let id = binding.id();
         if binding.flow() != 0 {
             let slots = self.flows.entry(binding.flow()).or_default();
@@ -983,18 +1042,18 @@ impl Registrar {
         let gen = match aor.entries.iter_mut().find(|e| e.binding.id() == id) {
             // Later than the pending timer: it stays, and re-arms when it fires.
             Some(e) if e.due <= deadline => {
-                e.binding = binding;
+                replace(&mut e.binding, binding);
                 return;
             }
             Some(e) => {
                 e.gen = e.gen.wrapping_add(1);
-                e.binding = binding;
+                replace(&mut e.binding, binding);
                 e.due = deadline;
                 e.gen
             }
             None => {
                 aor.entries.push(Entry {
-                    binding,
+                    binding: binding.into_owned(),
                     gen: 0,
                     due: deadline,
                 });
@@ -1217,7 +1276,7 @@ impl Registrar {
                 if let Some(aor) = self.aor_mut(slot) {
                     aor.gen = aor.gen.wrapping_add(1);
                 }
-                self.put_binding(slot, b.clone(), deadline);
+                self.put_binding(slot, Cow::Borrowed(&b), deadline);
                 self.emit_remote(commit, Op::Upsert(b));
                 true
             }
@@ -1309,6 +1368,15 @@ fn supports(msg: &Message<'_>, tag: &[u8]) -> bool {
         .any(|v| v.eq_ignore_ascii_case(tag))
 }
 
+/// Puts `new` where `old` was, reusing `old`'s block for a borrowed one of
+/// the same size (`Binding::clone_from`).
+fn replace(old: &mut Binding, new: Cow<'_, Binding>) {
+    match new {
+        Cow::Borrowed(b) => old.clone_from(b),
+        Cow::Owned(b) => *old = b,
+    }
+}
+
 /// Whether `r` designates the existing binding `b` (module doc: identity).
 fn same_binding(b: &Binding, r: &ContactReq<'_>) -> bool {
     if r.instance.is_empty() {
@@ -1386,7 +1454,11 @@ fn to_tag(secret: u64, msg: &Message<'_>) -> [u8; 16] {
 /// shard hands the request to that partition's owner. `None`: the request
 /// has no usable AoR, any registrar answers it (400/404) without state.
 pub fn register_partition(msg: &Message<'_>, partitions: u16) -> Option<u16> {
-    let to = msg.to().ok()?;
+    to_partition(&msg.to().ok()?, partitions)
+}
+
+/// [`register_partition`] of a To already decoded.
+pub fn to_partition(to: &NameAddr<'_>, partitions: u16) -> Option<u16> {
     let uri = to.uri().ok()?;
     let key = AorKey::from_uri(&uri).ok()?;
     Some(key.partition(partitions))

@@ -1134,3 +1134,81 @@ fn changes_of_other_nodes_are_applied_and_marked_remote() {
     assert_eq!(h.reg.aors(), 0);
     assert!(h.reg.drain_records().all(|r| r.remote));
 }
+
+/// With the essentials (and the AoR key) the proxy decoded, the registrar
+/// answers and records exactly as when it decodes To, the top Via and the
+/// AoR itself: new bindings,
+/// refreshes, NAT and direct sources (the top Via decides `received`), a
+/// malformed To.
+#[test]
+fn essentials_from_the_caller_change_nothing() {
+    let run = |with: u8| {
+        let mut h = H::new();
+        let mut out = Vec::new();
+        for (user, via_host, cseq) in [
+            ("alice", "192.0.2.9:5060", 1),
+            ("alice", "192.0.2.9:5060", 2),
+            ("bob", "198.51.100.7:40000", 1),
+            ("bob", "198.51.100.7:40000", 2),
+        ] {
+            let raw = format!(
+                "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP {via_host};branch=z9hG4bK{user}{cseq};rport\r\n\
+To: <sip:{user}@example.com>\r\nFrom: <sip:{user}@example.com>;tag=abc\r\n\
+Call-ID: {user}-1\r\nCSeq: {cseq} REGISTER\r\n\
+Contact: <sip:{user}@192.0.2.9:5060>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            );
+            let mut idx = HeaderIndex::default();
+            let msg = parse(raw.as_bytes(), &mut idx).unwrap();
+            let src = Peer::udp(SRC.parse().unwrap(), SocketId(1));
+            let reply = if with > 0 {
+                let ess = msg.essentials().unwrap();
+                // As the proxy computes it for the owner (with = 2), or not (1).
+                let aor = (with == 2).then(|| AorKey::from_uri(&ess.to.uri().unwrap()).unwrap());
+                h.reg.handle_register_with(
+                    h.now,
+                    h.wall,
+                    &msg,
+                    &ess,
+                    aor.as_ref(),
+                    &src,
+                    &mut h.buf,
+                )
+            } else {
+                h.reg.handle_register(h.now, h.wall, &msg, &src, &mut h.buf)
+            }
+            .unwrap();
+            out.push(String::from_utf8_lossy(&h.buf[..reply.len]).into_owned());
+            out.extend(h.reg.drain_records().map(|r| format!("{r:?}")));
+            h.advance(60);
+        }
+        out
+    };
+    let (a, b, c) = (run(0), run(1), run(2));
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    // Both cases of the top Via are in there: alice registers from behind a
+    // NAT (reached at the source), bob directly (reached at his contact).
+    let upserts = |user: &str| -> Vec<&String> {
+        a.iter()
+            .filter(|r| r.contains("Upsert") && r.contains(&format!("aor: \"{user}@")))
+            .collect()
+    };
+    assert_eq!(upserts("alice").len(), 2);
+    assert!(upserts("alice")
+        .iter()
+        .all(|r| r.contains("received: Some(198.51.100.7:40000)")));
+    assert_eq!(upserts("bob").len(), 2);
+    assert!(upserts("bob").iter().all(|r| r.contains("received: None")));
+    // A To that does not decode: 400 on the registrar's own path.
+    let mut h = H::new();
+    let raw = h.req("carol", "c-1", 1, "Contact: <sip:carol@192.0.2.9>\r\n");
+    let raw = String::from_utf8(raw)
+        .unwrap()
+        .replace("To: <sip:carol@example.com>", "To: <sip:carol@example.com");
+    let mut idx = HeaderIndex::default();
+    let msg = parse(raw.as_bytes(), &mut idx).unwrap();
+    let src = Peer::udp(SRC.parse().unwrap(), SocketId(1));
+    let reply = h.reg.handle_register(h.now, h.wall, &msg, &src, &mut h.buf);
+    assert_eq!(reply.unwrap().status, 400);
+}

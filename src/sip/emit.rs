@@ -451,6 +451,9 @@ pub struct ResponseSpec<'a> {
     pub reason: &'a str,
     /// To tag to add when the To has none (§8.2.6.2); not added to a 100.
     pub to_tag: Option<&'a [u8]>,
+    /// Whether the request's To has a tag, when the caller has decoded it
+    /// already (`None`: the To is decoded here, when a tag is to be added).
+    pub to_tagged: Option<bool>,
     /// Where the request came from: stamped on the top Via as in [`Edits::received`].
     pub received: Option<Received>,
     /// Extra header lines, each ending in CRLF.
@@ -468,6 +471,7 @@ impl<'a> ResponseSpec<'a> {
             code,
             reason,
             to_tag: None,
+            to_tagged: None,
             received: None,
             extra: b"",
             content_type: None,
@@ -501,9 +505,12 @@ pub fn response(
             HeaderName::From | HeaderName::CallId | HeaderName::CSeq => w.put_span(buf, e.line)?,
             HeaderName::Timestamp if spec.code == 100 => w.put_span(buf, e.line)?,
             HeaderName::To => {
-                let has_tag = req.to().ok().and_then(|t| t.tag()).is_some();
+                let has_tag = || {
+                    spec.to_tagged
+                        .unwrap_or_else(|| req.to().ok().and_then(|t| t.tag()).is_some())
+                };
                 match spec.to_tag {
-                    Some(tag) if !has_tag && spec.code > 100 => {
+                    Some(tag) if spec.code > 100 && !has_tag() => {
                         w.put(
                             buf.get(e.line.start as usize..e.value.end as usize)
                                 .unwrap_or_default(),
@@ -702,5 +709,46 @@ v=0\n";
         assert_eq!(r.values(HeaderName::Via).count(), 2);
         assert_eq!(r.header(HeaderName::Route), None);
         assert_eq!(r.body(), b"");
+    }
+
+    #[test]
+    fn a_decoded_to_tag_gives_the_same_response() {
+        let tagged = String::from_utf8(REQ.to_vec())
+            .unwrap()
+            .replacen("To: Bob", "To: \"Bob;tag=no\"", 1)
+            .replacen("\r\nFrom:", ";tag=t1\r\nFrom:", 1);
+        for req in [REQ, tagged.as_bytes()] {
+            let mut idx = HeaderIndex::default();
+            let msg = parse(req, &mut idx).unwrap();
+            let known = msg.to().unwrap().tag().is_some();
+            let run = |to_tagged| {
+                let mut out = vec![0u8; 2048];
+                let spec = ResponseSpec {
+                    to_tag: Some(b"abc"),
+                    to_tagged,
+                    ..ResponseSpec::new(200, "OK")
+                };
+                let n = response(&msg, &spec, &mut out).unwrap();
+                out.truncate(n);
+                out
+            };
+            let r = run(None);
+            assert_eq!(run(Some(known)), r);
+            let mut idx2 = HeaderIndex::default();
+            let tag = parse(&r, &mut idx2)
+                .unwrap()
+                .to()
+                .unwrap()
+                .tag()
+                .map(<[u8]>::to_vec);
+            assert_eq!(
+                tag,
+                Some(if known {
+                    b"t1".to_vec()
+                } else {
+                    b"abc".to_vec()
+                })
+            );
+        }
     }
 }

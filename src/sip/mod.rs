@@ -32,7 +32,7 @@ pub use emit::{
     edit, response, Edits, EmitError, MaxForwardsEdit, NewVia, Received, ResponseSpec, Writer,
 };
 pub use error::{ParseError, ValueError};
-pub use header::{CSeq, Contact, Credentials, HeaderName, NameAddr, Params, Via};
+pub use header::{CSeq, Contact, ContactParams, Credentials, HeaderName, NameAddr, Params, Via};
 pub use message::{
     parse, parse_stream, Essentials, HeaderEntry, HeaderIndex, Message, Method, ParseConfig, Span,
     StartLine, Status,

@@ -37,8 +37,9 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         &mut self,
         _now: Instant,
         msg: &Message<'_>,
+        ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         key: u64,
-        via: &Via<'_>,
         src: Peer,
         offline: bool,
         out: &mut Outbox,
@@ -58,10 +59,10 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
         }
         let answer = if offline {
             self.local
-                .handle_offline(_now, self.wall_us, msg, &src, &mut self.scratch)
+                .handle_offline(_now, self.wall_us, msg, ess, &src, &mut self.scratch)
         } else {
             self.local
-                .handle_request(_now, self.wall_us, msg, &src, &mut self.scratch)
+                .handle_request(_now, self.wall_us, msg, ess, aor, &src, &mut self.scratch)
         };
         let Some((n, code)) = answer else {
             self.counters.dropped_overflow += 1;
@@ -77,7 +78,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             server: Server::NonInvite(NonInviteServer::start(self.cfg.timers, false)),
             request: Some(msg.as_bytes().into()),
             src,
-            reply_to: route::reply_peer(via, &src),
+            reply_to: route::reply_peer(&ess.top_via, &src),
             last_response: None,
             forks: Vec::new(),
             best: None,

@@ -39,11 +39,11 @@ use core::net::SocketAddr;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::location::{PartitionState, Record};
+use crate::location::{AorKey, PartitionState, Record};
 use crate::routing::dispatcher::Dispatcher;
 use crate::sip::{
-    self, emit, Edits, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method, NewVia,
-    ParseConfig, Received, ResponseSpec, Via,
+    self, emit, Edits, Essentials, HeaderIndex, HeaderName, MaxForwardsEdit, Message, Method,
+    NewVia, ParseConfig, Received, ResponseSpec, Via,
 };
 use crate::time::Instant;
 use crate::transport::{stun, FlowId, Outbox, Peer, SocketId, Transport};
@@ -190,16 +190,23 @@ pub trait LocalService {
     fn serves(&self, method: Method) -> bool;
 
     /// Which shard's instance owns request `msg`.
-    fn owner(&self, msg: &Message<'_>) -> Owner;
+    /// `aor` is the AoR key of the To (`AorKey::from_uri` of its URI),
+    /// when it has one: the proxy computes it once for the service.
+    fn owner(&self, msg: &Message<'_>, ess: &Essentials<'_>, aor: Option<&AorKey>) -> Owner;
 
     /// Handles a request this shard owns, writing the whole response into
-    /// `reply`; returns (length, status), `None` if it wrote nothing.
+    /// `reply`; returns (length, status), `None` if it wrote nothing. `ess`
+    /// are the message's essentials, decoded by the proxy's check phase,
+    /// and `aor` the AoR key of its To, as [`LocalService::owner`] got it
+    /// (a service does not parse them again).
     #[allow(clippy::too_many_arguments)]
     fn handle_request(
         &mut self,
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
+        ess: &Essentials<'_>,
+        aor: Option<&AorKey>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)>;
@@ -272,15 +279,17 @@ pub trait LocalService {
 
     /// Handles a MESSAGE [`LocalService::offline_owner`] gave this shard,
     /// like [`LocalService::handle_request`].
+    #[allow(clippy::too_many_arguments)]
     fn handle_offline(
         &mut self,
         now: Instant,
         wall_us: u64,
         msg: &Message<'_>,
+        ess: &Essentials<'_>,
         src: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
-        let _ = (now, wall_us, msg, src, reply);
+        let _ = (now, wall_us, msg, ess, src, reply);
         None
     }
 
@@ -321,7 +330,7 @@ impl LocalService for NoService {
         false
     }
 
-    fn owner(&self, _: &Message<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Nobody
     }
 
@@ -330,6 +339,8 @@ impl LocalService for NoService {
         _: Instant,
         _: u64,
         _: &Message<'_>,
+        _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {
@@ -1173,12 +1184,15 @@ impl<L: Location, S: LocalService> Service for Stateful<L, S> {
                 if let Ok(msg) = sip::parse(&bytes, &mut idx) {
                     if let Ok(ess) = msg.essentials() {
                         self.counters.handed_in += 1;
-                        let via = ess.top_via;
-                        let key =
-                            server_key(self.id.secret, &msg, &via, KeyMethod::of(msg.method()));
+                        let key = server_key(
+                            self.id.secret,
+                            &msg,
+                            &ess.top_via,
+                            KeyMethod::of(msg.method()),
+                        );
                         match self.txns.find(key) {
                             Some(slot) => self.on_retransmission(slot, out),
-                            None => self.local_here(now, &msg, key, &via, src, true, out),
+                            None => self.local_here(now, &msg, &ess, None, key, src, true, out),
                         }
                     }
                 }

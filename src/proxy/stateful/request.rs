@@ -12,6 +12,10 @@ struct Checked<'a> {
     via: Via<'a>,
     /// The Request-URI.
     uri: sip::Uri<'a>,
+    /// The essentials, decoded once here for every later phase.
+    ess: Essentials<'a>,
+    /// The AoR key of the To, for a request to a local service.
+    aor: Option<AorKey>,
     /// The server transaction key.
     key: u64,
     /// In-dialog (To has a tag).
@@ -166,13 +170,21 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             );
             return None;
         }
+        // A local service's request: the AoR of its To, computed once for
+        // the owner and the service.
+        let local = self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to);
+        let aor = local
+            .then(|| AorKey::from_uri(&ess.to.uri().ok()?).ok())
+            .flatten();
         Some(Checked {
             via,
             uri,
+            ess,
+            aor,
             key,
             to_tag: ess.to.tag().is_some(),
-            owner: if self.local.serves(msg.method()) && self.is_for_local(msg, &uri, &ess.to) {
-                self.local.owner(msg)
+            owner: if local {
+                self.local.owner(msg, &ess, aor.as_ref())
             } else {
                 Owner::Nobody
             },
@@ -214,11 +226,11 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Policy and authentication. `Some(authenticated)` to go on. A REGISTER
     /// whose AoR another shard owns is authenticated there (its nonces, its
     /// throttles), so it passes here unauthenticated.
-    fn authorize(
+    fn authorize<'a>(
         &mut self,
         now: Instant,
-        msg: &Message<'_>,
-        req: &Checked<'_>,
+        msg: &Message<'a>,
+        req: &Checked<'a>,
         src: Peer,
         out: &mut Outbox,
     ) -> Option<bool> {
@@ -226,7 +238,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             return Some(false);
         }
         let uri_is_us = self.id.is_local_addr(&req.uri.host, req.uri.port);
-        self.gate(now, msg, src, uri_is_us, out)
+        self.gate(now, msg, &req.ess, src, uri_is_us, out)
     }
 
     /// Local services: a REGISTER for a served domain goes to the registrar
@@ -241,7 +253,16 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     ) -> bool {
         match req.owner {
             Owner::Here => {
-                self.local_here(now, msg, req.key, &req.via, src, false, out);
+                self.local_here(
+                    now,
+                    msg,
+                    &req.ess,
+                    req.aor.as_ref(),
+                    req.key,
+                    src,
+                    false,
+                    out,
+                );
                 true
             }
             Owner::Shard(to) => {
@@ -408,7 +429,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
                     // store and forward, what Kamailio's msilo does).
                     match self.local.offline_owner(msg, aor) {
                         Some(Owner::Here) => {
-                            self.local_here(now, msg, req.key, &req.via, src, true, out)
+                            self.local_here(now, msg, &req.ess, None, req.key, src, true, out)
                         }
                         Some(Owner::Shard(to)) => {
                             let m = MeshMsg::Local {
@@ -804,10 +825,12 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
     /// Policy and authentication of a new request (`uri_is_us`: its
     /// Request-URI names one of our addresses). `Some(authenticated)` to go
     /// on; `None` when it was answered (403, 401/407) or dropped.
-    pub(super) fn gate(
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gate<'a>(
         &mut self,
         now: Instant,
-        msg: &Message<'_>,
+        msg: &Message<'a>,
+        ess: &Essentials<'a>,
         src: Peer,
         uri_is_us: bool,
         out: &mut Outbox,
@@ -819,6 +842,7 @@ impl<L: Location, S: LocalService> Stateful<L, S> {
             &self.guard.policy,
             self.guard.auth.as_mut(),
             msg,
+            ess,
             src.remote,
             src.transport,
             uri_is_us,

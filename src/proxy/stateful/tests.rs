@@ -405,7 +405,7 @@ impl LocalService for CountingRegistry {
         method == Method::Register
     }
 
-    fn owner(&self, _: &Message<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Here
     }
 
@@ -414,6 +414,8 @@ impl LocalService for CountingRegistry {
         _: Instant,
         _: u64,
         msg: &Message<'_>,
+        _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         reply: &mut [u8],
     ) -> Option<(usize, u16)> {
@@ -575,7 +577,7 @@ impl LocalService for Notifier {
         false
     }
 
-    fn owner(&self, _: &Message<'_>) -> Owner {
+    fn owner(&self, _: &Message<'_>, _: &Essentials<'_>, _: Option<&AorKey>) -> Owner {
         Owner::Nobody
     }
 
@@ -584,6 +586,8 @@ impl LocalService for Notifier {
         _: Instant,
         _: u64,
         _: &Message<'_>,
+        _: &Essentials<'_>,
+        _: Option<&AorKey>,
         _: &Peer,
         _: &mut [u8],
     ) -> Option<(usize, u16)> {

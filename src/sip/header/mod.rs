@@ -460,14 +460,50 @@ impl<'buf> Contact<'buf> {
             return Ok(Self::Star);
         }
         let na = NameAddr::parse(raw)?;
-        let c = Self::Addr(na);
-        if let Some(q) = na.params.get(b"q") {
-            parse_qvalue(q.ok_or(ValueError::Param)?)?;
+        // The first q and the first expires must be valid (one pass; the
+        // list's syntax was checked by `NameAddr::parse`).
+        let (mut q, mut expires) = (false, false);
+        for (name, value) in na.params.iter().flatten() {
+            if !q && name.eq_ignore_ascii_case(b"q") {
+                q = true;
+                parse_qvalue(value.ok_or(ValueError::Param)?)?;
+            } else if !expires && name.eq_ignore_ascii_case(b"expires") {
+                expires = true;
+                parse_delta_seconds(value.ok_or(ValueError::Param)?)?;
+            }
         }
-        if let Some(e) = na.params.get(b"expires") {
-            parse_delta_seconds(e.ok_or(ValueError::Param)?)?;
+        Ok(Self::Addr(na))
+    }
+
+    /// The parameters a registrar reads, in one pass over the list (a
+    /// `Params::get` per parameter would walk it, quoted instance and
+    /// all, once each). All `None` for `*`.
+    pub fn params(&self) -> ContactParams<'buf> {
+        let mut p = ContactParams::default();
+        let Self::Addr(na) = self else {
+            return p;
+        };
+        let (mut q, mut expires) = (false, false);
+        for (name, value) in na.params.iter().flatten() {
+            match name.len() {
+                1 if !q && name.eq_ignore_ascii_case(b"q") => {
+                    q = true;
+                    p.q = value.and_then(|v| parse_qvalue(v).ok());
+                }
+                6 if p.reg_id.is_none() && name.eq_ignore_ascii_case(b"reg-id") => {
+                    p.reg_id = Some(value);
+                }
+                7 if !expires && name.eq_ignore_ascii_case(b"expires") => {
+                    expires = true;
+                    p.expires = value.and_then(|v| parse_delta_seconds(v).ok());
+                }
+                13 if p.instance.is_none() && name.eq_ignore_ascii_case(b"+sip.instance") => {
+                    p.instance = Some(value);
+                }
+                _ => {}
+            }
         }
-        Ok(c)
+        p
     }
 
     /// The `q` value in thousandths (1000 = 1.0); `None` when absent.
@@ -493,6 +529,22 @@ impl<'buf> Contact<'buf> {
                 .and_then(|e| parse_delta_seconds(e).ok()),
         }
     }
+}
+
+/// The parameters of a Contact that a registrar reads (RFC 3261 §10.3,
+/// RFC 5626 §4.2), from [`Contact::params`]: the first occurrence of each,
+/// as [`Params::get`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContactParams<'buf> {
+    /// `q` in thousandths, when present and valid (as [`Contact::q`]).
+    pub q: Option<u16>,
+    /// `expires` in seconds, when present and valid (as [`Contact::expires`]).
+    pub expires: Option<u32>,
+    /// `+sip.instance` as written, quotes included; `Some(None)`: present
+    /// without a value.
+    pub instance: Option<Option<&'buf [u8]>>,
+    /// `reg-id` as written; `Some(None)`: present without a value.
+    pub reg_id: Option<Option<&'buf [u8]>>,
 }
 
 /// Parses a qvalue (`0`, `1`, `0.5`, `0.125`, `1.000`) into thousandths.
@@ -646,5 +698,42 @@ mod tests {
         let Contact::Addr(na) = c else { panic!() };
         assert_eq!(na.params.get(b"reg-id"), Some(Some(&b"1"[..])));
         assert!(Contact::parse(b"<sip:a@b>;q=2").is_err());
+    }
+
+    #[test]
+    fn contact_params_in_one_pass_agree_with_get() {
+        for raw in [
+            &b"<sip:a@b>"[..],
+            b" * ",
+            b"<sip:a@b>;q=0.7;expires=3600;+sip.instance=\"<urn:uuid:1>\";reg-id=1",
+            b"<sip:a@b>;REG-ID=2;+SIP.Instance=\"<urn:x>\";Q=1;EXPIRES=0",
+            // The first occurrence counts (a later invalid one is not looked at).
+            b"<sip:a@b>;q=0.5;q=9;expires=10;expires=x;reg-id=3;reg-id=4",
+            b"<sip:a@b>;+sip.instance;reg-id;x=\"q=1\"",
+            b"sip:a@b;expires=99999999999;q=0",
+            b"\"A, B\" <sip:a@b;q=0.1>;tag=1;expiresx=1;qq=1",
+        ] {
+            let c = Contact::parse(raw).unwrap();
+            let p = c.params();
+            let (instance, reg_id) = match c {
+                Contact::Addr(na) => (na.params.get(b"+sip.instance"), na.params.get(b"reg-id")),
+                Contact::Star => (None, None),
+            };
+            let want = ContactParams {
+                q: c.q(),
+                expires: c.expires(),
+                instance,
+                reg_id,
+            };
+            assert_eq!(p, want, "{}", String::from_utf8_lossy(raw));
+        }
+        let p = Contact::parse(b"<sip:a@b>;q=0.5;q=9;reg-id=3;reg-id=4")
+            .unwrap()
+            .params();
+        assert_eq!((p.q, p.reg_id), (Some(500), Some(Some(&b"3"[..]))));
+        // Contact::parse still refuses a bad first q or expires.
+        assert!(Contact::parse(b"<sip:a@b>;expires=x").is_err());
+        assert!(Contact::parse(b"<sip:a@b>;q").is_err());
+        assert!(Contact::parse(b"<sip:a@b>;q=1;q=x").is_ok());
     }
 }
