@@ -79,6 +79,7 @@ fn bench_parse(c: &mut Criterion) {
         sockets: Vec::new(),
         domains: Vec::new(),
         secret: 7,
+        siblings: Vec::new(),
     };
     {
         let m = parse(&invite3, &mut index).unwrap();

@@ -419,3 +419,87 @@ Content-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
         p.log
     );
 }
+
+/// With two shards the Via port of each shard is steered too: what the
+/// proxy forwards comes back as frames whichever queue it lands on, and a
+/// response on the other shard's queue is received there and handed to
+/// the shard whose transaction it answers. 40 MESSAGEs from 10 clients
+/// through the stateful proxy to a UAS: all answered, and every datagram
+/// the proxy received came through the AF_XDP sockets (before, the
+/// responses to the shards' own ports went through the kernel).
+#[test]
+fn two_shards_receive_their_responses_as_frames() {
+    if !netns::xdp_available() {
+        return;
+    }
+    let dir = TempDir::new("xdp-two-shards");
+    common::clients_for("xdp");
+    let uas = Ua::on("127.0.0.2");
+    let upstream = format!("sip:{}", uas.addr);
+    let mut p = xdp_proxy(
+        &dir,
+        &[
+            "--shards",
+            "2",
+            "--upstream",
+            &upstream,
+            "--domain",
+            "example.test",
+        ],
+    );
+    let clients: Vec<Ua> = (0..10).map(|_| Ua::new()).collect();
+    for i in 0..40 {
+        let ua = &clients[i % clients.len()];
+        let message = format!(
+            "MESSAGE sip:someone@example.net SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bKm2s{i};rport\r\nMax-Forwards: 70\r\n\
+To: <sip:someone@example.net>\r\nFrom: <sip:c{i}@example.test>;tag=t{i}\r\nCall-ID: two-shards-{i}\r\nCSeq: 1 MESSAGE\r\n\
+Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+            a = ua.addr
+        );
+        ua.send(&message, p.addr);
+        let Some((req, from)) = uas.recv_within(Duration::from_secs(2)) else {
+            let got = ua
+                .recv_within(Duration::from_millis(200))
+                .map(|(m, _)| m.text);
+            p.terminate();
+            panic!(
+                "message {i} not forwarded; the client got {got:?}\n{:#?}",
+                p.log
+            );
+        };
+        assert_eq!(req.method(), "MESSAGE", "{}", req.text);
+        uas.send(&common::response_to(&req, 200, "OK", "u", "", ""), from);
+        let got = ua.recv_within(Duration::from_secs(3));
+        if !got.as_ref().is_some_and(|(m, _)| {
+            m.status() == Some(200) && m.text.contains(&format!("Call-ID: two-shards-{i}"))
+        }) {
+            p.terminate();
+            panic!(
+                "the 200 to message {i} did not come back: {:?}\n{:#?}",
+                got.map(|(m, _)| m.text),
+                p.log
+            );
+        }
+    }
+    p.terminate();
+    let [received, _, _, skipped] = xdp_counts(&p);
+    let rx: u64 = p
+        .log
+        .iter()
+        .rev()
+        .find_map(|l| {
+            l.split("stopped: rx=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no stop line: {:#?}", p.log));
+    // 40 requests and 40 responses, every one off an AF_XDP socket.
+    assert_eq!((rx, received, skipped), (80, 80, 0), "{:#?}", p.log);
+    eprintln!(
+        "responses handed to the other shard: {}",
+        p.counter("sipedge_proxy_responses_handed_over_total")
+    );
+}

@@ -309,6 +309,11 @@ pub struct Identity {
     /// Key of the branch hash (the same on every shard, so any shard can
     /// recognise and recompute a branch).
     pub secret: u64,
+    /// The other shards' own UDP addresses (the ports in their Vias, bound
+    /// and advertised): ours too. With the AF_XDP driver a response to
+    /// another shard's Via port can arrive on this shard's queue; it is
+    /// recognised as ours and handed to that shard.
+    pub siblings: Vec<SocketAddr>,
 }
 
 impl Identity {
@@ -326,7 +331,10 @@ impl Identity {
         self.sockets.iter().any(|s| {
             (s.advertised.ip() == ip && s.advertised.port() == port)
                 || (s.addr.ip() == ip && s.addr.port() == port)
-        })
+        }) || self
+            .siblings
+            .iter()
+            .any(|a| a.ip() == ip && a.port() == port)
     }
 
     /// True when `host` is a domain this edge serves (a configured domain
@@ -764,6 +772,7 @@ pub(crate) mod testutil {
             ],
             domains: vec![b"example.test".to_vec().into_boxed_slice()],
             secret: 0x5eed,
+            siblings: Vec::new(),
         }
     }
 }

@@ -745,11 +745,12 @@ pub fn plan(cfg: &Config, warnings: &mut Vec<String>) -> Result<Vec<ShardPlan>, 
     Ok(plans)
 }
 
-/// The identity of shard `plan` serving `cfg`.
-pub fn identity(cfg: &Config, plan: &ShardPlan, secret: u64) -> Identity {
+/// The identity of shard `plan` serving `cfg`, among `plans` (all of them).
+pub fn identity(cfg: &Config, plan: &ShardPlan, plans: &[ShardPlan], secret: u64) -> Identity {
     Identity {
         shard_id: plan.id,
         sockets: plan.locals.clone(),
+        siblings: siblings(plan.id, plans),
         domains: cfg
             .domains
             .iter()
@@ -757,6 +758,22 @@ pub fn identity(cfg: &Config, plan: &ShardPlan, secret: u64) -> Identity {
             .collect(),
         secret,
     }
+}
+
+/// The own UDP addresses (bound and advertised) of every shard but `id`.
+pub fn siblings(id: u16, plans: &[ShardPlan]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for p in plans.iter().filter(|p| p.id != id) {
+        for l in p.locals.iter().filter(|l| {
+            l.transport == crate::transport::Transport::Udp && l.role == SocketRole::Shard
+        }) {
+            out.push(l.addr);
+            if l.advertised != l.addr {
+                out.push(l.advertised);
+            }
+        }
+    }
+    out
 }
 
 /// Copies `src` into `dst`, reusing `dst`'s allocation once it has one.
@@ -818,8 +835,12 @@ where
     F: FnMut(Identity) -> S,
 {
     let mut handles = Vec::with_capacity(plans.len());
-    for plan in plans {
-        let service = make(identity(cfg, &plan, secret));
+    let identities: Vec<Identity> = plans
+        .iter()
+        .map(|p| identity(cfg, p, &plans, secret))
+        .collect();
+    for (plan, id) in plans.into_iter().zip(identities) {
+        let service = make(id);
         let stop = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("shard-{}", plan.id))

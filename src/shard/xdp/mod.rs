@@ -5,11 +5,14 @@
 //! take) runs on the mio driver it wraps, on kernel sockets.
 //!
 //! ```text
-//! NIC queue q ─► XDP program (bpf.rs): UDP to a listen addr:port? ─► XSK map[q] ─► this shard's Xsk
+//! NIC queue q ─► XDP program (bpf.rs): UDP to a listen addr:port ─► XSK map[q] ─► this shard's Xsk
+//!                                      or to a shard's own port (2+ shards)
 //!                                      anything else ───────────────► kernel (ARP, ICMP, TCP, fragments)
 //! wait:    epoll (mio) on the kernel sockets, the mesh eventfd and the Xsk
 //! receive: mio's (kernel sockets, streams) · Xsk RX ─► frame::parse ─► Sink::datagram
-//!          (the sender's MAC is learned for the reply)
+//!          (another shard's port: received as on this shard's socket of the
+//!          same id; the core hands a response to the shard that owns it)
+//!          (the sender's MAC, checked against the kernel's, for the reply)
 //! flush:   each UDP transmit: a known neighbour, on this interface, within the MTU
 //!            ─► frame::build into a TX frame ─► TX ring (one kick per flush)
 //!          else ─► the kernel socket bound to the same address (counted)
@@ -67,8 +70,13 @@ pub struct ShardXdp {
     mac: [u8; 6],
     mtu: usize,
     busy_poll_us: u32,
-    /// By socket id: the public address the frames path receives for.
+    /// By socket id: the address the frames path receives for (public,
+    /// and with several shards this shard's own).
     served: Vec<Option<SocketAddr>>,
+    /// Other shards' own addresses (their Via ports), with the id of the
+    /// same socket here: what arrives for them on this queue is received
+    /// as on that socket (the core hands it to its shard).
+    foreign: Vec<(SocketAddr, SocketId)>,
     /// By socket id: the address frames sent for it carry.
     sources: Vec<Option<SocketAddr>>,
     steering: Arc<Steering>,
@@ -93,23 +101,44 @@ pub struct Prepared {
 /// for the operator.
 pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String> {
     // The public UDP addresses every shard shares (bound: a port 0 in the
-    // config is the kernel's choice by now). A shard's own socket (the port
-    // in its Vias, with several shards) is not steered: its datagrams may
-    // arrive on any queue, and only the kernel can hand them to the right
-    // shard's socket. Frames are still sent from it.
+    // config is the kernel's choice by now), then each shard's own address
+    // (the port in its Vias, with several shards). The latter's datagrams
+    // (responses) may arrive on any queue: the shard of that queue receives
+    // them as on its own socket of the same id and the core hands them to
+    // the shard whose Via they carry (an XSK only takes its queue's frames).
+    let udp = |role: crate::proxy::SocketRole| {
+        move |l: &&crate::proxy::LocalSocket| {
+            l.transport == crate::transport::Transport::Udp && l.role == role
+        }
+    };
     let listen: Vec<SocketAddr> = plans
         .first()
         .map(|p| {
             p.locals
                 .iter()
-                .filter(|l| {
-                    l.transport == crate::transport::Transport::Udp
-                        && l.role == crate::proxy::SocketRole::Public
-                })
+                .filter(udp(crate::proxy::SocketRole::Public))
                 .map(|l| l.addr)
                 .collect()
         })
         .unwrap_or_default();
+    let own: Vec<(u16, SocketAddr, SocketId)> = plans
+        .iter()
+        .flat_map(|p| {
+            p.locals
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| udp(crate::proxy::SocketRole::Shard)(l))
+                .filter_map(move |(i, l)| {
+                    let id = SocketId(u8::try_from(i).ok()?);
+                    (!l.addr.ip().is_unspecified()).then_some((p.id, l.addr, id))
+                })
+        })
+        .collect();
+    let steered: Vec<SocketAddr> = listen
+        .iter()
+        .copied()
+        .chain(own.iter().filter(|_| plans.len() > 1).map(|o| o.1))
+        .collect();
     let Some(first) = listen.first() else {
         return Err("--io xdp needs a UDP listen address (--listen udp:IP:PORT)".into());
     };
@@ -137,6 +166,7 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
     let mac = netlink::mac_of(&name).unwrap_or([0; 6]);
     let mtu = netlink::mtu_of(&name).unwrap_or(1500);
     let shards = plans.len() as u32;
+    let plans_len = plans.len();
     let queues = cfg.xdp.queues.unwrap_or(shards);
     if queues != shards {
         return Err(format!(
@@ -161,7 +191,7 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
         bpf::XDP_FLAGS_DRV_MODE
     };
     let steering = Arc::new(
-        Steering::attach(ifindex, &listen, queues, mode)
+        Steering::attach(ifindex, &steered, queues, mode)
             .map_err(|e| format!("--io xdp on {name}: {e}"))?,
     );
     for plan in plans.iter_mut() {
@@ -191,7 +221,12 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
             .collect();
         let served = bound
             .iter()
-            .map(|a| a.filter(|a| listen.contains(a)))
+            .map(|a| a.filter(|a| listen.contains(a) || steered.contains(a)))
+            .collect();
+        let foreign = own
+            .iter()
+            .filter(|o| o.0 != plan.id && plans_len > 1)
+            .map(|o| (o.1, o.2))
             .collect();
         plan.xdp = Some(ShardXdp {
             xsk,
@@ -200,6 +235,7 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
             mtu,
             busy_poll_us: cfg.xdp.busy_poll_us,
             served,
+            foreign,
             sources: bound,
             steering: steering.clone(),
         });
@@ -358,6 +394,7 @@ pub struct XdpDriver {
     inner: MioDriver,
     xsk: Xsk,
     served: Vec<Option<SocketAddr>>,
+    foreign: Vec<(SocketAddr, SocketId)>,
     sources: Vec<Option<SocketAddr>>,
     neighbours: Neighbours,
     /// Largest IP packet (the interface's MTU).
@@ -399,6 +436,7 @@ impl XdpDriver {
             neighbours: Neighbours::new(x.ifindex, x.mac),
             xsk: x.xsk,
             served: x.served,
+            foreign: x.foreign,
             sources: x.sources,
             mtu: x.mtu,
             rx: Vec::with_capacity(RX_BATCH as usize),
@@ -418,6 +456,12 @@ impl XdpDriver {
             .position(|s| *s == Some(dst))
             .and_then(|i| u8::try_from(i).ok())
             .map(SocketId)
+            .or_else(|| {
+                self.foreign
+                    .iter()
+                    .find(|(a, _)| *a == dst)
+                    .map(|&(_, id)| id)
+            })
     }
 
     /// Sends the outbox's datagrams: frames where the path is known, the
@@ -508,11 +552,20 @@ impl XdpDriver {
                     break;
                 };
                 let data = self.xsk.frame(addr, len);
-                let Ok(u) = frame::parse(data, true) else {
-                    self.inner.stats_mut().xdp_skipped += 1;
-                    continue;
+                let u = match frame::parse(data, true) {
+                    Ok(u) => u,
+                    Err(why) => {
+                        tracing::debug!("xdp: a frame skipped: {why}");
+                        self.inner.stats_mut().xdp_skipped += 1;
+                        continue;
+                    }
                 };
                 let Some(id) = self.socket_of(u.dst) else {
+                    tracing::debug!(
+                        "xdp: a frame for {} from {}: no socket of ours",
+                        u.dst,
+                        u.src
+                    );
                     self.inner.stats_mut().xdp_skipped += 1;
                     continue;
                 };
