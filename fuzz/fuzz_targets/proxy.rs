@@ -30,6 +30,7 @@ fn proxy() -> Stateful {
         ],
         domains: vec![b"example.test".to_vec().into_boxed_slice()],
         secret: 0x5eed,
+        siblings: Vec::new(),
     };
     let set = SetConfig {
         name: "gw".into(),
