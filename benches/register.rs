@@ -29,7 +29,7 @@ use sipedge::time::Instant;
 use sipedge::transport::{Peer, SocketId};
 
 mod common;
-use common::CpuTime;
+use common::{registers, CpuTime};
 
 const SEED: u64 = 0x5eed_1234_abcd_0001;
 /// Users per round.
@@ -38,34 +38,6 @@ const USERS: usize = 10_000;
 const WALL: u64 = 1_700_000_000_000_000;
 /// A refresh comes half an expiry (3600 s) later.
 const LATER_S: u64 = 1_800;
-
-/// REGISTERs of `n` distinct users with CSeq `cseq`, as a softphone sends
-/// them (RFC 5626 instance and reg-id, NAT: the source is not the Via).
-fn registers(n: usize, cseq: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            format!(
-                "REGISTER sip:example.com SIP/2.0\r\n\
-Via: SIP/2.0/UDP 10.1.{}.{}:5060;rport;branch=z9hG4bK-{i}-{cseq}\r\n\
-Max-Forwards: 70\r\n\
-From: <sip:user{i:07}@example.com>;tag=f{i}\r\n\
-To: <sip:user{i:07}@example.com>\r\n\
-Call-ID: {i:016x}-7f3a9c@10.0.0.1\r\n\
-CSeq: {cseq} REGISTER\r\n\
-Contact: <sip:user{i:07}@10.1.{}.{}:5060;transport=udp>;+sip.instance=\"<urn:uuid:{i:08x}-0000-1000-8000-aabbccddeeff>\";reg-id=1\r\n\
-Expires: 3600\r\n\
-User-Agent: Linphone/5.2.0 (belle-sip/5.2.0)\r\n\
-Supported: path, outbound\r\n\
-Content-Length: 0\r\n\r\n",
-                (i >> 8) & 255,
-                i & 255,
-                (i >> 8) & 255,
-                i & 255
-            )
-            .into_bytes()
-        })
-        .collect()
-}
 
 /// What one shard holds for its partition: the writer and its replica.
 struct Shard {
