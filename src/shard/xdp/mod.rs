@@ -134,10 +134,11 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
                 })
         })
         .collect();
+    // (Only with several shards has a shard an own socket.)
     let steered: Vec<SocketAddr> = listen
         .iter()
         .copied()
-        .chain(own.iter().filter(|_| plans.len() > 1).map(|o| o.1))
+        .chain(own.iter().map(|o| o.1))
         .collect();
     let Some(first) = listen.first() else {
         return Err("--io xdp needs a UDP listen address (--listen udp:IP:PORT)".into());
@@ -166,7 +167,6 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
     let mac = netlink::mac_of(&name).unwrap_or([0; 6]);
     let mtu = netlink::mtu_of(&name).unwrap_or(1500);
     let shards = plans.len() as u32;
-    let plans_len = plans.len();
     let queues = cfg.xdp.queues.unwrap_or(shards);
     if queues != shards {
         return Err(format!(
@@ -221,11 +221,11 @@ pub fn prepare(cfg: &Config, plans: &mut [ShardPlan]) -> Result<Prepared, String
             .collect();
         let served = bound
             .iter()
-            .map(|a| a.filter(|a| listen.contains(a) || steered.contains(a)))
+            .map(|a| a.filter(|a| steered.contains(a)))
             .collect();
         let foreign = own
             .iter()
-            .filter(|o| o.0 != plan.id && plans_len > 1)
+            .filter(|o| o.0 != plan.id)
             .map(|o| (o.1, o.2))
             .collect();
         plan.xdp = Some(ShardXdp {
@@ -319,6 +319,12 @@ impl Neighbours {
             self.budget = (VERIFY_PER_SEC, now);
         }
         let entry = if self.budget.0 == 0 {
+            // Out of look-ups: a known (kernel-confirmed) entry stays as it
+            // is — a flood of forged MACs must not demote it — and a new
+            // source takes the kernel path for now.
+            if matches!(self.map.get(&ip), Some(Neighbour::Known(_, until)) if *until > now) {
+                return;
+            }
             Neighbour::Kernel(now + RETRY)
         } else {
             self.budget.0 -= 1;
